@@ -1,0 +1,66 @@
+"""Shared pytest setup: quiet TensorFlow, deterministic seeds, small shared models."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from tfsynapse._keras import keras, tf  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(0)
+    yield
+
+
+def randomize_bn(model, rng=None, negative_gammas=True):
+    """Gives every BatchNormalization random statistics (and some negative gammas)."""
+    rng = rng or np.random.default_rng(0)
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        if isinstance(inner, keras.layers.BatchNormalization):
+            c = inner.moving_mean.shape[0]
+            gamma = rng.uniform(0.5, 1.5, c) * (np.where(rng.random(c) < 0.3, -1, 1) if negative_gammas else 1)
+            values = []
+            for w in inner.weights:
+                name = w.name.split("/")[-1].split(":")[0]
+                values.append({
+                    "gamma": gamma, "beta": rng.normal(0, 0.3, c),
+                    "moving_mean": rng.normal(0, 0.3, c), "moving_variance": rng.uniform(0.5, 2.0, c),
+                }[name])
+            inner.set_weights(values)
+        if isinstance(inner, keras.Model):
+            randomize_bn(inner, rng, negative_gammas)
+    return model
+
+
+def small_cnn(input_shape=(12, 12, 3), classes=5):
+    """Conv-BN-ReLU x2 with a residual add, a depthwise conv, GAP and a Dense head."""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(name="r1")(x)
+    y = keras.layers.Conv2D(8, 3, padding="same", name="c2")(x)
+    y = keras.layers.BatchNormalization(name="bn2")(y)
+    x = keras.layers.Add(name="add")([x, y])
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = keras.layers.Conv2D(12, 1, name="c3")(x)
+    x = keras.layers.ReLU(name="r3")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(classes, name="head")(x)
+    return keras.Model(inputs, outputs, name="small_cnn")
+
+
+@pytest.fixture
+def cnn():
+    return randomize_bn(small_cnn())
+
+
+def rand_inputs(model, n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = [n] + [int(d) for d in model.inputs[0].shape[1:]]
+    return rng.normal(size=shape).astype(np.float32)

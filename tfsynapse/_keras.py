@@ -1,0 +1,84 @@
+"""The one binding to the Keras implementation (tf_keras, Keras 2) and to tfmot.
+
+Every other module imports ``keras``, ``tf`` and the tfmot pieces from here, so that a second
+backend can be added in one place. tfmot 0.8.1 only wraps tf_keras models; importing it sets
+``TF_USE_LEGACY_KERAS=1``.
+"""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+from tf_keras.src.engine import functional as keras_functional  # noqa: E402
+from tensorflow_model_optimization.python.core.sparsity.keras import (  # noqa: E402
+    prunable_layer,
+    prune,
+    pruning_callbacks,
+    pruning_impl,
+    pruning_schedule,
+    pruning_wrapper,
+)
+
+__all__ = [
+    "tf",
+    "keras",
+    "keras_functional",
+    "prunable_layer",
+    "prune",
+    "pruning_callbacks",
+    "pruning_impl",
+    "pruning_schedule",
+    "pruning_wrapper",
+    "check_model",
+]
+
+_KERAS3_MESSAGE = (
+    "{what} is a Keras 3 object ({cls}), but tfsynapse (like tfmot) works on tf_keras (Keras 2) "
+    "models only. Build the model with `import tf_keras as keras` (pip install tf-keras), or set "
+    "the environment variable TF_USE_LEGACY_KERAS=1 before importing TensorFlow so that "
+    "`tf.keras` is tf_keras."
+)
+
+
+def _is_keras3(obj):
+    module = type(obj).__module__ or ""
+    return module == "keras" or module.startswith("keras.") or module.startswith("keras.src")
+
+
+def check_model(model, what="model", require_built=True):
+    """Validates that ``model`` is a built tf_keras Sequential or functional model.
+
+    Args:
+      model: the object a user handed to a public function.
+      what: how to name the object in error messages.
+      require_built: also demand that the model has been built (has weights and shapes).
+
+    Returns:
+      The model, unchanged.
+
+    Raises:
+      TypeError: the object is a Keras 3 model or layer, or not a Keras model at all.
+      ValueError: the model is subclassed, or not built.
+    """
+    if _is_keras3(model):
+        raise TypeError(_KERAS3_MESSAGE.format(what=what, cls=type(model).__name__))
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"{what} must be a tf_keras.Model (Sequential or functional), got "
+            f"{type(model).__name__}."
+        )
+    if not getattr(model, "_is_graph_network", False) and not isinstance(model, keras.Sequential):
+        raise ValueError(
+            f"{what} ({type(model).__name__}) is a subclassed model: tfsynapse needs the layer "
+            "graph, which subclassed models do not expose. Rebuild it with the functional API "
+            "(keras.Model(inputs, outputs)) or as a keras.Sequential, then load its weights."
+        )
+    if require_built and (not model.built or not getattr(model, "_is_graph_network", False)):
+        raise ValueError(
+            f"{what} is not built: give its first layer an input shape "
+            "(keras.Input(shape=...) or input_shape=...) or call model.build(input_shape) first."
+        )
+    return model

@@ -1,0 +1,35 @@
+"""Channel dependency graph: which weights belong to one channel, and what it costs.
+
+``dependency_groups(model)`` is the one source of truth for channel coupling: masking during
+training, channel removal, MAC counting and sensitivity analysis all read its groups.
+"""
+
+from tfsynapse.graph import tf_ops  # noqa: F401  (registers nothing, but keeps the table loaded)
+from tfsynapse.graph.builder import (
+    DependencyGraph,
+    Group,
+    Member,
+    Slot,
+    UnsupportedLayerError,
+    dependency_groups,
+    unwrap,
+)
+from tfsynapse.graph.channels import ChannelMap
+from tfsynapse.graph.counting import count_macs, count_params, kept_positions
+from tfsynapse.graph.rules import (
+    Elementwise,
+    Freeze,
+    PassThrough,
+    Producer,
+    Rule,
+    register_rule,
+    rule_for,
+)
+from tfsynapse.graph.walk import flatten_calls, replay
+
+__all__ = [
+    "ChannelMap", "DependencyGraph", "Elementwise", "Freeze", "Group", "Member", "PassThrough",
+    "Producer", "Rule", "Slot", "UnsupportedLayerError", "count_macs", "count_params",
+    "dependency_groups", "flatten_calls", "kept_positions", "register_rule", "replay", "rule_for",
+    "unwrap",
+]

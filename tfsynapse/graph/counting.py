@@ -1,0 +1,132 @@
+"""Multiply-accumulate and parameter counts, before or after a pruning plan.
+
+MACs follow published model tables: convolutions, depthwise/separable convolutions,
+transposed convolutions and dense layers only (batch size 1; BN, activations, pooling, adds
+are not counted). ResNet50 at 224x224 counts 3.86 GMACs, MobileNetV2 1.0 about 300 M.
+"""
+
+import numpy as np
+
+from tfsynapse.graph.builder import DependencyGraph, dependency_groups, unwrap
+
+
+def _graph(model_or_graph):
+    if isinstance(model_or_graph, DependencyGraph):
+        return model_or_graph
+    return dependency_groups(model_or_graph)
+
+
+def kept_positions(slot, keep):
+    """Bool array over ``slot``'s axis: which positions survive the plan ``keep``.
+
+    Args:
+      slot: a graph ``Slot``.
+      keep: ``{group_id: bool array over the group's units}``; groups not named keep all.
+
+    Returns:
+      A bool numpy array with one entry per position of the slot's axis.
+    """
+    result = np.ones(len(slot.group_of), dtype=bool)
+    if not keep:
+        return result
+    for g, mask in keep.items():
+        where = slot.group_of == g
+        if where.any():
+            result[where] = np.asarray(mask, bool)[slot.unit_of[where]]
+    return result
+
+
+def _effective_shapes(graph, keep):
+    """``{(id(layer), weight index): shape after the plan}`` for every slotted weight."""
+    shapes = {}
+    for slot in graph.slots:
+        key = (id(slot.layer), slot.weight_index)
+        shape = shapes.get(key, list(slot.weight.shape))
+        shape[slot.axis] = int(kept_positions(slot, keep).sum())
+        shapes[key] = shape
+    return shapes
+
+
+def _prod(dims):
+    return int(np.prod([1 if d is None else int(d) for d in dims], dtype=np.int64))
+
+
+def _layer_macs(layer, kind, in_shape, out_shape, shape_of):
+    if kind == "conv":
+        kernel = shape_of(layer, layer.kernel)
+        return _prod(kernel[:-2]) * kernel[-2] * kernel[-1] * _prod(out_shape[1:-1])
+    if kind == "conv_transpose":
+        kernel = shape_of(layer, layer.kernel)
+        return _prod(kernel[:-2]) * kernel[-2] * kernel[-1] * _prod(in_shape[1:-1])
+    if kind == "depthwise":
+        kernel = shape_of(layer, layer.depthwise_kernel)
+        return _prod(kernel) * _prod(out_shape[1:-1])
+    if kind == "separable":
+        dw = shape_of(layer, layer.depthwise_kernel)
+        pw = shape_of(layer, layer.pointwise_kernel)
+        return (_prod(dw) + pw[-2] * pw[-1]) * _prod(out_shape[1:-1])
+    if kind == "dense":
+        kernel = shape_of(layer, layer.kernel)
+        return kernel[0] * kernel[1] * _prod(in_shape[1:-1])
+    return 0
+
+
+def count_macs(model, keep=None, per_layer=False):
+    """Counts the multiply-accumulates of one forward pass (batch 1).
+
+    Args:
+      model: a built tf_keras model, or a ``DependencyGraph`` of one.
+      keep: optional pruning plan, ``{group_id: bool array over units}`` (True = kept), to
+        count the MACs the shrunk model will have.
+      per_layer: also return a ``{layer name: MACs}`` dict.
+
+    Returns:
+      The total MACs (int), or ``(total, per_layer_dict)`` when ``per_layer``.
+    """
+    graph = _graph(model)
+    shapes = _effective_shapes(graph, keep)
+
+    def shape_of(layer, weight):
+        for i, w in enumerate(layer.weights):
+            if w is weight:
+                return shapes.get((id(layer), i), list(weight.shape))
+        return list(weight.shape)
+
+    table = {}
+    for lc in graph.calls:
+        layer = unwrap(lc.call.layer)
+        kind = getattr(lc.rule, "kind", None)
+        if kind is None:
+            continue
+        macs = _layer_macs(layer, kind, lc.call.input_shapes[0], lc.call.output_shapes[0], shape_of)
+        table[layer.name] = table.get(layer.name, 0) + macs
+    total = int(sum(table.values()))
+    return (total, table) if per_layer else total
+
+
+def count_params(model, keep=None, per_layer=False):
+    """Counts parameters (trainable and not, like ``Model.count_params``), before or after a plan.
+
+    Args:
+      model: a built tf_keras model, or a ``DependencyGraph`` of one.
+      keep: optional pruning plan, ``{group_id: bool array over units}``.
+      per_layer: also return a ``{layer name: params}`` dict.
+
+    Returns:
+      The total parameter count (int), or ``(total, per_layer_dict)``.
+    """
+    graph = _graph(model)
+    shapes = _effective_shapes(graph, keep)
+    table = {}
+    seen = set()
+    for lc in graph.calls:
+        layer = unwrap(lc.call.layer)
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        n = 0
+        for i, w in enumerate(layer.weights):
+            n += _prod(shapes.get((id(layer), i), list(w.shape)))
+        table[layer.name] = n
+    total = int(sum(table.values()))
+    return (total, table) if per_layer else total

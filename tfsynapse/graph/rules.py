@@ -1,0 +1,469 @@
+"""Per-layer channel rules and the registry users extend for their own layers.
+
+A rule says, for one layer type, what the layer does with channels: which weights hold output
+channels (it *produces* a new channel space), which hold input channels (it *consumes*), which
+are per-channel parameters of channels that pass through, and how the output channel map
+follows from the input maps. Rules never look at other layers; the builder chains them.
+
+Register a rule for your own layer with::
+
+    @tfsynapse.register_rule(MyLayer)
+    class MyRule(tfsynapse.graph.PassThrough):  # or Producer, or a Rule of your own
+        ...
+"""
+
+import numpy as np
+
+from tfsynapse._keras import keras
+from tfsynapse.graph.channels import ChannelMap
+
+layers = keras.layers
+
+_REGISTRY = {}
+
+
+def register_rule(*layer_classes):
+    """Registers a rule class for one or more layer classes (a class decorator).
+
+    Args:
+      *layer_classes: the Keras layer classes the rule applies to (matched exactly, not their
+        subclasses).
+
+    Returns:
+      A decorator that registers and returns the rule class.
+
+    Raises:
+      TypeError: no layer class given, or an argument is not a class.
+    """
+    if not layer_classes:
+        raise TypeError("register_rule needs at least one layer class.")
+    for cls in layer_classes:
+        if not isinstance(cls, type):
+            raise TypeError(f"register_rule takes layer classes, got {cls!r}.")
+
+    def decorator(rule_cls):
+        rule = rule_cls() if isinstance(rule_cls, type) else rule_cls
+        for cls in layer_classes:
+            _REGISTRY[cls] = rule
+        return rule_cls
+
+    return decorator
+
+
+def rule_for(layer):
+    """The rule registered for exactly ``layer``'s class, or None.
+
+    Subclasses do not inherit their base's rule: a subclass may change what happens to channels,
+    so it must be registered explicitly.
+    """
+    return _REGISTRY.get(type(layer))
+
+
+def channel_axis_is_last(axis, rank):
+    """Whether ``axis`` (int, list or tuple) designates exactly the last axis of a rank-``rank`` tensor."""
+    if isinstance(axis, (list, tuple)):
+        if len(axis) != 1:
+            return False
+        axis = axis[0]
+    return axis in (-1, rank - 1)
+
+
+class Rule:
+    """Base class: a layer type's channel behaviour.
+
+    Attributes:
+      kind: how to count multiply-accumulates ('conv', 'conv_transpose', 'depthwise',
+        'separable', 'dense') or None for layers that have none worth counting.
+      transparent: True for layers that neither mix nor rescale channels (activations,
+        pooling, dropout, padding); the synaptic-strength criterion looks through them for the
+        BatchNormalization that produced a convolution's input channels.
+    """
+
+    kind = None
+    transparent = False
+
+    def propagate(self, ctx):
+        """Registers the layer's channel slots and returns its output channel maps.
+
+        Args:
+          ctx: a ``CallContext`` (the layer, its input maps and shapes, and the builder's
+            operations: ``new_space``, ``slot``, ``union``, ``freeze``, ``frozen_maps``).
+
+        Returns:
+          A list with one ``ChannelMap`` per output tensor.
+        """
+        raise NotImplementedError
+
+    def resize(self, config, out_channels):
+        """Returns the layer config for a layer that now has ``out_channels`` output channels."""
+        return config
+
+
+class Unknown(Rule):
+    """No rule: every channel that reaches the layer is frozen, its outputs are new frozen spaces."""
+
+    def __init__(self, reason):
+        self.reason = reason
+
+    def propagate(self, ctx):
+        for cmap in ctx.inputs:
+            ctx.freeze(cmap, self.reason)
+        return ctx.frozen_maps(self.reason)
+
+
+class Freeze(Rule):
+    """A known layer through which channels cannot be pruned (it mixes or reorders them)."""
+
+    def __init__(self, reason):
+        self.reason = reason
+
+    def propagate(self, ctx):
+        for cmap in ctx.inputs:
+            ctx.freeze(cmap, f"{ctx.layer.name}: {self.reason}")
+        return ctx.frozen_maps(f"{ctx.layer.name}: {self.reason}")
+
+
+class PassThrough(Rule):
+    """Channels pass unchanged (dropout, pooling, padding, cropping, upsampling, noise, ...)."""
+
+    transparent = True
+
+    def propagate(self, ctx):
+        return [ctx.inputs[0]]
+
+
+def zero_preserving(fn, shape):
+    """Whether an elementwise function maps zeros to zeros, per channel.
+
+    Args:
+      fn: callable on a float tensor.
+      shape: the input shape with the batch dimension (None dims are taken as 1).
+
+    Returns:
+      A bool array over the last axis.
+    """
+    concrete = [1] + [1 if d is None else int(d) for d in list(shape)[1:]]
+    out = np.asarray(fn(np.zeros(concrete, np.float32)))
+    out = out.reshape(-1, out.shape[-1]) if out.ndim else out.reshape(1, 1)
+    return np.all(out == 0, axis=0)
+
+
+class Elementwise(PassThrough):
+    """An elementwise activation: channels pass; f(0) is checked numerically per channel."""
+
+    def propagate(self, ctx):
+        cmap = ctx.inputs[0]
+        keeps_zero = zero_preserving(ctx.layer, ctx.input_shapes[0])
+        return [cmap.with_zero_ok(cmap.zero_ok & keeps_zero)]
+
+
+class ActivationRule(Elementwise):
+    """``Activation``: elementwise unless the function mixes channels (softmax)."""
+
+    def propagate(self, ctx):
+        name = getattr(ctx.layer.activation, "__name__", "")
+        if "softmax" in name:
+            return Freeze("softmax over the channel axis mixes channels").propagate(ctx)
+        return super().propagate(ctx)
+
+
+class PReLURule(Elementwise):
+    """PReLU: elementwise, with a per-channel ``alpha`` unless the channel axis is shared."""
+
+    def propagate(self, ctx):
+        (out,) = super().propagate(ctx)
+        alpha = ctx.layer.alpha
+        if alpha.shape[-1] == len(out) and len(out) > 1:
+            ctx.slot(alpha, alpha.shape.rank - 1, out, "param", zero_required=False)
+        return [out]
+
+
+class BatchNormRule(PassThrough):
+    """BatchNormalization over the channel axis: per-channel gamma, beta and statistics.
+
+    With gamma and beta masked, a pruned channel leaves the layer as exactly zero whatever
+    enters it; without gamma (``scale=False``) the moving mean is masked too.
+    """
+
+    transparent = False
+
+    def propagate(self, ctx):
+        layer, cmap = ctx.layer, ctx.inputs[0]
+        if not channel_axis_is_last(layer.axis, ctx.input_shapes[0].rank):
+            return Freeze("normalizes over an axis other than the channel axis").propagate(ctx)
+        if layer.gamma is not None:
+            ctx.slot(layer.gamma, 0, cmap, "param", zero_required=True)
+        if layer.beta is not None:
+            ctx.slot(layer.beta, 0, cmap, "param", zero_required=True)
+        ctx.slot(layer.moving_mean, 0, cmap, "param" if layer.gamma is None else "stat",
+                 zero_required=layer.gamma is None)
+        ctx.slot(layer.moving_variance, 0, cmap, "stat", zero_required=False)
+        return [cmap.with_zero_ok(True) if layer.gamma is not None else cmap]
+
+
+class NormalizationRule(PassThrough):
+    """``Normalization`` (input standardisation): per-channel mean/variance, f(0) != 0."""
+
+    transparent = False
+
+    def propagate(self, ctx):
+        layer, cmap = ctx.layer, ctx.inputs[0]
+        axis = layer.axis if layer.axis is not None else ()
+        if tuple(axis) not in ((-1,), (ctx.input_shapes[0].rank - 1,)):
+            return Freeze("normalizes over an axis other than the channel axis").propagate(ctx)
+        weights = [getattr(layer, n, None) for n in ("adapt_mean", "adapt_variance")]
+        if any(w is None or not any(w is v for v in layer.weights) for w in weights):
+            return Freeze("normalizes with per-channel constants").propagate(ctx)
+        for weight in weights:
+            ctx.slot(weight, weight.shape.rank - 1, cmap, "stat", zero_required=False)
+        return [cmap.with_zero_ok(False)]
+
+
+class RescalingRule(PassThrough):
+    """``Rescaling``: x * scale + offset with scalar scale/offset; a non-zero offset breaks zeros."""
+
+    transparent = False
+
+    def propagate(self, ctx):
+        scale, offset = np.asarray(ctx.layer.scale), np.asarray(ctx.layer.offset)
+        if scale.size > 1 or offset.size > 1:
+            return Freeze("per-channel scale/offset constants").propagate(ctx)
+        cmap = ctx.inputs[0]
+        return [cmap if float(offset) == 0.0 else cmap.with_zero_ok(False)]
+
+
+class Producer(Rule):
+    """A layer that creates a new channel space: Conv1D/2D/3D, Dense, Conv*DTranspose, Embedding.
+
+    Attributes:
+      in_axis, out_axis: the kernel axes of input and output channels (negative).
+      config_key: the config entry holding the output channel count.
+    """
+
+    kind = "conv"
+    in_axis, out_axis = -2, -1
+    kernel_attr = "kernel"
+    config_key = "filters"
+
+    def propagate(self, ctx):
+        layer, cmap = ctx.layer, ctx.inputs[0]
+        kernel = getattr(layer, self.kernel_attr)
+        rank = kernel.shape.rank
+        groups = getattr(layer, "groups", 1) or 1
+        out = ctx.new_space(kernel.shape[self.out_axis])
+        if groups > 1:
+            reason = f"{layer.name}: grouped convolution (groups={groups}) keeps its channel counts"
+            ctx.freeze(cmap, reason)
+            ctx.freeze(out, reason)
+        else:
+            ctx.slot(kernel, rank + self.in_axis, cmap, "in", zero_required=False)
+        ctx.slot(kernel, rank + self.out_axis, out, "out", zero_required=True)
+        bias = getattr(layer, "bias", None)
+        if bias is not None:
+            ctx.slot(bias, 0, out, "out", zero_required=True)
+        return [out]
+
+    def resize(self, config, out_channels):
+        config = dict(config)
+        config[self.config_key] = int(out_channels)
+        return config
+
+
+class DenseRule(Producer):
+    kind = "dense"
+    config_key = "units"
+
+
+class ConvTransposeRule(Producer):
+    kind = "conv_transpose"
+    in_axis, out_axis = -1, -2
+
+
+class EmbeddingRule(Producer):
+    kind = None
+    kernel_attr = "embeddings"
+    config_key = "output_dim"
+
+    def propagate(self, ctx):
+        layer = ctx.layer
+        out = ctx.new_space(layer.embeddings.shape[1])
+        ctx.slot(layer.embeddings, 1, out, "out", zero_required=True)
+        return [out]
+
+
+class DepthwiseRule(Rule):
+    """DepthwiseConv1D/2D: input channel c makes outputs c*m .. c*m+m-1 (m = depth_multiplier).
+
+    The input and its m outputs are one unit; the depthwise kernel and bias are per-channel
+    parameters of the channels passing through.
+    """
+
+    kind = "depthwise"
+
+    def propagate(self, ctx):
+        layer, cmap = ctx.layer, ctx.inputs[0]
+        kernel = layer.depthwise_kernel
+        m = kernel.shape[-1]
+        ctx.slot(kernel, kernel.shape.rank - 2, cmap, "param", zero_required=False)
+        out = cmap.repeat(m).with_zero_ok(True)
+        if layer.bias is not None:
+            ctx.slot(layer.bias, 0, out, "param", zero_required=True)
+        return [out]
+
+
+class SeparableRule(Producer):
+    """SeparableConv1D/2D: a depthwise step per input channel, then a pointwise producer."""
+
+    kind = "separable"
+
+    def propagate(self, ctx):
+        layer, cmap = ctx.layer, ctx.inputs[0]
+        dw, pw = layer.depthwise_kernel, layer.pointwise_kernel
+        m = dw.shape[-1]
+        ctx.slot(dw, dw.shape.rank - 2, cmap, "in", zero_required=False)
+        ctx.slot(pw, pw.shape.rank - 2, cmap.repeat(m), "in", zero_required=False)
+        out = ctx.new_space(pw.shape[-1])
+        ctx.slot(pw, pw.shape.rank - 1, out, "out", zero_required=True)
+        if layer.bias is not None:
+            ctx.slot(layer.bias, 0, out, "out", zero_required=True)
+        return [out]
+
+
+class MergeRule(Rule):
+    """Add, Subtract, Average, Maximum, Minimum, Multiply: inputs' channels are coupled.
+
+    An input broadcast over channels (one channel against many) is not coupled; it is frozen.
+    A pruned channel leaves a Multiply as zero if any input is zero, the others only if all are.
+    """
+
+    transparent = False
+
+    def __init__(self, zero_if_any=False):
+        self.zero_if_any = zero_if_any
+
+    def propagate(self, ctx):
+        width = ctx.output_channels(0)
+        full = [m for m in ctx.inputs if len(m) == width]
+        for m in ctx.inputs:
+            if len(m) != width:
+                ctx.freeze(m, f"{ctx.layer.name}: broadcast across channels")
+        if not full:
+            return ctx.frozen_maps(f"{ctx.layer.name}: broadcast across channels")
+        for m in full[1:]:
+            ctx.union(full[0], m)
+        combine = np.logical_or if self.zero_if_any else np.logical_and
+        zero_ok = full[0].zero_ok
+        for m in full[1:]:
+            zero_ok = combine(zero_ok, m.zero_ok)
+        return [full[0].with_zero_ok(zero_ok)]
+
+
+class ConcatenateRule(Rule):
+    """Concatenate: along the channel axis maps are concatenated (offsets); otherwise coupled."""
+
+    def propagate(self, ctx):
+        rank = ctx.output_shapes[0].rank
+        if channel_axis_is_last(ctx.layer.axis, rank):
+            return [ChannelMap.concat(ctx.inputs)]
+        for m in ctx.inputs[1:]:
+            ctx.union(ctx.inputs[0], m)
+        zero_ok = np.logical_and.reduce([m.zero_ok for m in ctx.inputs])
+        return [ctx.inputs[0].with_zero_ok(zero_ok)]
+
+
+class FlattenRule(Rule):
+    """Flatten: channel c of every spatial position lands at position p*C + c."""
+
+    def propagate(self, ctx):
+        shape = ctx.input_shapes[0]
+        cmap = ctx.inputs[0]
+        if shape.rank <= 2:
+            return [cmap]
+        spatial = shape[1:-1]
+        if any(d is None for d in spatial) or getattr(ctx.layer, "data_format", None) == "channels_first":
+            return Freeze("flattens an unknown or channels-first spatial shape").propagate(ctx)
+        return [cmap.tile(int(np.prod(spatial)))]
+
+
+class ReshapeRule(Rule):
+    """Reshape: kept when the channel axis is unchanged or folded whole into a wider last axis."""
+
+    def propagate(self, ctx):
+        in_shape, out_shape = ctx.input_shapes[0], ctx.output_shapes[0]
+        cmap = ctx.inputs[0]
+        c_in, c_out = in_shape[-1], out_shape[-1]
+        if c_in == c_out and self._same_volume(in_shape, out_shape):
+            return [cmap]
+        if c_in and c_out and c_out % c_in == 0 and in_shape.rank > 2 and all(
+            d is not None for d in in_shape[1:]
+        ):
+            if c_out == int(np.prod(in_shape[1:])) or out_shape.rank >= 2:
+                return [cmap.tile(c_out // c_in)]
+        return Freeze("reshape moves channels into other axes").propagate(ctx)
+
+    @staticmethod
+    def _same_volume(a, b):
+        va, vb = a[1:-1], b[1:-1]
+        if any(d is None for d in va) or any(d is None for d in vb):
+            return True
+        return int(np.prod(va)) == int(np.prod(vb))
+
+    def resize(self, config, out_channels):
+        config = dict(config)
+        target = list(config["target_shape"])
+        if target[-1] != -1:
+            target[-1] = int(out_channels)
+        config["target_shape"] = tuple(target)
+        return config
+
+
+class LayerNormRule(Rule):
+    """LayerNormalization: over the channel axis its statistics mix channels, so they freeze."""
+
+    def propagate(self, ctx):
+        return Freeze("its statistics are computed across channels").propagate(ctx)
+
+
+class PermuteRule(Rule):
+    """Permute: kept only when the channel axis stays last."""
+
+    def propagate(self, ctx):
+        dims = tuple(ctx.layer.dims)
+        if dims and dims[-1] == len(dims):
+            return [ctx.inputs[0]]
+        return Freeze("moves the channel axis").propagate(ctx)
+
+
+_PASS = (
+    layers.Dropout, layers.SpatialDropout1D, layers.SpatialDropout2D, layers.SpatialDropout3D,
+    layers.GaussianNoise, layers.GaussianDropout, layers.AlphaDropout, layers.ActivityRegularization,
+    layers.MaxPooling1D, layers.MaxPooling2D, layers.MaxPooling3D,
+    layers.AveragePooling1D, layers.AveragePooling2D, layers.AveragePooling3D,
+    layers.GlobalMaxPooling1D, layers.GlobalMaxPooling2D, layers.GlobalMaxPooling3D,
+    layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D, layers.GlobalAveragePooling3D,
+    layers.ZeroPadding1D, layers.ZeroPadding2D, layers.ZeroPadding3D,
+    layers.Cropping1D, layers.Cropping2D, layers.Cropping3D,
+    layers.UpSampling1D, layers.UpSampling2D, layers.UpSampling3D,
+    layers.Masking,
+)
+register_rule(*_PASS)(PassThrough)
+register_rule(layers.ReLU, layers.LeakyReLU, layers.ELU, layers.ThresholdedReLU)(Elementwise)
+register_rule(layers.Activation)(ActivationRule)
+register_rule(layers.PReLU)(PReLURule)
+register_rule(layers.Softmax)(Freeze("softmax over the channel axis mixes channels"))
+register_rule(layers.BatchNormalization)(BatchNormRule)
+register_rule(layers.Normalization)(NormalizationRule)
+register_rule(layers.Rescaling)(RescalingRule)
+register_rule(layers.LayerNormalization)(LayerNormRule)
+register_rule(layers.Conv1D, layers.Conv2D, layers.Conv3D)(Producer)
+register_rule(layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose)(ConvTransposeRule)
+register_rule(layers.Dense)(DenseRule)
+register_rule(layers.Embedding)(EmbeddingRule)
+register_rule(layers.DepthwiseConv1D, layers.DepthwiseConv2D)(DepthwiseRule)
+register_rule(layers.SeparableConv1D, layers.SeparableConv2D)(SeparableRule)
+register_rule(layers.Add, layers.Subtract, layers.Average, layers.Maximum, layers.Minimum)(MergeRule())
+register_rule(layers.Multiply)(MergeRule(zero_if_any=True))
+register_rule(layers.Concatenate)(ConcatenateRule)
+register_rule(layers.Flatten)(FlattenRule)
+register_rule(layers.Reshape)(ReshapeRule)
+register_rule(layers.Permute)(PermuteRule)
