@@ -1,0 +1,74 @@
+"""Importance criteria: pure, vectorised TF functions of weight arrays (lower = pruned first).
+
+Filter criteria (``filters``; input ``[n, d]``, row ``u`` = unit ``u``'s flattened weights;
+``P_u = sum max(w, 0)``, ``N_u = sum |min(w, 0)|``, ranks are stable, 0-based, ascending):
+
+* ``l1_scores``: ``sum |w|`` -- Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017.
+* ``l2_scores``: ``||w||_2`` -- the L2 variant of the same magnitude criterion.
+* ``dscore_scores``: ``rank(P_u) + rank(N_u)`` -- D-Score, Park et al., arXiv 2308.04470 (2023).
+* ``dstep_prune_mask``: the ``k`` units in the smallest prefix intersection of the P and N orders
+  (drop the largest ``rP + rN`` if it holds ``k + 1``) -- D-Step, same paper.
+* ``dstep_gm_prune_mask``: D-Step with the orders given by summed distances between positive
+  (resp. negative) parts -- D-Step GM, same paper.
+* ``fpgm_scores``: ``sum_v ||w_u - w_v||_2`` -- He et al., "Filter Pruning via Geometric Median",
+  CVPR 2019.
+* ``random_scores``: stateless uniform scores -- the random baseline.
+
+Connection criteria (``connections``; kernel ``(..spatial.., C_in, C_out)``, connection
+``(i, j)`` = ``K[..., i, j]``):
+
+* ``kernel_norm``: ``||K[..., i, j]||_2``.
+* ``connection_l1``: ``sum |K[..., i, j]|``.
+* ``synaptic_strength``: ``|gamma_i| * ||K[..., i, j]||_2`` -- Lin et al., "Synaptic Strength for
+  Convolutional Neural Network", NeurIPS 2018.
+* ``strength_magnitude``: ``|s_ij|`` of a trainable strength matrix -- same paper.
+
+Helpers: ``ranks``, ``lowest_k_mask``, ``normalize_for_global``, ``select_filters`` and the
+registries ``FILTER_SCORES``, ``FILTER_SELECTORS``, ``CONNECTION_SCORES``.
+"""
+
+from tfsynapse.criteria.connections import (
+    CONNECTION_SCORES,
+    connection_l1,
+    kernel_norm,
+    strength_magnitude,
+    synaptic_strength,
+)
+from tfsynapse.criteria.filters import (
+    FILTER_SCORES,
+    FILTER_SELECTORS,
+    SELECT_METHODS,
+    dscore_scores,
+    dstep_gm_prune_mask,
+    dstep_prune_mask,
+    fpgm_scores,
+    l1_scores,
+    l2_scores,
+    lowest_k_mask,
+    normalize_for_global,
+    random_scores,
+    ranks,
+    select_filters,
+)
+
+__all__ = [
+    "l1_scores",
+    "l2_scores",
+    "dscore_scores",
+    "fpgm_scores",
+    "random_scores",
+    "ranks",
+    "lowest_k_mask",
+    "dstep_prune_mask",
+    "dstep_gm_prune_mask",
+    "select_filters",
+    "normalize_for_global",
+    "FILTER_SCORES",
+    "FILTER_SELECTORS",
+    "SELECT_METHODS",
+    "kernel_norm",
+    "connection_l1",
+    "synaptic_strength",
+    "strength_magnitude",
+    "CONNECTION_SCORES",
+]
