@@ -1,0 +1,224 @@
+"""tf_keras model -> TFLite flatbuffer, with builtin ops only so it runs on Android LiteRT.
+
+The converter is ``tf.lite.TFLiteConverter.from_keras_model``. If that fails for a reason other
+than unsupported ops, the model is converted once more from a concrete function with a fixed
+batch size of 1 (``from_concrete_functions``); a warning says so. The result of the fallback
+has a batch dimension fixed at 1 and outputs named ``output_0, output_1, ...``.
+"""
+
+import os
+import re
+import uuid
+import warnings
+
+from tfsynapse._keras import check_model, tf
+from tflite_export.calibration import Calibration, CalibrationDataError
+
+QUANTIZATION_MODES = (None, "dynamic", "float16", "int8")
+
+_MAX_MESSAGE = 3000  # converter messages carry MLIR call-site dumps; keep the head
+_FLEX_MARKERS = ("ERROR_NEEDS_FLEX_OPS", "neither a custom op nor a flex op", "TF Select ops")
+
+
+def _check_mode(quantize, int8_io):
+    if quantize not in QUANTIZATION_MODES:
+        raise ValueError(
+            f"Unknown quantize={quantize!r}. Valid modes: None (float32), 'dynamic' "
+            "(dynamic-range int8 weights), 'float16' (float16 weights), 'int8' (full-integer, "
+            "needs representative_dataset)."
+        )
+    if int8_io and quantize != "int8":
+        raise ValueError(
+            f"int8_io=True needs quantize='int8' (full-integer), got quantize={quantize!r}: "
+            "only a fully quantized model can take and return int8 tensors."
+        )
+
+
+def _configure(converter, quantize, calibration, int8_io, as_dict):
+    builtins = tf.lite.OpsSet.TFLITE_BUILTINS
+    converter.target_spec.supported_ops = [builtins]
+    if quantize is None:
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.representative_dataset = lambda: calibration.samples(as_dict=as_dict)
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+
+
+def _keras_converter(model):
+    return tf.lite.TFLiteConverter.from_keras_model(model), len(model.inputs) > 1
+
+
+def _concrete_function_converter(model):
+    specs = [
+        tf.TensorSpec([1] + t.shape.as_list()[1:], t.dtype, name=name)
+        for t, name in zip(model.inputs, model.input_names)
+    ]
+
+    @tf.function
+    def serve(inputs):
+        return model(inputs, training=False)
+
+    function = serve.get_concrete_function(specs if len(specs) > 1 else specs[0])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    return converter, len(specs) > 1
+
+
+def _run(make_converter, model, quantize, calibration, int8_io):
+    converter, as_dict = make_converter(model)
+    _configure(converter, quantize, calibration, int8_io, as_dict)
+    with warnings.catch_warnings():
+        # Emitted for every int8 conversion from a Keras model; it is about TF1 quantized
+        # input stats, which full-integer conversion with a representative dataset never needs.
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        # The calibrator itself builds a tf.lite.Interpreter for dict (multi-input) samples.
+        warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+        return converter.convert()
+
+
+def _short(err):
+    text = str(err).strip()
+    if len(text) > _MAX_MESSAGE:
+        text = text[:_MAX_MESSAGE] + "\n... (truncated; the full message is in __cause__)"
+    return text
+
+
+def _needs_flex(err):
+    return any(marker in str(err) for marker in _FLEX_MARKERS)
+
+
+def _flex_error(err):
+    text = str(err)
+    ops = set(re.findall(r"'tf\.(\w+)' op is neither a custom op nor a flex op", text))
+    for line in re.findall(r"TF Select ops: ([^\n]+)", text):
+        ops.update(op.strip() for op in line.split(",") if op.strip())
+    cause = (
+        f"the model uses TensorFlow op(s) without a builtin TFLite kernel: {', '.join(sorted(ops))}"
+        if ops
+        else "the model uses TensorFlow op(s) without a builtin TFLite kernel"
+    )
+    return RuntimeError(
+        f"TFLite conversion failed: {cause}. tflite_export converts with builtin ops only "
+        "(supported_ops=[TFLITE_BUILTINS]), so that the .tflite runs on Android LiteRT without "
+        "the Flex (TF Select) delegate; the model needs builtin ops: replace those ops (often in "
+        "a Lambda or custom layer) with ones that have a builtin kernel "
+        "(https://ai.google.dev/edge/litert/models/ops_compatibility).\n"
+        f"Converter message:\n{_short(err)}"
+    )
+
+
+def _conversion_error(quantize, first, second):
+    hint = (
+        " Full-integer conversion needs an int8 kernel for every op (TFLITE_BUILTINS_INT8); "
+        "try quantize='dynamic' or 'float16' for models with ops that have none."
+        if quantize == "int8"
+        else ""
+    )
+    return RuntimeError(
+        "TFLite conversion failed with builtin ops only (needed to run on Android LiteRT "
+        f"without the Flex delegate), for quantize={quantize!r}.{hint}\n"
+        f"Converter message (from_keras_model):\n{_short(first)}\n"
+        f"Converter message (fallback: concrete function with batch size 1):\n{_short(second)}"
+    )
+
+
+def _write_atomically(path, data):
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    temp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    # os.open with 0o666 lets the umask decide the mode, as for a plain open(path, "wb").
+    handle = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+
+
+def convert(
+    model,
+    quantize=None,
+    representative_dataset=None,
+    int8_io=False,
+    output=None,
+    calibration_steps=100,
+):
+    """Converts a tf_keras model to a TFLite flatbuffer that uses builtin ops only.
+
+    Args:
+      model: a built tf_keras Sequential or functional model.
+      quantize: one of ``QUANTIZATION_MODES``: None (float32), ``'dynamic'`` (int8 weights,
+        float activations; weights with fewer than 1024 elements stay float), ``'float16'``
+        (float16 weights) or ``'int8'`` (full-integer; needs ``representative_dataset``).
+      representative_dataset: calibration data for ``'int8'``: a callable returning an
+        iterable of input batches, an iterable or generator of batches, a ``tf.data.Dataset``
+        of batches, or a numpy array of N samples. A batch is a numpy array (or tensor) for a
+        single-input model, and a list of arrays in ``model.inputs`` order or a dict keyed by
+        ``model.input_names`` for a multi-input one. Batches may have any batch size; they are
+        fed to the calibrator one sample at a time. The first batch is checked before
+        converting. A one-shot generator's batches are kept in memory (at most
+        ``calibration_steps``) so that the fallback conversion can replay them. Ignored
+        (with a warning) by the other modes.
+      int8_io: with ``'int8'``, make the input and output tensors int8 (scale and zero point
+        in the tensor's quantization parameters); otherwise they stay float32.
+      output: optional path; the bytes are also written there atomically (a temporary file in
+        the same folder, then ``os.replace``). Missing folders are created.
+      calibration_steps: at most this many batches (samples, for a numpy array) are used.
+
+    Returns:
+      The TFLite flatbuffer as ``bytes``.
+
+    Raises:
+      TypeError: ``model`` is a Keras 3 model or not a Keras model.
+      ValueError: unknown ``quantize``; ``int8_io`` without ``'int8'``; ``'int8'`` without
+        calibration data; calibration batches that do not fit the model's inputs; a
+        subclassed or unbuilt model.
+      RuntimeError: the converter failed, e.g. an op has no builtin TFLite kernel; the message
+        names the cause and includes the converter's message.
+    """
+    check_model(model)
+    _check_mode(quantize, int8_io)
+    calibration = None
+    if quantize == "int8":
+        calibration = Calibration(model, representative_dataset, calibration_steps)
+    elif representative_dataset is not None:
+        warnings.warn(
+            f"representative_dataset is only used by quantize='int8'; ignored for "
+            f"quantize={quantize!r}.",
+            stacklevel=2,
+        )
+    try:
+        data = _run(_keras_converter, model, quantize, calibration, int8_io)
+    except CalibrationDataError:
+        raise
+    except Exception as first:  # the converter raises ConverterError, ValueError, RuntimeError
+        if _needs_flex(first):
+            raise _flex_error(first) from first
+        try:
+            data = _run(_concrete_function_converter, model, quantize, calibration, int8_io)
+        except CalibrationDataError:
+            raise
+        except Exception as second:
+            if _needs_flex(second):
+                raise _flex_error(second) from second
+            raise _conversion_error(quantize, first, second) from second
+        warnings.warn(
+            "TFLiteConverter.from_keras_model failed, so the model was converted from a "
+            "concrete function with a fixed batch size of 1. First error: "
+            + _short(first)[:500],
+            stacklevel=2,
+        )
+    if output is not None:
+        _write_atomically(output, data)
+    return data
