@@ -1,0 +1,229 @@
+"""Public pruning entry points: prune_synaptic, prune_once, strip_pruning, prune_scope."""
+
+import contextlib
+
+import numpy as np
+
+from tfsynapse._keras import check_model, keras, prune, pruning_schedule, pruning_wrapper
+from tfsynapse.graph import dependency_groups, replay
+from tfsynapse.pruning.model import PrunedModel, collect_wrappers
+from tfsynapse.pruning.options import PruningOptions, check_sparsity
+from tfsynapse.pruning.planner import MaskPlan
+from tfsynapse.pruning.wrapper import StructuredPruneWrapper
+
+
+def _final_sparsity(schedule):
+    if not isinstance(schedule, pruning_schedule.PruningSchedule):
+        raise ValueError(
+            "pruning_schedule must be a tfmot PruningSchedule such as "
+            "tfsynapse.ConstantSparsity(0.5, begin_step=0) or tfsynapse.PolynomialDecay(...), "
+            f"got {schedule!r}."
+        )
+    config = schedule.get_config()["config"]
+    final = config.get("final_sparsity", config.get("target_sparsity"))
+    begin, end = config.get("begin_step", 0), config.get("end_step", -1)
+    if end is not None and end != -1 and end < begin:
+        raise ValueError(f"the schedule ends (end_step={end}) before it begins (begin_step={begin}).")
+    return check_sparsity(float(final), "the schedule's final sparsity")
+
+
+def _refuse_wrapped(model):
+    for layer in model.submodules:
+        if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
+            raise ValueError(
+                f"layer '{layer.name}' is already wrapped for pruning; call "
+                "tfsynapse.strip_pruning(model) first."
+            )
+
+
+def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granularity="connection",
+                   scope="global", round_to=1, max_pruning_ratio=0.9, ignored_layers=(),
+                   layer_sparsity=None, residual="group", seed=0, strict=False):
+    """Wraps a model for structured pruning during ``model.fit`` under a tfmot schedule.
+
+    The returned model's prunable layers are ``StructuredPruneWrapper``s (a subclass of tfmot's
+    ``PruneLowMagnitude``): train it with the ``tfsynapse.UpdatePruningStep()`` callback (tfmot's
+    own), then ``tfsynapse.strip_pruning`` and ``tfsynapse.shrink``. The wrappers share the
+    original layers (and weights), as tfmot's do. Nested models come out inlined.
+
+    Args:
+      model: a built tf_keras functional or Sequential model.
+      pruning_schedule: a tfmot schedule (``ConstantSparsity``, ``PolynomialDecay``) giving the
+        target fraction of units pruned over training steps.
+      criterion: importance criterion name ('synaptic_strength', 'kernel_norm', 'l1', 'l2',
+        'dscore', 'dstep', 'dstep_gm', 'fpgm', 'bn_scale', 'random') or a callable (see
+        ``register_criterion``).
+      granularity: 'connection' (kernel slices ``K[..., i, j]``; a channel is removed once all
+        its connections die) or 'filter' (whole channels of dependency groups).
+      scope: 'global' (one threshold over the model) or 'layer' (each group/layer at the target).
+      round_to: keep channel counts multiples of this (filter granularity).
+      max_pruning_ratio: the largest fraction of any group's (or layer's) units ever pruned.
+      ignored_layers: names of layers whose output channels and connections stay.
+      layer_sparsity: ``{layer name: ratio}`` final targets overriding the schedule's.
+      residual: 'group' (prune residual groups as a whole) or 'skip' (leave them).
+      seed: seed of the 'random' criterion.
+      strict: raise on layers without a channel rule instead of freezing their channels.
+
+    Returns:
+      A ``PrunedModel`` (a functional tf_keras model).
+
+    Raises:
+      TypeError: a Keras 3 model.
+      ValueError: a subclassed or unbuilt model, invalid options, an invalid schedule, an
+        already wrapped model, or nothing that can be pruned.
+    """
+    check_model(model)
+    _refuse_wrapped(model)
+    options = PruningOptions(
+        criterion=criterion, granularity=granularity, scope=scope, round_to=round_to,
+        max_pruning_ratio=max_pruning_ratio, ignored_layers=tuple(ignored_layers),
+        layer_sparsity=layer_sparsity, residual=residual, seed=seed,
+        final_sparsity=_final_sparsity(pruning_schedule))
+    plan = MaskPlan(dependency_groups(model, strict=strict), options)
+    _require_something(plan)
+    _check_names(model, options)
+    masked = {}
+    for layer, index, _, shape in plan.masked_weights:
+        masked.setdefault(id(layer), []).append([index, list(shape)])
+    order = [c.layer for c in plan.graph.flat.calls if id(c.layer) in masked]
+    leader = order[0]
+
+    def make_layer(layer):
+        if id(layer) not in masked:
+            return layer
+        return StructuredPruneWrapper(layer, pruning_schedule=pruning_schedule,
+                                      masked=masked[id(layer)], leader=layer is leader)
+
+    return replay(model, make_layer,
+                  model_fn=lambda i, o, n: PrunedModel(i, o, options, name=n))
+
+
+def _require_something(plan):
+    if plan.groups or plan.connection_layers:
+        return
+    reasons = "; ".join(f"{name}: {why[0]}" for name, why in list(plan.frozen.items())[:5] if why)
+    raise ValueError(f"nothing in this model can be pruned with these options ({reasons}).")
+
+
+def _check_names(model, options):
+    from tfsynapse.graph import flatten_calls, unwrap  # noqa: PLC0415
+
+    names = {unwrap(c.layer).name for c in flatten_calls(model).calls}
+    for what, given in (("ignored_layers", options.ignored_layers),
+                        ("layer_sparsity", list(options.layer_sparsity))):
+        unknown = [n for n in given if n not in names]
+        if unknown:
+            raise ValueError(f"{what} names layers that are not in the model: {unknown}.")
+
+
+def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="layer", round_to=1,
+               max_pruning_ratio=0.9, ignored_layers=(), residual="group", seed=0, strict=False):
+    """Prunes a model in one shot, without training (the D-Score paper's procedure).
+
+    Args:
+      model: a built tf_keras functional or Sequential model (left untouched).
+      sparsity: a float in [0, 1), the fraction of units pruned per group (scope='layer') or
+        over the model (scope='global'); or ``{layer name: ratio}`` for the groups those layers
+        produce (other groups stay whole), e.g. from ``ratios_from_sensitivity``.
+      criterion, granularity, scope, round_to, max_pruning_ratio, ignored_layers, residual,
+        seed, strict: as in ``prune_synaptic``.
+
+    Returns:
+      A new tf_keras model with the same architecture and the pruned units exactly zero (a
+      channel's filters, biases, BatchNormalization gamma/beta and depthwise weights).
+
+    Raises:
+      TypeError: a Keras 3 model.
+      ValueError: a subclassed or unbuilt model, a sparsity that is not a float in [0, 1) or
+        such a dict, or invalid options.
+    """
+    check_model(model)
+    _refuse_wrapped(model)
+    if isinstance(sparsity, dict):
+        layer_sparsity, target = dict(sparsity), 1.0
+        for name, ratio in layer_sparsity.items():
+            check_sparsity(ratio, f"sparsity['{name}']")
+    else:
+        layer_sparsity, target = None, check_sparsity(sparsity)
+    options = PruningOptions(
+        criterion=criterion, granularity=granularity, scope=scope, round_to=round_to,
+        max_pruning_ratio=max_pruning_ratio, ignored_layers=tuple(ignored_layers),
+        layer_sparsity=layer_sparsity, residual=residual, seed=seed, final_sparsity=1.0,
+        only_listed=layer_sparsity is not None)
+    _check_names(model, options)
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    plan = MaskPlan(dependency_groups(clone, strict=strict), options)
+    apply_masks(plan, plan.compute(target))
+    return clone
+
+
+def apply_masks(plan, masks):
+    """Multiplies every masked weight of ``plan`` by its mask, in place."""
+    for (_, _, weight, _), mask in zip(plan.masked_weights, masks):
+        weight.assign(weight * mask)
+
+
+def strip_pruning(model):
+    """Removes the pruning wrappers, after applying their masks one last time.
+
+    Args:
+      model: a model returned by ``prune_synaptic`` (or any tfmot-wrapped model).
+
+    Returns:
+      A plain tf_keras functional model sharing the (masked) layers.
+
+    Raises:
+      TypeError / ValueError: as ``check_model``.
+    """
+    check_model(model)
+    for wrapper in pruning_wrapper.collect_prunable_layers(model):
+        for weight, mask, _ in wrapper.pruning_vars:
+            weight.assign(weight * mask)
+    stripped = prune.strip_pruning(model)
+    if isinstance(stripped, PrunedModel):  # pragma: no cover - clone_model returns a Model
+        stripped = keras.Model(stripped.inputs, stripped.outputs, name=stripped.name)
+    return stripped
+
+
+def custom_objects():
+    """Every class needed to load a model saved with tfsynapse wrappers or layers."""
+    from tfsynapse._keras import pruning_schedule as schedules  # noqa: PLC0415
+
+    objects = {
+        "StructuredPruneWrapper": StructuredPruneWrapper,
+        "PrunedModel": PrunedModel,
+        "PruneLowMagnitude": pruning_wrapper.PruneLowMagnitude,
+        "ConstantSparsity": schedules.ConstantSparsity,
+        "PolynomialDecay": schedules.PolynomialDecay,
+    }
+    try:
+        from tfsynapse.layers import custom_objects as layer_objects  # noqa: PLC0415
+
+        objects.update(layer_objects())
+    except ImportError:  # pragma: no cover - layers are optional at this stage
+        pass
+    return objects
+
+
+@contextlib.contextmanager
+def prune_scope():
+    """A scope under which ``keras.models.load_model`` can load tfsynapse-pruned models.
+
+    Yields:
+      None.
+    """
+    with keras.utils.custom_object_scope(custom_objects()):
+        yield
+
+
+def pruned_fraction(model):
+    """The fraction of zero units among the masks of a wrapped model (for logging).
+
+    Args:
+      model: a ``PrunedModel``.
+
+    Returns:
+      ``{wrapper name: fraction of mask entries that are 0}``.
+    """
+    return {w.name: [float(1 - np.mean(m.numpy())) for m in w.masks] for w in collect_wrappers(model)}

@@ -1,0 +1,106 @@
+"""The pruned model: a functional tf_keras model that knows how to compute its own masks.
+
+``PrunedModel`` is what ``prune_synaptic`` returns. On construction, and again on loading
+(``.keras``, ``.h5`` or SavedModel, under ``prune_scope()``), it rebuilds the dependency graph
+of its own layers, makes the ``MaskPlan`` and hands a ``MaskController`` to its leader wrapper;
+so a reloaded model resumes with the same step, masks and options.
+"""
+
+from tfsynapse._keras import keras, keras_functional, pruning_wrapper, tf
+from tfsynapse.graph import dependency_groups
+from tfsynapse.pruning.options import PruningOptions
+from tfsynapse.pruning.planner import MaskPlan
+from tfsynapse.pruning.wrapper import StructuredPruneWrapper
+
+
+class MaskController:
+    """Assigns the plan's masks to the wrappers' mask variables."""
+
+    def __init__(self, plan, mask_vars):
+        self.plan = plan
+        self.mask_vars = mask_vars
+
+    def assign_masks(self, sparsity, distribution=None):
+        """Computes every mask for ``sparsity`` and assigns it (cross-replica when distributed)."""
+        masks = self.plan.compute(sparsity)
+        ops = []
+        for var, value in zip(self.mask_vars, masks):
+            if distribution is not None:
+                ops.append(distribution.extended.update(var, lambda v, x: v.assign(x), args=(value,)))
+            else:
+                ops.append(var.assign(value))
+        return tf.group(ops)
+
+
+def collect_wrappers(model):
+    """Every ``StructuredPruneWrapper`` of ``model`` (nested models included)."""
+    return [w for w in pruning_wrapper.collect_prunable_layers(model)
+            if isinstance(w, StructuredPruneWrapper)]
+
+
+def bind(model, options):
+    """Builds the plan for ``model`` and gives its leader wrapper a controller.
+
+    Args:
+      model: a functional model whose prunable layers are ``StructuredPruneWrapper``s.
+      options: the ``PruningOptions`` the wrappers were made for.
+
+    Returns:
+      The ``MaskPlan``.
+
+    Raises:
+      ValueError: the wrappers do not match the plan (the model was edited after wrapping).
+    """
+    plan = MaskPlan(dependency_groups(model), options)
+    wrappers = {id(w.layer): w for w in collect_wrappers(model)}
+    mask_vars = []
+    for layer, index, _, shape in plan.masked_weights:
+        wrapper = wrappers.get(id(layer))
+        indices = [i for i, _ in wrapper.masked] if wrapper is not None else []
+        if index not in indices:
+            raise ValueError(
+                f"layer '{layer.name}' should mask weight {index} {list(shape)} but its wrapper "
+                f"masks {indices}; the model was changed after prune_synaptic. Prune the "
+                "unwrapped model again."
+            )
+        mask_vars.append(wrapper.masks[indices.index(index)])
+    leaders = [w for w in wrappers.values() if w.leader]
+    if len(leaders) != 1:
+        raise ValueError(f"expected exactly one leader wrapper, found {len(leaders)}.")
+    object.__setattr__(leaders[0], "_controller", MaskController(plan, mask_vars))
+    return plan
+
+
+class PrunedModel(keras.Model):
+    """A functional model wrapped for structured pruning (see ``prune_synaptic``).
+
+    Args:
+      inputs: the model's input tensors.
+      outputs: its output tensors.
+      pruning_options: a ``PruningOptions`` or its config dict.
+      name: the model's name.
+    """
+
+    def __init__(self, inputs, outputs, pruning_options, name=None, **kwargs):
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        if isinstance(pruning_options, dict):
+            pruning_options = PruningOptions.from_config(pruning_options)
+        self._pruning_options = pruning_options
+        self.mask_plan = bind(self, pruning_options)
+
+    @property
+    def pruning_options(self):
+        return self._pruning_options
+
+    def get_config(self):
+        config = keras_functional.get_network_config(
+            self, config={"name": self.name, "trainable": self.trainable})
+        config["pruning_options"] = self._pruning_options.to_config()
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        options = config.pop("pruning_options")
+        inputs, outputs, _ = keras_functional.reconstruct_from_config(config, custom_objects)
+        return cls(inputs, outputs, options, name=config.get("name"))

@@ -1,0 +1,145 @@
+"""Validated pruning options shared by prune_synaptic, prune_once and the mask planner."""
+
+import dataclasses
+import numbers
+
+from tfsynapse.criteria import CONNECTION_SCORES, FILTER_SCORES, FILTER_SELECTORS
+
+GRANULARITIES = ("filter", "connection")
+SCOPES = ("layer", "global")
+RESIDUAL_MODES = ("group", "skip")
+FILTER_CRITERIA = tuple(sorted(set(FILTER_SCORES) | set(FILTER_SELECTORS) |
+                               {"bn_scale", "random", "synaptic_strength"}))
+CONNECTION_CRITERIA = tuple(sorted(set(CONNECTION_SCORES) | {"random"}))
+
+_CUSTOM = {}
+
+
+def register_criterion(name, fn):
+    """Registers a custom criterion under ``name`` so that saved models can find it again.
+
+    Args:
+      name: the name to use in ``criterion=``.
+      fn: for filter granularity ``fn(filters [n, d]) -> scores [n]``; for connection
+        granularity ``fn(kernel) -> scores [C_in, C_out]``. Lower = pruned first; TF ops only.
+
+    Returns:
+      ``name``.
+
+    Raises:
+      ValueError: the name is taken by a built-in criterion.
+    """
+    if name in FILTER_CRITERIA or name in CONNECTION_CRITERIA:
+        raise ValueError(f"'{name}' is a built-in criterion; choose another name.")
+    _CUSTOM[name] = fn
+    return name
+
+
+def custom_criterion(name):
+    return _CUSTOM.get(name)
+
+
+@dataclasses.dataclass
+class PruningOptions:
+    """Everything that decides which units a pruning step removes.
+
+    Attributes:
+      criterion: a criterion name, or the name of one registered with ``register_criterion``.
+      granularity: 'filter' (channels of dependency groups) or 'connection' (kernel slices).
+      scope: 'layer' (every group/layer reaches the target) or 'global' (one threshold).
+      round_to: keep every group's channel count a multiple of this (filter granularity).
+      max_pruning_ratio: no group/layer loses more than this fraction of its units.
+      ignored_layers: layer names whose output channels (and connections) are never pruned.
+      layer_sparsity: ``{layer name: final ratio}`` overriding the target for the group that
+        layer produces (or, at connection granularity, that layer's connections).
+      residual: 'group' prunes residual groups as one; 'skip' leaves any group with more than
+        one producer unpruned (the D-Score paper's choice for residual blocks).
+      seed: seed of the 'random' criterion.
+      final_sparsity: the schedule's final target (to scale ``layer_sparsity`` over time).
+      only_listed: prune only the groups named in ``layer_sparsity`` (one-shot ratios).
+    """
+
+    criterion: str = "l1"
+    granularity: str = "filter"
+    scope: str = "layer"
+    round_to: int = 1
+    max_pruning_ratio: float = 0.9
+    ignored_layers: tuple = ()
+    layer_sparsity: dict = None
+    residual: str = "group"
+    seed: int = 0
+    final_sparsity: float = 1.0
+    only_listed: bool = False
+
+    def __post_init__(self):
+        self.criterion = _criterion_name(self.criterion)
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}.")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}.")
+        if self.residual not in RESIDUAL_MODES:
+            raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {self.residual!r}.")
+        valid = FILTER_CRITERIA if self.granularity == "filter" else CONNECTION_CRITERIA
+        if self.criterion not in valid and custom_criterion(self.criterion) is None:
+            raise ValueError(
+                f"unknown criterion {self.criterion!r} for granularity '{self.granularity}'; "
+                f"choose one of {valid} or register your own with tfsynapse.register_criterion."
+            )
+        if self.criterion in FILTER_SELECTORS and self.scope == "global":
+            raise ValueError(
+                f"criterion '{self.criterion}' selects filters per layer and has no global score; "
+                "use scope='layer', or 'dscore' for a global D-Score."
+            )
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ValueError(f"round_to must be an integer >= 1, got {self.round_to!r}.")
+        if self.round_to > 1 and self.granularity == "connection":
+            raise ValueError(
+                "round_to applies to filter granularity; for connection pruning pass round_to "
+                "to tfsynapse.shrink instead."
+            )
+        if not 0.0 < float(self.max_pruning_ratio) <= 1.0:
+            raise ValueError(f"max_pruning_ratio must be in (0, 1], got {self.max_pruning_ratio!r}.")
+        self.ignored_layers = tuple(self.ignored_layers or ())
+        self.layer_sparsity = dict(self.layer_sparsity or {})
+        for name, ratio in self.layer_sparsity.items():
+            check_sparsity(ratio, f"layer_sparsity['{name}']")
+
+    def to_config(self):
+        config = dataclasses.asdict(self)
+        config["ignored_layers"] = list(self.ignored_layers)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _criterion_name(criterion):
+    if callable(criterion):
+        name = getattr(criterion, "__name__", None) or type(criterion).__name__
+        if custom_criterion(name) is not criterion:
+            register_criterion(name, criterion)
+        return name
+    if not isinstance(criterion, str):
+        raise ValueError(f"criterion must be a name or a callable, got {criterion!r}.")
+    return criterion
+
+
+def check_sparsity(value, what="sparsity"):
+    """Validates one sparsity ratio.
+
+    Args:
+      value: the ratio.
+      what: its name in the error message.
+
+    Returns:
+      The ratio as a float.
+
+    Raises:
+      ValueError: not a real number in [0, 1).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{what} must be a float in [0, 1), got {value!r}.")
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{what} must be in [0, 1), got {value!r}.")
+    return float(value)
