@@ -1,0 +1,233 @@
+"""shrink(): remove pruned channels for real.
+
+A channel (a unit of a prunable dependency group) is removable when it provably contributes
+nothing: either everything that makes it is zero (the producers' filter slices and biases,
+and the BatchNormalization gamma/beta and depthwise biases it passes through), so it is zero
+wherever it flows; or every consumer reads it through all-zero weights. Removable channels are
+deleted from every member of the group; connection-level zeros inside kept channels stay.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from tfsynapse._keras import check_model, keras, pruning_wrapper
+from tfsynapse.graph import count_macs, count_params, dependency_groups, kept_positions, replay, unwrap
+
+
+@dataclasses.dataclass
+class ShrinkReport:
+    """What ``shrink`` removed.
+
+    Attributes:
+      channels: ``{layer name: (channels before, channels after)}`` for layers whose output
+        width changed.
+      macs_before, macs_after: multiply-accumulates of one forward pass (batch 1).
+      params_before, params_after: parameter counts.
+      removed_units: ``{group name: number of channels removed}``.
+      max_abs_error: the largest output difference seen in the self-check (None if skipped).
+    """
+
+    channels: dict
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    removed_units: dict
+    max_abs_error: float = None
+
+    @property
+    def mac_reduction(self):
+        """Fraction of MACs removed."""
+        return 1.0 - self.macs_after / max(self.macs_before, 1)
+
+    @property
+    def param_reduction(self):
+        """Fraction of parameters removed."""
+        return 1.0 - self.params_after / max(self.params_before, 1)
+
+    def table(self):
+        """A printable per-layer table and totals."""
+        lines = [f"{'layer':<40} {'before':>7} {'after':>7}"]
+        for name, (before, after) in self.channels.items():
+            lines.append(f"{name[:40]:<40} {before:>7} {after:>7}")
+        lines.append(
+            f"MACs {self.macs_before:,} -> {self.macs_after:,} (-{self.mac_reduction:.1%}); "
+            f"params {self.params_before:,} -> {self.params_after:,} (-{self.param_reduction:.1%})"
+        )
+        return "\n".join(lines)
+
+
+def _is_zero(array, axis, positions):
+    taken = np.take(array, positions, axis=axis)
+    moved = np.moveaxis(taken, axis, 0).reshape(len(positions), -1)
+    return ~np.any(moved != 0, axis=1)
+
+
+def removable_units(graph, values):
+    """Which units of each prunable group can be removed without changing the outputs.
+
+    Args:
+      graph: the model's ``DependencyGraph``.
+      values: ``{(id(layer), weight index): numpy array}`` of the current weights.
+
+    Returns:
+      ``{group id: bool array}``, True = removable.
+    """
+    result = {}
+    for g in graph.prunable_groups:
+        made_zero = np.ones(g.size, bool)
+        required = [m for m in g.members if m.slot.zero_required]
+        for m in required:
+            zero = _is_zero(values[(id(m.layer), m.slot.weight_index)], m.slot.axis, m.positions)
+            seen_alive = np.zeros(g.size, bool)
+            np.logical_or.at(seen_alive, m.units, ~zero)
+            made_zero &= ~seen_alive
+        if not required:
+            made_zero[:] = False
+        ignored = np.ones(g.size, bool)
+        consumers = {}
+        for m in g.by_role("in"):
+            consumers.setdefault(id(m.layer), []).append(m)
+        for members in consumers.values():
+            ignored_here = np.zeros(g.size, bool)
+            for m in members:
+                zero = _is_zero(values[(id(m.layer), m.slot.weight_index)], m.slot.axis, m.positions)
+                alive = np.zeros(g.size, bool)
+                np.logical_or.at(alive, m.units, ~zero)
+                ignored_here |= ~alive
+            ignored &= ignored_here
+        if not consumers:
+            ignored[:] = False
+        result[g.id] = made_zero | ignored
+    return result
+
+
+def _keep_plan(graph, removable, round_to):
+    keep = {}
+    for g in graph.prunable_groups:
+        kept = ~removable[g.id]
+        if not kept.any():
+            kept[0] = True  # never a zero-width layer
+        short = (-int(kept.sum())) % round_to
+        for unit in np.nonzero(~kept)[0][:short]:
+            kept[unit] = True
+        if not kept.all():
+            keep[g.id] = kept
+    return keep
+
+
+def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4):
+    """Returns a new model with every removable pruned channel physically removed.
+
+    Args:
+      model: a pruned tf_keras model: stripped, one-shot (``prune_once``), or still wrapped
+        (its masks are applied and the wrappers removed first). It is not modified otherwise.
+      round_to: keep each group's channel count a multiple of this (some all-zero channels
+        then stay) so SIMD kernels run full width.
+      return_report: also return a ``ShrinkReport``.
+      check: run both models on one random batch and raise if their outputs differ.
+      rtol: the relative tolerance of that check (relative to the largest output magnitude).
+
+    Returns:
+      The new tf_keras functional model (nested models inlined), or ``(model, report)``.
+
+    Raises:
+      TypeError / ValueError: as ``check_model``; ``round_to`` < 1; a layer that cannot be
+        rebuilt from its config.
+      RuntimeError: the self-check found different outputs (a bug: please report it).
+    """
+    check_model(model)
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}.")
+    if pruning_wrapper.collect_prunable_layers(model):
+        from tfsynapse.pruning import strip_pruning  # noqa: PLC0415
+
+        model = strip_pruning(model)
+    graph = dependency_groups(model)
+    values = {}
+    for lc in graph.calls:
+        layer = unwrap(lc.call.layer)
+        for i, w in enumerate(layer.weights):
+            values[(id(layer), i)] = w.numpy()
+    keep = _keep_plan(graph, removable_units(graph, values), round_to)
+    out_width = {}
+    for lc in graph.calls:
+        layer = unwrap(lc.call.layer)
+        groups, units = graph.locate(lc.outputs[0])
+        kept = np.ones(len(groups), bool)
+        for g, mask in keep.items():
+            where = groups == g
+            kept[where] = mask[units[where]]
+        out_width[id(layer)] = (len(kept), int(kept.sum()))
+    slots_by_weight = {}
+    for slot in graph.slots:
+        slots_by_weight.setdefault((id(slot.layer), slot.weight_index), []).append(slot)
+
+    rules = {id(unwrap(lc.call.layer)): lc.rule for lc in graph.calls}
+    made = []
+
+    def make_layer(layer):
+        layer = unwrap(layer)
+        config = layer.get_config()
+        before, after = out_width[id(layer)]
+        if after != before:
+            config = rules[id(layer)].resize(config, after)
+        try:
+            new = type(layer).from_config(config)
+        except Exception as err:  # noqa: BLE001 - re-raised with the layer's name
+            raise ValueError(
+                f"cannot rebuild layer '{layer.name}' ({type(layer).__name__}) from its config: "
+                f"{err}. Give the layer a get_config/from_config pair."
+            ) from err
+        made.append((layer, new))
+        return new
+
+    new_model = replay(model, make_layer)
+    for old, new in made:
+        arrays = []
+        for i in range(len(old.weights)):
+            array = values[(id(old), i)]
+            for slot in slots_by_weight.get((id(old), i), []):
+                array = np.take(array, np.nonzero(kept_positions(slot, keep))[0], axis=slot.axis)
+            arrays.append(array)
+        new.set_weights(arrays)
+    report = ShrinkReport(
+        channels={old.name: out_width[id(old)] for old, _ in made
+                  if out_width[id(old)][0] != out_width[id(old)][1] and rules[id(old)].kind},
+        macs_before=count_macs(graph), macs_after=count_macs(new_model),
+        params_before=count_params(graph), params_after=count_params(new_model),
+        removed_units={graph.groups[g].name: int((~m).sum()) for g, m in keep.items()},
+    )
+    if check:
+        report.max_abs_error = _self_check(model, new_model, rtol)
+    return (new_model, report) if return_report else new_model
+
+
+def _self_check(model, new_model, rtol):
+    rng = np.random.default_rng(0)
+    inputs = []
+    for t in model.inputs:
+        shape = [2] + [1 if d is None else int(d) for d in t.shape[1:]]
+        if t.dtype.is_integer:
+            inputs.append(np.zeros(shape, t.dtype.as_numpy_dtype))
+        else:
+            inputs.append(rng.normal(size=shape).astype(t.dtype.as_numpy_dtype))
+    inputs = inputs[0] if len(inputs) == 1 else inputs
+    before = [np.asarray(o) for o in _as_list(model(inputs, training=False))]
+    after = [np.asarray(o) for o in _as_list(new_model(inputs, training=False))]
+    worst = 0.0
+    for b, a in zip(before, after):
+        err = float(np.max(np.abs(b - a))) if b.size else 0.0
+        scale = max(float(np.max(np.abs(b))) if b.size else 0.0, 1e-6)
+        if err > rtol * scale + 1e-6:
+            raise RuntimeError(
+                f"shrink changed the model's outputs (max abs error {err:.3g}, output scale "
+                f"{scale:.3g}). This is a tfsynapse bug; please report it with the model."
+            )
+        worst = max(worst, err)
+    return worst
+
+
+def _as_list(outputs):
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
