@@ -16,6 +16,7 @@ from tfsynapse.graph import (
     dependency_groups,
     register_rule,
 )
+from tfsynapse.layers import SynapticConv2D, from_synaptic, to_synaptic
 from tfsynapse.pruning import (
     PrunedModel,
     StructuredPruneWrapper,
@@ -36,7 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConstantSparsity", "DependencyGraph", "PolynomialDecay", "PrunedModel", "PruningSummaries",
-    "StructuredPruneWrapper", "UnsupportedLayerError", "UpdatePruningStep", "count_macs",
+    "StructuredPruneWrapper", "SynapticConv2D", "from_synaptic", "to_synaptic", "UnsupportedLayerError", "UpdatePruningStep", "count_macs",
     "count_params", "criteria", "dependency_groups", "prune_once", "prune_scope",
     "prune_synaptic", "register_criterion", "register_rule", "shrink", "ShrinkReport", "strip_pruning",
 ]

@@ -51,9 +51,10 @@ def _prod(dims):
     return int(np.prod([1 if d is None else int(d) for d in dims], dtype=np.int64))
 
 
-def _layer_macs(layer, kind, in_shape, out_shape, shape_of):
+def _layer_macs(layer, rule, in_shape, out_shape, shape_of):
+    kind = rule.kind
     if kind == "conv":
-        kernel = shape_of(layer, layer.kernel)
+        kernel = shape_of(layer, getattr(layer, getattr(rule, "kernel_attr", "kernel")))
         return _prod(kernel[:-2]) * kernel[-2] * kernel[-1] * _prod(out_shape[1:-1])
     if kind == "conv_transpose":
         kernel = shape_of(layer, layer.kernel)
@@ -98,7 +99,7 @@ def count_macs(model, keep=None, per_layer=False):
         kind = getattr(lc.rule, "kind", None)
         if kind is None:
             continue
-        macs = _layer_macs(layer, kind, lc.call.input_shapes[0], lc.call.output_shapes[0], shape_of)
+        macs = _layer_macs(layer, lc.rule, lc.call.input_shapes[0], lc.call.output_shapes[0], shape_of)
         table[layer.name] = table.get(layer.name, 0) + macs
     total = int(sum(table.values()))
     return (total, table) if per_layer else total

@@ -57,12 +57,15 @@ class _GroupPlan:
 
 
 class _ConnectionLayer:
-    def __init__(self, layer, slot_in, slot_out, factor, cap):
+    """A convolution pruned per connection: its kernel (and a synaptic layer's strengths)."""
+
+    def __init__(self, layer, slot_in, slot_out, factor, cap, weights):
         self.layer = layer
         self.slot_in = slot_in
         self.slot_out = slot_out
         self.factor = factor
         self.cap = cap
+        self.weights = weights  # {weight index: (in axis, out axis)} masked per connection
         self.shape = (slot_in.weight.shape[slot_in.axis], slot_out.weight.shape[slot_out.axis])
 
 
@@ -139,8 +142,12 @@ class MaskPlan:
                 continue  # grouped convolutions have no per-connection input slot
             n = int(np.prod([kernel.shape[-2], kernel.shape[-1]]))
             cap = min(n - 1, int(np.floor(opts.max_pruning_ratio * n + 1e-9)))
+            weights = {slots["in"].weight_index: (slots["in"].axis, slots["out"].axis)}
+            strength = getattr(layer, "strength", None)
+            if strength is not None:
+                weights[_index_of(layer, strength)] = (0, 1)
             layers.append(_ConnectionLayer(layer, slots["in"], slots["out"],
-                                           self._factor([layer.name]), cap))
+                                           self._factor([layer.name]), cap, weights))
         return layers
 
     def _build_indices(self):
@@ -164,7 +171,7 @@ class MaskPlan:
                                                "active": False})
             entry["axes"].append((slot.axis, index.astype(np.int64), slot.role))
             entry["active"] |= touches_plan
-        conn = {(id(c.layer), c.slot_in.weight_index): c for c in self.connection_layers}
+        conn = {(id(c.layer), index): c for c in self.connection_layers for index in c.weights}
         self._weights = []
         for key, entry in by_weight.items():
             connection = conn.get(key)
@@ -321,18 +328,18 @@ class MaskPlan:
             g = p.group
             verdicts = []
             for role, reduce_axis in (("in", 1), ("out", 0)):
-                members = [m for m in g.by_role(role) if m.slot.weight.shape.rank >= 3
-                           or role == "in"]
+                members = [m for m in g.by_role(role) if m.slot.weight.shape.rank >= 2]
                 if not members:
                     continue
                 dead = tf.ones([g.size], tf.bool)
                 usable = True
                 for m in members:
                     c = by_layer.get(id(m.layer))
-                    if c is None or (role == "in" and m.slot is not c.slot_in) or (
-                            role == "out" and m.slot is not c.slot_out):
-                        usable = False
+                    if c is None:
+                        usable = False  # a layer that is not pruned per connection reads it
                         break
+                    if m.slot is not (c.slot_in if role == "in" else c.slot_out):
+                        continue  # a synaptic layer's strengths follow its kernel
                     line_dead = tf.reduce_all(conn_prune[id(m.layer)], axis=reduce_axis)
                     at_units = tf.scatter_nd(m.units[:, None], tf.cast(
                         tf.logical_not(tf.gather(line_dead, m.positions)), tf.int32), [g.size])
@@ -381,9 +388,10 @@ class MaskPlan:
                 mask = mask * tf.reshape(tf.gather(keep, index), axis_shape)
             c = entry["connection"]
             if c is not None and id(c.layer) in conn_prune:
+                in_axis, out_axis = c.weights[entry["index"]]
                 conn_shape = [1] * len(shape)
-                conn_shape[c.slot_in.axis] = c.shape[0]
-                conn_shape[c.slot_out.axis] = c.shape[1]
+                conn_shape[in_axis] = c.shape[0]
+                conn_shape[out_axis] = c.shape[1]
                 mask = mask * tf.reshape(1.0 - tf.cast(conn_prune[id(c.layer)], tf.float32), conn_shape)
             masks.append(tf.cast(mask, entry["weight"].dtype))
         return masks
@@ -430,6 +438,13 @@ class _GroupPlanLike:
 
 def _moveaxis_np(array, axis):
     return np.moveaxis(array, axis, 0)
+
+
+def _index_of(layer, weight):
+    for i, w in enumerate(layer.weights):
+        if w is weight:
+            return i
+    raise ValueError(f"{weight.name} is not a weight of {layer.name}")
 
 
 def _connection_kernel(layer):

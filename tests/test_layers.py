@@ -1,0 +1,116 @@
+"""SynapticConv2D and the conversion to and from the synaptic form (Lin et al., NeurIPS 2018)."""
+
+import numpy as np
+import pytest
+
+import tflite_export
+import tfsynapse
+from conftest import randomize_bn
+from tfsynapse._keras import keras, tf
+
+L = keras.layers
+
+
+def test_reparameterized_layer_computes_conv_with_s_times_unit_direction():
+    layer = tfsynapse.SynapticConv2D(5, 3, padding="same", strength_initializer="random_uniform")
+    x = np.random.default_rng(0).normal(size=(2, 7, 7, 4)).astype("float32")
+    y = layer(x)
+    v, s, b = (w.numpy() for w in layer.weights)
+    kernel = s[None, None] * v / np.sqrt((v ** 2).sum(axis=(0, 1), keepdims=True) + 1e-12)
+    expected = tf.nn.conv2d(x, kernel, 1, "SAME") + b
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+    assert layer.get_prunable_weights() == [layer.strength]
+    assert layer.strength.shape == (4, 5)
+
+
+def relu_net(final_activation=None):
+    inputs = keras.Input((10, 10, 3))
+    x = L.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    x = L.BatchNormalization(name="bn1")(x)
+    x = L.ReLU()(x)
+    x = L.MaxPooling2D()(x)
+    x = L.Conv2D(8, 3, padding="same", name="c2")(x)
+    x = L.BatchNormalization(name="bn2")(x)
+    x = L.LeakyReLU(0.2)(x)
+    x = L.Conv2D(6, 3, padding="same", name="c3")(x)
+    x = L.BatchNormalization(name="bn3")(x)
+    x = L.Activation(final_activation or "relu")(x)
+    x = L.Conv2D(6, 1, name="c4")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, L.Dense(4, name="head")(x))
+
+
+def test_to_and_from_synaptic_preserve_outputs_with_negative_gammas():
+    model = randomize_bn(relu_net())
+    assert any((model.get_layer(n).gamma.numpy() < 0).any() for n in ("bn1", "bn2", "bn3"))
+    synaptic, report = tfsynapse.to_synaptic(model, return_report=True)
+    assert sorted(report.folded) == ["bn1", "bn2", "bn3"] and report.flipped and not report.kept
+    assert all(not synaptic.get_layer(n).scale for n in ("bn1", "bn2", "bn3"))
+    x = np.random.default_rng(1).normal(size=(4, 10, 10, 3)).astype("float32")
+    np.testing.assert_allclose(synaptic(x), model(x), rtol=1e-4, atol=1e-5)
+    plain = tfsynapse.from_synaptic(synaptic)
+    assert not any(isinstance(l, tfsynapse.SynapticConv2D) for l in plain.layers)
+    np.testing.assert_allclose(plain(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_non_homogeneous_activation_keeps_the_bn_scale():
+    model = randomize_bn(relu_net(final_activation="swish"))
+    synaptic, report = tfsynapse.to_synaptic(model, return_report=True)
+    assert "bn3" in report.kept and "homogeneous" in report.kept["bn3"]
+    assert synaptic.get_layer("bn3").scale
+    x = np.random.default_rng(1).normal(size=(2, 10, 10, 3)).astype("float32")
+    np.testing.assert_allclose(synaptic(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_l1_penalty_is_in_model_losses():
+    synaptic = tfsynapse.to_synaptic(randomize_bn(relu_net()), l1=1e-3)
+    strengths = [l.strength for l in synaptic.layers if isinstance(l, tfsynapse.SynapticConv2D)]
+    assert len(strengths) == 4 and len(synaptic.losses) == 4
+    expected = 1e-3 * sum(float(np.abs(s.numpy()).sum()) for s in strengths)
+    assert float(tf.add_n(synaptic.losses)) == pytest.approx(expected, rel=1e-5)
+    assert tfsynapse.to_synaptic(relu_net(), l1=0).losses == []
+
+
+def test_global_connection_pruning_of_strengths_reaches_target():
+    synaptic = tfsynapse.to_synaptic(randomize_bn(relu_net()))
+    schedule = tfsynapse.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=8, frequency=2)
+    pruned = tfsynapse.prune_synaptic(synaptic, schedule, max_pruning_ratio=0.98)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 10, 10, 3)).astype("float32"), rng.integers(0, 4, 40)
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(x, y, batch_size=4, verbose=0, callbacks=[tfsynapse.UpdatePruningStep()])
+    stripped = tfsynapse.strip_pruning(pruned)
+    strengths = [l.strength.numpy() for l in stripped.layers if isinstance(l, tfsynapse.SynapticConv2D)]
+    fraction = np.mean(np.concatenate([s.ravel() for s in strengths]) == 0)
+    assert abs(fraction - 0.9) <= 0.02
+    assert all((s != 0).any() for s in strengths)  # no layer emptied
+    small = tfsynapse.shrink(tfsynapse.from_synaptic(stripped))
+    np.testing.assert_allclose(small(x[:4]), stripped(x[:4]), rtol=1e-4, atol=1e-5)
+
+
+def test_post_hoc_synaptic_strength_uses_the_upstream_bn_gamma():
+    model = randomize_bn(relu_net())
+    graph = tfsynapse.dependency_groups(model)
+    assert graph.upstream_batchnorm("c2").name == "bn1"
+    assert graph.upstream_batchnorm("c1") is None
+    from tfsynapse.pruning import MaskPlan, PruningOptions  # noqa: PLC0415
+
+    plan = MaskPlan(graph, PruningOptions(criterion="synaptic_strength", granularity="connection"))
+    scores = plan._connection_scores(model.get_layer("c2"), "synaptic_strength").numpy()
+    kernel = model.get_layer("c2").kernel.numpy()
+    gamma = model.get_layer("bn1").gamma.numpy()
+    expected = np.abs(gamma)[:, None] * np.sqrt((kernel ** 2).sum(axis=(0, 1)))
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5"])
+def test_synaptic_model_saves_loads_and_converts(tmp_path, fmt):
+    synaptic = tfsynapse.to_synaptic(randomize_bn(relu_net()))
+    path = str(tmp_path / f"m.{fmt}")
+    synaptic.save(path)
+    with tfsynapse.prune_scope():
+        loaded = keras.models.load_model(path)
+    x = np.random.default_rng(2).normal(size=(3, 10, 10, 3)).astype("float32")
+    np.testing.assert_allclose(loaded(x), synaptic(x), rtol=1e-5, atol=1e-6)
+    flat = tflite_export.convert(loaded)
+    assert tflite_export.verify(flat, loaded, x)["max_abs_error"] < 1e-4

@@ -1,0 +1,13 @@
+"""Synaptic layers (Lin et al., NeurIPS 2018) and model conversion to and from them."""
+
+from tfsynapse.layers import rule as _rule  # noqa: F401  (registers the graph rule)
+from tfsynapse.layers.convert import SynapticReport, from_synaptic, to_synaptic
+from tfsynapse.layers.synaptic import SynapticConv2D
+
+
+def custom_objects():
+    """The layer classes needed to load models that contain them."""
+    return {"SynapticConv2D": SynapticConv2D}
+
+
+__all__ = ["SynapticConv2D", "SynapticReport", "custom_objects", "from_synaptic", "to_synaptic"]

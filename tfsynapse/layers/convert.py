@@ -1,0 +1,233 @@
+"""to_synaptic / from_synaptic: move a model into the trainable synaptic form and back.
+
+``to_synaptic`` replaces every Conv2D (groups=1) by a SynapticConv2D with ``V = K`` and
+``s = ||K_ij||`` (exactly the same kernel), then folds BatchNormalization scales into the next
+convolutions' strengths where that is exact: for ``y = act(gamma * x_hat + beta)`` with a
+positively homogeneous ``act`` (ReLU, LeakyReLU, linear) and ``gamma > 0``,
+``act(gamma * x_hat + beta) = gamma * act(x_hat + beta / gamma)``, so the BN keeps only its
+shift ``beta / gamma`` (``scale=False``) and ``gamma_i`` multiplies ``s_ij`` of every consumer.
+A negative ``gamma_i`` first flips channel ``i``'s sign upstream (the producing filter, its bias
+and the BN moving mean). Where this is not exact (ReLU6, swish, sigmoid on the path; a consumer
+that is not a convolution, e.g. a residual add or a Dense head; a zero gamma; a producer shared
+with other layers) the BN keeps its scale, and the returned report says why.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from tfsynapse._keras import check_model, keras
+from tfsynapse.graph import dependency_groups, replay, unwrap
+from tfsynapse.layers.synaptic import SynapticConv2D, synaptic_weights_from_kernel
+
+L = keras.layers
+
+
+@dataclasses.dataclass
+class SynapticReport:
+    """What ``to_synaptic`` did.
+
+    Attributes:
+      converted: names of the Conv2D layers now SynapticConv2D.
+      folded: ``{BN name: [consumer conv names]}`` whose scales moved into strengths.
+      kept: ``{BN name: reason}`` of BatchNormalizations that keep their scale.
+      flipped: ``{BN name: number of channels whose sign was flipped}``.
+    """
+
+    converted: list
+    folded: dict
+    kept: dict
+    flipped: dict
+
+    def __str__(self):
+        lines = [f"{len(self.converted)} Conv2D -> SynapticConv2D; "
+                 f"{len(self.folded)} BatchNormalization scales folded into strengths"]
+        for name, why in self.kept.items():
+            lines.append(f"  {name}: scale kept ({why})")
+        return "\n".join(lines)
+
+
+def _homogeneous(layer):
+    """Whether ``layer`` commutes with a positive per-channel scale (f(a x) = a f(x), a > 0)."""
+    if isinstance(layer, L.ReLU):
+        return layer.max_value is None and float(layer.threshold) == 0.0
+    if isinstance(layer, L.LeakyReLU):
+        return True
+    if isinstance(layer, L.Activation):
+        return getattr(layer.activation, "__name__", "") in ("relu", "linear")
+    return isinstance(layer, (L.MaxPooling2D, L.AveragePooling2D, L.ZeroPadding2D, L.Dropout,
+                              L.SpatialDropout2D, L.Cropping2D, L.UpSampling2D))
+
+
+def _convertible(layer):
+    return type(layer) is L.Conv2D and layer.groups == 1 and layer.data_format == "channels_last"
+
+
+def _bn_folds(graph, outputs):
+    """``{bn layer: (consumer convs, reason or None)}`` for every BatchNormalization."""
+    consumers = {}
+    producer = {}
+    for lc in graph.calls:
+        for key in lc.call.inputs:
+            consumers.setdefault(key, []).append(lc)
+        for key in lc.call.outputs:
+            producer[key] = lc
+    result = {}
+    for lc in graph.calls:
+        bn = unwrap(lc.call.layer)
+        if not isinstance(bn, L.BatchNormalization):
+            continue
+        if bn.gamma is None:
+            continue
+        reason, convs = None, []
+        frontier = list(lc.call.outputs)
+        while frontier and reason is None:
+            key = frontier.pop()
+            if key in outputs:
+                reason = "reaches a model output"
+                break
+            for nxt in consumers.get(key, []):
+                layer = unwrap(nxt.call.layer)
+                if _convertible(layer):
+                    convs.append(layer)
+                elif _homogeneous(layer) and len(nxt.call.inputs) == 1:
+                    frontier.extend(nxt.call.outputs)
+                else:
+                    reason = (f"'{layer.name}' ({type(layer).__name__}) between the BN and a "
+                              "convolution is not positively homogeneous or not a convolution")
+                    break
+        gamma = bn.gamma.numpy()
+        if reason is None and not convs:
+            reason = "no convolution consumes it"
+        if reason is None and np.any(gamma == 0):
+            reason = "a gamma is exactly zero"
+        flips = np.nonzero(gamma < 0)[0]
+        source = producer.get(lc.call.inputs[0]) if lc.call.inputs else None
+        if reason is None and len(flips):
+            src = unwrap(source.call.layer) if source is not None else None
+            if src is None or not (_convertible(src) or isinstance(src, SynapticConv2D)) or len(
+                    consumers.get(source.call.outputs[0], [])) != 1:
+                reason = "negative gammas, and the producer cannot be sign-flipped alone"
+        result[bn] = (convs, reason, flips, unwrap(source.call.layer) if source is not None else None)
+    return result
+
+
+def to_synaptic(model, l1=1e-4, fold_batchnorm=True, return_report=False):
+    """Converts a tf_keras model with Conv2D (+ BatchNormalization) to the synaptic form.
+
+    Args:
+      model: a built tf_keras functional or Sequential model (left untouched).
+      l1: coefficient of the L1 penalty on all strengths (0 disables it).
+      fold_batchnorm: move BN scales into strengths where exact (see the module docstring).
+      return_report: also return a ``SynapticReport``.
+
+    Returns:
+      The new model (same function, to float tolerance), or ``(model, report)``.
+
+    Raises:
+      TypeError / ValueError: as ``check_model``; ``l1`` negative.
+    """
+    check_model(model)
+    if l1 < 0:
+        raise ValueError(f"l1 must be >= 0, got {l1}.")
+    graph = dependency_groups(model)
+    outputs = set(graph.flat.outputs)
+    folds = _bn_folds(graph, outputs) if fold_batchnorm else {}
+    report = SynapticReport(converted=[], folded={}, kept={}, flipped={})
+    scale_in = {}  # conv layer -> per-input-channel gamma to multiply into strengths
+    sign_out = {}  # producer layer -> per-output-channel sign
+    fold_bn = set()
+    for bn, (convs, reason, flips, source) in folds.items():
+        if reason is not None:
+            report.kept[bn.name] = reason
+            continue
+        fold_bn.add(bn)
+        report.folded[bn.name] = [c.name for c in convs]
+        gamma = bn.gamma.numpy()
+        for conv in convs:
+            scale_in[conv] = scale_in.get(conv, 1.0) * np.abs(gamma)
+        if len(flips):
+            sign = np.ones_like(gamma)
+            sign[flips] = -1.0
+            sign_out[source] = sign
+            report.flipped[bn.name] = int(len(flips))
+    regularizer = keras.regularizers.L1(l1) if l1 > 0 else None
+    made = []
+
+    def make_layer(layer):
+        layer = unwrap(layer)
+        if _convertible(layer):
+            config = layer.get_config()
+            config.pop("groups", None)
+            new = SynapticConv2D.from_config({**config, "strength_regularizer": regularizer})
+            report.converted.append(layer.name)
+        elif layer in fold_bn:
+            new = L.BatchNormalization.from_config({**layer.get_config(), "scale": False})
+        else:
+            new = type(layer).from_config(layer.get_config())
+        made.append((layer, new))
+        return new
+
+    new_model = replay(model, make_layer)
+    for old, new in made:
+        weights = [w.copy() for w in old.get_weights()]
+        sign = sign_out.get(old)
+        if _convertible(old):
+            kernel = weights[0] * (sign if sign is not None else 1.0)
+            direction, strength = synaptic_weights_from_kernel(kernel)
+            if old in scale_in:
+                strength = strength * scale_in[old][:, None]
+            rest = weights[1:]
+            if sign is not None and rest:
+                rest[0] = rest[0] * sign
+            new.set_weights([direction, strength, *rest])
+        elif old in fold_bn:
+            gamma, beta, mean, var = weights
+            flip = np.where(gamma < 0, -1.0, 1.0).astype(gamma.dtype)
+            new.set_weights([beta / np.abs(gamma), mean * flip, var])
+        elif isinstance(old, SynapticConv2D) and sign is not None:
+            weights[0] = weights[0] * sign
+            if old.use_bias:
+                weights[2] = weights[2] * sign
+            new.set_weights(weights)
+        else:
+            new.set_weights(weights)
+    return (new_model, report) if return_report else new_model
+
+
+def from_synaptic(model):
+    """Turns every SynapticConv2D back into a plain Conv2D with ``K = s * V / ||V||``.
+
+    Args:
+      model: a built tf_keras model (left untouched).
+
+    Returns:
+      A new model without synaptic layers (BatchNormalizations keep ``scale=False``), ready
+      for ``shrink`` and TFLite export.
+
+    Raises:
+      TypeError / ValueError: as ``check_model``.
+    """
+    check_model(model)
+    made = []
+
+    def make_layer(layer):
+        layer = unwrap(layer)
+        if isinstance(layer, SynapticConv2D):
+            config = layer.get_config()
+            config.pop("strength_regularizer", None)
+            config.pop("strength_initializer", None)
+            new = L.Conv2D.from_config(config)
+        else:
+            new = type(layer).from_config(layer.get_config())
+        made.append((layer, new))
+        return new
+
+    new_model = replay(model, make_layer)
+    for old, new in made:
+        if isinstance(old, SynapticConv2D):
+            rest = [old.bias.numpy()] if old.use_bias else []
+            new.set_weights([old.effective_kernel().numpy(), *rest])
+        else:
+            new.set_weights(old.get_weights())
+    return new_model

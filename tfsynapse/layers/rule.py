@@ -1,0 +1,22 @@
+"""The dependency-graph rule of SynapticConv2D (registered on import)."""
+
+from tfsynapse.graph.rules import Producer, register_rule
+from tfsynapse.layers.synaptic import SynapticConv2D
+
+
+@register_rule(SynapticConv2D)
+class SynapticRule(Producer):
+    """Like Conv2D, with the strengths ``s[i, j]`` as a second kernel-like weight."""
+
+    kernel_attr = "direction"
+
+    def propagate(self, ctx):
+        layer, cmap = ctx.layer, ctx.inputs[0]
+        out = ctx.new_space(layer.filters)
+        ctx.slot(layer.direction, 2, cmap, "in", zero_required=False)
+        ctx.slot(layer.direction, 3, out, "out", zero_required=True)
+        ctx.slot(layer.strength, 0, cmap, "in", zero_required=False)
+        ctx.slot(layer.strength, 1, out, "out", zero_required=False)
+        if layer.bias is not None:
+            ctx.slot(layer.bias, 0, out, "out", zero_required=True)
+        return [out]

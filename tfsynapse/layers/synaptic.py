@@ -1,0 +1,98 @@
+"""SynapticConv2D: a convolution whose every connection carries an explicit synaptic strength.
+
+Lin, Zhong, Wu, Yan, "Synaptic Strength for Convolutional Neural Network", NeurIPS 2018:
+the kernel of the connection from input channel ``i`` to output channel ``j`` is a unit-norm
+direction times a strength, ``K[:, :, i, j] = s_ij * V[:, :, i, j] / ||V[:, :, i, j]||``, and an
+L1 penalty on ``s`` makes the strengths sparse. ``s`` has shape ``(C_in, C_out)`` and is the
+layer's prunable weight for tfmot.
+
+Only a Conv2D counterpart is provided. For Dense the reparameterisation degenerates (each
+connection is one weight, so ``s_ij = |w_ij|`` is plain magnitude pruning); a depthwise
+convolution has one connection per channel, so its "connections" are channels, which the
+filter-level groups already prune.
+"""
+
+from tfsynapse._keras import keras, prunable_layer, tf
+
+EPSILON = 1e-12
+
+
+class SynapticConv2D(keras.layers.Conv2D, prunable_layer.PrunableLayer):
+    """Conv2D with per-connection strengths: ``K = s * V / ||V||`` (norm over the kernel window).
+
+    Args:
+      filters, kernel_size, ...: as ``keras.layers.Conv2D`` (``groups`` must be 1).
+      strength_regularizer: regularizer on the strengths, e.g. ``keras.regularizers.L1(1e-4)``
+        (the paper's sparsity penalty; it appears in ``model.losses``).
+      strength_initializer: initializer of ``s`` (default ones).
+      **kwargs: the other Conv2D arguments. ``kernel_initializer`` initialises ``V``.
+
+    Attributes:
+      direction: the variable ``V`` (kernel shape).
+      strength: the variable ``s``, shape ``(C_in, C_out)``.
+    """
+
+    def __init__(self, filters, kernel_size, strength_regularizer=None,
+                 strength_initializer="ones", **kwargs):
+        super().__init__(filters, kernel_size, **kwargs)
+        if self.groups != 1:
+            raise ValueError("SynapticConv2D does not support grouped convolutions (groups=1 only).")
+        self.strength_regularizer = keras.regularizers.get(strength_regularizer)
+        self.strength_initializer = keras.initializers.get(strength_initializer)
+
+    def build(self, input_shape):
+        input_shape = tf.TensorShape(input_shape)
+        channels = self._get_input_channel(input_shape)
+        self.compute_output_shape(input_shape)
+        self.direction = self.add_weight(
+            name="direction", shape=self.kernel_size + (channels, self.filters),
+            initializer=self.kernel_initializer, constraint=self.kernel_constraint,
+            trainable=True, dtype=self.dtype)
+        self.strength = self.add_weight(
+            name="strength", shape=(channels, self.filters), initializer=self.strength_initializer,
+            regularizer=self.strength_regularizer, trainable=True, dtype=self.dtype)
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias", shape=(self.filters,), initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer, constraint=self.bias_constraint,
+                trainable=True, dtype=self.dtype)
+        else:
+            self.bias = None
+        self.input_spec = keras.layers.InputSpec(min_ndim=4, axes={self._get_channel_axis(): channels})
+        self.built = True
+
+    def effective_kernel(self):
+        """The convolution kernel ``s * V / ||V||`` (the norm over each connection's window)."""
+        norm = tf.sqrt(tf.reduce_sum(tf.square(self.direction), axis=[0, 1], keepdims=True) + EPSILON)
+        return self.strength[None, None] * self.direction / norm
+
+    @property
+    def kernel(self):
+        return self.effective_kernel()
+
+    def get_prunable_weights(self):
+        """The strengths: tfmot prunes connections by pruning ``s``."""
+        return [self.strength]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "strength_regularizer": keras.regularizers.serialize(self.strength_regularizer),
+            "strength_initializer": keras.initializers.serialize(self.strength_initializer),
+        })
+        return config
+
+
+def synaptic_weights_from_kernel(kernel):
+    """``(V, s)`` such that ``s * V / ||V||`` equals ``kernel`` (``V = kernel``, ``s = ||K_ij||``).
+
+    Args:
+      kernel: numpy kernel ``(kh, kw, C_in, C_out)``.
+
+    Returns:
+      ``(direction, strength)`` numpy arrays.
+    """
+    import numpy as np  # noqa: PLC0415
+
+    strength = np.sqrt(np.sum(np.square(kernel), axis=(0, 1)) + EPSILON)
+    return kernel.astype(np.float32), strength.astype(np.float32)
