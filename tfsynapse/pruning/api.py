@@ -1,6 +1,7 @@
 """Public pruning entry points: prune_synaptic, prune_once, strip_pruning, prune_scope."""
 
 import contextlib
+import warnings
 
 import numpy as np
 
@@ -79,9 +80,10 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
         max_pruning_ratio=max_pruning_ratio, ignored_layers=tuple(ignored_layers),
         layer_sparsity=layer_sparsity, residual=residual, seed=seed,
         final_sparsity=_final_sparsity(pruning_schedule))
+    _check_names(model, options)
     plan = MaskPlan(dependency_groups(model, strict=strict), options)
     _require_something(plan)
-    _check_names(model, options)
+    _check_targets(plan)
     masked = {}
     for layer, index, _, shape in plan.masked_weights:
         masked.setdefault(id(layer), []).append([index, list(shape)])
@@ -114,6 +116,24 @@ def _check_names(model, options):
         unknown = [n for n in given if n not in names]
         if unknown:
             raise ValueError(f"{what} names layers that are not in the model: {unknown}.")
+
+
+def _check_targets(plan):
+    """Per-layer ratios must name layers that produce channels; frozen ones get a warning."""
+    connection = plan.options.granularity == "connection"
+    for name in plan.options.layer_sparsity:
+        if connection and any(c.layer.name == name for c in plan.connection_layers):
+            continue
+        group = plan.graph.group_of_layer(name)
+        if group is None:
+            raise ValueError(
+                f"'{name}' does not produce prunable channels (it is not a convolution or dense "
+                "layer of the model); per-layer ratios are keyed by producing layers' names."
+            )
+        planned = any(p.group is group for p in plan.groups)
+        if not planned and float(plan.options.layer_sparsity[name]) > 0:
+            why = plan.frozen.get(group.name, group.reasons) or ["not prunable"]
+            warnings.warn(f"tfsynapse: '{name}' will not be pruned: {why[0]}.", stacklevel=3)
 
 
 def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="layer", round_to=1,
@@ -154,6 +174,7 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     plan = MaskPlan(dependency_groups(clone, strict=strict), options)
+    _check_targets(plan)
     apply_masks(plan, plan.compute(target))
     return clone
 

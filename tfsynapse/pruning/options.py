@@ -103,6 +103,13 @@ class PruningOptions:
         self.layer_sparsity = dict(self.layer_sparsity or {})
         for name, ratio in self.layer_sparsity.items():
             check_sparsity(ratio, f"layer_sparsity['{name}']")
+        if not 0.0 <= float(self.final_sparsity) <= 1.0:
+            raise ValueError(f"final_sparsity must be in [0, 1], got {self.final_sparsity!r}.")
+        if self.layer_sparsity and float(self.final_sparsity) == 0.0:
+            raise ValueError(
+                "layer_sparsity scales with the schedule, whose final sparsity is 0: give the "
+                "schedule the largest of your per-layer ratios as its target."
+            )
 
     def to_config(self):
         config = dataclasses.asdict(self)

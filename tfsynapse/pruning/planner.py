@@ -95,8 +95,7 @@ class MaskPlan:
         overrides = [self.options.layer_sparsity[n] for n in names if n in self.options.layer_sparsity]
         if not overrides:
             return 0.0 if self.options.only_listed else None
-        final = self.options.final_sparsity or 1.0
-        return min(overrides) / final
+        return min(overrides) / self.options.final_sparsity
 
     def _plan_groups(self):
         opts = self.options
@@ -242,7 +241,7 @@ class MaskPlan:
     # ------------------------------------------------------------------- selection (TF)
     def _targets(self, sparsity, factor, n, cap):
         s = sparsity * factor if factor is not None else sparsity
-        k = tf.cast(tf.round(tf.cast(s, tf.float32) * n), tf.int32)
+        k = tf.cast(tf.floor(tf.cast(s, tf.float32) * n + 0.5), tf.int32)  # round half up
         return tf.clip_by_value(k, 0, cap)
 
     @staticmethod
@@ -284,7 +283,7 @@ class MaskPlan:
                     zip(in_rank, scores, plans)]
         flat = tf.concat(eligible, axis=0)
         total = sum(p.n for p in plans)
-        k = tf.cast(tf.round(tf.cast(sparsity, tf.float32) * total), tf.int32)
+        k = tf.cast(tf.floor(tf.cast(sparsity, tf.float32) * total + 0.5), tf.int32)
         k = tf.minimum(k, sum(p.cap for p in plans))
         chosen = lowest_k_mask(flat, k)
         result = {}
