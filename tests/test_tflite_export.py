@@ -79,7 +79,7 @@ def test_inputs():
 
 def test_modes_constant():
     assert QUANTIZATION_MODES == (None, "dynamic", "float16", "int8")
-    assert set(tflite_export.__all__) == {"convert", "verify", "benchmark", "inspect",
+    assert set(tflite_export.__all__) == {"convert", "verify", "predict", "benchmark", "inspect",
                                           "QUANTIZATION_MODES"}
 
 
@@ -310,3 +310,11 @@ def test_bad_tflite_arguments(cnn, converted, tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="non-empty"):
             verify(converted[None], cnn, np.zeros((0,) + SHAPE, np.float32))
+
+
+def test_predict_returns_the_models_outputs(converted, cnn, test_inputs):
+    expected = cnn.predict(test_inputs, verbose=0)
+    np.testing.assert_allclose(tflite_export.predict(converted[None], test_inputs), expected,
+                               rtol=1e-4, atol=1e-5)
+    int8 = tflite_export.predict(converted["int8"], test_inputs)
+    assert int8.shape == expected.shape and int8.dtype == np.float32

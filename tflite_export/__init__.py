@@ -11,13 +11,13 @@
 * ``'int8'``: full-integer quantization of weights and activations.
   Needs ``representative_dataset`` for calibration; ``int8_io=True`` also makes I/O int8.
 
-``verify`` compares a converted model with its Keras model, ``benchmark`` times it in
+``verify`` compares a converted model with its Keras model, ``predict`` runs one, ``benchmark`` times it in
 ``ai_edge_litert``'s interpreter, and ``inspect`` lists its ops and I/O tensors.
 """
 
 from tflite_export.benchmarking import benchmark
 from tflite_export.converter import QUANTIZATION_MODES, convert
 from tflite_export.inspect_model import inspect
-from tflite_export.verification import verify
+from tflite_export.verification import predict, verify
 
-__all__ = ["convert", "verify", "benchmark", "inspect", "QUANTIZATION_MODES"]
+__all__ = ["convert", "verify", "predict", "benchmark", "inspect", "QUANTIZATION_MODES"]

@@ -8,9 +8,9 @@ has a batch dimension fixed at 1 and outputs named ``output_0, output_1, ...``.
 
 import os
 import re
-import uuid
 import warnings
 
+from tfsynapse._io import atomic_write
 from tfsynapse._keras import check_model, tf
 from tflite_export.calibration import Calibration, CalibrationDataError
 
@@ -127,25 +127,6 @@ def _conversion_error(quantize, first, second):
     )
 
 
-def _write_atomically(path, data):
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
-    # os.open with 0o666 lets the umask decide the mode, as for a plain open(path, "wb").
-    handle = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
-
-
 def convert(
     model,
     quantize=None,
@@ -220,5 +201,5 @@ def convert(
             stacklevel=2,
         )
     if output is not None:
-        _write_atomically(output, data)
+        atomic_write(output, lambda stream: stream.write(data))
     return data

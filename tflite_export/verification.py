@@ -69,3 +69,23 @@ def verify(tflite, keras_model, inputs):
         "top1_agreement": _top1_agreement(reference[0], lite[0]),
         "num_samples": int(arrays[0].shape[0]),
     }
+
+
+def predict(tflite, inputs, num_threads=None):
+    """Runs a TFLite model in LiteRT on a batch and returns its float outputs.
+
+    Args:
+      tflite: the flatbuffer bytes or a path to a ``.tflite`` file.
+      inputs: a numpy batch ``(N, ...)``, or a list of batches for a multi-input model.
+      num_threads: LiteRT threads (default: the interpreter's choice).
+
+    Returns:
+      A float32 array (one output) or a list of arrays, batch first; int8 outputs are
+      dequantized.
+
+    Raises:
+      TypeError / ValueError: an unreadable model or inputs that do not fit it.
+    """
+    interpreter = _runtime.load_interpreter(tflite, num_threads=num_threads)
+    outputs = _runtime.run_batch(interpreter, inputs)
+    return outputs[0] if len(outputs) == 1 else outputs
