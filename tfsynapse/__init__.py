@@ -5,9 +5,9 @@ criteria), or in one shot with ``prune_once``; ``strip_pruning``; ``shrink`` to 
 pruned channels for real; export with ``tflite_export.convert``.
 """
 
+from tfsynapse import criteria
 from tfsynapse._keras import pruning_callbacks as _callbacks
 from tfsynapse._keras import pruning_schedule as _schedules
-from tfsynapse import criteria
 from tfsynapse.graph import (
     DependencyGraph,
     UnsupportedLayerError,
@@ -19,11 +19,16 @@ from tfsynapse.graph import (
 from tfsynapse.layers import SynapticConv2D, from_synaptic, to_synaptic
 from tfsynapse.pruning import (
     PrunedModel,
+    SensitivityTable,
     StructuredPruneWrapper,
+    connection_sparsity,
+    plot_sensitivity,
     prune_once,
     prune_scope,
     prune_synaptic,
+    ratios_from_sensitivity,
     register_criterion,
+    sensitivity_analysis,
     strip_pruning,
 )
 from tfsynapse.surgery import ShrinkReport, shrink
@@ -37,7 +42,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConstantSparsity", "DependencyGraph", "PolynomialDecay", "PrunedModel", "PruningSummaries",
-    "StructuredPruneWrapper", "SynapticConv2D", "from_synaptic", "to_synaptic", "UnsupportedLayerError", "UpdatePruningStep", "count_macs",
-    "count_params", "criteria", "dependency_groups", "prune_once", "prune_scope",
-    "prune_synaptic", "register_criterion", "register_rule", "shrink", "ShrinkReport", "strip_pruning",
+    "SensitivityTable", "ShrinkReport", "StructuredPruneWrapper", "SynapticConv2D",
+    "UnsupportedLayerError", "UpdatePruningStep", "connection_sparsity", "count_macs",
+    "count_params", "criteria", "dependency_groups", "from_synaptic", "plot_sensitivity",
+    "prune_once", "prune_scope", "prune_synaptic", "ratios_from_sensitivity",
+    "register_criterion", "register_rule", "sensitivity_analysis", "shrink", "strip_pruning",
+    "to_synaptic",
 ]

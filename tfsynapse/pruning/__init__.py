@@ -12,10 +12,18 @@ from tfsynapse.pruning.api import (
 from tfsynapse.pruning.model import PrunedModel, collect_wrappers
 from tfsynapse.pruning.options import PruningOptions, register_criterion
 from tfsynapse.pruning.planner import MaskPlan
+from tfsynapse.pruning.stats import connection_sparsity
+from tfsynapse.pruning.sensitivity import (
+    SensitivityTable,
+    plot_sensitivity,
+    ratios_from_sensitivity,
+    sensitivity_analysis,
+)
 from tfsynapse.pruning.wrapper import StructuredPruneWrapper
 
 __all__ = [
-    "MaskPlan", "PrunedModel", "PruningOptions", "StructuredPruneWrapper", "apply_masks",
-    "collect_wrappers", "custom_objects", "prune_once", "prune_scope", "prune_synaptic",
-    "pruned_fraction", "register_criterion", "strip_pruning",
+    "MaskPlan", "PrunedModel", "PruningOptions", "SensitivityTable", "StructuredPruneWrapper", "apply_masks",
+    "collect_wrappers", "connection_sparsity", "custom_objects", "prune_once", "prune_scope", "prune_synaptic",
+    "plot_sensitivity", "pruned_fraction", "ratios_from_sensitivity", "register_criterion",
+    "sensitivity_analysis", "strip_pruning",
 ]
