@@ -1,0 +1,296 @@
+"""End-to-end tests of the ``tfsynapse`` command, run in-process through ``cli.main``."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tfsynapse
+from tfsynapse import cli
+from tfsynapse._keras import keras
+
+pytestmark = pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
+
+FORMATS = {"keras": "model.keras", "h5": "model.h5", "savedmodel": "model_dir"}
+
+
+def tiny_model():
+    inputs = keras.Input((10, 10, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(name="r1")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    outputs = keras.layers.Dense(3, name="head")(x)
+    return keras.Model(inputs, outputs, name="tiny")
+
+
+def load(path):
+    with tfsynapse.prune_scope():
+        return keras.models.load_model(path, compile=False)
+
+
+def zero_filters(model, name="c1"):
+    kernel = model.get_layer(name).get_weights()[0]
+    return int(np.sum(~np.any(kernel.reshape(-1, kernel.shape[-1]) != 0, axis=0)))
+
+
+def run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tfsynapse: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], err
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The tiny model saved as .keras and .h5 (SavedModel only where needed: it is slow)."""
+    folder = tmp_path_factory.mktemp("models")
+    model = tiny_model()
+    paths = {}
+    for fmt in ("keras", "h5"):
+        paths[fmt] = folder / FORMATS[fmt]
+        model.save(paths[fmt], save_format=fmt)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def tflite_float(models, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tflite") / "float.tflite"
+    assert cli.main(["export", str(models["keras"]), "-o", str(path)]) == 0
+    return path
+
+
+def test_inspect_lists_groups_macs_and_params(models, capsys):
+    code, out, _ = run(capsys, "inspect", models["keras"])
+    assert code == 0
+    model = load(models["keras"])
+    macs, by_layer = tfsynapse.count_macs(model, per_layer=True)
+    assert "prunable" in out and "c1" in out
+    assert re.search(r"^c1\s+" + f"{by_layer['c1']:,}", out, re.M), out
+    params = tfsynapse.count_params(model)
+    assert re.search(r"^total\s+" + f"{macs:,}\\s+{params:,}$", out, re.M), out
+
+
+def test_prune_writes_model_with_zeroed_filters(models, tmp_path, capsys):
+    out_path = tmp_path / "pruned.keras"
+    code, out, _ = run(capsys, "prune", models["keras"], "--criterion", "dscore",
+                       "--sparsity", "0.5", "-o", out_path)
+    assert code == 0
+    assert out_path.is_file()
+    assert zero_filters(load(out_path)) == 4
+    assert "MACs" in out and "->" in out
+    assert sorted(os.listdir(tmp_path)) == ["pruned.keras"]  # no temporary file left
+
+
+def test_prune_with_ratios_file(models, tmp_path, capsys):
+    ratios = tmp_path / "ratios.json"
+    ratios.write_text(json.dumps({"c1": 0.25}))
+    out_path = tmp_path / "pruned.h5"
+    code, _, _ = run(capsys, "prune", models["h5"], "--ratios", ratios, "-o", out_path)
+    assert code == 0
+    pruned = load(out_path)
+    assert zero_filters(pruned, "c1") == 2
+    assert zero_filters(pruned, "c2") == 0  # only the listed layer's group is pruned
+
+
+def test_shrink_removes_filters(models, tmp_path, capsys):
+    pruned = tmp_path / "pruned.keras"
+    assert run(capsys, "prune", models["keras"], "--sparsity", "0.5", "-o", pruned)[0] == 0
+    small = tmp_path / "small.keras"
+    code, out, _ = run(capsys, "shrink", pruned, "-o", small)
+    assert code == 0
+    assert re.search(r"^c1\s+8\s+4$", out, re.M), out
+    assert load(small).get_layer("c1").filters == 4
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5", "savedmodel"])
+def test_formats_round_trip_through_prune_and_shrink(fmt, tmp_path, capsys):
+    source = tmp_path / ("src_" + FORMATS[fmt])
+    tiny_model().save(source, save_format="tf" if fmt == "savedmodel" else fmt)
+    pruned, small = tmp_path / ("pruned_" + FORMATS[fmt]), tmp_path / ("small_" + FORMATS[fmt])
+    assert run(capsys, "prune", source, "--sparsity", "0.5", "-o", pruned)[0] == 0
+    assert zero_filters(load(pruned)) == 4
+    code, _, err = run(capsys, "shrink", pruned, "--round-to", "2", "-o", small)
+    assert code == 0, err
+    assert (small.is_dir() if fmt == "savedmodel" else small.is_file())
+    assert load(small).get_layer("c1").filters == 4
+
+
+def test_savedmodel_output_replaces_an_existing_savedmodel(models, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    assert run(capsys, "prune", models["keras"], "--sparsity", "0.25", "-o", out_dir)[0] == 0
+    assert zero_filters(load(out_dir)) == 2
+    assert run(capsys, "prune", models["keras"], "--sparsity", "0.5", "-o", out_dir)[0] == 0
+    assert zero_filters(load(out_dir)) == 4
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_refuses_to_replace_a_directory_that_is_not_a_savedmodel(models, tmp_path, capsys):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("precious")
+    code, _, err = run(capsys, "shrink", models["keras"], "-o", folder)
+    assert_one_line_error(code, err, "refusing to replace")
+    assert os.listdir(folder) == ["keep.txt"]
+
+
+def test_wrapped_model_loads_and_is_stripped(tmp_path, capsys):
+    wrapped = tfsynapse.prune_synaptic(tiny_model(), tfsynapse.ConstantSparsity(0.5, 0),
+                                       criterion="l1", granularity="filter")
+    path = tmp_path / "wrapped.keras"
+    wrapped.save(path)
+    code, out, _ = run(capsys, "inspect", path)
+    assert code == 0 and "c1" in out
+    code, out, _ = run(capsys, "prune", path, "--sparsity", "0.5", "-o", tmp_path / "p.keras")
+    assert code == 0 and "wrappers removed" in out
+    assert zero_filters(load(tmp_path / "p.keras")) == 4
+
+
+def test_export_float_and_bench(tflite_float, capsys):
+    assert tflite_float.is_file()
+    code, out, _ = run(capsys, "bench", tflite_float, "--threads", "1", "--runs", "3")
+    assert code == 0
+    match = re.search(r"median (\d+\.\d+) ms, p90 (\d+\.\d+) ms", out)
+    assert match, out
+    assert 0 < float(match.group(1)) <= float(match.group(2))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_export_int8_with_calibration(models, tmp_path, capsys, suffix):
+    samples = np.random.default_rng(0).normal(size=(8, 10, 10, 3)).astype(np.float32)
+    calibration = tmp_path / ("calib" + suffix)
+    if suffix == ".npy":
+        np.save(calibration, samples)
+    else:
+        np.savez(calibration, x=samples)
+    out_path = tmp_path / "int8.tflite"
+    code, out, err = run(capsys, "export", models["keras"], "--quantize", "int8",
+                         "--calibration", calibration, "--int8-io", "-o", out_path)
+    assert code == 0, err
+    assert out_path.is_file()
+    assert "CONV_2D" in out and "bytes" in out
+    assert re.search(r"^input .*: int8 ", out, re.M), out
+    code, out, _ = run(capsys, "bench", out_path, "--runs", "2")
+    assert code == 0 and "median" in out
+
+
+def test_missing_model(tmp_path, capsys):
+    out_path = tmp_path / "out.keras"
+    code, _, err = run(capsys, "prune", tmp_path / "nope.keras", "--sparsity", "0.5",
+                       "-o", out_path)
+    assert_one_line_error(code, err, "not found", "nope.keras")
+    for argv in (["inspect", tmp_path / "nope.h5"], ["bench", tmp_path / "nope.tflite"]):
+        assert_one_line_error(*run(capsys, *argv)[::2], "not found")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["x.keras", "x.h5"])
+def test_corrupt_model(tmp_path, capsys, name):
+    corrupt = tmp_path / name
+    corrupt.write_bytes(b"\x00garbage, not a model\xff" * 20)
+    code, _, err = run(capsys, "shrink", corrupt, "-o", tmp_path / "out.keras")
+    assert_one_line_error(code, err, "cannot load a Keras model", name)
+    assert os.listdir(tmp_path) == [name]
+
+
+def test_corrupt_tflite(tmp_path, capsys):
+    corrupt = tmp_path / "x.tflite"
+    corrupt.write_bytes(b"garbage" * 10)
+    assert_one_line_error(*run(capsys, "bench", corrupt)[::2], "TFLite")
+
+
+def test_int8_without_calibration(models, tmp_path, capsys):
+    out_path = tmp_path / "m.tflite"
+    code, _, err = run(capsys, "export", models["keras"], "--quantize", "int8", "-o", out_path)
+    assert_one_line_error(code, err, "--calibration")
+    assert os.listdir(tmp_path) == []
+
+
+def test_wrong_calibration_shape(models, tmp_path, capsys):
+    np.save(tmp_path / "calib.npy", np.zeros((4, 10, 9, 3), np.float32))
+    code, _, err = run(capsys, "export", models["keras"], "--quantize", "int8",
+                       "--calibration", tmp_path / "calib.npy", "-o", tmp_path / "m.tflite")
+    assert_one_line_error(code, err, "(1, 10, 9, 3)", "(None, 10, 10, 3)")
+    assert os.listdir(tmp_path) == ["calib.npy"]
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "1", "half"])
+def test_sparsity_out_of_range(models, tmp_path, capsys, value):
+    code, _, err = run(capsys, "prune", models["keras"], "--sparsity", value,
+                       "-o", tmp_path / "out.keras")
+    assert_one_line_error(code, err, "--sparsity", "[0, 1)")
+    assert code == 2
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_ratios_file(models, tmp_path, capsys):
+    ratios = tmp_path / "ratios.json"
+    ratios.write_text(json.dumps({"c1": 1.5}))
+    code, _, err = run(capsys, "prune", models["keras"], "--ratios", ratios,
+                       "-o", tmp_path / "o.keras")
+    assert_one_line_error(code, err, "'c1'", "[0, 1)")
+    ratios.write_text(json.dumps({"no_such_layer": 0.5}))
+    code, _, err = run(capsys, "prune", models["keras"], "--ratios", ratios,
+                       "-o", tmp_path / "o.keras")
+    assert_one_line_error(code, err, "no_such_layer")
+    assert os.listdir(tmp_path) == ["ratios.json"]
+
+
+def test_unknown_criterion_and_option(models, tmp_path, capsys):
+    code, _, err = run(capsys, "prune", models["keras"], "--sparsity", "0.5",
+                       "--criterion", "magic", "-o", tmp_path / "o.keras")
+    assert_one_line_error(code, err, "magic")
+    code, _, err = run(capsys, "export", models["keras"], "--quantize", "int4",
+                       "-o", tmp_path / "m.tflite")
+    assert_one_line_error(code, err, "int4")
+    assert code == 2
+    assert_one_line_error(*run(capsys, "inspect", models["keras"], "--bogus")[::2], "--bogus")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", [
+    ["prune", "{model}", "--sparsity", "0.5", "-o", "{missing}/out.keras"],
+    ["shrink", "{model}", "-o", "{missing}/out_dir"],
+    ["export", "{model}", "-o", "{missing}/m.tflite"],
+])
+def test_output_folder_must_exist(models, tmp_path, capsys, command):
+    missing = tmp_path / "no" / "such"
+    argv = [a.format(model=models["keras"], missing=missing) for a in command]
+    assert_one_line_error(*run(capsys, *argv)[::2], "output folder does not exist")
+    assert os.listdir(tmp_path) == []
+
+
+def test_debug_shows_the_exception(tmp_path, capsys):
+    corrupt = tmp_path / "x.h5"
+    corrupt.write_bytes(b"garbage")
+    with pytest.raises(cli.CliError, match="cannot load"):
+        cli.main(["--debug", "inspect", str(corrupt)])
+    with pytest.raises(cli.CliError, match="cannot load"):
+        cli.main(["inspect", str(corrupt), "--debug"])
+
+
+def test_help_in_process(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for command in ("inspect", "prune", "shrink", "export", "bench"):
+        assert command in out
+
+
+def test_console_entry_point_starts():
+    result = subprocess.run([sys.executable, "-m", "tfsynapse.cli", "--help"], capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "usage: tfsynapse" in result.stdout

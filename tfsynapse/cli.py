@@ -1,0 +1,487 @@
+"""The ``tfsynapse`` command: inspect, prune, shrink, export and benchmark models from a shell.
+
+Subcommands::
+
+    tfsynapse inspect MODEL
+    tfsynapse prune MODEL (--sparsity S | --ratios FILE.json) [--criterion C] -o OUT
+    tfsynapse shrink MODEL [--round-to N] -o OUT
+    tfsynapse export MODEL [--quantize {none,dynamic,float16,int8}] [--calibration FILE]
+                     [--int8-io] -o OUT.tflite
+    tfsynapse bench MODEL.tflite [--threads N] [--runs N]
+
+Models are read from ``.keras`` and ``.h5`` files and SavedModel directories (tfsynapse/tfmot
+pruning wrappers included) and written by the output's extension (a path without one is a
+SavedModel directory), atomically. Errors are one line on stderr, ``tfsynapse: error: ...``,
+with exit status 1 (2 for command-line usage errors); ``--debug`` shows the traceback instead.
+TensorFlow is imported only once the arguments have been checked.
+"""
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import warnings
+
+from tfsynapse._io import temp_sibling
+
+PROG = "tfsynapse"
+KERAS_SUFFIXES = {".keras": "keras", ".h5": "h5", ".hdf5": "h5"}
+QUANTIZE_CHOICES = ("none", "dynamic", "float16", "int8")
+GRANULARITY_CHOICES = ("filter", "connection")
+SCOPE_CHOICES = ("layer", "global")
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, without a traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line: ``tfsynapse: error: ...``."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument types and cheap checks (no TensorFlow needed)
+
+
+def _sparsity(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def _require_input(path, what="model"):
+    if not os.path.exists(path):
+        raise CliError(f"{what} not found: {path!r} (no such file or directory)")
+    return path
+
+
+def _model_format(path):
+    """The format an output path asks for: 'keras', 'h5' or 'savedmodel'."""
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        return "savedmodel"
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in KERAS_SUFFIXES:
+        return KERAS_SUFFIXES[suffix]
+    if not suffix:
+        return "savedmodel"
+    raise CliError(
+        f"cannot tell how to save {path!r}: use a .keras or .h5 file, or a directory for a "
+        f"SavedModel (end the path with '/' if its name has a dot)"
+    )
+
+
+def _check_output(path, fmt):
+    """Fails early (before any work) if ``path`` cannot be written as ``fmt``."""
+    clean = os.path.normpath(path)
+    folder = os.path.dirname(os.path.abspath(clean))
+    if not os.path.isdir(folder):
+        raise CliError(f"output folder does not exist: {folder!r}; create it first")
+    if fmt == "savedmodel":
+        if os.path.lexists(clean) and (os.path.islink(clean) or not os.path.isdir(clean)):
+            raise CliError(f"output {path!r} exists and is not a directory; choose another path")
+        if os.path.isdir(clean) and os.listdir(clean) and not _is_saved_model(clean):
+            raise CliError(
+                f"refusing to replace {path!r}: it is a non-empty directory that is not a "
+                "SavedModel; choose another path"
+            )
+    elif os.path.isdir(clean):
+        raise CliError(f"output {path!r} is a directory; give a file path")
+    return clean
+
+
+def _is_saved_model(path):
+    names = ("saved_model.pb", "saved_model.pbtxt")
+    return any(os.path.isfile(os.path.join(path, n)) for n in names)
+
+
+def _one_line(err):
+    text = str(err).strip()
+    if isinstance(err, KeyError) and len(err.args) == 1:
+        text = str(err.args[0])
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if len(lines) > 1:
+        return lines[0] + " (more with --debug)"
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and saving
+
+
+def _load_model(path):
+    """Loads a tf_keras model (pruning wrappers included), with a one-line error if it is not."""
+    from tfsynapse import prune_scope  # noqa: PLC0415
+    from tfsynapse._keras import keras  # noqa: PLC0415
+
+    _require_input(path)
+    try:
+        with prune_scope():
+            return keras.models.load_model(path, compile=False)
+    except Exception as err:  # noqa: BLE001 - every load failure means "not a readable model"
+        raise CliError(f"cannot load a Keras model from {path!r}: {_one_line(err)}") from err
+
+
+def _strip_wrappers(model):
+    """Applies and removes tfmot/tfsynapse pruning wrappers, if the model has any."""
+    from tfsynapse import strip_pruning  # noqa: PLC0415
+    from tfsynapse._keras import pruning_wrapper  # noqa: PLC0415
+
+    if not pruning_wrapper.collect_prunable_layers(model):
+        return model
+    print("note: the model is wrapped for pruning; its masks were applied and the wrappers removed")
+    return strip_pruning(model)
+
+
+def save_model(model, path):
+    """Saves ``model`` to ``path`` by its extension, atomically.
+
+    A ``.keras`` or ``.h5`` file is written to a temporary file in the same folder, then
+    ``os.replace``d; a SavedModel is written to a temporary directory beside ``path``, which
+    then takes the place of ``path`` (an existing SavedModel there is moved aside first and
+    deleted only once the new one is in place).
+
+    Args:
+      model: a tf_keras model.
+      path: the destination: ``.keras``, ``.h5``/``.hdf5``, or a directory.
+
+    Raises:
+      CliError: the path is not a usable destination.
+      OSError: writing failed (nothing is left behind at ``path``).
+    """
+    fmt = _model_format(path)
+    path = _check_output(path, fmt)
+    if fmt == "savedmodel":
+        _save_directory(model, path)
+        return
+    temp = temp_sibling(path, suffix=os.path.splitext(path)[1])
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save\\(\\)`")
+            model.save(temp, save_format=fmt)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temp)
+        raise
+
+
+def _save_directory(model, path):
+    temp = temp_sibling(path)
+    try:
+        model.save(temp, save_format="tf")
+        if os.path.isdir(path):
+            old = temp_sibling(path, suffix=".old")
+            os.rename(path, old)
+            try:
+                os.rename(temp, path)
+            except BaseException:
+                os.rename(old, path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(temp, path)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+
+
+def _load_calibration(path):
+    import numpy as np  # noqa: PLC0415
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise CliError(f"cannot read calibration data from {path!r}: {_one_line(err)}") from err
+    if isinstance(data, np.ndarray):
+        return data
+    with data:
+        names = list(data.files)
+        if len(names) != 1:
+            raise CliError(
+                f"calibration file {path!r} holds {len(names)} arrays {names}; save exactly one "
+                "array of samples (N, ...) with np.save or np.savez"
+            )
+        return data[names[0]]
+
+
+def _load_ratios(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            ratios = json.load(handle)
+    except (OSError, ValueError) as err:
+        raise CliError(f"cannot read ratios from {path!r}: {_one_line(err)}") from err
+    if not isinstance(ratios, dict) or not ratios:
+        raise CliError(
+            f"{path!r} must hold a non-empty JSON object {{\"layer name\": ratio, ...}}, got "
+            f"{type(ratios).__name__}"
+        )
+    for name, ratio in ratios.items():
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+            raise CliError(
+                f"{path!r}: the ratio of layer {name!r} must be a number in [0, 1), got {ratio!r}")
+    return {name: float(ratio) for name, ratio in ratios.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Subcommands
+
+
+def _cmd_inspect(args):
+    import tfsynapse  # noqa: PLC0415
+
+    model = _load_model(args.model)
+    graph = tfsynapse.dependency_groups(model)
+    macs, macs_by_layer = tfsynapse.count_macs(graph, per_layer=True)
+    params, params_by_layer = tfsynapse.count_params(graph, per_layer=True)
+    print(f"model {model.name!r}: {len(graph.groups)} dependency groups, "
+          f"{len(graph.prunable_groups)} prunable")
+    print(graph.summary())
+    print()
+    print(f"{'layer':<40} {'MACs':>14} {'params':>12}")
+    names = list(params_by_layer) + [n for n in macs_by_layer if n not in params_by_layer]
+    for name in names:
+        layer_macs, layer_params = macs_by_layer.get(name, 0), params_by_layer.get(name, 0)
+        print(f"{name[:40]:<40} {layer_macs:>14,} {layer_params:>12,}")
+    print(f"{'total':<40} {macs:>14,} {params:>12,}")
+    return 0
+
+
+def _cmd_prune(args):
+    import tfsynapse  # noqa: PLC0415
+
+    ratios = _load_ratios(_require_input(args.ratios, "ratios file")) if args.ratios else None
+    _check_output(args.output, _model_format(args.output))
+    model = _strip_wrappers(_load_model(args.model))
+    pruned = tfsynapse.prune_once(
+        model, ratios if ratios is not None else args.sparsity, criterion=args.criterion,
+        granularity=args.granularity, scope=args.scope, round_to=args.round_to)
+    save_model(pruned, args.output)
+    target = f"ratios from {args.ratios}" if ratios is not None else f"sparsity {args.sparsity:g}"
+    print(f"pruned with {args.criterion} ({args.granularity}, {args.scope}, {target}); "
+          f"saved {args.output}")
+    _print_estimate(pruned, args.round_to)
+    return 0
+
+
+def _print_estimate(pruned, round_to):
+    """Prints the MACs and parameters the pruned model will have once shrunk."""
+    import tfsynapse  # noqa: PLC0415
+
+    try:
+        _, report = tfsynapse.shrink(pruned, round_to=round_to, return_report=True, check=False)
+    except (ValueError, TypeError, RuntimeError) as err:
+        print(f"MACs after shrink: unknown ({_one_line(err)})")
+        return
+    removed = sum(report.removed_units.values())
+    print(f"estimate after 'tfsynapse shrink': MACs {report.macs_before:,} -> "
+          f"{report.macs_after:,} "
+          f"(-{report.mac_reduction:.1%}); params {report.params_before:,} -> "
+          f"{report.params_after:,} (-{report.param_reduction:.1%}); {removed} channels removable")
+
+
+def _cmd_shrink(args):
+    import tfsynapse  # noqa: PLC0415
+
+    _check_output(args.output, _model_format(args.output))
+    model = _load_model(args.model)
+    small, report = tfsynapse.shrink(model, round_to=args.round_to, return_report=True)
+    print(report.table())
+    save_model(small, args.output)
+    print(f"saved {args.output}")
+    return 0
+
+
+def _cmd_export(args):
+    quantize = None if args.quantize == "none" else args.quantize
+    if quantize == "int8" and args.calibration is None:
+        raise CliError(
+            "--quantize int8 needs calibration data: pass --calibration FILE.npy (an array of "
+            "representative input samples, shape (N, ...)), or use --quantize dynamic/float16"
+        )
+    if quantize != "int8" and args.calibration is not None:
+        raise CliError("--calibration is only used by --quantize int8")
+    if args.int8_io and quantize != "int8":
+        raise CliError("--int8-io needs --quantize int8")
+    if not args.output.lower().endswith(".tflite"):
+        raise CliError(f"the output of export is a .tflite file, got {args.output!r}")
+    output = _check_output(args.output, "tflite")
+    calibration = None
+    if args.calibration is not None:
+        calibration = _load_calibration(_require_input(args.calibration, "calibration file"))
+    import tflite_export  # noqa: PLC0415
+
+    model = _strip_wrappers(_load_model(args.model))
+    tflite_export.convert(model, quantize=quantize, representative_dataset=calibration,
+                          int8_io=args.int8_io, output=output)
+    info = tflite_export.inspect(output)
+    print(f"saved {args.output}: {info['size_bytes']:,} bytes, quantize={args.quantize}")
+    print(f"ops: {', '.join(info['ops'])}")
+    for kind in ("inputs", "outputs"):
+        for t in info[kind]:
+            print(f"{kind[:-1]} {t['name']}: {t['dtype']} {t['shape_signature']}")
+    return 0
+
+
+def _cmd_bench(args):
+    _require_input(args.model)
+    import tflite_export  # noqa: PLC0415
+
+    result = tflite_export.benchmark(args.model, num_threads=args.threads, runs=args.runs)
+    print(f"median {result['median_ms']:.3f} ms, p90 {result['p90_ms']:.3f} ms "
+          f"(mean {result['mean_ms']:.3f} ms, min {result['min_ms']:.3f} ms; "
+          f"{result['runs']} runs, {result['num_threads']} thread(s))")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser and entry point
+
+
+def build_parser():
+    """The ``tfsynapse`` argument parser (subcommands inspect, prune, shrink, export, bench)."""
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of errors")
+    parser = _Parser(prog=PROG, parents=[debug],
+                     description="Structured pruning for tf_keras: inspect, prune, shrink, export "
+                                 "to TFLite and benchmark.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    model_help = "a .keras or .h5 file or a SavedModel directory"
+    out_help = "output: .keras, .h5, or a directory (SavedModel)"
+
+    p = sub.add_parser("inspect", parents=[debug], help="dependency groups, MACs and parameters",
+                       description="Prints the dependency groups, then MACs and parameters per "
+                                   "layer.")
+    p.add_argument("model", help=model_help)
+    p.set_defaults(run=_cmd_inspect)
+
+    p = sub.add_parser("prune", parents=[debug], help="one-shot structured pruning (zeroes units)",
+                       description="Prunes in one shot (tfsynapse.prune_once) and saves the model "
+                                   "with the pruned units zeroed; run 'shrink' to remove them.")
+    p.add_argument("model", help=model_help)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--sparsity", type=_sparsity, help="fraction of units pruned, in [0, 1)")
+    target.add_argument("--ratios", metavar="FILE.json",
+                        help='JSON {"layer name": ratio} used instead of --sparsity')
+    p.add_argument("--criterion", default="l1",
+                   help="importance criterion: l1 (default), l2, dscore, dstep, dstep_gm, fpgm, "
+                        "bn_scale, synaptic_strength, kernel_norm (connection), random")
+    p.add_argument("--granularity", choices=GRANULARITY_CHOICES, default="filter")
+    p.add_argument("--scope", choices=SCOPE_CHOICES, default="layer")
+    p.add_argument("--round-to", type=_positive_int, default=1, metavar="N",
+                   help="keep channel counts multiples of N (default 1)")
+    p.add_argument("-o", "--output", required=True, help=out_help)
+    p.set_defaults(run=_cmd_prune)
+
+    p = sub.add_parser("shrink", parents=[debug], help="remove pruned channels for real",
+                       description="Removes the zeroed channels of a pruned model "
+                                   "(tfsynapse.shrink).")
+    p.add_argument("model", help=model_help)
+    p.add_argument("--round-to", type=_positive_int, default=1, metavar="N",
+                   help="keep channel counts multiples of N (default 1)")
+    p.add_argument("-o", "--output", required=True, help=out_help)
+    p.set_defaults(run=_cmd_shrink)
+
+    p = sub.add_parser("export", parents=[debug], help="convert to TFLite (builtin ops only)",
+                       description="Converts a model to a .tflite file (tflite_export.convert).")
+    p.add_argument("model", help=model_help)
+    p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
+                   help="none (float32, default), dynamic, float16 or int8 (needs --calibration)")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="int8 calibration samples: a .npy array (N, ...) or a .npz with one array")
+    p.add_argument("--int8-io", action="store_true",
+                   help="int8 input and output tensors (int8 only)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.tflite")
+    p.set_defaults(run=_cmd_export)
+
+    p = sub.add_parser("bench", parents=[debug], help="time a .tflite model in LiteRT",
+                       description="Times invoke() on random inputs (tflite_export.benchmark).")
+    p.add_argument("model", metavar="MODEL.tflite")
+    p.add_argument("--threads", type=_positive_int, default=1, metavar="N")
+    p.add_argument("--runs", type=_positive_int, default=50, metavar="N")
+    p.set_defaults(run=_cmd_bench)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"{PROG}: warning: {_one_line(message)}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow():
+    """One-line warnings and no TensorFlow INFO/WARNING log chatter while a command runs."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _known_errors():
+    errors = (CliError, ValueError, TypeError, OSError, RuntimeError)
+    if "tfsynapse.graph" in sys.modules:
+        errors += (sys.modules["tfsynapse.graph"].UnsupportedLayerError,)
+    return errors
+
+
+def main(argv=None):
+    """Runs the ``tfsynapse`` command.
+
+    Args:
+      argv: the arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+      The exit status: 0 on success, 1 on an error, 2 on a usage error.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed
+        return done.code if isinstance(done.code, int) else EXIT_USAGE
+    debug = getattr(args, "debug", False)
+    try:
+        with _quiet_tensorflow():
+            return args.run(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug or not isinstance(err, _known_errors()):
+            raise
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
