@@ -1,0 +1,128 @@
+"""Small real data sets for the examples and benchmarks, offline first.
+
+* ``load_digits``: scikit-learn's 1,797 handwritten 8x8 digits (installed with scikit-learn),
+  upsampled to a CNN-friendly size. The quickstart's default.
+* ``load_fashion_mnist``: 70,000 real 28x28 images; read from Debian's package
+  ``dataset-fashion-mnist`` (``apt-get install dataset-fashion-mnist``) when present, else
+  through ``tf_keras.datasets.fashion_mnist`` (which downloads).
+* ``load_tfds``: any TensorFlow Datasets image classification set (needs the internet once).
+"""
+
+import gzip
+import os
+
+import numpy as np
+
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+
+
+def _split(x, y, test_fraction, seed):
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in np.unique(y):  # stratified
+        idx = rng.permutation(np.nonzero(y == label)[0])
+        cut = int(round(len(idx) * test_fraction))
+        test.extend(idx[:cut])
+        train.extend(idx[cut:])
+    train, test = rng.permutation(train), rng.permutation(test)
+    return (x[train], y[train]), (x[test], y[test])
+
+
+def load_digits(size=16, test_fraction=0.2, seed=0):
+    """scikit-learn's handwritten digits, upsampled to ``size`` x ``size`` x 1, values in [0, 1].
+
+    Args:
+      size: output height and width (a multiple of 8 keeps the upsampling exact).
+      test_fraction: held-out fraction (stratified by class).
+      seed: seed of the split.
+
+    Returns:
+      ``((x_train, y_train), (x_test, y_test))``, float32 images and int64 labels.
+
+    Raises:
+      ImportError: scikit-learn is missing (``pip install tfsynapse[examples]``).
+    """
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits  # noqa: PLC0415
+    except ImportError as err:
+        raise ImportError("the digits data ships with scikit-learn: pip install 'tfsynapse[examples]'") from err
+    from tfsynapse._keras import tf  # noqa: PLC0415
+
+    digits = sk_load_digits()
+    x = (digits.images.astype("float32") / 16.0)[..., None]
+    if size != 8:
+        x = tf.image.resize(x, (size, size), method="bilinear").numpy()
+    return _split(x, digits.target.astype("int64"), test_fraction, seed)
+
+
+def _read_idx(path):
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def load_fashion_mnist():
+    """Fashion-MNIST (60k train / 10k test, 28x28x1 in [0, 1]), offline from Debian if installed.
+
+    Returns:
+      ``((x_train, y_train), (x_test, y_test))``.
+
+    Raises:
+      RuntimeError: neither the Debian package nor a download is available.
+    """
+    for folder in FASHION_MNIST_DIRS:
+        names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+        paths = [os.path.join(folder, n) for n in names]
+        if all(os.path.exists(p) for p in paths):
+            xtr, ytr, xte, yte = (_read_idx(p) for p in paths)
+            break
+    else:
+        from tfsynapse._keras import keras  # noqa: PLC0415
+
+        try:
+            (xtr, ytr), (xte, yte) = keras.datasets.fashion_mnist.load_data()
+        except Exception as err:  # noqa: BLE001 - any download failure
+            raise RuntimeError(
+                "Fashion-MNIST is not installed and could not be downloaded. On Debian/Ubuntu: "
+                "sudo apt-get install dataset-fashion-mnist"
+            ) from err
+    scale = lambda a: (a.astype("float32") / 255.0)[..., None]  # noqa: E731
+    return (scale(xtr), ytr.astype("int64")), (scale(xte), yte.astype("int64"))
+
+
+def load_tfds(name, size=None):
+    """An image classification data set from TensorFlow Datasets, as numpy arrays in [0, 1].
+
+    Args:
+      name: the tfds name, e.g. 'cifar10'.
+      size: optional (height, width) to resize to.
+
+    Returns:
+      ``((x_train, y_train), (x_test, y_test))``.
+
+    Raises:
+      RuntimeError: the data set cannot be downloaded (no internet), with what to do instead.
+    """
+    try:
+        import tensorflow_datasets as tfds  # noqa: PLC0415
+
+        train, test = tfds.load(name, split=["train", "test"], as_supervised=True, batch_size=-1)
+        arrays = tfds.as_numpy(train), tfds.as_numpy(test)
+    except Exception as err:  # noqa: BLE001 - tfds raises many kinds on network failure
+        raise RuntimeError(
+            f"could not load '{name}' with tensorflow_datasets ({type(err).__name__}: "
+            f"{str(err)[:200]}). It needs the internet once; offline, use --dataset=digits or "
+            "--dataset=fashion_mnist."
+        ) from err
+    from tfsynapse._keras import tf  # noqa: PLC0415
+
+    out = []
+    for x, y in arrays:
+        x = x.astype("float32") / 255.0
+        if size:
+            x = tf.image.resize(x, size).numpy()
+        out.append((x, y.astype("int64")))
+    return tuple(out)
