@@ -43,7 +43,7 @@ def load_data():
     from tfsynapse import datasets
 
     if FLAGS.dataset == "digits":
-        return datasets.load_digits(size=16, seed=FLAGS.seed)
+        return datasets.load_digits(size=32, seed=FLAGS.seed)
     if FLAGS.dataset == "fashion_mnist":
         return datasets.load_fashion_mnist()
     return datasets.load_tfds("cifar10")

@@ -1,0 +1,40 @@
+"""The README's main job, in its short form: the quickstart runs end to end and writes its outputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("criterion", ["synaptic_strength", "dscore"])
+def test_quickstart_quick_run(tmp_path, criterion):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "quickstart.py"), "--quick",
+         f"--criterion={criterion}", f"--output_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert rows["criterion"] == criterion
+    assert rows["macs_shrunk"] <= rows["macs_dense"] and rows["params_shrunk"] <= rows["params_dense"]
+    assert 0.0 <= rows["accuracy_int8_tflite"] <= 1.0 and rows["int8_top1_agreement"] >= 0.9
+    assert rows["connection_sparsity"] > 0.3
+    for name in ("shrunk_int8.tflite", "dense_int8.tflite", "results.md", "channels.png", "training.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    if criterion == "synaptic_strength":
+        assert (tmp_path / "strengths.png").exists()
+    else:
+        assert (tmp_path / "sensitivity.png").exists() and (tmp_path / "sensitivity.json").exists()
+    assert "| accuracy (Keras) |" in result.stdout
+
+
+def test_keras_applications_example_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", "keras_applications.py"), "--model=MobileNetV2",
+         "--size=32", "--runs=2", f"--output_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "speedup" in result.stdout and len(list(tmp_path.glob("*.tflite"))) == 2
