@@ -236,11 +236,19 @@ def test_representative_dataset_ignored_warns(cnn):
         convert(cnn, "float16", representative_dataset=[_calibration_data(1, 0)])
 
 
-def test_fallback_to_concrete_function(cnn, monkeypatch, test_inputs):
-    def broken(model):
-        raise ValueError("simulated from_keras_model failure")
+def _break_first_strategies(monkeypatch, count=2):
+    """Makes the first ``count`` conversion strategies fail, to exercise the fallbacks."""
+    from tflite_export import converter  # noqa: PLC0415
 
-    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_keras_model", staticmethod(broken))
+    def broken(model):
+        raise ValueError("simulated converter failure")
+
+    strategies = [(d, broken) for d, _ in converter._STRATEGIES[:count]]
+    monkeypatch.setattr(converter, "_STRATEGIES", strategies + converter._STRATEGIES[count:])
+
+
+def test_fallback_to_concrete_function(cnn, monkeypatch, test_inputs):
+    _break_first_strategies(monkeypatch)
     with pytest.warns(UserWarning, match="fixed batch size of 1"):
         data = convert(cnn)
     info = inspect(data)
@@ -264,6 +272,14 @@ def _two_in_two_out():
     return model, xa, xb
 
 
+def test_from_keras_model_fallback_keeps_names_and_dynamic_batch(cnn, monkeypatch, test_inputs):
+    _break_first_strategies(monkeypatch, count=1)
+    with pytest.warns(UserWarning, match="from_keras_model"):
+        data = convert(cnn)
+    assert inspect(data)["inputs"][0]["shape_signature"][0] == -1
+    assert verify(data, cnn, test_inputs[:5])["max_abs_error"] < 1e-5
+
+
 def test_multi_input_multi_output_order():
     """Keras order differs from the alphabetical signature order; outputs must still match."""
     model, xa, xb = _two_in_two_out()
@@ -277,11 +293,7 @@ def test_multi_input_multi_output_order():
 
 def test_multi_input_fallback_int8(monkeypatch):
     model, xa, xb = _two_in_two_out()
-
-    def broken(model):
-        raise ValueError("simulated from_keras_model failure")
-
-    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_keras_model", staticmethod(broken))
+    _break_first_strategies(monkeypatch)
     batches = (b for b in [[xa[:8], xb[:8]], [xa[8:], xb[8:]]])  # a one-shot generator
     with pytest.warns(UserWarning, match="fixed batch size of 1"):
         data = convert(model, "int8", representative_dataset=batches, int8_io=True)

@@ -35,6 +35,7 @@ from tfsynapse.criteria import (
     strength_magnitude,
     synaptic_strength,
 )
+from tfsynapse.graph import unwrap
 from tfsynapse.pruning.options import custom_criterion
 
 MASKED_ROLES = ("out", "in", "param")
@@ -124,10 +125,7 @@ class MaskPlan:
         opts = self.options
         layers = []
         for lc in self.graph.calls:
-            layer = lc.call.layer
-            from tfsynapse.graph import unwrap  # noqa: PLC0415
-
-            layer = unwrap(layer)
+            layer = unwrap(lc.call.layer)
             if layer.name in opts.ignored_layers or lc.rule.kind not in ("conv", "dense"):
                 continue
             if not isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)) \
