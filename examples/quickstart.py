@@ -49,23 +49,6 @@ def load_data():
     return datasets.load_tfds("cifar10")
 
 
-def build_cnn(input_shape, classes):
-    from tfsynapse._keras import keras
-
-    L = keras.layers
-    inputs = keras.Input(input_shape)
-    x = inputs
-    for i, filters in enumerate((32, 64, 64, 128)):
-        x = L.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i + 1}")(x)
-        x = L.BatchNormalization(momentum=0.9, name=f"bn{i + 1}")(x)
-        x = L.ReLU(name=f"relu{i + 1}")(x)
-        if i in (1, 2):
-            x = L.MaxPooling2D(name=f"pool{i + 1}")(x)
-    x = L.GlobalAveragePooling2D(name="gap")(x)
-    outputs = L.Dense(classes, name="logits")(x)
-    return keras.Model(inputs, outputs, name="quickstart_cnn")
-
-
 def compile_model(model, lr):
     from tfsynapse._keras import keras
 
@@ -237,7 +220,9 @@ def main(argv):
     print(f"data: {FLAGS.dataset}, {len(train[0])} train / {len(val[0])} validation / "
           f"{len(x_test)} test images of shape {x_train.shape[1:]}")
 
-    dense = compile_model(build_cnn(x_train.shape[1:], classes), 2e-3)
+    from tfsynapse.models import conv_bn_cnn
+
+    dense = compile_model(conv_bn_cnn(x_train.shape[1:], classes, name="quickstart_cnn"), 2e-3)
     dense.fit(*train, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, validation_data=val, verbose=2)
     dense_acc = accuracy(dense, x_test, y_test)
     print(f"dense test accuracy: {dense_acc:.2%}")

@@ -1,0 +1,58 @@
+"""The benchmark runner end to end, in its quick mode (a 1-2 minute smoke test of benchmarks/)."""
+
+import json
+import math
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # `benchmarks` is a folder of the repository, not an installed package
+    sys.path.insert(0, ROOT)
+
+from benchmarks import SECTIONS  # noqa: E402
+from benchmarks.__main__ import TITLES, main  # noqa: E402
+
+
+def _numbers(row):
+    return [v for v in row.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def test_quick_mode_writes_every_section(tmp_path):
+    assert main(["--quick", "--output", tmp_path]) == 0
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["meta"]["mode"] == "quick"
+    machine = results["meta"]["machine"]
+    assert machine["cores"] >= 1 and machine["versions"]["tensorflow"]
+    assert set(results["sections"]) == set(SECTIONS)
+    for name in SECTIONS:
+        section = results["sections"][name]
+        assert section["status"] == "ok", section.get("error")
+        assert section["rows"], name
+        for row in section["rows"]:
+            numbers = _numbers(row)
+            assert numbers, (name, row)
+            assert all(math.isfinite(v) for v in numbers), (name, row)
+        for plot in section["plots"]:
+            assert (tmp_path / plot).stat().st_size > 0, plot
+        for target in section["targets"]:
+            assert target["status"] in ("PASS", "MISS")
+
+    speed = results["sections"]["speed"]["rows"]
+    assert all(r["mac_factor"] > 1.0 and r["speedup"] > 0 for r in speed if r["kind"] == "shrunk")
+    assert any("status" in r for r in speed)  # the 50% fp32 row is checked against its target
+    overhead = results["sections"]["overhead"]["rows"]
+    plain = next(r for r in overhead if r["variant"] == "plain")
+    assert plain["ratio"] == 1.0 and all(r["ratio"] > 0 for r in overhead)
+    accuracy = results["sections"]["accuracy"]
+    assert 0.0 < accuracy["summary"]["dense"]["mean"] <= 1.0
+    assert accuracy["summary"]["connection"] and accuracy["summary"]["filter"]
+    assert all(f["pruned_channels_stayed_zero"] for f in accuracy["summary"]["filter"])
+    scale = results["sections"]["scale"]["rows"]
+    assert all(r["layers"] > 100 and r["prune_once_s"] > 0 for r in scale)
+
+    markdown = (tmp_path / "RESULTS.md").read_text()
+    assert "quick mode" in markdown and "## Machine" in markdown
+    for title in TITLES.values():
+        assert title in markdown
+    assert "PASS" in markdown or "MISS" in markdown
