@@ -294,3 +294,19 @@ def test_console_entry_point_starts():
                             text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     assert "usage: tfsynapse" in result.stdout
+
+
+def test_export_sparse_weights(models, tmp_path, capsys):
+    pruned = tmp_path / "pruned.keras"
+    code, _, err = run(capsys, "prune", models["keras"], "--granularity", "connection",
+                       "--criterion", "kernel_norm", "--scope", "global", "--sparsity", "0.8",
+                       "-o", pruned)
+    assert code == 0, err
+    plain, sparse = tmp_path / "plain.tflite", tmp_path / "sparse.tflite"
+    assert run(capsys, "export", pruned, "-o", plain)[0] == 0
+    code, out, err = run(capsys, "export", pruned, "--sparse-weights", "-o", sparse)
+    assert code == 0, err
+    assert "DENSIFY" in out and sparse.stat().st_size < plain.stat().st_size
+    code, _, err = run(capsys, "export", models["keras"], "--quantize", "dynamic",
+                       "--sparse-weights", "-o", tmp_path / "d.tflite")
+    assert_one_line_error(code, err, "sparse-weights")

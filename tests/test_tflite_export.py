@@ -330,3 +330,20 @@ def test_predict_returns_the_models_outputs(converted, cnn, test_inputs):
                                rtol=1e-4, atol=1e-5)
     int8 = tflite_export.predict(converted["int8"], test_inputs)
     assert int8.shape == expected.shape and int8.dtype == np.float32
+
+
+def test_sparse_weight_encoding_shrinks_connection_pruned_models():
+    import tfsynapse  # noqa: PLC0415
+    from tfsynapse.models import conv_bn_cnn  # noqa: PLC0415
+
+    model = tfsynapse.prune_once(conv_bn_cnn((16, 16, 1), 4, widths=(16, 32, 32, 64)), 0.9,
+                                 granularity="connection", criterion="kernel_norm",
+                                 scope="global", max_pruning_ratio=0.98)
+    x = np.random.default_rng(0).normal(size=(4, 16, 16, 1)).astype(np.float32)
+    for mode in (None, "float16"):
+        dense, sparse = convert(model, mode), convert(model, mode, sparse_weights=True)
+        assert len(sparse) < 0.5 * len(dense), mode
+        assert "DENSIFY" in inspect(sparse)["ops"]
+        assert verify(sparse, model, x)["max_abs_error"] < 1e-3
+    with pytest.raises(ValueError, match="dynamic"):
+        convert(model, "dynamic", sparse_weights=True)

@@ -6,7 +6,7 @@ Subcommands::
     tfsynapse prune MODEL (--sparsity S | --ratios FILE.json) [--criterion C] -o OUT
     tfsynapse shrink MODEL [--round-to N] -o OUT
     tfsynapse export MODEL [--quantize {none,dynamic,float16,int8}] [--calibration FILE]
-                     [--int8-io] -o OUT.tflite
+                     [--int8-io] [--sparse-weights] -o OUT.tflite
     tfsynapse bench MODEL.tflite [--threads N] [--runs N]
 
 Models are read from ``.keras`` and ``.h5`` files and SavedModel directories (tfsynapse/tfmot
@@ -326,6 +326,8 @@ def _cmd_export(args):
         raise CliError("--calibration is only used by --quantize int8")
     if args.int8_io and quantize != "int8":
         raise CliError("--int8-io needs --quantize int8")
+    if args.sparse_weights and quantize == "dynamic":
+        raise CliError("--sparse-weights works with --quantize none, float16 or int8, not dynamic")
     if not args.output.lower().endswith(".tflite"):
         raise CliError(f"the output of export is a .tflite file, got {args.output!r}")
     output = _check_output(args.output, "tflite")
@@ -336,7 +338,8 @@ def _cmd_export(args):
 
     model = _strip_wrappers(_load_model(args.model))
     tflite_export.convert(model, quantize=quantize, representative_dataset=calibration,
-                          int8_io=args.int8_io, output=output)
+                          int8_io=args.int8_io, output=output,
+                          sparse_weights=args.sparse_weights)
     info = tflite_export.inspect(output)
     print(f"saved {args.output}: {info['size_bytes']:,} bytes, quantize={args.quantize}")
     print(f"ops: {', '.join(info['ops'])}")
@@ -416,6 +419,8 @@ def build_parser():
                    help="int8 calibration samples: a .npy array (N, ...) or a .npz with one array")
     p.add_argument("--int8-io", action="store_true",
                    help="int8 input and output tensors (int8 only)")
+    p.add_argument("--sparse-weights", action="store_true",
+                   help="store sparse (connection-pruned) weights compressed; smaller file")
     p.add_argument("-o", "--output", required=True, metavar="OUT.tflite")
     p.set_defaults(run=_cmd_export)
 
