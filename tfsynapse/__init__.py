@@ -3,49 +3,59 @@
 Prune during ``model.fit`` with ``prune_synaptic`` (Synaptic Strength, D-Score and classic
 criteria), or in one shot with ``prune_once``; ``strip_pruning``; ``shrink`` to remove the
 pruned channels for real; export with ``tflite_export.convert``.
+
+Names are imported on first use (PEP 562), so ``import tfsynapse`` and the ``tfsynapse``
+command start without loading TensorFlow until something needs it.
 """
 
-from tfsynapse import criteria
-from tfsynapse._keras import pruning_callbacks as _callbacks
-from tfsynapse._keras import pruning_schedule as _schedules
-from tfsynapse.graph import (
-    DependencyGraph,
-    UnsupportedLayerError,
-    count_macs,
-    count_params,
-    dependency_groups,
-    register_rule,
-)
-from tfsynapse.layers import SynapticConv2D, from_synaptic, to_synaptic
-from tfsynapse.pruning import (
-    PrunedModel,
-    SensitivityTable,
-    StructuredPruneWrapper,
-    connection_sparsity,
-    plot_sensitivity,
-    prune_once,
-    prune_scope,
-    prune_synaptic,
-    ratios_from_sensitivity,
-    register_criterion,
-    sensitivity_analysis,
-    strip_pruning,
-)
-from tfsynapse.surgery import ShrinkReport, shrink
-
-ConstantSparsity = _schedules.ConstantSparsity
-PolynomialDecay = _schedules.PolynomialDecay
-UpdatePruningStep = _callbacks.UpdatePruningStep
-PruningSummaries = _callbacks.PruningSummaries
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ConstantSparsity", "DependencyGraph", "PolynomialDecay", "PrunedModel", "PruningSummaries",
-    "SensitivityTable", "ShrinkReport", "StructuredPruneWrapper", "SynapticConv2D",
-    "UnsupportedLayerError", "UpdatePruningStep", "connection_sparsity", "count_macs",
-    "count_params", "criteria", "dependency_groups", "from_synaptic", "plot_sensitivity",
-    "prune_once", "prune_scope", "prune_synaptic", "ratios_from_sensitivity",
-    "register_criterion", "register_rule", "sensitivity_analysis", "shrink", "strip_pruning",
-    "to_synaptic",
-]
+_EXPORTS = {
+    "criteria": ("tfsynapse.criteria", None),
+    "DependencyGraph": ("tfsynapse.graph", "DependencyGraph"),
+    "UnsupportedLayerError": ("tfsynapse.graph", "UnsupportedLayerError"),
+    "count_macs": ("tfsynapse.graph", "count_macs"),
+    "count_params": ("tfsynapse.graph", "count_params"),
+    "dependency_groups": ("tfsynapse.graph", "dependency_groups"),
+    "register_rule": ("tfsynapse.graph", "register_rule"),
+    "SynapticConv2D": ("tfsynapse.layers", "SynapticConv2D"),
+    "from_synaptic": ("tfsynapse.layers", "from_synaptic"),
+    "to_synaptic": ("tfsynapse.layers", "to_synaptic"),
+    "PrunedModel": ("tfsynapse.pruning", "PrunedModel"),
+    "SensitivityTable": ("tfsynapse.pruning", "SensitivityTable"),
+    "StructuredPruneWrapper": ("tfsynapse.pruning", "StructuredPruneWrapper"),
+    "connection_sparsity": ("tfsynapse.pruning", "connection_sparsity"),
+    "plot_sensitivity": ("tfsynapse.pruning", "plot_sensitivity"),
+    "prune_once": ("tfsynapse.pruning", "prune_once"),
+    "prune_scope": ("tfsynapse.pruning", "prune_scope"),
+    "prune_synaptic": ("tfsynapse.pruning", "prune_synaptic"),
+    "ratios_from_sensitivity": ("tfsynapse.pruning", "ratios_from_sensitivity"),
+    "register_criterion": ("tfsynapse.pruning", "register_criterion"),
+    "sensitivity_analysis": ("tfsynapse.pruning", "sensitivity_analysis"),
+    "strip_pruning": ("tfsynapse.pruning", "strip_pruning"),
+    "ShrinkReport": ("tfsynapse.surgery", "ShrinkReport"),
+    "shrink": ("tfsynapse.surgery", "shrink"),
+    "ConstantSparsity": ("tfsynapse._keras", "pruning_schedule.ConstantSparsity"),
+    "PolynomialDecay": ("tfsynapse._keras", "pruning_schedule.PolynomialDecay"),
+    "UpdatePruningStep": ("tfsynapse._keras", "pruning_callbacks.UpdatePruningStep"),
+    "PruningSummaries": ("tfsynapse._keras", "pruning_callbacks.PruningSummaries"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tfsynapse' has no attribute {name!r}")
+    module_name, attribute = _EXPORTS[name]
+    value = importlib.import_module(module_name)
+    for part in (attribute.split(".") if attribute else []):
+        value = getattr(value, part)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
