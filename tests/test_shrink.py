@@ -215,3 +215,27 @@ def test_zoo_masked_equals_shrunk(name):
     a, b = _outputs(pruned, x)[0], _outputs(small, x)[0]
     np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
     assert report.mac_reduction > 0.3, report.table()
+
+
+def test_a_producer_whose_every_channel_is_pruned_keeps_one():
+    """Found by the long random-architecture run: a 1-channel branch concatenated into a group."""
+    inputs = keras.Input((8, 8, 1))
+    x = L.Conv2D(8, 3, padding="same", name="trunk")(inputs)
+    x = L.Concatenate()([x, L.Conv2D(1, 1, name="branch")(x)])
+    s = L.GlobalAveragePooling2D(keepdims=True)(x)
+    s = L.Conv2D(4, 1, activation="relu")(s)
+    s = L.Conv2D(9, 1, activation="sigmoid", name="gate")(s)
+    x = L.Multiply()([x, s])
+    model = keras.Model(inputs, L.Dense(2)(L.GlobalAveragePooling2D()(x)))
+    group = tfsynapse.dependency_groups(model).group_of_layer("branch")
+    assert sorted(group.producers) == ["branch", "gate", "trunk"] and group.size == 9
+    for layer in ("branch",):  # zero the branch's only channel everywhere it is made
+        kernel, bias = model.get_layer(layer).get_weights()
+        model.get_layer(layer).set_weights([kernel * 0, bias * 0])
+    kernel, bias = model.get_layer("gate").get_weights()
+    kernel[..., 8], bias[8] = 0, 0
+    model.get_layer("gate").set_weights([kernel, bias])
+    small = tfsynapse.shrink(model)
+    assert small.get_layer("branch").filters == 1
+    x = _inputs(model)
+    np.testing.assert_allclose(small(x), model(x), rtol=1e-4, atol=1e-6)

@@ -114,7 +114,22 @@ def _keep_plan(graph, removable, round_to):
             kept[unit] = True
         if not kept.all():
             keep[g.id] = kept
+    _keep_every_output_nonempty(graph, keep)
     return keep
+
+
+def _keep_every_output_nonempty(graph, keep):
+    """Revives one (all-zero, so harmless) channel of any layer output that would be empty.
+
+    A group can span several producers (a concatenation added to another tensor), so one
+    producer may lose every channel it writes even though the group keeps some.
+    """
+    for lc in graph.calls:
+        for cmap in lc.outputs:
+            groups, units = graph.locate(cmap)
+            alive = [g not in keep or keep[g][u] for g, u in zip(groups.tolist(), units.tolist())]
+            if len(alive) and not any(alive):
+                keep[int(groups[0])][int(units[0])] = True
 
 
 def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4):
