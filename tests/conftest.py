@@ -38,6 +38,15 @@ def randomize_bn(model, rng=None, negative_gammas=True):
     return model
 
 
+def sequential_model(shape, *layers):
+    """A functional model applying ``layers`` in order to an input of ``shape``."""
+    inputs = keras.Input(shape)
+    x = inputs
+    for layer in layers:
+        x = layer(x)
+    return keras.Model(inputs, x)
+
+
 def small_cnn(input_shape=(12, 12, 3), classes=5):
     """Conv-BN-ReLU x2 with a residual add, a depthwise conv, GAP and a Dense head."""
     inputs = keras.Input(input_shape)

@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
+from conftest import sequential_model
 from tfsynapse._keras import keras
 from tfsynapse.graph import UnsupportedLayerError, count_macs, count_params, dependency_groups
 
@@ -23,11 +24,7 @@ def group_named(graph, name):
 
 
 def seq(*layers, shape=(8, 8, 3)):
-    inputs = keras.Input(shape)
-    x = inputs
-    for layer in layers:
-        x = layer(x)
-    return keras.Model(inputs, x)
+    return sequential_model(shape, *layers)
 
 
 def test_conv_bn_conv_group_members():

@@ -4,18 +4,13 @@ import numpy as np
 import pytest
 
 import tfsynapse
-from conftest import rand_inputs, randomize_bn
+from conftest import rand_inputs, randomize_bn, sequential_model
 from tfsynapse._keras import keras
 
 L = keras.layers
 
 
-def _seq(shape, *layers):
-    inputs = keras.Input(shape)
-    x = inputs
-    for layer in layers:
-        x = layer(x)
-    return keras.Model(inputs, x)
+_seq = sequential_model
 
 
 def conv_stack():

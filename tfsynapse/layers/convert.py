@@ -152,24 +152,18 @@ def to_synaptic(model, l1=1e-4, fold_batchnorm=True, return_report=False):
             sign_out[source] = sign
             report.flipped[bn.name] = int(len(flips))
     regularizer = keras.regularizers.L1(l1) if l1 > 0 else None
-    made = []
 
-    def make_layer(layer):
-        layer = unwrap(layer)
+    def new_layer(layer):
         if _convertible(layer):
             config = layer.get_config()
             config.pop("groups", None)
-            new = SynapticConv2D.from_config({**config, "strength_regularizer": regularizer})
             report.converted.append(layer.name)
-        elif layer in fold_bn:
-            new = L.BatchNormalization.from_config({**layer.get_config(), "scale": False})
-        else:
-            new = type(layer).from_config(layer.get_config())
-        made.append((layer, new))
-        return new
+            return SynapticConv2D.from_config({**config, "strength_regularizer": regularizer})
+        if layer in fold_bn:
+            return L.BatchNormalization.from_config({**layer.get_config(), "scale": False})
+        return None
 
-    new_model = replay(model, make_layer)
-    for old, new in made:
+    def new_weights(old):
         weights = [w.copy() for w in old.get_weights()]
         sign = sign_out.get(old)
         if _convertible(old):
@@ -180,18 +174,18 @@ def to_synaptic(model, l1=1e-4, fold_batchnorm=True, return_report=False):
             rest = weights[1:]
             if sign is not None and rest:
                 rest[0] = rest[0] * sign
-            new.set_weights([direction, strength, *rest])
-        elif old in fold_bn:
+            return [direction, strength, *rest]
+        if old in fold_bn:
             gamma, beta, mean, var = weights
             flip = np.where(gamma < 0, -1.0, 1.0).astype(gamma.dtype)
-            new.set_weights([beta / np.abs(gamma), mean * flip, var])
-        elif isinstance(old, SynapticConv2D) and sign is not None:
+            return [beta / np.abs(gamma), mean * flip, var]
+        if isinstance(old, SynapticConv2D) and sign is not None:
             weights[0] = weights[0] * sign
             if old.use_bias:
                 weights[2] = weights[2] * sign
-            new.set_weights(weights)
-        else:
-            new.set_weights(weights)
+        return weights
+
+    new_model = _rebuild(model, new_layer, new_weights)
     return (new_model, report) if return_report else new_model
 
 
@@ -209,25 +203,38 @@ def from_synaptic(model):
       TypeError / ValueError: as ``check_model``.
     """
     check_model(model)
+
+    def new_layer(layer):
+        if not isinstance(layer, SynapticConv2D):
+            return None
+        config = layer.get_config()
+        config.pop("strength_regularizer", None)
+        config.pop("strength_initializer", None)
+        return L.Conv2D.from_config(config)
+
+    def new_weights(old):
+        if not isinstance(old, SynapticConv2D):
+            return old.get_weights()
+        rest = [old.bias.numpy()] if old.use_bias else []
+        return [old.effective_kernel().numpy(), *rest]
+
+    return _rebuild(model, new_layer, new_weights)
+
+
+def _rebuild(model, new_layer, new_weights):
+    """A copy of ``model`` with layers replaced by ``new_layer(layer)`` (None: a plain copy)
+    and weights set from ``new_weights(old layer)``."""
     made = []
 
     def make_layer(layer):
         layer = unwrap(layer)
-        if isinstance(layer, SynapticConv2D):
-            config = layer.get_config()
-            config.pop("strength_regularizer", None)
-            config.pop("strength_initializer", None)
-            new = L.Conv2D.from_config(config)
-        else:
+        new = new_layer(layer)
+        if new is None:
             new = type(layer).from_config(layer.get_config())
         made.append((layer, new))
         return new
 
-    new_model = replay(model, make_layer)
+    rebuilt = replay(model, make_layer)
     for old, new in made:
-        if isinstance(old, SynapticConv2D):
-            rest = [old.bias.numpy()] if old.use_bias else []
-            new.set_weights([old.effective_kernel().numpy(), *rest])
-        else:
-            new.set_weights(old.get_weights())
-    return new_model
+        new.set_weights(new_weights(old))
+    return rebuilt
