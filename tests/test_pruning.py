@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 import tfsynapse
-from conftest import rand_inputs, randomize_bn, small_cnn
+from conftest import randomize_bn, small_cnn
 from tfsynapse._keras import keras, pruning_wrapper
-from tfsynapse.graph import dependency_groups
 from tfsynapse.pruning import collect_wrappers
 
 L = keras.layers

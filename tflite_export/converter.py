@@ -7,7 +7,6 @@ faster than ``from_keras_model``, which first saves the whole model as a SavedMo
 a fallback was needed. Unsupported (non-builtin) ops fail at once with a clear error.
 """
 
-import os
 import re
 import warnings
 

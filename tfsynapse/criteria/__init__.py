@@ -51,24 +51,7 @@ from tfsynapse.criteria.filters import (
     select_filters,
 )
 
-__all__ = [
-    "l1_scores",
-    "l2_scores",
-    "dscore_scores",
-    "fpgm_scores",
-    "random_scores",
-    "ranks",
-    "lowest_k_mask",
-    "dstep_prune_mask",
-    "dstep_gm_prune_mask",
-    "select_filters",
-    "normalize_for_global",
-    "FILTER_SCORES",
-    "FILTER_SELECTORS",
-    "SELECT_METHODS",
-    "kernel_norm",
-    "connection_l1",
-    "synaptic_strength",
-    "strength_magnitude",
-    "CONNECTION_SCORES",
-]
+from tfsynapse.criteria import connections as _connections  # noqa: E402
+from tfsynapse.criteria import filters as _filters  # noqa: E402
+
+__all__ = list(_filters.__all__) + list(_connections.__all__)

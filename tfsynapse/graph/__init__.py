@@ -4,7 +4,6 @@
 training, channel removal, MAC counting and sensitivity analysis all read its groups.
 """
 
-from tfsynapse.graph import tf_ops  # noqa: F401  (registers nothing, but keeps the table loaded)
 from tfsynapse.graph.builder import (
     DependencyGraph,
     Group,

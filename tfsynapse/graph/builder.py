@@ -7,6 +7,7 @@ import numpy as np
 
 from tfsynapse._keras import check_model, keras
 from tfsynapse.graph import rules as rules_lib
+from tfsynapse.graph import tf_ops
 from tfsynapse.graph.channels import Atoms, ChannelMap
 from tfsynapse.graph.walk import flatten_calls
 
@@ -296,6 +297,12 @@ class DependencyGraph:
                 return group
         return None
 
+    def _producers(self):
+        """``{tensor key: LayerCall that produced it}``, built once."""
+        if getattr(self, "_producer_of", None) is None:
+            self._producer_of = {key: lc for lc in self.calls for key in lc.call.outputs}
+        return self._producer_of
+
     def upstream_batchnorm(self, layer):
         """The BatchNormalization that scales ``layer``'s input channels, looking through
         layers that neither mix nor rescale channels (activations, pooling, dropout, padding).
@@ -307,10 +314,7 @@ class DependencyGraph:
           The BatchNormalization layer, or None when there is none (or the layer is shared).
         """
         name = layer if isinstance(layer, str) else unwrap(layer).name
-        producer = {}
-        for lc in self.calls:
-            for key in lc.call.outputs:
-                producer[key] = lc
+        producer = self._producers()
         mine = [lc for lc in self.calls if unwrap(lc.call.layer).name == name]
         if len(mine) != 1 or not mine[0].call.inputs:
             return None
@@ -412,8 +416,6 @@ def _unknown_rule(layer, strict, unknown):
 
 
 def _tf_op_rule(layer):
-    from tfsynapse.graph import tf_ops  # noqa: PLC0415  (keeps the table in its own module)
-
     return tf_ops.rule_for_tf_op(layer)
 
 

@@ -170,14 +170,8 @@ def replay(model, make_layer, name=None, model_fn=None):
         for key, tensor in zip(call.outputs, tf.nest.flatten(outputs)):
             tensors[key] = tensor
     outputs = [tensors[k] for k in flat.outputs]
-    if len(outputs) == 1 and not isinstance(model.outputs, (list, tuple)):
-        outputs = outputs[0]
-    elif len(outputs) == 1 and len(model.outputs) == 1 and not _has_list_output(model):
-        outputs = outputs[0]
+    if len(outputs) == 1 and not isinstance(getattr(model, "_nested_outputs", None), (list, tuple)):
+        outputs = outputs[0]  # a single-output model stays single-output
     model_fn = model_fn or (lambda i, o, n: keras.Model(i, o, name=n))
     return model_fn(inputs, outputs, name or model.name)
 
-
-def _has_list_output(model):
-    structure = getattr(model, "_nested_outputs", None)
-    return isinstance(structure, (list, tuple))

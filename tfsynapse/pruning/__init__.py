@@ -6,7 +6,6 @@ from tfsynapse.pruning.api import (
     prune_once,
     prune_scope,
     prune_synaptic,
-    pruned_fraction,
     strip_pruning,
 )
 from tfsynapse.pruning.model import PrunedModel, collect_wrappers
@@ -24,6 +23,6 @@ from tfsynapse.pruning.wrapper import StructuredPruneWrapper
 __all__ = [
     "MaskPlan", "PrunedModel", "PruningOptions", "SensitivityTable", "StructuredPruneWrapper", "apply_masks",
     "collect_wrappers", "connection_sparsity", "custom_objects", "prune_once", "prune_scope", "prune_synaptic",
-    "plot_sensitivity", "pruned_fraction", "ratios_from_sensitivity", "register_criterion",
+    "plot_sensitivity", "ratios_from_sensitivity", "register_criterion",
     "sensitivity_analysis", "strip_pruning",
 ]

@@ -3,11 +3,9 @@
 import contextlib
 import warnings
 
-import numpy as np
-
 from tfsynapse._keras import check_model, keras, prune, pruning_schedule, pruning_wrapper
 from tfsynapse.graph import dependency_groups, replay
-from tfsynapse.pruning.model import PrunedModel, collect_wrappers
+from tfsynapse.pruning.model import PrunedModel
 from tfsynapse.pruning.options import PruningOptions, check_sparsity
 from tfsynapse.pruning.planner import MaskPlan
 from tfsynapse.pruning.wrapper import StructuredPruneWrapper
@@ -201,10 +199,7 @@ def strip_pruning(model):
     for wrapper in pruning_wrapper.collect_prunable_layers(model):
         for weight, mask, _ in wrapper.pruning_vars:
             weight.assign(weight * mask)
-    stripped = prune.strip_pruning(model)
-    if isinstance(stripped, PrunedModel):  # pragma: no cover - clone_model returns a Model
-        stripped = keras.Model(stripped.inputs, stripped.outputs, name=stripped.name)
-    return stripped
+    return prune.strip_pruning(model)  # clones into a plain functional Model
 
 
 def custom_objects():
@@ -218,12 +213,9 @@ def custom_objects():
         "ConstantSparsity": schedules.ConstantSparsity,
         "PolynomialDecay": schedules.PolynomialDecay,
     }
-    try:
-        from tfsynapse.layers import custom_objects as layer_objects  # noqa: PLC0415
+    from tfsynapse.layers import custom_objects as layer_objects  # noqa: PLC0415
 
-        objects.update(layer_objects())
-    except ImportError:  # pragma: no cover - layers are optional at this stage
-        pass
+    objects.update(layer_objects())
     return objects
 
 
@@ -236,15 +228,3 @@ def prune_scope():
     """
     with keras.utils.custom_object_scope(custom_objects()):
         yield
-
-
-def pruned_fraction(model):
-    """The fraction of zero units among the masks of a wrapped model (for logging).
-
-    Args:
-      model: a ``PrunedModel``.
-
-    Returns:
-      ``{wrapper name: fraction of mask entries that are 0}``.
-    """
-    return {w.name: [float(1 - np.mean(m.numpy())) for m in w.masks] for w in collect_wrappers(model)}

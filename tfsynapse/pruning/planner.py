@@ -21,6 +21,8 @@ Scores and how units are chosen:
 Every group or layer keeps at least ``1 - max_pruning_ratio`` of its units and at least one.
 """
 
+import zlib
+
 import numpy as np
 
 from tfsynapse._keras import keras, tf
@@ -68,6 +70,8 @@ class _ConnectionLayer:
         self.cap = cap
         self.weights = weights  # {weight index: (in axis, out axis)} masked per connection
         self.shape = (slot_in.weight.shape[slot_in.axis], slot_out.weight.shape[slot_out.axis])
+        self.n = self.shape[0] * self.shape[1]
+        self.round_to = 1
 
 
 class MaskPlan:
@@ -180,6 +184,7 @@ class MaskPlan:
             entry["connection"] = connection
             entry["mask_shape"] = tuple(shape)
             self._weights.append(entry)
+        self._entry_of = {(id(e["layer"]), e["index"]): i for i, e in enumerate(self._weights)}
 
     @property
     def masked_weights(self):
@@ -224,8 +229,9 @@ class MaskPlan:
     def _connection_scores(self, layer, name):
         if name == "random":
             c_in, c_out = _connection_kernel(layer).shape[-2:]
-            return tf.reshape(random_scores(c_in * c_out, self.options.seed + hash(layer.name) % 9973),
-                              [c_in, c_out])
+            # zlib.crc32, not hash(): str hashes change between processes (PYTHONHASHSEED).
+            seed = self.options.seed + zlib.crc32(layer.name.encode()) % 9973
+            return tf.reshape(random_scores(c_in * c_out, seed), [c_in, c_out])
         if hasattr(layer, "strength") and name == "synaptic_strength":
             return tf.cast(strength_magnitude(layer.strength), tf.float32)
         kernel = _effective(layer, _connection_kernel(layer))
@@ -269,13 +275,18 @@ class MaskPlan:
             k = self._round_prune(self._targets(sparsity, p.factor, p.n, p.cap), p.n, p.round_to)
             result[p.group.id] = lowest_k_mask(self._filter_scores(p), k)
         if pooled:
-            result.update(self._global_select(
+            masks = self._global_select(
                 [normalize_for_global(opts.criterion, self._filter_scores(p)) for p in pooled],
-                pooled, sparsity, round_units=True))
+                pooled, sparsity)
+            result.update({p.group.id: m for p, m in zip(pooled, masks)})
         return result
 
-    def _global_select(self, scores, plans, sparsity, round_units):
-        """One threshold over every plan's units; each plan keeps at least ``n - cap`` units."""
+    def _global_select(self, scores, plans, sparsity):
+        """One threshold over every plan's units; each keeps at least ``n - cap`` of them.
+
+        Returns:
+          One bool prune mask per plan (units rounded by the plan's ``round_to``).
+        """
         in_rank = [ranks(s) for s in scores]
         eligible = [tf.where(r < p.cap, s, tf.fill(tf.shape(s), np.inf)) for r, s, p in
                     zip(in_rank, scores, plans)]
@@ -284,15 +295,13 @@ class MaskPlan:
         k = tf.cast(tf.floor(tf.cast(sparsity, tf.float32) * total + 0.5), tf.int32)
         k = tf.minimum(k, sum(p.cap for p in plans))
         chosen = lowest_k_mask(flat, k)
-        result = {}
+        masks = []
         start = 0
         for p, r in zip(plans, in_rank):
             count = tf.reduce_sum(tf.cast(chosen[start:start + p.n], tf.int32))
             start += p.n
-            if round_units:
-                count = self._round_prune(count, p.n, p.round_to)
-            result[p] = r < count
-        return result if not round_units else {p.group.id: m for p, m in result.items()}
+            masks.append(r < self._round_prune(count, p.n, p.round_to))
+        return masks
 
     def _connection_prune(self, sparsity):
         """``{id(layer): bool prune matrix [C_in, C_out]}`` at connection granularity."""
@@ -304,17 +313,14 @@ class MaskPlan:
         pooled = []
         for c in layers:
             if opts.scope == "layer" or c.factor is not None:
-                n = int(np.prod(c.shape))
-                k = self._targets(sparsity, c.factor, n, c.cap)
+                k = self._targets(sparsity, c.factor, c.n, c.cap)
                 result[id(c.layer)] = tf.reshape(lowest_k_mask(scores[id(c.layer)], k), c.shape)
             else:
                 pooled.append(c)
         if pooled:
-            plans = [_GroupPlanLike(int(np.prod(c.shape)), c.cap) for c in pooled]
-            chosen = self._global_select([scores[id(c.layer)] for c in pooled], plans, sparsity,
-                                         round_units=False)
-            for c, p in zip(pooled, plans):
-                result[id(c.layer)] = tf.reshape(chosen[p], c.shape)
+            masks = self._global_select([scores[id(c.layer)] for c in pooled], pooled, sparsity)
+            for c, mask in zip(pooled, masks):
+                result[id(c.layer)] = tf.reshape(mask, c.shape)
         return result
 
     def _dead_units_from_connections(self, conn_prune):
@@ -421,16 +427,7 @@ class MaskPlan:
         return keep
 
     def _entry(self, slot):
-        for i, e in enumerate(self._weights):
-            if e["layer"] is slot.layer and e["index"] == slot.weight_index:
-                return i
-        return None
-
-
-class _GroupPlanLike:
-    def __init__(self, n, cap):
-        self.n = n
-        self.cap = cap
+        return self._entry_of.get((id(slot.layer), slot.weight_index))
 
 
 def _moveaxis_np(array, axis):

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import numbers
-import os
 import time
 
 import numpy as np

@@ -34,8 +34,7 @@ def connection_sparsity(model):
         if isinstance(inner, SynapticConv2D):
             conn = values[id(inner.strength)] == 0
             conn |= ~np.any(values[id(inner.direction)] != 0, axis=(0, 1))
-        elif isinstance(inner, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)) and \
-                type(inner).__name__ in ("Conv1D", "Conv2D", "Conv3D"):
+        elif type(inner) in (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D):
             kernel = values[id(inner.kernel)]
             conn = ~np.any(kernel != 0, axis=tuple(range(kernel.ndim - 2)))
         else:

@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from tfsynapse._keras import check_model, keras, pruning_wrapper
+from tfsynapse._keras import check_model, pruning_wrapper
 from tfsynapse.graph import count_macs, count_params, dependency_groups, kept_positions, replay, unwrap
 
 
