@@ -95,6 +95,22 @@ def test_prune_writes_model_with_zeroed_filters(models, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["pruned.keras"]  # no temporary file left
 
 
+def test_prune_recalibrates_with_data_and_warns_without(models, tmp_path, capsys):
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(0).normal(size=(96, 10, 10, 3)).astype("float32"))
+    code, out, err = run(capsys, "prune", models["keras"], "--sparsity", "0.5", "--data", data,
+                         "-o", tmp_path / "fresh.keras")
+    assert code == 0 and "recalibrated on 96 samples" in out and "warning" not in err
+    fresh = load(tmp_path / "fresh.keras").get_layer("bn1").moving_variance.numpy()
+    assert not np.allclose(fresh, 1.0)  # the saved model carries the new statistics
+    code, _, err = run(capsys, "prune", models["keras"], "--sparsity", "0.5",
+                       "-o", tmp_path / "stale.keras")
+    assert code == 0 and "warning: no --data" in err and "--data train_images.npy" in err
+    code, _, err = run(capsys, "prune", models["keras"], "--sparsity", "0.95",
+                       "--max-pruning-ratio", "0.5", "-o", tmp_path / "capped.keras")
+    assert_one_line_error(code, err, "at most", "max_pruning_ratio=0.5")
+
+
 def test_prune_with_ratios_file(models, tmp_path, capsys):
     ratios = tmp_path / "ratios.json"
     ratios.write_text(json.dumps({"c1": 0.25}))

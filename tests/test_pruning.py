@@ -75,7 +75,10 @@ def test_layer_scope_reaches_target_in_every_group(cnn, criterion):
 
 
 def test_max_ratio_and_round_to(cnn):
-    w = weights_by_name(tfsynapse.prune_once(cnn, 0.95, max_pruning_ratio=0.5))
+    with pytest.raises(ValueError, match=r"19 of 20 prunable channels \(95.0%\).*at most 10 \(50.0%\)"
+                                         r".*max_pruning_ratio=0.5"):
+        tfsynapse.prune_once(cnn, 0.95, max_pruning_ratio=0.5)
+    w = weights_by_name(tfsynapse.prune_once(cnn, 0.5, max_pruning_ratio=0.5))
     assert len(zero_units(w["c1/kernel"], 3)) == 4 and len(zero_units(w["c3/kernel"], 3)) == 6
     w = weights_by_name(tfsynapse.prune_once(cnn, 0.6, round_to=4))
     # 8 -> round(4.8)=5 pruned, 3 kept -> rounded up to 4 kept; 12 -> 7 pruned, 5 kept -> 8 kept.

@@ -174,7 +174,7 @@ def _calibration(model, n=16):
 
 def test_int8_export_of_groups_pruned_to_the_floor_and_constant_channels():
     model = randomize_bn(small_cnn())
-    pruned = tfsynapse.prune_once(model, 0.99, criterion="l1", max_pruning_ratio=1.0)
+    pruned = tfsynapse.prune_once(model, 0.9, criterion="l1", max_pruning_ratio=1.0)  # 7 of 8, 11 of 12
     small = tfsynapse.shrink(pruned)
     assert small.get_layer("c1").filters == 1 and small.get_layer("c3").filters == 1
     # a constant channel: a filter with zero weights but a bias

@@ -87,7 +87,7 @@ def test_one_row_per_group_and_ratio(analysed):
         assert row["channels"] == {"c1": 8, "c3": 12}[row["group"]]
         assert row["producers"] == {"c1": ["c1", "c2"], "c3": ["c3"]}[row["group"]]
     assert table.settings == {"criterion": "dscore", "step": 0.3, "max_ratio": 0.9,
-                              "round_to": 1, "residual": "group"}
+                              "round_to": 1, "residual": "group", "recalibration_steps": 0}
 
 
 def test_baseline_and_metrics(analysed):
@@ -104,11 +104,11 @@ def test_pruned_channels_are_rounded_and_capped(analysed):
     _, _, _, _, table = analysed
     for row in table.rows:
         n = row["channels"]
-        cap = min(n - 1, math.floor(0.9 * n + 1e-9))
+        cap = min(n - 1, math.floor(0.9 * n + 0.5))  # the cap rounds like the target
         assert row["pruned_channels"] == min(round(row["ratio"] * n), cap), row
     counts = {(r["group"], r["ratio"]): r["pruned_channels"] for r in table.rows}
     assert [counts[("c1", r)] for r in RATIOS] == [2, 5, 7]
-    assert [counts[("c3", r)] for r in RATIOS] == [4, 7, 10]  # round(10.8) = 11, capped at 10
+    assert [counts[("c3", r)] for r in RATIOS] == [4, 7, 11]  # round(10.8) = 11 = the cap
 
 
 def test_macs_count_only_that_group_pruned(analysed):
@@ -315,10 +315,37 @@ def test_bad_model_and_options():
         sensitivity_analysis(small_cnn(), lambda m: 1.0, criterion="nope")
 
 
-@pytest.mark.parametrize("threshold", [0, -0.5, 1.01, True, None])
-def test_bad_threshold(threshold):
-    with pytest.raises(ValueError, match="threshold"):
+@pytest.mark.parametrize("threshold", [0, -0.5, 1.01, True])
+def test_bad_keep_fraction(threshold):
+    with pytest.raises(ValueError, match="keep_fraction"):
         ratios_from_sensitivity(hand_table({"a": (4, [(0.5, 1.0)])}), threshold)
+
+
+@pytest.mark.parametrize("floors", [{}, {"keep_fraction": 0.9, "min_metric": 0.8},
+                                    {"min_metric": 0.8, "max_drop": 0.02}])
+def test_exactly_one_floor(floors):
+    with pytest.raises(ValueError, match="exactly one floor"):
+        ratios_from_sensitivity(hand_table({"a": (4, [(0.5, 1.0)])}), **floors)
+
+
+def test_absolute_floor_and_drop_are_not_relative():
+    # The D-Score paper's "0.9" is 90% accuracy: on a 93% model that is a 3-point drop, while
+    # keep_fraction=0.9 would accept 83.7%.
+    table = hand_table({"a": (10, [(0.1, 0.925), (0.2, 0.91), (0.3, 0.89), (0.4, 0.85)]),
+                        "b": (10, [(0.1, 0.90), (0.2, 0.80)])}, baseline=0.93)
+    assert ratios_from_sensitivity(table, min_metric=0.9) == {"a": 0.2, "b": 0.1}
+    assert ratios_from_sensitivity(table, max_drop=0.02) == {"a": 0.2, "b": 0.0}
+    assert ratios_from_sensitivity(table, max_drop=0.005) == {"a": 0.1, "b": 0.0}
+    assert ratios_from_sensitivity(table, 0.9) == {"a": 0.4, "b": 0.1}
+    with pytest.raises(ValueError, match="max_drop must be >= 0"):
+        ratios_from_sensitivity(table, max_drop=-0.01)
+
+
+def test_capped_trials_give_the_ratio_really_pruned():
+    # 0.95 of 8 channels rounds to 8, but every group keeps one: the trial pruned 7.
+    table = hand_table({"a": (8, [(0.5, 0.9), (0.95, 0.9)])}, baseline=0.9)
+    table.rows[-1]["pruned_channels"] = 7
+    assert ratios_from_sensitivity(table, min_metric=0.85) == {"a": 7 / 8}
 
 
 def test_ratios_need_a_positive_baseline_and_a_table():

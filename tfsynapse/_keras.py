@@ -82,3 +82,23 @@ def check_model(model, what="model", require_built=True):
             "(keras.Input(shape=...) or input_shape=...) or call model.build(input_shape) first."
         )
     return model
+
+
+def layers_of_type(model, layer_class):
+    """Every layer of ``model`` that is a ``layer_class``, once each, in discovery order.
+
+    Nested models and layers inside pruning wrappers are included (``model.submodules``).
+
+    Args:
+      model: a tf_keras model.
+      layer_class: a layer class (or a tuple of classes).
+
+    Returns:
+      A list of layers.
+    """
+    found, seen = [], set()
+    for layer in [model] + list(model.submodules):
+        if isinstance(layer, layer_class) and id(layer) not in seen:
+            seen.add(id(layer))
+            found.append(layer)
+    return found

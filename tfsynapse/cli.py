@@ -3,7 +3,7 @@
 Subcommands::
 
     tfsynapse inspect MODEL
-    tfsynapse prune MODEL (--sparsity S | --ratios FILE.json) [--criterion C] -o OUT
+    tfsynapse prune MODEL (--sparsity S | --ratios FILE.json) [--criterion C] [--data X.npy] -o OUT
     tfsynapse shrink MODEL [--round-to N] -o OUT
     tfsynapse export MODEL [--quantize {none,dynamic,float16,int8}] [--calibration FILE]
                      [--int8-io] [--sparse-weights] -o OUT.tflite
@@ -58,6 +58,16 @@ def _sparsity(text):
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _max_ratio(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
 
 
@@ -209,20 +219,20 @@ def _save_directory(model, path):
         raise
 
 
-def _load_calibration(path):
+def _load_calibration(path, what="calibration"):
     import numpy as np  # noqa: PLC0415
 
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise CliError(f"cannot read calibration data from {path!r}: {_one_line(err)}") from err
+        raise CliError(f"cannot read {what} data from {path!r}: {_one_line(err)}") from err
     if isinstance(data, np.ndarray):
         return data
     with data:
         names = list(data.files)
         if len(names) != 1:
             raise CliError(
-                f"calibration file {path!r} holds {len(names)} arrays {names}; save exactly one "
+                f"{what} file {path!r} holds {len(names)} arrays {names}; save exactly one "
                 "array of samples (N, ...) with np.save or np.savez"
             )
         return data[names[0]]
@@ -275,14 +285,25 @@ def _cmd_prune(args):
 
     ratios = _load_ratios(_require_input(args.ratios, "ratios file")) if args.ratios else None
     _check_output(args.output, _model_format(args.output))
+    data = _load_calibration(_require_input(args.data, "data file"), "recalibration") \
+        if args.data else None
     model = _strip_wrappers(_load_model(args.model))
     pruned = tfsynapse.prune_once(
         model, ratios if ratios is not None else args.sparsity, criterion=args.criterion,
-        granularity=args.granularity, scope=args.scope, round_to=args.round_to)
+        granularity=args.granularity, scope=args.scope, round_to=args.round_to,
+        max_pruning_ratio=args.max_pruning_ratio, data=data)
     save_model(pruned, args.output)
     target = f"ratios from {args.ratios}" if ratios is not None else f"sparsity {args.sparsity:g}"
     print(f"pruned with {args.criterion} ({args.granularity}, {args.scope}, {target}); "
           f"saved {args.output}")
+    if data is not None:
+        print(f"BatchNormalization statistics recalibrated on {min(len(data), 50 * 64)} samples "
+              f"of {args.data}")
+    elif tfsynapse.pruning.batchnorm_layers(pruned):
+        print("warning: no --data given: the BatchNormalization statistics still describe the "
+              "unpruned model, so accuracy right after pruning can collapse; pass --data "
+              "train_images.npy to recalibrate them, and fine-tune before shipping",
+              file=sys.stderr)
     _print_estimate(pruned, args.round_to)
     return 0
 
@@ -398,6 +419,12 @@ def build_parser():
     p.add_argument("--scope", choices=SCOPE_CHOICES, default="layer")
     p.add_argument("--round-to", type=_positive_int, default=1, metavar="N",
                    help="keep channel counts multiples of N (default 1)")
+    p.add_argument("--max-pruning-ratio", type=_max_ratio, default=None, metavar="R",
+                   help="the largest fraction of any group/layer pruned (default 0.9 for "
+                        "filters, 0.99 for connections)")
+    p.add_argument("--data", metavar="FILE.npy",
+                   help="training images (N, ...) to recalibrate BatchNormalization statistics "
+                        "after pruning (strongly advised)")
     p.add_argument("-o", "--output", required=True, help=out_help)
     p.set_defaults(run=_cmd_prune)
 

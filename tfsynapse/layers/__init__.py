@@ -2,6 +2,7 @@
 
 from tfsynapse.layers import rule as _rule  # noqa: F401  (registers the graph rule)
 from tfsynapse.layers.convert import SynapticReport, from_synaptic, to_synaptic
+from tfsynapse.layers.proximal import ProximalL1, strength_sparsity, synaptic_strengths
 from tfsynapse.layers.synaptic import SynapticConv2D
 
 
@@ -10,4 +11,5 @@ def custom_objects():
     return {"SynapticConv2D": SynapticConv2D}
 
 
-__all__ = ["SynapticConv2D", "SynapticReport", "custom_objects", "from_synaptic", "to_synaptic"]
+__all__ = ["ProximalL1", "SynapticConv2D", "SynapticReport", "custom_objects", "from_synaptic",
+           "strength_sparsity", "synaptic_strengths", "to_synaptic"]

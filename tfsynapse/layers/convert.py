@@ -112,12 +112,15 @@ def _bn_folds(graph, outputs):
     return result
 
 
-def to_synaptic(model, l1=1e-4, fold_batchnorm=True, return_report=False):
+def to_synaptic(model, l1=0.0, fold_batchnorm=True, return_report=False):
     """Converts a tf_keras model with Conv2D (+ BatchNormalization) to the synaptic form.
 
     Args:
       model: a built tf_keras functional or Sequential model (left untouched).
-      l1: coefficient of the L1 penalty on all strengths (0 disables it).
+      l1: coefficient of an L1 penalty on all strengths added to the loss (0, the default,
+        adds none). Prefer ``tfsynapse.ProximalL1(l1)`` as a ``fit`` callback: its proximal
+        step gives exact zeros, where the loss penalty's subgradient only oscillates around
+        them.
       fold_batchnorm: move BN scales into strengths where exact (see the module docstring).
       return_report: also return a ``SynapticReport``.
 

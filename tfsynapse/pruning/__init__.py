@@ -8,6 +8,7 @@ from tfsynapse.pruning.api import (
     prune_synaptic,
     strip_pruning,
 )
+from tfsynapse.pruning.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from tfsynapse.pruning.model import PrunedModel, collect_wrappers
 from tfsynapse.pruning.options import PruningOptions, register_criterion
 from tfsynapse.pruning.planner import MaskPlan
@@ -22,7 +23,8 @@ from tfsynapse.pruning.wrapper import StructuredPruneWrapper
 
 __all__ = [
     "MaskPlan", "PrunedModel", "PruningOptions", "SensitivityTable", "StructuredPruneWrapper", "apply_masks",
-    "collect_wrappers", "connection_sparsity", "custom_objects", "prune_once", "prune_scope", "prune_synaptic",
-    "plot_sensitivity", "ratios_from_sensitivity", "register_criterion",
+    "batchnorm_layers", "collect_wrappers", "connection_sparsity", "custom_objects", "prune_once",
+    "prune_scope", "prune_synaptic",
+    "plot_sensitivity", "ratios_from_sensitivity", "recalibrate_batchnorm", "register_criterion",
     "sensitivity_analysis", "strip_pruning",
 ]

@@ -5,6 +5,7 @@ import warnings
 
 from tfsynapse._keras import check_model, keras, prune, pruning_schedule, pruning_wrapper
 from tfsynapse.graph import dependency_groups, replay
+from tfsynapse.pruning.batchnorm import recalibrate_batchnorm
 from tfsynapse.pruning.model import PrunedModel
 from tfsynapse.pruning.options import PruningOptions, check_sparsity
 from tfsynapse.pruning.planner import MaskPlan
@@ -36,7 +37,7 @@ def _refuse_wrapped(model):
 
 
 def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granularity="connection",
-                   scope="global", round_to=1, max_pruning_ratio=0.9, ignored_layers=(),
+                   scope="global", round_to=1, max_pruning_ratio=None, ignored_layers=(),
                    layer_sparsity=None, residual="group", seed=0, strict=False):
     """Wraps a model for structured pruning during ``model.fit`` under a tfmot schedule.
 
@@ -56,7 +57,9 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
         its connections die) or 'filter' (whole channels of dependency groups).
       scope: 'global' (one threshold over the model) or 'layer' (each group/layer at the target).
       round_to: keep channel counts multiples of this (filter granularity).
-      max_pruning_ratio: the largest fraction of any group's (or layer's) units ever pruned.
+      max_pruning_ratio: the largest fraction of any group's (or layer's) units ever pruned;
+        None: 0.9 for filters, 0.99 for connections (or the largest ``layer_sparsity`` ratio).
+        A target the cap makes unreachable raises a ``ValueError`` naming both numbers.
       ignored_layers: names of layers whose output channels and connections stay.
       layer_sparsity: ``{layer name: ratio}`` final targets overriding the schedule's.
       residual: 'group' (prune residual groups as a whole) or 'skip' (leave them).
@@ -69,7 +72,8 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
     Raises:
       TypeError: a Keras 3 model.
       ValueError: a subclassed or unbuilt model, invalid options, an invalid schedule, an
-        already wrapped model, or nothing that can be pruned.
+        already wrapped model, nothing that can be pruned, or a final sparsity that
+        ``max_pruning_ratio`` (or the one channel every group keeps) makes unreachable.
     """
     check_model(model)
     _refuse_wrapped(model)
@@ -82,6 +86,7 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
     plan = MaskPlan(dependency_groups(model, strict=strict), options)
     _require_something(plan)
     _check_targets(plan)
+    check_reachable(plan, options.final_sparsity)
     masked = {}
     for layer, index, _, shape in plan.masked_weights:
         masked.setdefault(id(layer), []).append([index, list(shape)])
@@ -116,6 +121,43 @@ def _check_names(model, options):
             raise ValueError(f"{what} names layers that are not in the model: {unknown}.")
 
 
+def check_reachable(plan, sparsity):
+    """Raises when caps make ``sparsity`` unreachable; warns when ``round_to`` costs > 2 points.
+
+    Args:
+      plan: the ``MaskPlan``.
+      sparsity: the final target.
+
+    Raises:
+      ValueError: ``max_pruning_ratio`` or the one unit every group/layer keeps stops the
+        target, with the reachable sparsity and what to change.
+    """
+    r = plan.reachability(float(sparsity))
+    total = r["total"]
+    if not total:
+        return
+    unit = "connections" if plan.options.granularity == "connection" else "channels"
+    frozen = (f" ({r['frozen_units']} channels of frozen groups are not counted)"
+              if r["frozen_units"] else "")
+    if r["capped"]:
+        cap = plan.options.max_pruning_ratio
+        detail = "; ".join(f"{name}: {want} wanted, at most {most}" for name, want, most in r["capped"][:4])
+        more = f" and {len(r['capped']) - 4} more" if len(r["capped"]) > 4 else ""
+        raise ValueError(
+            f"the target asks for {r['requested']} of {total} prunable {unit} "
+            f"({r['requested'] / total:.1%}){frozen}, but at most {r['reachable']} "
+            f"({r['reachable'] / total:.1%}) can be pruned with max_pruning_ratio={cap:g} and "
+            f"at least one {unit[:-1]} kept per group/layer ({detail}{more}). Raise "
+            "max_pruning_ratio (up to 1.0) or lower the target.")
+    shortfall = r["requested"] - r["reachable"]
+    if shortfall and shortfall / total > 0.02:
+        warnings.warn(
+            f"tfsynapse: round_to={plan.options.round_to} keeps channel counts multiples of "
+            f"{plan.options.round_to}: {r['reachable'] / total:.1%} of the {total} prunable "
+            f"channels will be pruned instead of the {r['requested'] / total:.1%} asked for.",
+            stacklevel=3)
+
+
 def _check_targets(plan):
     """Per-layer ratios must name layers that produce channels; frozen ones get a warning."""
     connection = plan.options.granularity == "connection"
@@ -135,7 +177,8 @@ def _check_targets(plan):
 
 
 def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="layer", round_to=1,
-               max_pruning_ratio=0.9, ignored_layers=(), residual="group", seed=0, strict=False):
+               max_pruning_ratio=None, ignored_layers=(), residual="group", seed=0, strict=False,
+               data=None, recalibration_steps=50):
     """Prunes a model in one shot, without training (the D-Score paper's procedure).
 
     Args:
@@ -145,6 +188,10 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
         produce (other groups stay whole), e.g. from ``ratios_from_sensitivity``.
       criterion, granularity, scope, round_to, max_pruning_ratio, ignored_layers, residual,
         seed, strict: as in ``prune_synaptic``.
+      data: optional training images (array, ``(x, y)`` or dataset) to recalibrate the
+        BatchNormalization statistics of the pruned copy (``recalibrate_batchnorm``); without
+        it, accuracy right after pruning is usually far lower than it needs to be.
+      recalibration_steps: the most batches of ``data`` used for recalibration.
 
     Returns:
       A new tf_keras model with the same architecture and the pruned units exactly zero (a
@@ -153,7 +200,7 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
     Raises:
       TypeError: a Keras 3 model.
       ValueError: a subclassed or unbuilt model, a sparsity that is not a float in [0, 1) or
-        such a dict, or invalid options.
+        such a dict, invalid options, or a target the caps make unreachable.
     """
     check_model(model)
     _refuse_wrapped(model)
@@ -173,7 +220,10 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
     clone.set_weights(model.get_weights())
     plan = MaskPlan(dependency_groups(clone, strict=strict), options)
     _check_targets(plan)
+    check_reachable(plan, target)
     apply_masks(plan, plan.compute(target))
+    if data is not None:
+        recalibrate_batchnorm(clone, data, steps=recalibration_steps)
     return clone
 
 

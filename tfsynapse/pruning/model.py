@@ -46,7 +46,7 @@ def bind(model, options):
       options: the ``PruningOptions`` the wrappers were made for.
 
     Returns:
-      The ``MaskPlan``.
+      ``(plan, controller)``: the ``MaskPlan`` and the leader's ``MaskController``.
 
     Raises:
       ValueError: the wrappers do not match the plan (the model was edited after wrapping).
@@ -67,8 +67,9 @@ def bind(model, options):
     leaders = [w for w in wrappers.values() if w.leader]
     if len(leaders) != 1:
         raise ValueError(f"expected exactly one leader wrapper, found {len(leaders)}.")
-    object.__setattr__(leaders[0], "_controller", MaskController(plan, mask_vars))
-    return plan
+    controller = MaskController(plan, mask_vars)
+    object.__setattr__(leaders[0], "_controller", controller)
+    return plan, controller
 
 
 class PrunedModel(keras.Model):
@@ -86,11 +87,28 @@ class PrunedModel(keras.Model):
         if isinstance(pruning_options, dict):
             pruning_options = PruningOptions.from_config(pruning_options)
         self._pruning_options = pruning_options
-        self.mask_plan = bind(self, pruning_options)
+        self.mask_plan, controller = bind(self, pruning_options)
+        object.__setattr__(self, "_mask_vars", controller.mask_vars)
 
     @property
     def pruning_options(self):
         return self._pruning_options
+
+    def pruned_fraction(self):
+        """How much the current masks prune, in the plan's units.
+
+        Returns:
+          The fraction of prunable channels masked (filter granularity) or of the pruned
+          convolutions' connections masked (connection granularity).
+        """
+        masks = [v.numpy() for v in self._mask_vars]
+        if self._pruning_options.granularity == "connection":
+            from tfsynapse.pruning.stats import connection_sparsity  # noqa: PLC0415
+
+            return connection_sparsity(self)[0]
+        keep = self.mask_plan.keep_plan(masks)
+        total = sum(len(k) for k in keep.values())
+        return 1.0 - sum(int(k.sum()) for k in keep.values()) / max(total, 1)
 
     def get_config(self):
         config = keras_functional.get_network_config(

@@ -8,6 +8,7 @@ from tfsynapse.criteria import CONNECTION_SCORES, FILTER_SCORES, FILTER_SELECTOR
 GRANULARITIES = ("filter", "connection")
 SCOPES = ("layer", "global")
 RESIDUAL_MODES = ("group", "skip")
+DEFAULT_MAX_RATIO = {"filter": 0.9, "connection": 0.99}
 FILTER_CRITERIA = tuple(sorted(set(FILTER_SCORES) | set(FILTER_SELECTORS) |
                                {"bn_scale", "random", "synaptic_strength"}))
 CONNECTION_CRITERIA = tuple(sorted(set(CONNECTION_SCORES) | {"random"}))
@@ -48,7 +49,10 @@ class PruningOptions:
       granularity: 'filter' (channels of dependency groups) or 'connection' (kernel slices).
       scope: 'layer' (every group/layer reaches the target) or 'global' (one threshold).
       round_to: keep every group's channel count a multiple of this (filter granularity).
-      max_pruning_ratio: no group/layer loses more than this fraction of its units.
+      max_pruning_ratio: no group/layer loses more than this fraction of its units. None
+        (the default) means 0.9 at filter granularity and 0.99 at connection granularity (so
+        the Synaptic Strength paper's 96-98% can be asked for), raised to the largest ratio
+        of ``layer_sparsity`` when that is higher (an explicit per-layer ratio is honoured).
       ignored_layers: layer names whose output channels (and connections) are never pruned.
       layer_sparsity: ``{layer name: final ratio}`` overriding the target for the group that
         layer produces (or, at connection granularity, that layer's connections).
@@ -63,7 +67,7 @@ class PruningOptions:
     granularity: str = "filter"
     scope: str = "layer"
     round_to: int = 1
-    max_pruning_ratio: float = 0.9
+    max_pruning_ratio: float = None
     ignored_layers: tuple = ()
     layer_sparsity: dict = None
     residual: str = "group"
@@ -97,12 +101,16 @@ class PruningOptions:
                 "round_to applies to filter granularity; for connection pruning pass round_to "
                 "to tfsynapse.shrink instead."
             )
-        if not 0.0 < float(self.max_pruning_ratio) <= 1.0:
-            raise ValueError(f"max_pruning_ratio must be in (0, 1], got {self.max_pruning_ratio!r}.")
-        self.ignored_layers = tuple(self.ignored_layers or ())
         self.layer_sparsity = dict(self.layer_sparsity or {})
         for name, ratio in self.layer_sparsity.items():
             check_sparsity(ratio, f"layer_sparsity['{name}']")
+        if self.max_pruning_ratio is None:
+            default = DEFAULT_MAX_RATIO[self.granularity]
+            self.max_pruning_ratio = max([default] + [float(r) for r in self.layer_sparsity.values()])
+        if isinstance(self.max_pruning_ratio, bool) or not isinstance(self.max_pruning_ratio, numbers.Real) \
+                or not 0.0 < float(self.max_pruning_ratio) <= 1.0:
+            raise ValueError(f"max_pruning_ratio must be in (0, 1], got {self.max_pruning_ratio!r}.")
+        self.ignored_layers = tuple(self.ignored_layers or ())
         if not 0.0 <= float(self.final_sparsity) <= 1.0:
             raise ValueError(f"final_sparsity must be in [0, 1], got {self.final_sparsity!r}.")
         if self.layer_sparsity and float(self.final_sparsity) == 0.0:

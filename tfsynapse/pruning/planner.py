@@ -121,7 +121,7 @@ class MaskPlan:
             if why:
                 self.frozen[g.name] = [why]
                 continue
-            cap = min(g.size - 1, int(np.floor(opts.max_pruning_ratio * g.size + 1e-9)))
+            cap = min(g.size - 1, int(np.floor(opts.max_pruning_ratio * g.size + 0.5)))
             plans.append(_GroupPlan(g, self._factor(producers), cap, opts.round_to))
         return plans
 
@@ -142,7 +142,7 @@ class MaskPlan:
             if "in" not in slots or "out" not in slots:
                 continue  # grouped convolutions have no per-connection input slot
             n = int(np.prod([kernel.shape[-2], kernel.shape[-1]]))
-            cap = min(n - 1, int(np.floor(opts.max_pruning_ratio * n + 1e-9)))
+            cap = min(n - 1, int(np.floor(opts.max_pruning_ratio * n + 0.5)))
             weights = {slots["in"].weight_index: (slots["in"].axis, slots["out"].axis)}
             strength = getattr(layer, "strength", None)
             if strength is not None:
@@ -189,6 +189,52 @@ class MaskPlan:
     @property
     def masked_weights(self):
         return [(e["layer"], e["index"], e["weight"], e["mask_shape"]) for e in self._weights]
+
+    # ------------------------------------------------------------ reachability (numpy)
+    def reachability(self, sparsity):
+        """How much of ``sparsity`` the caps and ``round_to`` let this plan reach.
+
+        Units are filters of the planned groups (filter granularity) or connections of the
+        pruned convolutions (connection granularity); frozen groups are not counted.
+
+        Args:
+          sparsity: the target (a float in [0, 1)).
+
+        Returns:
+          A dict: ``requested`` and ``reachable`` unit counts, ``total`` units, ``capped``
+          (``[(name, wanted, cap)]`` of the groups/layers a cap stops, or the pool for global
+          scope), ``rounded`` (units lost to ``round_to``, layer scope only) and
+          ``frozen_units`` (units in frozen groups).
+        """
+        units = self.connection_layers if self.options.granularity == "connection" else self.groups
+        total = sum(u.n for u in units)
+        pooled = [u for u in units if self.options.scope == "global" and u.factor is None]
+        requested = reachable = rounded = 0
+        capped = []
+        for u in units:
+            if u in pooled:
+                continue
+            s = sparsity * u.factor if u.factor is not None else sparsity
+            want = int(np.floor(s * u.n + 0.5))
+            got = min(want, u.cap)
+            if got < want:
+                capped.append((_unit_name(u), want, u.cap))
+            kept = min(u.n, -(-(u.n - got) // u.round_to) * u.round_to)
+            rounded += got - (u.n - kept)
+            requested += want
+            reachable += u.n - kept
+        if pooled:
+            n = sum(u.n for u in pooled)
+            want = int(np.floor(sparsity * n + 0.5))
+            cap = sum(u.cap for u in pooled)
+            if cap < want:
+                capped.append(("all pooled units (scope='global')", want, cap))
+            requested += want
+            reachable += min(want, cap)
+        frozen_units = sum(g.size for g in self.graph.groups
+                           if g.name in self.frozen and self.options.granularity == "filter")
+        return {"requested": requested, "reachable": reachable, "total": total,
+                "capped": capped, "rounded": rounded, "frozen_units": frozen_units}
 
     # ------------------------------------------------------------------- scoring (TF)
     def _filter_matrix(self, group):
@@ -428,6 +474,10 @@ class MaskPlan:
 
     def _entry(self, slot):
         return self._entry_of.get((id(slot.layer), slot.weight_index))
+
+
+def _unit_name(unit):
+    return unit.layer.name if isinstance(unit, _ConnectionLayer) else unit.group.name
 
 
 def _moveaxis_np(array, axis):

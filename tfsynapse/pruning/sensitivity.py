@@ -4,10 +4,15 @@
    ``step, 2 * step, ...`` up to ``max_ratio``, with a filter criterion (D-Score by default),
    and calls the user's ``evaluate(model)`` after each trial without retraining. The model's
    weights are restored after every trial, so the model comes back bit-identical.
+   With ``recalibration_data``, every trial first re-estimates the BatchNormalization
+   statistics (``recalibrate_batchnorm``) and restores them afterwards: without it, stale
+   statistics rather than the pruned filters dominate the one-shot metric.
 2. ``ratios_from_sensitivity`` reads each group's largest safe ratio off its curve for an
-   accuracy threshold (e.g. keep 90% of the baseline); the resulting ``{layer name: ratio}``
-   feeds ``prune_once(model, sparsity=ratios)`` or ``prune_synaptic(..., layer_sparsity=ratios)``.
-3. ``plot_sensitivity`` draws the curves (the paper's sensitivity figure).
+   accuracy floor: absolute (``min_metric=0.9``: the paper's "90% accuracy"), a drop from the
+   baseline (``max_drop=0.02``: two points) or relative (``keep_fraction=0.9``: 90% of the
+   baseline); the resulting ``{layer name: ratio}`` feeds ``prune_once(model,
+   sparsity=ratios)`` or ``prune_synaptic(..., layer_sparsity=ratios)``.
+3. ``plot_sensitivity`` (in ``sensitivity_table``) draws the curves (the paper's figure).
 
 How the trials are computed: the dependency graph is built once; each analysed group gets one
 ``MaskPlan`` whose options ignore the producers of every other group, so the plan holds that
@@ -17,21 +22,19 @@ with ``sparsity={producer: ratio}`` would. The masked weights are snapshotted on
 assigns ``snapshot * mask`` and then the snapshot again.
 """
 
-import csv
-import dataclasses
-import json
 import math
 import numbers
 import time
 
 import numpy as np
 
-from tfsynapse._io import atomic_write
 from tfsynapse._keras import check_model
 from tfsynapse.graph import count_macs, dependency_groups
 from tfsynapse.pruning.api import _refuse_wrapped
+from tfsynapse.pruning.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from tfsynapse.pruning.options import PruningOptions
 from tfsynapse.pruning.planner import MaskPlan
+from tfsynapse.pruning.sensitivity_table import SensitivityTable, plot_sensitivity
 
 __all__ = [
     "SensitivityTable",
@@ -39,160 +42,6 @@ __all__ = [
     "ratios_from_sensitivity",
     "sensitivity_analysis",
 ]
-
-CSV_COLUMNS = ("group", "producers", "channels", "ratio", "pruned_channels", "metric", "baseline",
-               "macs")
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-# ----------------------------------------------------------------------------- the table
-@dataclasses.dataclass
-class SensitivityTable:
-    """The result of ``sensitivity_analysis``: one row per (group, ratio).
-
-    Attributes:
-      baseline: ``evaluate(model)`` on the unpruned model.
-      rows: a list of dicts ``{group, producers, channels, ratio, pruned_channels, metric,
-        macs}``: the group's name, its producer layer names, its channel count, the requested
-        ratio, the channels actually pruned, the metric with that group alone pruned, and the
-        model's MACs with that group alone pruned (as ``count_macs`` counts them after shrink).
-      baseline_macs: the unpruned model's MACs (None for hand-made tables).
-      settings: how the table was made (criterion, step, max_ratio, round_to, residual).
-    """
-
-    baseline: float
-    rows: list
-    baseline_macs: int = None
-    settings: dict = dataclasses.field(default_factory=dict)
-
-    def groups(self):
-        """The group names, in the order of their first row.
-
-        Returns:
-          A list of group names.
-        """
-        return list(dict.fromkeys(row["group"] for row in self.rows))
-
-    def curves(self):
-        """Each group's sensitivity curve.
-
-        Returns:
-          ``{group name: (ratios, metrics)}``, two float numpy arrays sorted by ratio (the
-          unpruned point, ratio 0 with ``baseline``, is not included).
-        """
-        result = {}
-        for name in self.groups():
-            points = sorted((float(r["ratio"]), float(r["metric"])) for r in self.rows
-                            if r["group"] == name)
-            result[name] = (np.array([p[0] for p in points], dtype=np.float64),
-                            np.array([p[1] for p in points], dtype=np.float64))
-        return result
-
-    def to_dict(self):
-        """A JSON-ready dict of the table.
-
-        Returns:
-          ``{"baseline", "baseline_macs", "settings", "rows"}``.
-        """
-        return {"baseline": float(self.baseline), "baseline_macs": self.baseline_macs,
-                "settings": dict(self.settings), "rows": [_clean_row(r) for r in self.rows]}
-
-    @classmethod
-    def from_dict(cls, data):
-        """Builds a table from ``to_dict``'s output.
-
-        Args:
-          data: the dict.
-
-        Returns:
-          A ``SensitivityTable``.
-
-        Raises:
-          ValueError: ``data`` lacks ``baseline`` or ``rows``, or a row lacks a field.
-        """
-        if not isinstance(data, dict) or "baseline" not in data or "rows" not in data:
-            raise ValueError("a sensitivity table needs 'baseline' and 'rows' entries; was it "
-                             "written by SensitivityTable.to_json?")
-        return cls(baseline=float(data["baseline"]), rows=[_clean_row(r) for r in data["rows"]],
-                   baseline_macs=data.get("baseline_macs"),
-                   settings=dict(data.get("settings") or {}))
-
-    def to_json(self, path):
-        """Writes the table as JSON, atomically (a temporary file, then ``os.replace``).
-
-        Args:
-          path: the file to write (its folder is created if needed).
-
-        Returns:
-          ``path``.
-        """
-        text = json.dumps(self.to_dict(), indent=1)
-        atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-        return path
-
-    @classmethod
-    def from_json(cls, path):
-        """Reads a table written by ``to_json``.
-
-        Args:
-          path: the JSON file.
-
-        Returns:
-          A ``SensitivityTable``.
-
-        Raises:
-          OSError: the file cannot be read.
-          ValueError: the file is not a sensitivity table.
-        """
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
-
-    def to_csv(self, path):
-        """Writes one CSV line per row, atomically, for spreadsheets and pandas.
-
-        Columns: ``group, producers, channels, ratio, pruned_channels, metric, baseline, macs``;
-        ``producers`` are joined with ``;`` and ``macs`` is empty when unknown.
-
-        Args:
-          path: the file to write (its folder is created if needed).
-
-        Returns:
-          ``path``.
-        """
-        def write(f):
-            import io  # noqa: PLC0415
-
-            text = io.StringIO()
-            writer = csv.writer(text, lineterminator="\n")
-            writer.writerow(CSV_COLUMNS)
-            for row in self.rows:
-                writer.writerow([row["group"], ";".join(row["producers"]), row["channels"],
-                                 repr(float(row["ratio"])), row["pruned_channels"],
-                                 repr(float(row["metric"])), repr(float(self.baseline)),
-                                 "" if row.get("macs") is None else row["macs"]])
-            f.write(text.getvalue().encode("utf-8"))
-
-        atomic_write(path, write)
-        return path
-
-
-def _clean_row(row):
-    missing = [k for k in ("group", "channels", "ratio", "metric") if k not in row]
-    if missing:
-        raise ValueError(f"sensitivity row {row!r} lacks {missing}.")
-    producers = row.get("producers") or [row["group"]]
-    if isinstance(producers, str):
-        producers = [producers]
-    pruned = row.get("pruned_channels")
-    return {
-        "group": str(row["group"]),
-        "producers": [str(p) for p in producers],
-        "channels": int(row["channels"]),
-        "ratio": float(row["ratio"]),
-        "pruned_channels": None if pruned is None else int(pruned),
-        "metric": float(row["metric"]),
-        "macs": None if row.get("macs") is None else int(row["macs"]),
-    }
 
 
 # ------------------------------------------------------------------------- validation
@@ -230,7 +79,8 @@ def _metric(evaluate, model, when):
 
 # ---------------------------------------------------------------------------- analysis
 def sensitivity_analysis(model, evaluate, criterion="dscore", step=0.05, max_ratio=0.95,
-                         groups=None, round_to=1, residual="group", verbose=1):
+                         groups=None, round_to=1, residual="group", verbose=1,
+                         recalibration_data=None, recalibration_steps=20):
     """Prunes each dependency group alone at growing ratios and evaluates, without retraining.
 
     For each prunable group (the channels one or more layers must lose together) and each
@@ -259,6 +109,11 @@ def sensitivity_analysis(model, evaluate, criterion="dscore", step=0.05, max_rat
       residual: 'group' (analyse residual groups as one) or 'skip' (leave groups with more
         than one producer out, as the paper does for the last convolution of residual blocks).
       verbose: 0 silent, 1 one line per group, 2 also one line per trial.
+      recalibration_data: training images (array, ``(x, y)`` or dataset; not the data
+        ``evaluate`` scores) to re-estimate the BatchNormalization statistics of every trial
+        before ``evaluate`` (restored afterwards). Strongly advised for models with
+        BatchNormalization: the D-Score paper's one-shot curves are only informative with it.
+      recalibration_steps: the most batches of ``recalibration_data`` per trial.
 
     Returns:
       A ``SensitivityTable``.
@@ -287,6 +142,15 @@ def sensitivity_analysis(model, evaluate, criterion="dscore", step=0.05, max_rat
 
     # One snapshot of every weight any group's masks touch (a superset of each trial's).
     snapshot = {id(w): (w, w.numpy().copy()) for _, _, w, _ in all_plan.masked_weights}
+    statistics = []
+    if recalibration_data is not None:
+        statistics = [v for bn in batchnorm_layers(model)
+                      for v in (bn.moving_mean, bn.moving_variance)]
+        if not statistics:
+            raise ValueError("recalibration_data was given but the model has no "
+                             "BatchNormalization layer to recalibrate.")
+    snapshot.update({id(v): (v, v.numpy().copy()) for v in statistics})
+    settings["recalibration_steps"] = recalibration_steps if statistics else 0
     baseline = _metric(evaluate, model, "on the unpruned model")
     baseline_macs = count_macs(graph)
     if verbose:
@@ -306,10 +170,14 @@ def sensitivity_analysis(model, evaluate, criterion="dscore", step=0.05, max_rat
                 try:
                     for (w, original), mask in zip(weights, masks):
                         w.assign(original * mask.numpy())
+                    if statistics:
+                        recalibrate_batchnorm(model, recalibration_data, steps=recalibration_steps)
                     metric = _metric(evaluate, model, f"for group '{group.name}' at ratio {ratio}")
                 finally:
                     for w, original in weights:
                         w.assign(original)
+                    for v in statistics:
+                        v.assign(snapshot[id(v)][1])
                 keep = plan.keep_plan(masks)
                 pruned = int(group.size - np.count_nonzero(keep[group.id]))
                 rows.append({"group": group.name, "producers": list(group.producers),
@@ -368,38 +236,64 @@ def _group_plan(graph, all_plan, group, base):
 
 
 # --------------------------------------------------------------------- parallel pruning
-def ratios_from_sensitivity(table, threshold):
+def ratios_from_sensitivity(table, keep_fraction=None, *, min_metric=None, max_drop=None):
     """The paper's parallel pruning ratios: each group's largest safe ratio.
 
-    A ratio is safe when the metric stays at or above ``threshold * table.baseline``.
-    **(choice)** The metric must *stay* there: a group's ratio is the largest ratio before the
-    first unsafe one on its curve, so a noisy curve that dips below and rises again does not
-    hand out a ratio beyond the dip. Groups whose first ratio is already unsafe get 0.0 (they
-    keep all their channels, also under ``prune_synaptic``'s schedule).
+    Exactly one floor decides what is safe; name the one you mean:
+
+    * ``min_metric``: an **absolute** floor, the D-Score paper's threshold ("0.9" there means
+      90% accuracy, not 90% of the baseline);
+    * ``max_drop``: the baseline minus this much (``0.02``: at most two points of accuracy);
+    * ``keep_fraction``: a **relative** floor, ``keep_fraction * baseline``.
+
+    **(choice)** The metric must *stay* at or above the floor: a group's ratio is the largest
+    ratio before the first unsafe one on its curve, so a noisy curve that dips below and rises
+    again does not hand out a ratio beyond the dip. Groups whose first ratio is already unsafe
+    get 0.0 (they keep all their channels, also under ``prune_synaptic``'s schedule). A ratio
+    whose trial pruned fewer channels than ``round(ratio * channels)`` (the one channel every
+    group keeps) is returned as the fraction really pruned, so ``prune_once`` reproduces it.
 
     Args:
-      table: a ``SensitivityTable`` with a positive, higher-is-better metric (e.g. accuracy).
-      threshold: the fraction of the baseline to keep, in (0, 1], e.g. 0.9.
+      table: a ``SensitivityTable`` with a higher-is-better metric (e.g. accuracy).
+      keep_fraction: the fraction of the baseline to keep, in (0, 1].
+      min_metric: the lowest acceptable metric (same units as the table's metric).
+      max_drop: the largest acceptable drop below the baseline, >= 0.
 
     Returns:
       ``{first producer layer name: ratio}``, ready for ``prune_once(model, sparsity=ratios)``
-      (pass the table's ``max_ratio`` as ``max_pruning_ratio`` when it exceeds 0.9) or
-      ``prune_synaptic(..., layer_sparsity=ratios)``.
+      or ``prune_synaptic(..., layer_sparsity=ratios)``.
 
     Raises:
       TypeError: ``table`` is not a ``SensitivityTable``.
-      ValueError: ``threshold`` not in (0, 1], or a baseline that is not a positive number.
+      ValueError: not exactly one floor given, a floor out of range, or (for
+        ``keep_fraction``) a baseline that is not a positive number.
     """
     if not isinstance(table, SensitivityTable):
         raise TypeError(f"table must be a SensitivityTable (from sensitivity_analysis or "
                         f"SensitivityTable.from_json), got {type(table).__name__}.")
-    threshold = _check_fraction(threshold, "threshold", high_closed=True)
+    given = {k: v for k, v in (("keep_fraction", keep_fraction), ("min_metric", min_metric),
+                               ("max_drop", max_drop)) if v is not None}
+    if len(given) != 1:
+        raise ValueError("give exactly one floor: min_metric (absolute, e.g. 0.90 accuracy), "
+                         "max_drop (e.g. 0.02 below the baseline) or keep_fraction (e.g. 0.9 of "
+                         f"the baseline); got {sorted(given) or 'none'}.")
     baseline = float(table.baseline)
-    if not (math.isfinite(baseline) and baseline > 0):
-        raise ValueError(f"the table's baseline is {baseline!r}: ratios_from_sensitivity needs a "
-                         "positive, higher-is-better metric such as accuracy (for a loss, "
-                         "evaluate e.g. 1 / (1 + loss) instead).")
-    floor = threshold * baseline
+    for name, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    if keep_fraction is not None:
+        keep_fraction = _check_fraction(keep_fraction, "keep_fraction", high_closed=True)
+        if not (math.isfinite(baseline) and baseline > 0):
+            raise ValueError(f"the table's baseline is {baseline!r}: keep_fraction needs a "
+                             "positive, higher-is-better metric such as accuracy (use min_metric "
+                             "or max_drop for other metrics).")
+        floor = keep_fraction * baseline
+    elif max_drop is not None:
+        if max_drop < 0:
+            raise ValueError(f"max_drop must be >= 0, got {max_drop!r}.")
+        floor = baseline - float(max_drop)
+    else:
+        floor = float(min_metric)
     result = {}
     for name in table.groups():
         rows = sorted((r for r in table.rows if r["group"] == name), key=lambda r: r["ratio"])
@@ -407,69 +301,14 @@ def ratios_from_sensitivity(table, threshold):
         for row in rows:
             if not float(row["metric"]) >= floor:  # NaN is unsafe too
                 break
-            safe = float(row["ratio"])
+            safe = _realised_ratio(row)
         producers = rows[0].get("producers") or [name]
         result[producers[0]] = safe
     return result
 
 
-# ------------------------------------------------------------------------------ plotting
-def plot_sensitivity(table, path, title=None):
-    """Plots metric versus pruning ratio, one curve per group, as a PNG.
-
-    Each curve starts at ratio 0 with the baseline, which is also drawn as a dashed line. With
-    more than 8 groups the legend goes outside the axes. Uses matplotlib's Agg canvas directly
-    (no display, no change to pyplot's backend).
-
-    Args:
-      table: a ``SensitivityTable``.
-      path: the PNG file to write (atomically; its folder is created if needed).
-      title: the plot title (default: "Sensitivity (<criterion>)").
-
-    Returns:
-      ``path``.
-
-    Raises:
-      ImportError: matplotlib is not installed.
-      TypeError: ``table`` is not a ``SensitivityTable``.
-      ValueError: the table has no rows.
-    """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-        from matplotlib.figure import Figure  # noqa: PLC0415
-    except ImportError as err:
-        raise ImportError("plot_sensitivity needs matplotlib: pip install tfsynapse[examples] "
-                          "(or pip install matplotlib).") from err
-    if not isinstance(table, SensitivityTable):
-        raise TypeError(f"table must be a SensitivityTable, got {type(table).__name__}.")
-    curves = table.curves()
-    if not curves:
-        raise ValueError("the sensitivity table has no rows to plot.")
-    many = len(curves) > 8
-    fig = Figure(figsize=(9.5 if many else 7, 4.8), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    import matplotlib  # noqa: PLC0415
-
-    cmap = matplotlib.colormaps["tab20" if len(curves) > 10 else "tab10"]
-    styles = ("-", "--", "-.", ":")
-    for i, (name, (ratios, metrics)) in enumerate(curves.items()):
-        ax.plot(np.concatenate([[0.0], ratios]), np.concatenate([[table.baseline], metrics]),
-                marker="o", markersize=3, linewidth=1.2, color=cmap(i % cmap.N),
-                linestyle=styles[(i // cmap.N) % len(styles)], label=name)
-    ax.axhline(table.baseline, color="black", linestyle="--", linewidth=1.0,
-               label=f"baseline ({table.baseline:.4g})")
-    ax.set_xlabel("pruning ratio (fraction of the group's filters)")
-    ax.set_ylabel("metric (no retraining)")
-    ax.set_xlim(left=0.0)
-    ax.grid(True, alpha=0.3)
-    criterion = table.settings.get("criterion")
-    ax.set_title(title if title is not None else
-                 "Sensitivity" + (f" ({criterion})" if criterion else ""))
-    if many:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="x-small",
-                  ncol=1 + len(curves) // 25, frameon=False)
-    else:
-        ax.legend(loc="best", fontsize="small")
-    atomic_write(path, lambda f: fig.savefig(f, format="png", bbox_inches="tight"))
-    return path
+def _realised_ratio(row):
+    ratio, pruned, channels = float(row["ratio"]), row.get("pruned_channels"), row["channels"]
+    if pruned is None or int(np.floor(ratio * channels + 0.5)) == pruned:
+        return ratio
+    return pruned / channels

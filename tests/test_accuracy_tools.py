@@ -1,0 +1,214 @@
+"""The tools that keep accuracy: BN recalibration, reachable targets, proximal L1 on strengths."""
+
+import numpy as np
+import pytest
+
+import tfsynapse
+from conftest import randomize_bn, small_cnn
+from tfsynapse._keras import keras
+from tfsynapse.datasets import load_digits
+
+L = keras.layers
+
+
+# --------------------------------------------------------------------- a trained small model
+def _digits_cnn():
+    inputs = keras.Input((16, 16, 1))
+    x = inputs
+    for i, width in enumerate((16, 32, 32)):
+        x = L.Conv2D(width, 3, padding="same", use_bias=False, name=f"c{i}")(x)
+        x = L.BatchNormalization(name=f"bn{i}")(x)
+        x = L.ReLU(name=f"r{i}")(x)
+        if i < 2:
+            x = L.MaxPooling2D(name=f"p{i}")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, L.Dense(10, name="head")(x))
+
+
+def _accuracy(model, x, y):
+    return float(np.mean(np.argmax(model.predict(x, verbose=0, batch_size=512), -1) == y))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    keras.utils.set_random_seed(0)
+    (x, y), (xt, yt) = load_digits(size=16, seed=0)
+    model = _digits_cnn()
+    model.compile(keras.optimizers.Adam(3e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=25, batch_size=64, verbose=0)
+    tfsynapse.recalibrate_batchnorm(model, x)  # converged statistics for the dense reference
+    return model, (x, y), (xt, yt)
+
+
+# ------------------------------------------------------------------------- recalibration
+def test_recalibration_recovers_one_shot_accuracy(trained):
+    model, (x, _), (xt, yt) = trained
+    dense = _accuracy(model, xt, yt)
+    assert dense > 0.9
+    pruned = tfsynapse.prune_once(model, 0.3, criterion="l1")
+    stale = _accuracy(pruned, xt, yt)
+    kernels = [w.numpy().copy() for w in pruned.trainable_weights]
+    used = tfsynapse.recalibrate_batchnorm(pruned, x, steps=10)
+    fresh = _accuracy(pruned, xt, yt)
+    assert used == 10
+    # Stale statistics leave the model near chance; fresh ones win back most of what was lost.
+    assert stale < 0.5 and fresh - stale > 2 / 3 * (dense - stale), (dense, stale, fresh)
+    for before, after in zip(kernels, pruned.trainable_weights):  # no weight changed
+        np.testing.assert_array_equal(before, after.numpy())
+    # prune_once(data=...) is the same thing in one call
+    again = tfsynapse.prune_once(model, 0.3, criterion="l1", data=(x, None), recalibration_steps=10)
+    assert _accuracy(again, xt, yt) == pytest.approx(fresh, abs=0.01)
+
+
+def test_recalibration_averages_batches_and_keeps_masks_and_steps(trained):
+    model, (x, _), _ = trained
+    schedule = tfsynapse.ConstantSparsity(0.5, begin_step=0, frequency=1)
+    wrapped = tfsynapse.prune_synaptic(model, schedule, criterion="l1", granularity="filter",
+                                       scope="layer")
+    wrappers = tfsynapse.pruning.collect_wrappers(wrapped)
+    plan = wrapped.mask_plan
+    tfsynapse.pruning.apply_masks(plan, plan.compute(0.5))  # half of every group's filters
+    steps_before = [int(w.pruning_step.numpy()) for w in wrappers]
+    tfsynapse.recalibrate_batchnorm(wrapped, x[:256], batch_size=128)
+    assert [int(w.pruning_step.numpy()) for w in wrappers] == steps_before
+    # The first BN's moving mean is the mean over the two batches of its input's batch means.
+    conv = keras.Model(wrapped.inputs, wrapped.get_layer("structured_prune_wrapper_c0").output)
+    means = [conv(x[i:i + 128], training=False).numpy().mean(axis=(0, 1, 2)) for i in (0, 128)]
+    bn = next(l for l in tfsynapse.pruning.batchnorm_layers(wrapped) if l.name == "bn0")
+    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean(means, axis=0), rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.99 and bn.trainable and "call" not in bn.__dict__
+
+
+def test_recalibration_refuses_bad_data_and_warns_without_batchnorm(trained):
+    model, (x, _), _ = trained
+    bad = x[:64].copy()
+    bad[3, 0, 0, 0] = np.nan
+    clone = keras.models.clone_model(model)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        tfsynapse.recalibrate_batchnorm(clone, bad)
+    assert "call" not in clone.get_layer("bn0").__dict__  # restored after the error
+    with pytest.raises(ValueError, match="no data"):
+        tfsynapse.recalibrate_batchnorm(clone, x[:0])
+    with pytest.raises(ValueError, match="batch_size"):
+        tfsynapse.recalibrate_batchnorm(clone, x, batch_size=1)
+    plain = keras.Sequential([keras.Input((4,)), L.Dense(2)])
+    with pytest.warns(UserWarning, match="no BatchNormalization"):
+        assert tfsynapse.recalibrate_batchnorm(plain, np.zeros((8, 4), "float32")) == 0
+
+
+def test_sensitivity_with_recalibration_restores_statistics(trained):
+    model, (x, _), (xt, yt) = trained
+    stats = [v.numpy().copy() for v in model.non_trainable_weights]
+    plain = tfsynapse.sensitivity_analysis(model, lambda m: _accuracy(m, xt, yt), criterion="l1",
+                                           step=0.5, max_ratio=0.5, groups=["c1"], verbose=0)
+    fresh = tfsynapse.sensitivity_analysis(model, lambda m: _accuracy(m, xt, yt), criterion="l1",
+                                           step=0.5, max_ratio=0.5, groups=["c1"], verbose=0,
+                                           recalibration_data=x, recalibration_steps=5)
+    assert fresh.rows[0]["metric"] > plain.rows[0]["metric"]
+    assert fresh.settings["recalibration_steps"] == 5
+    for before, after in zip(stats, model.non_trainable_weights):
+        np.testing.assert_array_equal(before, after.numpy())
+
+
+# ------------------------------------------------------------------------ reachable targets
+def test_cap_that_bites_raises_with_both_numbers():
+    model = randomize_bn(small_cnn())
+    with pytest.raises(ValueError, match=r"at most 18 \(90.0%\).*max_pruning_ratio"):
+        tfsynapse.prune_once(model, 0.99, max_pruning_ratio=1.0)
+    schedule = tfsynapse.ConstantSparsity(0.995, begin_step=0)
+    with pytest.raises(ValueError, match=r"max_pruning_ratio=0.99 .*Raise max_pruning_ratio"):
+        tfsynapse.prune_synaptic(model, schedule, criterion="kernel_norm")
+
+
+def test_default_cap_lets_the_papers_connection_sparsity_be_asked_for():
+    model = randomize_bn(small_cnn())
+    schedule = tfsynapse.ConstantSparsity(0.97, begin_step=0)
+    pruned = tfsynapse.prune_synaptic(model, schedule, criterion="kernel_norm")
+    assert pruned.pruning_options.max_pruning_ratio == 0.99
+    assert tfsynapse.prune_synaptic(
+        model, tfsynapse.ConstantSparsity(0.5, begin_step=0), criterion="l1", granularity="filter",
+        max_pruning_ratio=0.98).pruning_options.max_pruning_ratio == 0.98
+    one = tfsynapse.prune_once(model, 0.97, criterion="kernel_norm", granularity="connection",
+                               scope="global")
+    sparsity = tfsynapse.connection_sparsity(one)[0]
+    assert sparsity == pytest.approx(0.97, abs=0.005)
+
+
+def test_round_to_shortfall_warns_with_both_numbers():
+    model = randomize_bn(small_cnn())
+    with pytest.warns(UserWarning, match=r"round_to=8 .*20.0% of the 20 prunable channels .*"
+                                         r"instead of the 65.0%"):
+        tfsynapse.prune_once(model, 0.65, round_to=8)
+
+
+def test_explicit_per_layer_ratios_raise_the_default_cap():
+    model = randomize_bn(small_cnn())
+    pruned = tfsynapse.prune_once(model, {"c3": 11 / 12})
+    kernel = pruned.get_layer("c3").get_weights()[0]
+    assert int(np.sum(~np.any(kernel != 0, axis=(0, 1, 2)))) == 11
+
+
+# --------------------------------------------------------------------------- proximal L1
+def _synaptic_net(l1=0.0):
+    inputs = keras.Input((8, 8, 2))
+    x = L.Conv2D(6, 3, padding="same", name="c1")(inputs)
+    x = L.BatchNormalization(name="bn1")(x)
+    x = L.ReLU()(x)
+    x = L.Conv2D(6, 3, padding="same", name="c2")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    return tfsynapse.to_synaptic(keras.Model(inputs, L.Dense(3)(x)), l1=l1)
+
+
+def test_proximal_step_is_exact_soft_thresholding():
+    model = _synaptic_net()
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    callback = tfsynapse.ProximalL1(0.02)
+    callback.set_model(model)
+    callback.on_train_begin()
+    strengths = tfsynapse.layers.synaptic_strengths(model)
+    rng = np.random.default_rng(0)
+    values = [rng.normal(0, 0.05, s.shape).astype("float32") for s in strengths]
+    for s, v in zip(strengths, values):
+        s.assign(v)
+    model.optimizer.iterations.assign(1)
+    callback.on_train_batch_end(0)
+    tau = 0.1 * 0.02 / (1 - 0.9)  # lr * lambda / (1 - momentum)
+    for s, v in zip(strengths, values):
+        np.testing.assert_allclose(s.numpy(), np.sign(v) * np.maximum(np.abs(v) - tau, 0), atol=1e-7)
+    assert 0.0 < tfsynapse.strength_sparsity(model) < 1.0
+
+
+def test_proximal_training_gives_exact_zeros_growing_with_lambda():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 8, 8, 2)).astype("float32"), rng.integers(0, 3, 64)
+    sparsities = []
+    for l1 in (1e-3, 3e-2):
+        keras.utils.set_random_seed(0)
+        model = _synaptic_net()
+        model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = model.fit(x, y, epochs=5, batch_size=4, verbose=0,
+                            callbacks=[tfsynapse.ProximalL1(l1)])
+        sparsities.append(tfsynapse.strength_sparsity(model))
+        assert history.history["strength_sparsity"][-1] == sparsities[-1]
+    assert sparsities[1] > sparsities[0] and sparsities[1] > 0.3, sparsities
+
+
+def test_proximal_errors_and_adaptive_optimizer_warning():
+    with pytest.raises(ValueError, match="positive"):
+        tfsynapse.ProximalL1(0)
+    plain = keras.Sequential([keras.Input((4,)), L.Dense(2)])
+    plain.compile("sgd", "mse")
+    with pytest.raises(ValueError, match="to_synaptic"):
+        plain.fit(np.zeros((4, 4)), np.zeros((4, 2)), verbose=0, callbacks=[tfsynapse.ProximalL1(1e-3)])
+    doubled = _synaptic_net(l1=1e-4)
+    doubled.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match="also carry an L1 regularizer"):
+        doubled.fit(np.zeros((4, 8, 8, 2)), np.zeros(4), verbose=0,
+                    callbacks=[tfsynapse.ProximalL1(1e-3)])
+    adam = _synaptic_net()
+    adam.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.warns(UserWarning, match="adaptive optimizer"):
+        adam.fit(np.zeros((4, 8, 8, 2)), np.zeros(4), verbose=0, callbacks=[tfsynapse.ProximalL1(1e-3)])

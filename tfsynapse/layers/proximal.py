@@ -1,0 +1,131 @@
+"""The Synaptic Strength paper's sparsity training: an L1 penalty that really reaches zero.
+
+Adding ``lambda * sum |s|`` to the loss and following its subgradient makes small strengths
+oscillate around zero instead of reaching it (``sign(0)`` pushes them across every step), and
+Adam's per-parameter scaling turns the penalty into a constant-size push that ignores lambda's
+balance with the task loss. ``ProximalL1`` instead takes the **proximal step** of the L1 term
+after every optimizer update (ISTA-style soft thresholding):
+
+    s <- sign(s) * max(|s| - tau, 0),    tau = lambda * lr_t / (1 - momentum)
+
+so strengths whose task gradient stays below lambda land on exact zeros and stay there.
+**(choice)** ``1 / (1 - momentum)`` is SGD-with-momentum's effective step size: with it, a
+strength stays at zero exactly when ``|dL/ds| <= lambda`` in steady state, the optimality
+condition of ``L + lambda * sum |s|``; without it momentum would weaken the penalty tenfold
+at momentum 0.9. Train the L1 phase with SGD (momentum or not); with an adaptive optimizer
+(Adam, RMSprop, ...) the step is heuristic and the callback warns.
+"""
+
+import warnings
+
+from tfsynapse._keras import keras, layers_of_type, tf
+
+
+def synaptic_strengths(model):
+    """The strength variables of every ``SynapticConv2D`` in ``model`` (wrappers included).
+
+    Args:
+      model: a tf_keras model.
+
+    Returns:
+      A list of variables, each once.
+    """
+    from tfsynapse.layers.synaptic import SynapticConv2D  # noqa: PLC0415
+
+    return [layer.strength for layer in layers_of_type(model, SynapticConv2D) if layer.built]
+
+
+def strength_sparsity(model):
+    """The fraction of synaptic strengths that are exactly zero.
+
+    Args:
+      model: a tf_keras model with ``SynapticConv2D`` layers.
+
+    Returns:
+      A float in [0, 1] (0.0 when there are no strengths).
+    """
+    strengths = synaptic_strengths(model)
+    total = sum(int(tf.size(s)) for s in strengths)
+    if not total:
+        return 0.0
+    zeros = sum(int(tf.reduce_sum(tf.cast(tf.equal(s, 0.0), tf.int32))) for s in strengths)
+    return zeros / total
+
+
+class ProximalL1(keras.callbacks.Callback):
+    """Soft-thresholds every synaptic strength after each training batch (proximal L1).
+
+    Use it for the L1 phase of the Synaptic Strength procedure: ``to_synaptic(model)`` (no
+    ``l1=``: the penalty must not also be in the loss), ``fit`` with this callback and an
+    SGD optimizer, then prune by one global strength threshold and fine-tune.
+
+    Args:
+      l1: lambda, the weight of ``sum |s|`` in the objective (per sample-mean loss); typical
+        values 1e-4 .. 1e-2; sweep them on validation data (see docs/methods.md).
+      momentum_correction: divide the step by ``1 - momentum`` for SGD with momentum (see the
+        module docstring); False applies ``lambda * lr`` as is.
+
+    Logs ``strength_sparsity`` (fraction of exact zeros) at the end of every epoch.
+
+    Raises:
+      ValueError: ``l1`` is not a positive number; at the start of training, the model has
+        no ``SynapticConv2D`` or its strengths also carry an L1 regularizer.
+    """
+
+    def __init__(self, l1, momentum_correction=True):
+        super().__init__()
+        if isinstance(l1, bool) or not isinstance(l1, (int, float)) or not l1 > 0:
+            raise ValueError(f"l1 must be a positive number, got {l1!r}.")
+        self.l1 = float(l1)
+        self.momentum_correction = bool(momentum_correction)
+        self._strengths = []
+        self._step = None
+
+    def on_train_begin(self, logs=None):
+        from tfsynapse.layers.synaptic import SynapticConv2D  # noqa: PLC0415
+
+        self._strengths = synaptic_strengths(self.model)
+        if not self._strengths:
+            raise ValueError("ProximalL1 found no SynapticConv2D layer in the model: convert it "
+                             "first with tfsynapse.to_synaptic(model).")
+        doubled = [layer.name for layer in layers_of_type(self.model, SynapticConv2D)
+                   if layer.strength_regularizer is not None]
+        if doubled:
+            raise ValueError(
+                f"the strengths of {doubled[:3]} also carry an L1 regularizer in the loss; the "
+                "proximal step is the L1 penalty. Convert with tfsynapse.to_synaptic(model) "
+                "without l1= (or l1=0) when training with ProximalL1.")
+        optimizer = self.model.optimizer
+        factor = 1.0
+        if isinstance(optimizer, keras.optimizers.SGD):
+            momentum = float(getattr(optimizer, "momentum", 0.0) or 0.0)
+            if self.momentum_correction and momentum > 0:
+                factor = 1.0 / (1.0 - momentum)
+        else:
+            warnings.warn(
+                f"tfsynapse: ProximalL1 with {type(optimizer).__name__}: the proximal step "
+                "uses its base learning rate, but an adaptive optimizer rescales every "
+                "gradient, so lambda no longer balances the task loss as intended. Train the "
+                "L1 phase with keras.optimizers.SGD(momentum=0.9).", stacklevel=2)
+        self._step = self._make_step(optimizer, self.l1 * factor)
+
+    def _make_step(self, optimizer, scale):
+        strengths = self._strengths
+
+        @tf.function
+        def step():
+            lr = optimizer.learning_rate
+            if callable(lr):  # a LearningRateSchedule: the rate of the update just taken
+                lr = lr(tf.maximum(optimizer.iterations - 1, 0))
+            tau = tf.cast(lr, tf.float32) * scale
+            for s in strengths:
+                s.assign(tf.sign(s) * tf.nn.relu(tf.abs(s) - tf.cast(tau, s.dtype)))
+
+        return step
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["strength_sparsity"] = strength_sparsity(self.model)

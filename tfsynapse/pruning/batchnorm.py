@@ -1,0 +1,141 @@
+"""BatchNormalization recalibration: fresh moving statistics for a pruned model.
+
+Pruning changes what every BatchNormalization downstream of a pruned channel sees, but its
+moving mean and variance still describe the dense model; one-shot accuracy collapses for that
+reason alone. ``recalibrate_batchnorm`` re-estimates them from data without touching any weight:
+
+* every BatchNormalization runs in training mode (it normalises with the batch statistics and
+  updates its moving statistics); every other layer runs in inference mode, so dropout is off
+  and pruning wrappers neither advance their step nor recompute masks (their masks are applied
+  as always): the statistics are those the deployed model will see;
+* the moving statistics become the plain **average over the batches** (the momentum of batch
+  ``t`` is set to ``t / (t + 1)``), so the result does not depend on the old statistics or on
+  the layer's momentum;
+* momentum, trainability and the layer's ``call`` are restored afterwards, also on error.
+
+It works on models wrapped by ``prune_synaptic``, stripped models and shrunk models alike.
+"""
+
+import itertools
+
+import numpy as np
+
+from tfsynapse._keras import check_model, keras, layers_of_type, tf
+
+DEFAULT_BATCH_SIZE = 64
+
+
+def batchnorm_layers(model):
+    """Every BatchNormalization of ``model``, nested models and pruning wrappers included.
+
+    Args:
+      model: a tf_keras model.
+
+    Returns:
+      A list of layers, each once.
+    """
+    return layers_of_type(model, keras.layers.BatchNormalization)
+
+
+def _input_batches(data, batch_size):
+    """Yields input batches from an array, an ``(x, y)`` tuple, a dataset or an iterable."""
+    if isinstance(data, (tuple, list)) and data and not isinstance(data[0], (tuple, list)) \
+            and len(data) in (2, 3) and hasattr(data[0], "shape"):
+        data = data[0]  # (x, y) or (x, y, sample_weight): only x is needed
+    if isinstance(data, np.ndarray) or tf.is_tensor(data):
+        for start in range(0, int(data.shape[0]), batch_size):
+            yield data[start:start + batch_size]
+        return
+    for batch in data:
+        if isinstance(batch, (tuple, list)):
+            batch = batch[0]
+        elif isinstance(batch, dict) and "x" in batch:
+            batch = batch["x"]
+        yield batch
+
+
+def _check_finite(batch, index):
+    values = batch.numpy() if tf.is_tensor(batch) else np.asarray(batch)
+    if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+        raise ValueError(f"batch {index} of the recalibration data holds NaN or inf values; "
+                         "BatchNormalization statistics computed from it would be non-finite.")
+
+
+def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE, verbose=0):
+    """Re-estimates every BatchNormalization's moving mean and variance from ``data``.
+
+    Use it after pruning (``prune_once``, a sensitivity trial, ``shrink``) and before
+    evaluating or fine-tuning: no weight changes, only the moving statistics; pruned channels
+    stay exactly zero (their gamma and beta are zero).
+
+    Args:
+      model: a tf_keras model: wrapped by ``prune_synaptic``, stripped, shrunk or plain.
+      data: input images: a numpy array or tensor (batched by ``batch_size``), an ``(x, y)``
+        tuple, a ``tf.data.Dataset`` or any iterable of batches (``x`` or ``(x, y, ...)``).
+        Use training-distribution data without augmentation; 20-50 batches are plenty.
+      steps: the most batches to use (default: all of ``data``; required to be finite for an
+        endless dataset).
+      batch_size: the batch size for array data; batches of 1 are refused (the variance of one
+        sample per channel is meaningless for convolutions with no spatial extent).
+      verbose: 1 prints one line when done.
+
+    Returns:
+      The number of batches used.
+
+    Raises:
+      TypeError / ValueError: as ``check_model``.
+      ValueError: no data, non-finite data, ``steps`` or ``batch_size`` below 1.
+    """
+    check_model(model)
+    if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
+        raise ValueError(f"steps must be a positive integer or None, got {steps!r}.")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 2:
+        raise ValueError(f"batch_size must be an integer >= 2, got {batch_size!r}.")
+    layers = batchnorm_layers(model)
+    if not layers:
+        import warnings  # noqa: PLC0415
+
+        warnings.warn(f"tfsynapse: model '{model.name}' has no BatchNormalization layer; "
+                      "recalibrate_batchnorm has nothing to do.", stacklevel=2)
+        return 0
+    batches = _input_batches(data, int(batch_size))
+    if steps is not None:
+        batches = itertools.islice(batches, int(steps))
+    saved = [(bn, bn.momentum, bn.trainable, bn.__dict__.get("call")) for bn in layers]
+    counter = {"t": 0}
+    used = 0
+    try:
+        for bn in layers:
+            bn.trainable = True  # a frozen BatchNormalization runs in inference mode
+            _force_training(bn, counter)
+        for used, batch in enumerate(batches, 1):
+            _check_finite(batch, used)
+            counter["t"] = used - 1
+            model(batch, training=False)
+    finally:
+        for bn, momentum, trainable, call in saved:
+            bn.momentum = momentum
+            bn.trainable = trainable
+            if call is None:
+                bn.__dict__.pop("call", None)
+            else:
+                object.__setattr__(bn, "call", call)
+    if used == 0:
+        raise ValueError("recalibrate_batchnorm got no data: pass images as an array, an (x, y) "
+                         "tuple or a dataset of batches.")
+    if verbose:
+        print(f"recalibrated {len(layers)} BatchNormalization layers on {used} batches",
+              flush=True)
+    return used
+
+
+def _force_training(bn, counter):
+    """Makes ``bn`` normalise with batch statistics and average them into its moving ones."""
+    original = bn.call
+
+    def call(inputs, training=None, **kwargs):  # noqa: ARG001 - training is forced
+        t = counter["t"]
+        bn.momentum = t / (t + 1.0)  # a running mean over the batches seen so far
+        return original(inputs, training=True, **kwargs)
+
+    object.__setattr__(bn, "call", call)
