@@ -10,6 +10,8 @@
   Half the size with a negligible error; GPU delegates can run it in float16.
 * ``'int8'``: full-integer quantization of weights and activations.
   Needs ``representative_dataset`` for calibration; ``int8_io=True`` also makes I/O int8.
+  ``quantize_aware(model)`` first gives quantisation-aware training (QAT) whose learned
+  ranges replace the calibration.
 
 ``verify`` compares a converted model with its Keras model, ``predict`` runs one, ``benchmark`` times it in
 ``ai_edge_litert``'s interpreter, and ``inspect`` lists its ops and I/O tensors.
@@ -18,6 +20,8 @@
 from tflite_export.benchmarking import benchmark
 from tflite_export.converter import QUANTIZATION_MODES, convert
 from tflite_export.inspect_model import inspect
+from tflite_export.qat import is_quantize_aware, quantize_aware
 from tflite_export.verification import predict, verify
 
-__all__ = ["convert", "verify", "predict", "benchmark", "inspect", "QUANTIZATION_MODES"]
+__all__ = ["convert", "verify", "predict", "benchmark", "inspect", "quantize_aware",
+           "is_quantize_aware", "QUANTIZATION_MODES"]

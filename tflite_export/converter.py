@@ -13,6 +13,7 @@ import warnings
 from tfsynapse._io import atomic_write
 from tfsynapse._keras import check_model, tf
 from tflite_export.calibration import Calibration, CalibrationDataError
+from tflite_export.qat import is_quantize_aware
 
 QUANTIZATION_MODES = (None, "dynamic", "float16", "int8")
 
@@ -50,8 +51,9 @@ def _configure(converter, quantize, calibration, int8_io, as_dict, sparse_weight
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
     elif quantize == "int8":
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.representative_dataset = lambda: calibration.samples(as_dict=as_dict)
+        if calibration is not None:  # None: a quantisation-aware model brings its own ranges
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.representative_dataset = lambda: calibration.samples(as_dict=as_dict)
         if int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
@@ -160,7 +162,8 @@ def convert(
       model: a built tf_keras Sequential or functional model.
       quantize: one of ``QUANTIZATION_MODES``: None (float32), ``'dynamic'`` (int8 weights,
         float activations; weights with fewer than 1024 elements stay float), ``'float16'``
-        (float16 weights) or ``'int8'`` (full-integer; needs ``representative_dataset``).
+        (float16 weights) or ``'int8'`` (full-integer; needs ``representative_dataset``,
+        except for a model from ``quantize_aware``, whose learned ranges are used).
       representative_dataset: calibration data for ``'int8'``: a callable returning an
         iterable of input batches, an iterable or generator of batches, a ``tf.data.Dataset``
         of batches, or a numpy array of N samples. A batch is a numpy array (or tensor) for a
@@ -193,7 +196,7 @@ def convert(
     check_model(model)
     _check_mode(quantize, int8_io, sparse_weights)
     calibration = None
-    if quantize == "int8":
+    if quantize == "int8" and not (representative_dataset is None and is_quantize_aware(model)):
         calibration = Calibration(model, representative_dataset, calibration_steps)
     elif representative_dataset is not None:
         warnings.warn(

@@ -25,6 +25,7 @@ _EXPORTS = {
     "strength_sparsity": ("tfsynapse.layers", "strength_sparsity"),
     "from_synaptic": ("tfsynapse.layers", "from_synaptic"),
     "to_synaptic": ("tfsynapse.layers", "to_synaptic"),
+    "Distiller": ("tfsynapse.pruning", "Distiller"),
     "PrunedModel": ("tfsynapse.pruning", "PrunedModel"),
     "SensitivityTable": ("tfsynapse.pruning", "SensitivityTable"),
     "StructuredPruneWrapper": ("tfsynapse.pruning", "StructuredPruneWrapper"),

@@ -9,6 +9,7 @@ from tfsynapse.pruning.api import (
     strip_pruning,
 )
 from tfsynapse.pruning.batchnorm import batchnorm_layers, recalibrate_batchnorm
+from tfsynapse.pruning.distill import Distiller
 from tfsynapse.pruning.model import PrunedModel, collect_wrappers
 from tfsynapse.pruning.options import PruningOptions, register_criterion
 from tfsynapse.pruning.planner import MaskPlan
@@ -22,7 +23,7 @@ from tfsynapse.pruning.sensitivity import (
 from tfsynapse.pruning.wrapper import StructuredPruneWrapper
 
 __all__ = [
-    "MaskPlan", "PrunedModel", "PruningOptions", "SensitivityTable", "StructuredPruneWrapper", "apply_masks",
+    "Distiller", "MaskPlan", "PrunedModel", "PruningOptions", "SensitivityTable", "StructuredPruneWrapper", "apply_masks",
     "batchnorm_layers", "collect_wrappers", "connection_sparsity", "custom_objects", "prune_once",
     "prune_scope", "prune_synaptic",
     "plot_sensitivity", "ratios_from_sensitivity", "recalibrate_batchnorm", "register_criterion",
