@@ -22,7 +22,7 @@ from benchmarks import SECTIONS
 TITLES = {
     "speed": "Speed: latency vs MACs in LiteRT",
     "overhead": "Overhead: training-step time while pruning",
-    "accuracy": "Accuracy: criteria at equal sparsity",
+    "accuracy": "Accuracy at compression: both papers' procedures against the equal-budget control",
     "scale": "Scale: pipeline time vs model depth",
 }
 

@@ -45,9 +45,17 @@ def test_quick_mode_writes_every_section(tmp_path):
     plain = next(r for r in overhead if r["variant"] == "plain")
     assert plain["ratio"] == 1.0 and all(r["ratio"] > 0 for r in overhead)
     accuracy = results["sections"]["accuracy"]
-    assert 0.0 < accuracy["summary"]["dense"]["mean"] <= 1.0
-    assert accuracy["summary"]["connection"] and accuracy["summary"]["filter"]
-    assert all(f["pruned_channels_stayed_zero"] for f in accuracy["summary"]["filter"])
+    summary = accuracy["summary"]
+    assert 0.0 < summary["dense_test"] <= 1.0 and 0.0 < summary["control_p2_test"] <= 1.0
+    assert summary["connection"] and summary["filter"] and summary["equal"] and summary["oneshot"]
+    assert {c["method"] for c in summary["connection"]} == {
+        "synaptic_strength", "gamma_kernel_norm", "kernel_norm"}
+    for row in accuracy["rows"]:
+        if row["part"] in ("filter", "equal"):  # the one-shot channels stayed pruned
+            assert row["channels_removed"] >= row["channels_planned"], row
+        if row["part"] == "connection":
+            assert abs(row["connection_sparsity"] - row["sparsity"]) < 0.01, row
+    assert summary["deploy"]["qat_minus_float"]["n"] == 1 and summary["verdicts"]
     scale = results["sections"]["scale"]["rows"]
     assert all(r["layers"] > 100 and r["prune_once_s"] > 0 for r in scale)
 

@@ -1,0 +1,163 @@
+"""Accuracy (b): the D-Score paper's pipeline for every filter criterion.
+
+Per seed and criterion: ``sensitivity_analysis`` on the dense model (validation accuracy,
+BatchNormalization recalibrated on training images inside every trial) -> per-group ratios
+from an **absolute** floor (the baseline minus 2, 5 or 10 points: ``max_drop``) ->
+``prune_once`` of all groups at once (recalibrated) -> ``ft_epochs`` of fine-tuning with the
+pruned channels kept at zero -> shrink -> test accuracy, against the dense control trained
+``ft_epochs`` more epochs.
+
+Separating allocation from filter choice: every criterion also prunes with D-Score's own
+ratios at the middle floor ("equal ratios"), so the same number of channels per group goes.
+
+Keeping the one-shot channels pruned during fine-tuning: ``prune_synaptic`` with
+``ConstantSparsity(max ratio, begin_step=1, frequency=10**9)`` and ``layer_sparsity=ratios``
+computes masks once, at the first step, with criterion 'l1' on the already pruned weights:
+their zeroed channels score exactly 0, so they are the ones masked.
+"""
+
+import numpy as np
+
+from benchmarks import acc_setup as S
+
+CRITERIA = ("dscore", "dstep", "dstep_gm", "l1", "fpgm", "bn_scale", "random")
+
+
+def _recalibration(run):
+    x = run.data["train"][0]
+    return x[: run.cfg["recalibration_images"]]
+
+
+def sensitivity(run, seed, criterion):
+    """The sensitivity table of ``criterion`` on the dense model of ``seed`` (cached)."""
+    import tfsynapse
+
+    def compute():
+        model = run.dense(seed)
+        val = run.data["val"]
+        table = tfsynapse.sensitivity_analysis(
+            model, lambda m: S.accuracy(m, *val), criterion=criterion, step=run.cfg["step"],
+            max_ratio=run.cfg["max_ratio"], verbose=0,
+            recalibration_data=_recalibration(run),
+            recalibration_steps=run.cfg["recalibration_steps"])
+        return table.to_dict()
+
+    data = run.cache.result(f"{run.arch}/seed{seed}/sens/{criterion}", compute)
+    return tfsynapse.SensitivityTable.from_dict(data)
+
+
+def oneshot(run, seed, criterion):
+    """Uniform one-shot pruning, accuracy without and with BN recalibration (cached)."""
+    import tfsynapse
+
+    def compute():
+        dense = run.dense(seed)
+        ratio = run.cfg["oneshot_ratio"]
+        stale = tfsynapse.prune_once(dense, ratio, criterion=criterion, seed=seed)
+        fresh = tfsynapse.prune_once(dense, ratio, criterion=criterion, seed=seed,
+                                     data=_recalibration(run),
+                                     recalibration_steps=run.cfg["recalibration_steps"])
+        return {"ratio": ratio, "test_stale": S.accuracy(stale, *run.data["test"]),
+                "test_recalibrated": S.accuracy(fresh, *run.data["test"])}
+
+    return run.cache.result(f"{run.arch}/seed{seed}/oneshot/{criterion}", compute)
+
+
+def pipeline(run, seed, criterion, ratios, tag):
+    """Parallel pruning with ``ratios``, fine-tuning, shrink; numbers (cached)."""
+    import tfsynapse
+    from tfsynapse._keras import keras
+
+    def compute():
+        dense = run.dense(seed)
+        keras.utils.set_random_seed(seed)
+        one = tfsynapse.prune_once(dense, ratios, criterion=criterion, seed=seed,
+                                   data=_recalibration(run),
+                                   recalibration_steps=run.cfg["recalibration_steps"])
+        numbers = {"oneshot_val": S.accuracy(one, *run.data["val"])}
+        top = max(ratios.values(), default=0.0)
+        if top > 0:
+            schedule = tfsynapse.ConstantSparsity(top, begin_step=1, frequency=10**9)
+            wrapped = tfsynapse.prune_synaptic(one, schedule, criterion="l1",
+                                               granularity="filter", scope="layer",
+                                               layer_sparsity=ratios)
+            numbers["train_s"] = run.train(wrapped, run.data, run.cfg["ft_epochs"],
+                                               S.PHASE_LR, seed + 200,
+                                               callbacks=[tfsynapse.UpdatePruningStep()])
+            tuned = tfsynapse.strip_pruning(wrapped)
+        else:
+            tuned = one
+            numbers["train_s"] = run.train(tuned, run.data, run.cfg["ft_epochs"], S.PHASE_LR,
+                                               seed + 200)
+        small, report = tfsynapse.shrink(tuned, return_report=True)
+        pruned_channels = sum(report.removed_units.values())
+        expected = sum(int(np.floor(r * _size(dense, name) + 0.5)) for name, r in ratios.items())
+        return {**numbers, **S.evaluate(small, run.data), "mac_reduction": report.mac_reduction,
+                "param_reduction": report.param_reduction, "channels_removed": pruned_channels,
+                "channels_planned": expected}
+
+    return run.cache.result(f"{run.arch}/seed{seed}/filter/{criterion}/{tag}", compute)
+
+
+def _size(model, layer_name):
+    import tfsynapse
+
+    group = tfsynapse.dependency_groups(model).group_of_layer(layer_name)
+    return group.size if group is not None else 0
+
+
+def run_filters(run):
+    """Every seed and criterion: sensitivity, floors, equal ratios, one-shot; returns rows."""
+    import tfsynapse
+
+    rows = []
+    middle = run.cfg["floors"][len(run.cfg["floors"]) // 2]
+    for seed in run.cfg["seeds"]:
+        try:
+            control = run.control_numbers(seed, "ft")
+        except S.NotCached:
+            continue
+        reference = None
+        for criterion in run.cfg["criteria"]:
+            try:
+                shot = oneshot(run, seed, criterion)
+                rows.append({"part": "oneshot", "seed": seed, "criterion": criterion, **shot})
+                table = sensitivity(run, seed, criterion)
+            except S.NotCached:
+                continue
+            for floor in run.cfg["floors"]:
+                ratios = tfsynapse.ratios_from_sensitivity(table, max_drop=floor)
+                if criterion == run.cfg["criteria"][0] and floor == middle:
+                    reference = ratios
+                try:
+                    numbers = pipeline(run, seed, criterion, ratios, f"drop{floor:g}")
+                except S.NotCached:
+                    continue
+                rows.append({"part": "filter", "seed": seed, "criterion": criterion,
+                             "floor": floor, "ratios": ratios, "control_test": control["test"],
+                             **numbers})
+            try:
+                if reference is not None:
+                    numbers = pipeline(run, seed, criterion, reference, "equal")
+                    rows.append({"part": "equal", "seed": seed, "criterion": criterion,
+                                 "ratios": reference, "control_test": control["test"], **numbers})
+            except S.NotCached:
+                pass
+            run.log(f"seed {seed}: {criterion} done (one-shot at {shot['ratio']:.0%}: "
+                    f"{shot['test_stale']:.2%} stale, {shot['test_recalibrated']:.2%} recalibrated)")
+    return rows
+
+
+def flops_at_drop(rows, criterion, points):
+    """The largest mean MAC reduction among floors whose paired mean drop is <= ``points``."""
+    best = None
+    for floor in sorted({r["floor"] for r in rows if r["part"] == "filter"}):
+        runs = [r for r in rows if r["part"] == "filter" and r["criterion"] == criterion
+                and r["floor"] == floor]
+        if not runs:
+            continue
+        drop = -np.mean([r["test"] - r["control_test"] for r in runs]) * 100
+        macs = float(np.mean([r["mac_reduction"] for r in runs]))
+        if drop <= points and (best is None or macs > best["mac_reduction"]):
+            best = {"floor": floor, "mac_reduction": macs, "drop_points": float(drop)}
+    return best
