@@ -80,6 +80,7 @@ def test_inputs():
 def test_modes_constant():
     assert QUANTIZATION_MODES == (None, "dynamic", "float16", "int8")
     assert set(tflite_export.__all__) == {"convert", "verify", "predict", "benchmark", "inspect",
+                                          "quantize_aware", "is_quantize_aware",
                                           "QUANTIZATION_MODES"}
 
 
