@@ -121,10 +121,17 @@ def run_connection(run):
 
 
 def highest_within(rows, method, points):
-    """The highest sparsity whose paired mean difference to the control is >= -points."""
+    """The highest sparsity within ``points`` of the control, chosen on validation data.
+
+    Selection uses the paired mean validation difference (the test set is reported once, at
+    the chosen sparsity, by the caller).
+
+    Returns:
+      The sparsity, or None when none is within ``points`` on validation data.
+    """
     ok = []
     for sparsity in sorted({r["sparsity"] for r in rows}):
-        diffs = [r["test"] - r["control_test"] for r in rows
+        diffs = [r["val"] - r["control_val"] for r in rows
                  if r["method"] == method and r["sparsity"] == sparsity]
         if diffs and np.mean(diffs) >= -points / 100.0:
             ok.append(sparsity)

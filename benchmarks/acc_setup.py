@@ -165,14 +165,38 @@ class StageCache:
       log: ``log(message)`` for one line per stage.
       cached_only: raise ``NotCached`` instead of running a missing stage (to report a
         partial run).
+      settings: the run's settings (JSON-able). Stage keys name the stage, not the settings,
+        so the folder records the settings it was filled with (``settings.json``) and refuses
+        to mix stages of different settings.
+
+    Raises:
+      ValueError: the folder holds stages computed with other settings.
     """
 
-    def __init__(self, folder, log=print, cached_only=False):
+    def __init__(self, folder, log=print, cached_only=False, settings=None):
         self.folder = folder
         self.log = log
         self.cached_only = cached_only
         self.missing = []
         os.makedirs(folder, exist_ok=True)
+        if settings is not None:
+            self._check_settings(json.loads(json.dumps(settings)))
+
+    def _check_settings(self, settings):
+        path = os.path.join(self.folder, "settings.json")
+        if os.path.exists(path):
+            with open(path) as handle:
+                stored = json.load(handle)
+            if stored != settings:
+                changed = sorted(k for k in set(stored) | set(settings)
+                                 if stored.get(k) != settings.get(k))
+                raise ValueError(
+                    f"The stage cache {self.folder} was filled with other settings "
+                    f"(differing: {', '.join(changed)}). Point TFSYNAPSE_BENCH_CACHE at a new "
+                    "folder, or delete this one to start over.")
+            return
+        with open(path, "w") as handle:
+            json.dump(settings, handle, indent=1, sort_keys=True)
 
     def _paths(self, key):
         base = os.path.join(self.folder, key.replace("/", "__"))

@@ -35,6 +35,7 @@ def settings(quick):
                 "batch": 32,
                 "dense_epochs": 15, "phase1_epochs": 2, "ft_epochs": 2, "lambdas": (1e-2,),
                 "sweep_sparsity": 0.9, "sparsities": (0.9,), "criteria": ("dscore", "random"),
+                "pipeline_criteria": ("dscore", "random"),
                 "floors": (0.05,), "step": 0.25, "max_ratio": 0.75, "oneshot_ratio": 0.3,
                 "recalibration_images": 256, "recalibration_steps": 4, "kd_sparsity": 0.9,
                 "kd_seeds": (0,), "qat_epochs": 1}
@@ -42,8 +43,9 @@ def settings(quick):
             "seeds": (0, 1, 2), "dense_epochs": 15, "phase1_epochs": 4, "ft_epochs": 2,
             "lambdas": (5e-4, 2e-3, 8e-3), "sweep_sparsity": 0.96,
             "sparsities": (0.9, 0.94, 0.96, 0.98), "criteria": acc_filters.CRITERIA,
+            "pipeline_criteria": ("dscore", "l1", "random"),
             "floors": (0.02, 0.05, 0.10), "step": 0.1, "max_ratio": 0.9, "oneshot_ratio": 0.3,
-            "recalibration_images": 2560, "recalibration_steps": 10, "kd_sparsity": 0.96,
+            "recalibration_images": 640, "recalibration_steps": 10, "kd_sparsity": 0.96,
             "kd_seeds": (0, 1, 2), "qat_epochs": 1}
 
 
@@ -55,7 +57,8 @@ class Run:
         self.data = S.load_data(ctx.quick)
         self.shape = self.data["train"][0].shape[1:]
         self.cache = S.StageCache(cache_dir, log=self.log,
-                                  cached_only=os.environ.get("TFSYNAPSE_BENCH_CACHED_ONLY") == "1")
+                                  cached_only=os.environ.get("TFSYNAPSE_BENCH_CACHED_ONLY") == "1",
+                                  settings=cfg)
 
     def log(self, message):
         self.ctx.log(SECTION, message)
@@ -103,7 +106,15 @@ class Run:
         return self._continued(seed, "control_p2", first, self.cfg["ft_epochs"], 200)
 
     def control_numbers(self, seed, which):
-        """Numbers of 'p2' (dense + phase1 + ft epochs) or 'ft' (dense + ft epochs)."""
+        """Numbers of 'p2' (dense + phase1 + ft epochs) or 'ft' (dense + ft epochs).
+
+        Cached numbers are returned as they are: a control whose weights stay local (only
+        the dense weights are committed) is never retrained on another machine, so every
+        pruned arm of a seed is compared with the one control it was first compared with.
+        """
+        cached = self.cache.numbers(f"{self.arch}/seed{seed}/control_{which}")
+        if cached is not None:
+            return cached
         if which == "p2":
             self.control(seed, 2)
         else:

@@ -107,6 +107,13 @@ def test_sensitivity_with_recalibration_restores_statistics(trained):
                                            recalibration_data=x, recalibration_steps=5)
     assert fresh.rows[0]["metric"] > plain.rows[0]["metric"]
     assert fresh.settings["recalibration_steps"] == 5
+    # The baseline went through the same recalibration as the trials; the metric with the
+    # stored statistics is kept beside it.
+    assert fresh.settings["baseline_stored_statistics"] == pytest.approx(plain.baseline)
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    tfsynapse.recalibrate_batchnorm(clone, x, steps=5)
+    assert fresh.baseline == pytest.approx(_accuracy(clone, xt, yt))
     for before, after in zip(stats, model.non_trainable_weights):
         np.testing.assert_array_equal(before, after.numpy())
 

@@ -6,7 +6,9 @@
    weights are restored after every trial, so the model comes back bit-identical.
    With ``recalibration_data``, every trial first re-estimates the BatchNormalization
    statistics (``recalibrate_batchnorm``) and restores them afterwards: without it, stale
-   statistics rather than the pruned filters dominate the one-shot metric.
+   statistics rather than the pruned filters dominate the one-shot metric. The baseline is
+   then measured after the same recalibration (the metric with the stored statistics is kept
+   in ``settings["baseline_stored_statistics"]``), so drops compare like with like.
 2. ``ratios_from_sensitivity`` reads each group's largest safe ratio off its curve for an
    accuracy floor: absolute (``min_metric=0.9``: the paper's "90% accuracy"), a drop from the
    baseline (``max_drop=0.02``: two points) or relative (``keep_fraction=0.9``: 90% of the
@@ -113,6 +115,7 @@ def sensitivity_analysis(model, evaluate, criterion="dscore", step=0.05, max_rat
         ``evaluate`` scores) to re-estimate the BatchNormalization statistics of every trial
         before ``evaluate`` (restored afterwards). Strongly advised for models with
         BatchNormalization: the D-Score paper's one-shot curves are only informative with it.
+        The baseline is measured after the same recalibration.
       recalibration_steps: the most batches of ``recalibration_data`` per trial.
 
     Returns:
@@ -152,6 +155,16 @@ def sensitivity_analysis(model, evaluate, criterion="dscore", step=0.05, max_rat
     snapshot.update({id(v): (v, v.numpy().copy()) for v in statistics})
     settings["recalibration_steps"] = recalibration_steps if statistics else 0
     baseline = _metric(evaluate, model, "on the unpruned model")
+    if statistics:
+        # The baseline goes through the same recalibration as every trial, so a drop measures
+        # the pruned channels, not the difference between stored and re-estimated statistics.
+        settings["baseline_stored_statistics"] = baseline
+        try:
+            recalibrate_batchnorm(model, recalibration_data, steps=recalibration_steps)
+            baseline = _metric(evaluate, model, "on the unpruned, recalibrated model")
+        finally:
+            for v in statistics:
+                v.assign(snapshot[id(v)][1])
     baseline_macs = count_macs(graph)
     if verbose:
         print(f"sensitivity: baseline metric {baseline:.6g}, {baseline_macs:,} MACs; "
