@@ -12,8 +12,10 @@ Offline by default: scikit-learn's handwritten digits, upsampled to 32x32. Steps
    * D-Score family (default, ``--criterion=dscore|dstep|dstep_gm|l1|fpgm|...``): whole
      filters, ``--ratio`` of every dependency group, removed gradually during ``fit``
      (``prune_synaptic`` + ``PolynomialDecay``; D-Score re-ranks at every pruning step). With
-     ``--sensitivity``, the D-Score paper's per-group ratios instead (one-shot sensitivity with
-     BatchNormalization recalibration on a validation split, ``--max_drop`` points allowed);
+     ``--sensitivity``, the D-Score paper's per-group ratios instead (one-shot sensitivity
+     scored on a validation split, BatchNormalization recalibrated on training images,
+     ``--max_drop`` points allowed; the group ratios then feed ``layer_sparsity`` with
+     ``only_listed=True``);
    * Synaptic Strength (``--criterion=synaptic_strength``): ``to_synaptic``, an L1 phase with
      ``ProximalL1`` (exact zeros), one global strength threshold at ``--sparsity`` of the
      connections, fine-tuning with the masks kept; a channel dies once all its connections do;
@@ -164,7 +166,8 @@ def filter_path(base, dense, train, val, steps_per_epoch, out):
     schedule = tfsynapse.PolynomialDecay(0.0, final, begin_step=0, end_step=max(1, int(0.6 * total)),
                                          frequency=max(1, steps_per_epoch // 2))
     pruned = tfsynapse.prune_synaptic(base, schedule, criterion=FLAGS.criterion,
-                                      granularity="filter", scope="layer", layer_sparsity=ratios)
+                                      granularity="filter", scope="layer", layer_sparsity=ratios,
+                                      only_listed=ratios is not None)
     history = History(pruned, x_val, y_val, lambda m: m.pruned_fraction())
     fine_tune(pruned, dense, train, val, FLAGS.finetune_epochs, FLAGS.finetune_lr,
               [history.callback])

@@ -1,5 +1,7 @@
 """The tools that keep accuracy: BN recalibration, reachable targets, proximal L1 on strengths."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -121,11 +123,18 @@ def test_sensitivity_with_recalibration_restores_statistics(trained):
 # ------------------------------------------------------------------------ reachable targets
 def test_cap_that_bites_raises_with_both_numbers():
     model = randomize_bn(small_cnn())
-    with pytest.raises(ValueError, match=r"at most 18 \(90.0%\).*max_pruning_ratio"):
+    # With max_pruning_ratio=1.0 only the one unit each group keeps binds: no advice to raise it.
+    with pytest.raises(ValueError, match=r"at most 18 \(90.0%\).*keeps at least one") as info:
         tfsynapse.prune_once(model, 0.99, max_pruning_ratio=1.0)
-    schedule = tfsynapse.ConstantSparsity(0.995, begin_step=0)
-    with pytest.raises(ValueError, match=r"max_pruning_ratio=0.99 .*Raise max_pruning_ratio"):
-        tfsynapse.prune_synaptic(model, schedule, criterion="kernel_norm")
+    assert "Raise max_pruning_ratio" not in str(info.value)
+    schedule = tfsynapse.ConstantSparsity(0.8, begin_step=0)
+    with pytest.raises(ValueError, match=r"max_pruning_ratio=0.5 .*Raise max_pruning_ratio"):
+        tfsynapse.prune_synaptic(model, schedule, criterion="kernel_norm", max_pruning_ratio=0.5)
+    # 99.5% of this small model's connections would leave some layer nothing: the one-unit
+    # floor binds before the default 0.99 cap does.
+    with pytest.raises(ValueError, match=r"183 of 184 .*keeps at least one connection"):
+        tfsynapse.prune_synaptic(model, tfsynapse.ConstantSparsity(0.995, begin_step=0),
+                                 criterion="kernel_norm")
 
 
 def test_default_cap_lets_the_papers_connection_sparsity_be_asked_for():
@@ -147,6 +156,9 @@ def test_round_to_shortfall_warns_with_both_numbers():
     with pytest.warns(UserWarning, match=r"round_to=8 .*20.0% of the 20 prunable channels .*"
                                          r"instead of the 65.0%"):
         tfsynapse.prune_once(model, 0.65, round_to=8)
+    # In global scope the rounding follows the scores: the warning gives the worst case.
+    with pytest.warns(UserWarning, match=r"scope='global' with round_to=8: .*up to \d+ fewer"):
+        tfsynapse.prune_once(model, 0.65, round_to=8, scope="global")
 
 
 def test_explicit_per_layer_ratios_raise_the_default_cap():
@@ -185,6 +197,25 @@ def test_proximal_step_is_exact_soft_thresholding():
     for s, v in zip(strengths, values):
         np.testing.assert_allclose(s.numpy(), np.sign(v) * np.maximum(np.abs(v) - tau, 0), atol=1e-7)
     assert 0.0 < tfsynapse.strength_sparsity(model) < 1.0
+    # steps_per_execution=3: one callback call after three updates thresholds by all three
+    values = [s.numpy() for s in strengths]
+    model.optimizer.iterations.assign(4)
+    callback.on_train_batch_end(0)
+    for s, v in zip(strengths, values):
+        np.testing.assert_allclose(s.numpy(), np.sign(v) * np.maximum(np.abs(v) - 3 * tau, 0),
+                                   atol=1e-7)
+    callback.on_train_batch_end(0)  # no update since: nothing changes
+    for s, v in zip(strengths, values):
+        np.testing.assert_allclose(s.numpy(), np.sign(v) * np.maximum(np.abs(v) - 3 * tau, 0),
+                                   atol=1e-7)
+    # the legacy SGD is SGD too: momentum-corrected, no adaptive-optimizer warning
+    legacy = _synaptic_net()
+    legacy.compile(keras.optimizers.legacy.SGD(0.1, momentum=0.9), "mse")
+    other = tfsynapse.ProximalL1(0.02)
+    other.set_model(legacy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        other.on_train_begin()
 
 
 def test_proximal_training_gives_exact_zeros_growing_with_lambda():
@@ -219,3 +250,51 @@ def test_proximal_errors_and_adaptive_optimizer_warning():
     adam.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.warns(UserWarning, match="adaptive optimizer"):
         adam.fit(np.zeros((4, 8, 8, 2)), np.zeros(4), verbose=0, callbacks=[tfsynapse.ProximalL1(1e-3)])
+
+
+def test_layer_sparsity_of_prune_synaptic_with_and_without_only_listed():
+    model = randomize_bn(small_cnn())
+    schedule = tfsynapse.ConstantSparsity(0.5, begin_step=0)
+
+    def pruned_channels(only_listed):
+        wrapped = tfsynapse.prune_synaptic(model, schedule, criterion="l1", granularity="filter",
+                                           scope="layer", layer_sparsity={"c3": 0.25},
+                                           only_listed=only_listed)
+        plan = wrapped.mask_plan
+        tfsynapse.pruning.apply_masks(plan, plan.compute(0.5))
+        dead = {}
+        for name in ("c1", "c3"):
+            kernel = next(w for w in wrapped.weights if w.name.startswith(f"{name}/kernel"))
+            dead[name] = int(np.sum(np.all(kernel.numpy() == 0, axis=(0, 1, 2))))
+        model.set_weights(original)  # the wrappers share the model's weights
+        return dead
+
+    original = model.get_weights()
+    # Unlisted groups follow the schedule's target; with only_listed they stay whole.
+    assert pruned_channels(False) == {"c1": 4, "c3": 3}
+    assert pruned_channels(True) == {"c1": 0, "c3": 3}
+    with pytest.raises(ValueError, match="only_listed=True needs layer_sparsity"):
+        tfsynapse.prune_synaptic(model, schedule, criterion="l1", granularity="filter",
+                                 only_listed=True)
+
+
+def test_recalibration_reads_every_data_shape():
+    from tfsynapse.pruning.batchnorm import _input_batches
+
+    x, y = np.zeros((10, 4), "float32"), np.zeros(10)
+    sizes = lambda data, n=1: [len(b) if n == 1 else [len(v) for v in b]  # noqa: E731
+                               for b in _input_batches(data, 4, n)]
+    assert sizes(x) == [4, 4, 2]
+    assert sizes((x, y)) == sizes((x, None)) == sizes((x, y, y)) == [4, 4, 2]
+    # a list of two (or three) batches is a list of batches, not (x, y)
+    assert sizes([x[:3], x[3:5]]) == [3, 2]
+    assert sizes([(x[:3], y[:3]), (x[3:], y[3:])]) == [3, 7]
+    # multi-input arrays, alone or as (x, y)
+    assert sizes([x, x], 2) == sizes(([x, x], y), 2) == [[4, 4], [4, 4], [2, 2]]
+    inputs = [keras.Input((4,)), keras.Input((4,))]
+    h = L.BatchNormalization(name="bn")(L.Concatenate()(inputs))
+    two = keras.Model(inputs, L.Dense(2)(h))
+    data = [np.random.default_rng(0).normal(3.0, 1.0, (64, 4)).astype("float32")] * 2
+    assert tfsynapse.recalibrate_batchnorm(two, (data, None), batch_size=32) == 2
+    np.testing.assert_allclose(two.get_layer("bn").moving_mean.numpy(),
+                               np.concatenate([data[0].mean(0)] * 2), rtol=1e-5)

@@ -1,5 +1,7 @@
 """Quantisation-aware training after shrink: int8 export from learned ranges, clear refusals."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -30,7 +32,9 @@ def test_qat_model_exports_int8_without_calibration_and_agrees(shrunk):
     assert tflite_export.is_quantize_aware(qat) and not tflite_export.is_quantize_aware(small)
     qat.compile(keras.optimizers.Adam(1e-4), LOSS)
     qat.fit(x, y, epochs=1, batch_size=64, verbose=0)
-    lite = tflite_export.convert(qat, quantize="int8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # full-integer: no warning about float parts
+        lite = tflite_export.convert(qat, quantize="int8")
     info = tflite_export.inspect(lite)
     details = load_interpreter(lite).get_tensor_details()
     int8_kernels = [d for d in details if d["dtype"] == np.int8 and len(d["shape"]) == 4]
@@ -47,6 +51,14 @@ def test_qat_model_exports_int8_without_calibration_and_agrees(shrunk):
     # post-training quantisation of a plain model still needs calibration data
     with pytest.raises(ValueError, match="calibration"):
         tflite_export.convert(small, quantize="int8")
+
+
+def test_float_parts_of_an_int8_export_are_named(shrunk):
+    from tflite_export.converter import _warn_float_parts
+
+    small, _, _ = shrunk
+    with pytest.warns(UserWarning, match=r"keeps \d+ float32 tensor\(s\).*representative_dataset"):
+        _warn_float_parts(tflite_export.convert(small))  # a float model: float throughout
 
 
 def test_refusals_say_what_to_do(shrunk):

@@ -87,7 +87,7 @@ def test_one_row_per_group_and_ratio(analysed):
         assert row["channels"] == {"c1": 8, "c3": 12}[row["group"]]
         assert row["producers"] == {"c1": ["c1", "c2"], "c3": ["c3"]}[row["group"]]
     assert table.settings == {"criterion": "dscore", "step": 0.3, "max_ratio": 0.9,
-                              "round_to": 1, "residual": "group", "recalibration_steps": 0}
+                              "round_to": 1, "residual": "group", "recalibration_steps": 0, "seed": 0}
 
 
 def test_baseline_and_metrics(analysed):
@@ -152,6 +152,23 @@ def test_restores_weights_when_evaluate_raises():
         sensitivity_analysis(model, evaluate, step=0.5, max_ratio=0.5, verbose=0)
     for a, b in zip(before, model.get_weights()):
         assert np.array_equal(a, b)
+
+
+def test_random_criterion_follows_the_seed():
+    model = randomize_bn(small_cnn())
+    x = rand_inputs(model, n=8)
+    reference = model.predict(x, verbose=0)
+
+    def evaluate(m):  # a metric that depends on which channels were zeroed
+        return float(np.abs(m.predict(x, verbose=0) - reference).sum())
+
+    def curve(seed):
+        table = sensitivity_analysis(model, evaluate, criterion="random", step=0.25,
+                                     max_ratio=0.5, groups=["c3"], verbose=0, seed=seed)
+        return [r["metric"] for r in table.rows]
+
+    assert curve(0) == curve(0)
+    assert curve(0) != curve(1)
 
 
 def test_groups_subset_residual_skip_and_progress(capsys):

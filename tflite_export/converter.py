@@ -10,8 +10,11 @@ a fallback was needed. Unsupported (non-builtin) ops fail at once with a clear e
 import re
 import warnings
 
+import numpy as np
+
 from tfsynapse._io import atomic_write
 from tfsynapse._keras import check_model, tf
+from tflite_export import _runtime
 from tflite_export.calibration import Calibration, CalibrationDataError
 from tflite_export.qat import is_quantize_aware
 
@@ -163,7 +166,9 @@ def convert(
       quantize: one of ``QUANTIZATION_MODES``: None (float32), ``'dynamic'`` (int8 weights,
         float activations; weights with fewer than 1024 elements stay float), ``'float16'``
         (float16 weights) or ``'int8'`` (full-integer; needs ``representative_dataset``,
-        except for a model from ``quantize_aware``, whose learned ranges are used).
+        except for a model from ``quantize_aware``, whose learned ranges are used; a warning
+        then names any float tensors left between its inputs and outputs, and passing
+        ``representative_dataset`` forces full-integer ops).
       representative_dataset: calibration data for ``'int8'``: a callable returning an
         iterable of input batches, an iterable or generator of batches, a ``tf.data.Dataset``
         of batches, or a numpy array of N samples. A batch is a numpy array (or tensor) for a
@@ -224,6 +229,27 @@ def convert(
         break
     else:
         raise _conversion_error(quantize, errors) from errors[-1][1]
+    if quantize == "int8" and calibration is None:
+        _warn_float_parts(data)
     if output is not None:
         atomic_write(output, lambda stream: stream.write(data))
     return data
+
+
+def _warn_float_parts(data):
+    """A QAT model converted from its learned ranges alone keeps every op without fake
+    quantisation in float; say so (a full-integer model has float tensors only at its I/O)."""
+    interpreter = _runtime.load_interpreter(data)
+    inputs, outputs = _runtime.io_details(interpreter)
+    edges = {d["index"] for d in inputs + outputs}
+    floating = [d["name"] for d in interpreter.get_tensor_details()
+                if d["dtype"] == np.float32 and d["index"] not in edges]
+    if floating:
+        warnings.warn(
+            f"the quantisation-aware model converted to int8 from its learned ranges keeps "
+            f"{len(floating)} float32 tensor(s) between its inputs and outputs (e.g. "
+            f"{', '.join(floating[:3])}): some ops had no fake quantisation and run in float, "
+            "so the .tflite is not full-integer (NNAPI / Edge TPU need full-integer). Pass "
+            "representative_dataset to force full-integer conversion (it fails with the "
+            "ops that cannot be int8).",
+            stacklevel=3)

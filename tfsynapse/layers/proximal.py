@@ -20,6 +20,9 @@ import warnings
 
 from tfsynapse._keras import keras, layers_of_type, tf
 
+# The optimizers whose step is lr * gradient (plus momentum): the current and the legacy SGD.
+_SGD_CLASSES = (keras.optimizers.SGD, keras.optimizers.legacy.SGD)
+
 
 def synaptic_strengths(model):
     """The strength variables of every ``SynapticConv2D`` in ``model`` (wrappers included).
@@ -97,7 +100,7 @@ class ProximalL1(keras.callbacks.Callback):
                 "without l1= (or l1=0) when training with ProximalL1.")
         optimizer = self.model.optimizer
         factor = 1.0
-        if isinstance(optimizer, keras.optimizers.SGD):
+        if isinstance(optimizer, _SGD_CLASSES):
             momentum = float(getattr(optimizer, "momentum", 0.0) or 0.0)
             if self.momentum_correction and momentum > 0:
                 factor = 1.0 / (1.0 - momentum)
@@ -111,13 +114,21 @@ class ProximalL1(keras.callbacks.Callback):
 
     def _make_step(self, optimizer, scale):
         strengths = self._strengths
+        # Updates taken since the last proximal step: more than one when the model is
+        # compiled with steps_per_execution > 1 (Keras then calls on_train_batch_end once per
+        # execution); soft-thresholding by the sum of their steps is what one proximal step
+        # per update would do when the gradient steps between them are small.
+        done = tf.Variable(tf.cast(optimizer.iterations, tf.int64), trainable=False)
 
         @tf.function
         def step():
+            iterations = tf.cast(optimizer.iterations, tf.int64)
+            updates = tf.cast(tf.maximum(iterations - done, 0), tf.float32)
+            done.assign(iterations)
             lr = optimizer.learning_rate
             if callable(lr):  # a LearningRateSchedule: the rate of the update just taken
                 lr = lr(tf.maximum(optimizer.iterations - 1, 0))
-            tau = tf.cast(lr, tf.float32) * scale
+            tau = tf.cast(lr, tf.float32) * scale * updates
             for s in strengths:
                 s.assign(tf.sign(s) * tf.nn.relu(tf.abs(s) - tf.cast(tau, s.dtype)))
 

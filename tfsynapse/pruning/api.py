@@ -38,7 +38,7 @@ def _refuse_wrapped(model):
 
 def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granularity="connection",
                    scope="global", round_to=1, max_pruning_ratio=None, ignored_layers=(),
-                   layer_sparsity=None, residual="group", seed=0, strict=False):
+                   layer_sparsity=None, residual="group", seed=0, strict=False, only_listed=False):
     """Wraps a model for structured pruning during ``model.fit`` under a tfmot schedule.
 
     The returned model's prunable layers are ``StructuredPruneWrapper``s (a subclass of tfmot's
@@ -61,10 +61,15 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
         None: 0.9 for filters, 0.99 for connections (or the largest ``layer_sparsity`` ratio).
         A target the cap makes unreachable raises a ``ValueError`` naming both numbers.
       ignored_layers: names of layers whose output channels and connections stay.
-      layer_sparsity: ``{layer name: ratio}`` final targets overriding the schedule's.
+      layer_sparsity: ``{layer name: ratio}`` final targets overriding the schedule's for
+        the listed groups/layers; the others follow the schedule's own target unless
+        ``only_listed``.
       residual: 'group' (prune residual groups as a whole) or 'skip' (leave them).
       seed: seed of the 'random' criterion.
       strict: raise on layers without a channel rule instead of freezing their channels.
+      only_listed: prune only what ``layer_sparsity`` lists, leaving every other group/layer
+        whole, as ``prune_once(model, {layer: ratio})`` does (e.g. with the ratios of
+        ``ratios_from_sensitivity``, whose unanalysed groups should stay dense).
 
     Returns:
       A ``PrunedModel`` (a functional tf_keras model).
@@ -81,7 +86,10 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
         criterion=criterion, granularity=granularity, scope=scope, round_to=round_to,
         max_pruning_ratio=max_pruning_ratio, ignored_layers=tuple(ignored_layers),
         layer_sparsity=layer_sparsity, residual=residual, seed=seed,
-        final_sparsity=_final_sparsity(pruning_schedule))
+        final_sparsity=_final_sparsity(pruning_schedule), only_listed=bool(only_listed))
+    if options.only_listed and not options.layer_sparsity:
+        raise ValueError("only_listed=True needs layer_sparsity={layer name: ratio}: with "
+                         "nothing listed nothing would be pruned.")
     _check_names(model, options)
     plan = MaskPlan(dependency_groups(model, strict=strict), options)
     _require_something(plan)
@@ -122,7 +130,7 @@ def _check_names(model, options):
 
 
 def check_reachable(plan, sparsity):
-    """Raises when caps make ``sparsity`` unreachable; warns when ``round_to`` costs > 2 points.
+    """Raises when caps make ``sparsity`` unreachable; warns when ``round_to`` can cost > 2 points.
 
     Args:
       plan: the ``MaskPlan``.
@@ -141,20 +149,38 @@ def check_reachable(plan, sparsity):
               if r["frozen_units"] else "")
     if r["capped"]:
         cap = plan.options.max_pruning_ratio
-        detail = "; ".join(f"{name}: {want} wanted, at most {most}" for name, want, most in r["capped"][:4])
+        detail = "; ".join(f"{name}: {want} wanted, at most {most}"
+                           for name, want, most in r["capped"][:4])
         more = f" and {len(r['capped']) - 4} more" if len(r["capped"]) > 4 else ""
+        if r["one_unit_bound"]:
+            # Raising max_pruning_ratio cannot help: a group/layer never loses its last unit.
+            limit = (f"every group/layer keeps at least one {unit[:-1]} ({detail}{more}), "
+                     "whatever max_pruning_ratio says")
+            advice = "Lower the target, or leave out the tiny layers (ignored_layers)."
+        else:
+            limit = (f"max_pruning_ratio={cap:g} and at least one {unit[:-1]} kept per "
+                     f"group/layer ({detail}{more})")
+            advice = "Raise max_pruning_ratio (up to 1.0) or lower the target."
         raise ValueError(
             f"the target asks for {r['requested']} of {total} prunable {unit} "
             f"({r['requested'] / total:.1%}){frozen}, but at most {r['reachable']} "
-            f"({r['reachable'] / total:.1%}) can be pruned with max_pruning_ratio={cap:g} and "
-            f"at least one {unit[:-1]} kept per group/layer ({detail}{more}). Raise "
-            "max_pruning_ratio (up to 1.0) or lower the target.")
+            f"({r['reachable'] / total:.1%}) can be pruned: {limit}. {advice}")
     shortfall = r["requested"] - r["reachable"]
     if shortfall and shortfall / total > 0.02:
         warnings.warn(
             f"tfsynapse: round_to={plan.options.round_to} keeps channel counts multiples of "
             f"{plan.options.round_to}: {r['reachable'] / total:.1%} of the {total} prunable "
             f"channels will be pruned instead of the {r['requested'] / total:.1%} asked for.",
+            stacklevel=3)
+    bound = r["global_rounding_bound"]
+    if bound and bound / total > 0.02:
+        warnings.warn(
+            f"tfsynapse: scope='global' with round_to={plan.options.round_to}: rounding each "
+            f"group's pruned count to keep multiples of {plan.options.round_to} can prune up "
+            f"to {bound} fewer of the {total} prunable channels than the "
+            f"{r['requested'] / total:.1%} asked for (as little as "
+            f"{(r['reachable'] - bound) / total:.1%}); the exact count depends on the scores. "
+            "Check model.pruned_fraction() / shrink's report, or raise the target.",
             stacklevel=3)
 
 

@@ -37,17 +37,44 @@ def batchnorm_layers(model):
     return layers_of_type(model, keras.layers.BatchNormalization)
 
 
-def _input_batches(data, batch_size):
-    """Yields input batches from an array, an ``(x, y)`` tuple, a dataset or an iterable."""
-    if isinstance(data, (tuple, list)) and data and not isinstance(data[0], (tuple, list)) \
-            and len(data) in (2, 3) and hasattr(data[0], "shape"):
+def _is_array(value):
+    return isinstance(value, np.ndarray) or tf.is_tensor(value)
+
+
+def _arrays_of_one_length(values):
+    return (isinstance(values, (tuple, list)) and len(values) > 0
+            and all(_is_array(v) for v in values)
+            and len({int(v.shape[0]) for v in values}) == 1)
+
+
+def _input_batches(data, batch_size, n_inputs=1):
+    """Yields input batches from arrays, an ``(x, y)`` tuple, a dataset or an iterable.
+
+    Read as whole arrays (sliced into batches): an array; for a model with ``n_inputs > 1``
+    inputs, a list/tuple of ``n_inputs`` arrays of one length; a **tuple** ``(x, y)`` or
+    ``(x, y, sample_weight)`` of such ``x`` with ``y`` None or as long as ``x``. Anything else
+    (a list of batches, a dataset, a generator) is iterated batch by batch, taking ``x`` from
+    ``(x, y, ...)`` tuples and ``{"x": ...}`` dicts.
+    """
+    def whole(x):
+        return _is_array(x) or (n_inputs > 1 and len(x) == n_inputs and _arrays_of_one_length(x)
+                                if isinstance(x, (tuple, list)) else False)
+
+    def length(x):
+        return int((x if _is_array(x) else x[0]).shape[0])
+
+    if isinstance(data, tuple) and len(data) in (2, 3) and whole(data[0]) and all(
+            v is None or (_is_array(v) and int(v.shape[0]) == length(data[0]))
+            for v in data[1:]):
         data = data[0]  # (x, y) or (x, y, sample_weight): only x is needed
-    if isinstance(data, np.ndarray) or tf.is_tensor(data):
-        for start in range(0, int(data.shape[0]), batch_size):
-            yield data[start:start + batch_size]
+    if whole(data):
+        for start in range(0, length(data), batch_size):
+            yield (data[start:start + batch_size] if _is_array(data)
+                   else [v[start:start + batch_size] for v in data])
         return
     for batch in data:
-        if isinstance(batch, (tuple, list)):
+        if isinstance(batch, tuple) or (isinstance(batch, list) and n_inputs == 1
+                                        and not _is_array(batch)):
             batch = batch[0]
         elif isinstance(batch, dict) and "x" in batch:
             batch = batch["x"]
@@ -55,8 +82,8 @@ def _input_batches(data, batch_size):
 
 
 def _check_finite(batch, index):
-    values = batch.numpy() if tf.is_tensor(batch) else np.asarray(batch)
-    if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+    arrays = [v.numpy() if tf.is_tensor(v) else np.asarray(v) for v in tf.nest.flatten(batch)]
+    if any(a.dtype.kind == "f" and not np.all(np.isfinite(a)) for a in arrays):
         raise ValueError(f"batch {index} of the recalibration data holds NaN or inf values; "
                          "BatchNormalization statistics computed from it would be non-finite.")
 
@@ -70,8 +97,10 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
 
     Args:
       model: a tf_keras model: wrapped by ``prune_synaptic``, stripped, shrunk or plain.
-      data: input images: a numpy array or tensor (batched by ``batch_size``), an ``(x, y)``
-        tuple, a ``tf.data.Dataset`` or any iterable of batches (``x`` or ``(x, y, ...)``).
+      data: input images: a numpy array or tensor (batched by ``batch_size``; for a
+        multi-input model a list of arrays), an ``(x, y)`` tuple of those, a
+        ``tf.data.Dataset`` or any iterable of batches (``x`` or ``(x, y, ...)``; a *list*
+        of arrays is a list of batches).
         Use training-distribution data without augmentation; 20-50 batches are plenty.
       steps: the most batches to use (default: all of ``data``; required to be finite for an
         endless dataset).
@@ -98,7 +127,7 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
         warnings.warn(f"tfsynapse: model '{model.name}' has no BatchNormalization layer; "
                       "recalibrate_batchnorm has nothing to do.", stacklevel=2)
         return 0
-    batches = _input_batches(data, int(batch_size))
+    batches = _input_batches(data, int(batch_size), n_inputs=len(model.inputs))
     if steps is not None:
         batches = itertools.islice(batches, int(steps))
     saved = [(bn, bn.momentum, bn.trainable, bn.__dict__.get("call")) for bn in layers]

@@ -49,7 +49,8 @@ class PruningOptions:
       granularity: 'filter' (channels of dependency groups) or 'connection' (kernel slices).
       scope: 'layer' (every group/layer reaches the target) or 'global' (one threshold).
       round_to: keep every group's channel count a multiple of this (filter granularity).
-      max_pruning_ratio: no group/layer loses more than this fraction of its units. None
+      max_pruning_ratio: no group/layer of ``n`` units loses more than
+        ``round(max_pruning_ratio * n)`` of them (the nearest whole unit) or all of them. None
         (the default) means 0.9 at filter granularity and 0.99 at connection granularity (so
         the Synaptic Strength paper's 96-98% can be asked for), raised to the largest ratio
         of ``layer_sparsity`` when that is higher (an explicit per-layer ratio is honoured).

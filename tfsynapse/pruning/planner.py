@@ -18,7 +18,9 @@ Scores and how units are chosen:
   in every producer, are dead. Kernels follow their connection masks only, so the measured
   connection sparsity is the schedule's; shrink removes the dead channels.
 
-Every group or layer keeps at least ``1 - max_pruning_ratio`` of its units and at least one.
+Every group or layer of ``n`` units loses at most ``round(max_pruning_ratio * n)`` of them
+(the nearest whole unit, so a target of exactly ``max_pruning_ratio`` is always reachable; the
+fraction removed can exceed the ratio by under half a unit) and keeps at least one.
 """
 
 import zlib
@@ -203,14 +205,18 @@ class MaskPlan:
         Returns:
           A dict: ``requested`` and ``reachable`` unit counts, ``total`` units, ``capped``
           (``[(name, wanted, cap)]`` of the groups/layers a cap stops, or the pool for global
-          scope), ``rounded`` (units lost to ``round_to``, layer scope only) and
-          ``frozen_units`` (units in frozen groups).
+          scope), ``rounded`` (units lost to ``round_to``, layer scope only),
+          ``frozen_units`` (units in frozen groups) and ``one_unit_bound`` (True when every
+          binding cap is the one unit a group/layer always keeps, not max_pruning_ratio),
+          ``global_rounding_bound`` (the most units ``round_to`` can cost the global pool).
         """
         units = self.connection_layers if self.options.granularity == "connection" else self.groups
         total = sum(u.n for u in units)
         pooled = [u for u in units if self.options.scope == "global" and u.factor is None]
         requested = reachable = rounded = 0
         capped = []
+        one_unit_bound = True  # every cap that stops the target is the one-unit floor
+        rounding_bound = 0
         for u in units:
             if u in pooled:
                 continue
@@ -219,6 +225,7 @@ class MaskPlan:
             got = min(want, u.cap)
             if got < want:
                 capped.append((_unit_name(u), want, u.cap))
+                one_unit_bound = one_unit_bound and u.cap == u.n - 1
             kept = min(u.n, -(-(u.n - got) // u.round_to) * u.round_to)
             rounded += got - (u.n - kept)
             requested += want
@@ -229,12 +236,18 @@ class MaskPlan:
             cap = sum(u.cap for u in pooled)
             if cap < want:
                 capped.append(("all pooled units (scope='global')", want, cap))
+                one_unit_bound = one_unit_bound and cap == n - len(pooled)
             requested += want
             reachable += min(want, cap)
+            # Each pooled unit count is rounded after the global selection, which depends on
+            # the scores: only a bound is known before the masks are computed.
+            rounding_bound = min(min(want, cap), sum(u.round_to - 1 for u in pooled))
         frozen_units = sum(g.size for g in self.graph.groups
                            if g.name in self.frozen and self.options.granularity == "filter")
         return {"requested": requested, "reachable": reachable, "total": total,
-                "capped": capped, "rounded": rounded, "frozen_units": frozen_units}
+                "capped": capped, "rounded": rounded, "frozen_units": frozen_units,
+                "one_unit_bound": bool(capped) and one_unit_bound,
+                "global_rounding_bound": rounding_bound}
 
     # ------------------------------------------------------------------- scoring (TF)
     def _filter_matrix(self, group):

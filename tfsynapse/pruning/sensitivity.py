@@ -82,7 +82,7 @@ def _metric(evaluate, model, when):
 # ---------------------------------------------------------------------------- analysis
 def sensitivity_analysis(model, evaluate, criterion="dscore", step=0.05, max_ratio=0.95,
                          groups=None, round_to=1, residual="group", verbose=1,
-                         recalibration_data=None, recalibration_steps=20):
+                         recalibration_data=None, recalibration_steps=20, seed=0):
     """Prunes each dependency group alone at growing ratios and evaluates, without retraining.
 
     For each prunable group (the channels one or more layers must lose together) and each
@@ -117,6 +117,7 @@ def sensitivity_analysis(model, evaluate, criterion="dscore", step=0.05, max_rat
         BatchNormalization: the D-Score paper's one-shot curves are only informative with it.
         The baseline is measured after the same recalibration.
       recalibration_steps: the most batches of ``recalibration_data`` per trial.
+      seed: seed of the 'random' criterion (as in ``prune_once``).
 
     Returns:
       A ``SensitivityTable``.
@@ -136,12 +137,12 @@ def sensitivity_analysis(model, evaluate, criterion="dscore", step=0.05, max_rat
     max_ratio = _check_fraction(max_ratio, "max_ratio")
     ratios = _ratios(step, max_ratio)
     base = dict(criterion=criterion, granularity="filter", scope="layer", round_to=round_to,
-                max_pruning_ratio=max_ratio, residual=residual)
+                max_pruning_ratio=max_ratio, residual=residual, seed=seed)
     graph = dependency_groups(model)
     all_plan = MaskPlan(graph, PruningOptions(**base))
     targets = _select_groups(all_plan, groups)
     settings = {"criterion": all_plan.options.criterion, "step": step, "max_ratio": max_ratio,
-                "round_to": round_to, "residual": residual}
+                "round_to": round_to, "residual": residual, "seed": seed}
 
     # One snapshot of every weight any group's masks touch (a superset of each trial's).
     snapshot = {id(w): (w, w.numpy().copy()) for _, _, w, _ in all_plan.masked_weights}
@@ -274,7 +275,8 @@ def ratios_from_sensitivity(table, keep_fraction=None, *, min_metric=None, max_d
 
     Returns:
       ``{first producer layer name: ratio}``, ready for ``prune_once(model, sparsity=ratios)``
-      or ``prune_synaptic(..., layer_sparsity=ratios)``.
+      or ``prune_synaptic(..., layer_sparsity=ratios, only_listed=True)`` (without
+      ``only_listed``, groups the table does not cover follow the schedule's target).
 
     Raises:
       TypeError: ``table`` is not a ``SensitivityTable``.
