@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from benchmarks import acc_connection, acc_filters, common
+from benchmarks import acc_connection, acc_filters, acc_robust, common
 from benchmarks.acc_stats import fmt, paired, verdict
 
 SECTION = "accuracy"
@@ -87,6 +87,10 @@ def summarize(result):
             "qat_minus_float": _pair(deploy, "int8_qat_test", deploy, "float_test"),
             "qat_minus_qat_float": _pair(deploy, "int8_qat_test", deploy, "qat_float_test"),
             "float_test": float(np.mean([r["float_test"] for r in deploy]))}
+    summary["robust"] = [{k: r.get(k) for k in ("kind", "method", "sparsity", "floor", "test",
+                                                 "control_test", "mac_reduction",
+                                                 "connection_sparsity")}
+                         for r in _rows(result, "robust")]
     summary["verdicts"] = verdicts(summary)
     return summary
 
@@ -261,4 +265,15 @@ def markdown(result):
                   "", "QAT adds an epoch of training, so its gain over the float model before "
                   "QAT mixes quantisation with extra training; the last row is the "
                   "quantisation error alone."]
+    if summary.get("robust"):
+        lines += ["", f"### (d) Robustness check: {acc_robust.ARCH}, seed {acc_robust.SEED} "
+                  "(one seed: no interval, a sanity check)", "",
+                  common.md_table(
+                      ["arm", "test acc", "control", "difference (pt)", "MACs off"],
+                      [[(f"{r['method']} at {r['sparsity']:.0%} of connections"
+                         if r["kind"] == "connection" else
+                         f"{r['method']} pipeline, floor -{r['floor'] * 100:g} pt"),
+                        _pct(r["test"]), _pct(r["control_test"]),
+                        f"{(r['test'] - r['control_test']) * 100:+.2f}",
+                        f"{r['mac_reduction']:.1%}"] for r in summary["robust"]])]
     return "\n".join(lines)

@@ -12,17 +12,18 @@ and the test set is reported once.
 (b) ``acc_filters``: the D-Score paper's pipeline for D-Score, D-Step, D-Step GM, L1, FPGM,
     BN scale and random; equal-ratio runs; one-shot with and without BN recalibration.
 (c) ``acc_deploy``: distillation while fine-tuning; int8 accuracy with and without QAT.
+(d) ``acc_robust``: (a) and (b) once more on a ResNet-20-style net, one seed (a sanity check).
 
 Stages are cached on disk (``TFSYNAPSE_BENCH_CACHE``, default ``benchmarks/cache/accuracy``;
 a temporary folder in quick mode), so an interrupted run resumes where it stopped. The stages'
 numbers (JSON) and the dense models' weights are committed, so a run continues across
-machines; other weights stay local (``.gitignore``). Parts run in the order (a), (c), (b), seed by seed. ``TFSYNAPSE_BENCH_CACHED_ONLY=1``
+machines; other weights stay local (``.gitignore``). Parts run in the order (a), (c), (b), (d), seed by seed. ``TFSYNAPSE_BENCH_CACHED_ONLY=1``
 reports what the cache holds without training anything (missing stages are listed).
 """
 
 import os
 
-from benchmarks import acc_connection, acc_deploy, acc_filters, acc_report
+from benchmarks import acc_connection, acc_deploy, acc_filters, acc_report, acc_robust
 from benchmarks import acc_setup as S
 
 SECTION = "accuracy"
@@ -38,7 +39,8 @@ def settings(quick):
                 "pipeline_criteria": ("dscore", "random"),
                 "floors": (0.05,), "step": 0.25, "max_ratio": 0.75, "oneshot_ratio": 0.3,
                 "recalibration_images": 256, "recalibration_steps": 4, "kd_sparsity": 0.9,
-                "kd_seeds": (0,), "qat_epochs": 1}
+                "kd_seeds": (0,), "qat_epochs": 1,
+                "resnet_args": {"widths": (4, 8, 8), "blocks": 1}}
     return {"data": "fashion_mnist", "arch": "vgg", "widths": ((32,), (64, 64), (128, 128)),
             "seeds": (0, 1, 2), "dense_epochs": 15, "phase1_epochs": 4, "ft_epochs": 2,
             "lambdas": (5e-4, 2e-3, 8e-3), "sweep_sparsity": 0.96,
@@ -73,7 +75,7 @@ class Run:
 
         keras.utils.set_random_seed(seed)
         if self.arch == "resnet20":
-            return S.resnet20(self.shape, 10)
+            return S.resnet20(self.shape, 10, **self.cfg.get("resnet_args", {}))
         return S.vgg(self.shape, 10, widths=self.cfg["widths"])
 
     def dense(self, seed):
@@ -140,6 +142,7 @@ def run(ctx):
     rows, lam, sweep = acc_connection.run_connection(run_)  # the lambda sweep on seed 0 first
     rows += acc_deploy.run_deploy(run_, lam)
     rows += acc_filters.run_filters(run_)
+    rows += acc_robust.run_robust(run_, lam)
     for seed in cfg["seeds"]:
         try:
             rows.append({"part": "dense", "seed": seed,
