@@ -52,7 +52,9 @@ def summarize(result):
     summary["highest_within"] = {m: acc_connection.highest_within(conn, m, WITHIN)
                                  for m in acc_connection.METHODS}
     filt, equal, shots = _rows(result, "filter"), _rows(result, "equal"), _rows(result, "oneshot")
-    criteria = list(dict.fromkeys(r["criterion"] for r in filt))
+    seen = {r["criterion"] for r in filt + equal + shots}
+    criteria = [c for c in acc_filters.CRITERIA if c in seen] + sorted(
+        seen - set(acc_filters.CRITERIA))
     summary["filter"] = []
     for criterion in criteria:
         for floor in sorted({r["floor"] for r in filt}):
@@ -65,7 +67,7 @@ def summarize(result):
                     "test": float(np.mean([r["test"] for r in runs])),
                     "vs_control": _pair(runs, "test", runs, "control_test")})
     summary["flops_at"] = {c: {p: acc_filters.flops_at_drop(filt, c, p) for p in (0.5, 1.0)}
-                           for c in criteria}
+                           for c in criteria if any(r["criterion"] == c for r in filt)}
     reference = [r for r in equal if r["criterion"] == "dscore"]
     summary["equal"] = [{
         "criterion": c, "mac_reduction": float(np.mean([r["mac_reduction"] for r in runs])),

@@ -36,6 +36,8 @@ flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_float("l1", 1e-4, "L1 on synaptic strengths.")
 flags.DEFINE_boolean("fake_data", False, "Random images instead of CIFAR-10 (offline check).")
 flags.DEFINE_string("output_dir", "out/cifar10_resnet", "Where the model and .tflite go.")
+flags.DEFINE_boolean("verbose", False, "Show TensorFlow's native start-up and converter "
+                     "messages (hidden by default).")
 
 
 def resnet(depth, classes=10):
@@ -93,6 +95,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     import numpy as np
 
+    from tfsynapse.quiet import import_tensorflow_quietly, native_stderr_hidden
+
+    import_tensorflow_quietly(not FLAGS.verbose)
     import tflite_export
     import tfsynapse
     from tfsynapse._keras import keras
@@ -143,8 +148,10 @@ def main(argv):
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     small.save(os.path.join(FLAGS.output_dir, "pruned.keras"))
     path = os.path.join(FLAGS.output_dir, "pruned_int8.tflite")
-    tflite_export.convert(small, "int8", representative_dataset=x_train[:256:2], output=path)
-    print(f"int8 test accuracy {np.mean(np.argmax(tflite_export.predict(path, x_test), -1) == y_test):.2%}; wrote {path}")
+    with native_stderr_hidden(not FLAGS.verbose):  # converter and LiteRT chatter
+        tflite_export.convert(small, "int8", representative_dataset=x_train[:256:2], output=path)
+        predicted = np.argmax(tflite_export.predict(path, x_test), -1)
+    print(f"int8 test accuracy {np.mean(predicted == y_test):.2%}; wrote {path}")
 
 
 if __name__ == "__main__":

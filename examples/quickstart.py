@@ -55,6 +55,8 @@ flags.DEFINE_integer("batch_size", 32, "Batch size.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_boolean("quick", False, "A fast smoke run (CI): 2+2 epochs, fewer timing runs.")
 flags.DEFINE_string("output_dir", "out/quickstart", "Where results, plots and .tflite files go.")
+flags.DEFINE_boolean("verbose", False, "Show TensorFlow's native start-up, converter and LiteRT "
+                     "messages (hidden by default).")
 
 
 def load_data():
@@ -238,6 +240,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     import numpy as np
 
+    from tfsynapse.quiet import import_tensorflow_quietly, native_stderr_hidden
+
+    import_tensorflow_quietly(not FLAGS.verbose)
     import tflite_export
     import tfsynapse
     from tfsynapse._keras import keras
@@ -277,37 +282,37 @@ def main(argv):
     pruned, history = path(base, dense, train, val, steps_per_epoch, out)
     pruned_acc = accuracy(pruned, x_test, y_test)
     sparsity = tfsynapse.connection_sparsity(pruned)[0]
-    small, report = tfsynapse.shrink(pruned, return_report=True)
-    print(report.table())
+    small, report = tfsynapse.shrink(pruned, return_report=True, verbose=1)
 
-    calibration = [x_train[i:i + 1] for i in range(0, min(len(x_train), 400), 4)]
-    files, latency = {}, {}
-    for name, model in (("dense", dense), ("shrunk", small)):
-        files[name] = os.path.join(out, f"{name}_int8.tflite")
-        tflite_export.convert(model, quantize="int8", representative_dataset=calibration,
-                              output=files[name])
-    for name, timing in _latencies(files).items():
-        latency[name] = timing
-    check = tflite_export.verify(files["shrunk"], small, x_test)
-    rows = {
-        "dataset": FLAGS.dataset, "criterion": FLAGS.criterion,
-        "method": ("synaptic strength, " if FLAGS.criterion == "synaptic_strength" else "") + (
-            f"{FLAGS.sparsity:.0%} of connections" if FLAGS.criterion == "synaptic_strength"
-            else "sensitivity ratios" if FLAGS.sensitivity else f"{FLAGS.ratio:.0%} of filters"),
-        "distilled": FLAGS.distill, "epochs": FLAGS.epochs, "finetune_epochs": FLAGS.finetune_epochs,
-        "accuracy_dense_keras": dense_acc, "accuracy_control_keras": control_acc,
-        "accuracy_pruned_keras": pruned_acc,
-        "accuracy_dense_int8": _tflite_accuracy(files["dense"], x_test, y_test),
-        "accuracy_int8_tflite": _tflite_accuracy(files["shrunk"], x_test, y_test),
-        "int8_top1_agreement": check["top1_agreement"],
-        "params_dense": report.params_before, "params_shrunk": report.params_after,
-        "macs_dense": report.macs_before, "macs_shrunk": report.macs_after,
-        "connection_sparsity": sparsity,
-        "channels_removed": int(sum(report.removed_units.values())),
-        "file_bytes_dense_int8": os.path.getsize(files["dense"]),
-        "file_bytes_shrunk_int8": os.path.getsize(files["shrunk"]),
-        "latency_ms_dense_int8": latency["dense"], "latency_ms_shrunk_int8": latency["shrunk"],
-    }
+    with native_stderr_hidden(not FLAGS.verbose):  # converter and LiteRT chatter
+        calibration = [x_train[i:i + 1] for i in range(0, min(len(x_train), 400), 4)]
+        files, latency = {}, {}
+        for name, model in (("dense", dense), ("shrunk", small)):
+            files[name] = os.path.join(out, f"{name}_int8.tflite")
+            tflite_export.convert(model, quantize="int8", representative_dataset=calibration,
+                                  output=files[name])
+        for name, timing in _latencies(files).items():
+            latency[name] = timing
+        check = tflite_export.verify(files["shrunk"], small, x_test)
+        rows = {
+            "dataset": FLAGS.dataset, "criterion": FLAGS.criterion,
+            "method": ("synaptic strength, " if FLAGS.criterion == "synaptic_strength" else "") + (
+                f"{FLAGS.sparsity:.0%} of connections" if FLAGS.criterion == "synaptic_strength"
+                else "sensitivity ratios" if FLAGS.sensitivity else f"{FLAGS.ratio:.0%} of filters"),
+            "distilled": FLAGS.distill, "epochs": FLAGS.epochs, "finetune_epochs": FLAGS.finetune_epochs,
+            "accuracy_dense_keras": dense_acc, "accuracy_control_keras": control_acc,
+            "accuracy_pruned_keras": pruned_acc,
+            "accuracy_dense_int8": _tflite_accuracy(files["dense"], x_test, y_test),
+            "accuracy_int8_tflite": _tflite_accuracy(files["shrunk"], x_test, y_test),
+            "int8_top1_agreement": check["top1_agreement"],
+            "params_dense": report.params_before, "params_shrunk": report.params_after,
+            "macs_dense": report.macs_before, "macs_shrunk": report.macs_after,
+            "connection_sparsity": sparsity,
+            "channels_removed": int(sum(report.removed_units.values())),
+            "file_bytes_dense_int8": os.path.getsize(files["dense"]),
+            "file_bytes_shrunk_int8": os.path.getsize(files["shrunk"]),
+            "latency_ms_dense_int8": latency["dense"], "latency_ms_shrunk_int8": latency["shrunk"],
+        }
     rows["speedup_int8"] = rows["latency_ms_dense_int8"] / rows["latency_ms_shrunk_int8"]
     rows["size_ratio_int8"] = rows["file_bytes_dense_int8"] / rows["file_bytes_shrunk_int8"]
     write_results(rows, out)
@@ -349,7 +354,7 @@ def write_results(rows, out):
         if key.startswith(("accuracy", "int8_top1", "connection")):
             return f"{value:.2%}"
         if key.startswith("latency"):
-            return f"{value:.3f}"
+            return f"{value:.4f}"  # sub-millisecond models: keep three significant digits
         if isinstance(value, float):
             return f"{value:.2f}"
         if isinstance(value, int):

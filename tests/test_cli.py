@@ -105,10 +105,66 @@ def test_prune_recalibrates_with_data_and_warns_without(models, tmp_path, capsys
     assert not np.allclose(fresh, 1.0)  # the saved model carries the new statistics
     code, _, err = run(capsys, "prune", models["keras"], "--sparsity", "0.5",
                        "-o", tmp_path / "stale.keras")
-    assert code == 0 and "warning: no --data" in err and "--data train_images.npy" in err
+    assert code == 0 and "warning: no --data" in err and "ruins accuracy" in err
+    assert "--data x_train.npy" in err and "--finetune-epochs N" in err
     code, _, err = run(capsys, "prune", models["keras"], "--sparsity", "0.95",
                        "--max-pruning-ratio", "0.5", "-o", tmp_path / "capped.keras")
     assert_one_line_error(code, err, "at most", "max_pruning_ratio=0.5")
+
+
+def test_prune_reports_accuracy_and_fine_tunes_with_labels(models, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x, y = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(x, rng.normal(size=(96, 10, 10, 3)).astype("float32"))
+    np.save(y, rng.integers(0, 3, 96))
+    out_path = tmp_path / "tuned.keras"
+    code, out, err = run(capsys, "prune", models["keras"], "--sparsity", "0.5",
+                         "--data", f"{x},{y}", "--finetune-epochs", "2", "--lr", "1e-3",
+                         "-o", out_path)
+    assert code == 0, err
+    assert re.search(r"accuracy on the 96 --data samples: \d+\.\d\d% before pruning, "
+                     r"\d+\.\d\d% after \(one-shot\)", out), out
+    assert "fine-tuning 2 epoch(s)" in out and "accuracy after fine-tuning" in out
+    tuned = load(out_path)
+    assert zero_filters(tuned) == 4  # the pruned filters stayed zero through fine-tuning
+    bn = tuned.get_layer("bn1")
+    dead = ~np.any(tuned.get_layer("c1").get_weights()[0].reshape(-1, 8) != 0, axis=0)
+    assert np.all(bn.gamma.numpy()[dead] == 0) and np.all(bn.beta.numpy()[dead] == 0)
+    # errors: fine-tuning without labels, labels that do not fit the model
+    code, _, err = run(capsys, "prune", models["keras"], "--sparsity", "0.5", "--data", x,
+                       "--finetune-epochs", "1", "-o", tmp_path / "a.keras")
+    assert_one_line_error(code, err, "--finetune-epochs needs labels")
+    np.save(tmp_path / "bad.npy", rng.integers(0, 7, 96))
+    code, _, err = run(capsys, "prune", models["keras"], "--sparsity", "0.5",
+                       "--data", f"{x},{tmp_path / 'bad.npy'}", "-o", tmp_path / "b.keras")
+    assert_one_line_error(code, err, "do not fit the model's output")
+    np.save(tmp_path / "short.npy", rng.integers(0, 3, 5))
+    code, _, err = run(capsys, "prune", models["keras"], "--sparsity", "0.5",
+                       "--data", f"{x},{tmp_path / 'short.npy'}", "-o", tmp_path / "c.keras")
+    assert_one_line_error(code, err, "96 samples", "5 labels")
+
+
+def test_prune_help_says_one_shot(capsys):
+    code = cli.main(["prune", "--help"])
+    out = capsys.readouterr().out
+    assert code == 0 and "ONE SHOT" in out and "--finetune-epochs" in out
+
+
+def test_tensorflow_start_up_noise_is_hidden_unless_verbose(models):
+    result = subprocess.run([sys.executable, "-m", "tfsynapse.cli", "inspect", str(models["keras"])],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    for noise in ("oneDNN", "cudart", "absl::InitializeLog"):
+        assert noise not in result.stderr, result.stderr
+    verbose = subprocess.run([sys.executable, "-m", "tfsynapse.cli", "inspect", "--verbose",
+                              str(models["keras"])], capture_output=True, text=True, timeout=300,
+                             check=False)
+    assert verbose.returncode == 0, verbose.stderr
+
+
+def test_bench_prints_sub_millisecond_times_with_three_digits():
+    assert cli._ms(0.0123) == "0.0123" and cli._ms(0.195) == "0.195"
+    assert cli._ms(84.7) == "84.700"
 
 
 def test_prune_with_ratios_file(models, tmp_path, capsys):

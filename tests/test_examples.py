@@ -34,6 +34,8 @@ def test_quickstart_quick_run(tmp_path, criterion, extra):
     elif extra:
         assert (tmp_path / "sensitivity.png").exists() and (tmp_path / "sensitivity.json").exists()
     assert "| accuracy (Keras) |" in result.stdout
+    for noise in ("oneDNN", "cudart", "absl::InitializeLog", "fully_quantize", "XNNPACK"):
+        assert noise not in result.stderr + result.stdout, noise  # quiet unless --verbose
 
 
 def test_keras_applications_example_runs(tmp_path):

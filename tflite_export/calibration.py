@@ -127,12 +127,7 @@ class Calibration:
                 want is None or want == got for want, got in zip(shape[1:], array.shape[1:])
             )
             if not fits:
-                raise CalibrationDataError(
-                    f"Calibration batch {index} for input {name!r} has shape "
-                    f"{tuple(array.shape)}, but the model expects {tuple(shape)} "
-                    "(the first, batch dimension may be any size >= 1). A single sample needs "
-                    "a leading batch axis: x[None]."
-                )
+                raise CalibrationDataError(_shape_message(index, name, array.shape, shape))
             result.append(array)
         if len({a.shape[0] for a in result}) > 1:
             raise CalibrationDataError(
@@ -175,3 +170,22 @@ class Calibration:
             for i in range(arrays[0].shape[0]):
                 sample = [a[i : i + 1] for a in arrays]
                 yield dict(zip(self._names, sample)) if as_dict else sample
+
+
+def _shape_message(index, name, got, want):
+    """Names the real mismatch; suggests ``x[None]`` only for a sample without a batch axis."""
+    got, want = tuple(got), tuple(want)
+    head = (f"Calibration batch {index} for input {name!r} has shape {got}, but the model "
+            f"expects {want} (the first, batch dimension may be any size >= 1)")
+    sample = len(got) == len(want) - 1 and all(w is None or w == g
+                                               for w, g in zip(want[1:], got))
+    if sample:
+        return head + ": this looks like one sample without its batch axis; pass x[None]."
+    if len(got) != len(want):
+        return head + f": {len(got)} dimensions instead of {len(want)}."
+    wrong = [f"dimension {i} is {g}, not {w}" for i, (w, g) in enumerate(zip(want, got))
+             if i > 0 and w is not None and w != g]
+    if not wrong and got and got[0] < 1:
+        wrong = ["the batch is empty"]
+    return head + ": " + "; ".join(wrong) + "."
+

@@ -43,14 +43,23 @@ _EXPORTS = {
     "shrink": ("tfsynapse.surgery", "shrink"),
     "ConstantSparsity": ("tfsynapse._keras", "pruning_schedule.ConstantSparsity"),
     "PolynomialDecay": ("tfsynapse._keras", "pruning_schedule.PolynomialDecay"),
-    "UpdatePruningStep": ("tfsynapse._keras", "pruning_callbacks.UpdatePruningStep"),
+    "UpdatePruningStep": ("tfsynapse.pruning", "UpdatePruningStep"),
+    "PruningProgress": ("tfsynapse.pruning", "PruningProgress"),
+    "fit_schedule": ("tfsynapse.pruning", "fit_schedule"),
     "PruningSummaries": ("tfsynapse._keras", "pruning_callbacks.PruningSummaries"),
 }
 
 __all__ = sorted(_EXPORTS)
 
 
+# Subpackages reachable as attributes without importing them first (``tfsynapse.graph.Rule``).
+_SUBPACKAGES = ("criteria", "datasets", "graph", "layers", "models", "pruning", "quiet",
+                "surgery")
+
+
 def __getattr__(name):
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"tfsynapse.{name}")
     if name not in _EXPORTS:
         raise AttributeError(f"module 'tfsynapse' has no attribute {name!r}")
     module_name, attribute = _EXPORTS[name]
@@ -62,4 +71,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(_EXPORTS) | set(_SUBPACKAGES) | {"__version__"})

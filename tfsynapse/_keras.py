@@ -33,6 +33,7 @@ __all__ = [
     "pruning_schedule",
     "pruning_wrapper",
     "check_model",
+    "register_custom_objects",
 ]
 
 _KERAS3_MESSAGE = (
@@ -102,3 +103,14 @@ def layers_of_type(model, layer_class):
             seen.add(id(layer))
             found.append(layer)
     return found
+
+
+def register_custom_objects(objects):
+    """Makes ``objects`` ({class name: class}) known to every ``keras.models.load_model``.
+
+    tf_keras resolves a nested custom layer only through custom objects (for an unknown one it
+    hands back its class name as a string, and loading fails with "'str' object is not
+    callable"), so tfsynapse registers its classes globally when its packages are imported.
+    """
+    keras.utils.get_custom_objects().update(objects)
+

@@ -3,7 +3,8 @@
 Subcommands::
 
     tfsynapse inspect MODEL
-    tfsynapse prune MODEL (--sparsity S | --ratios FILE.json) [--criterion C] [--data X.npy] -o OUT
+    tfsynapse prune MODEL (--sparsity S | --ratios FILE.json) [--criterion C]
+                    [--data X.npy[,Y.npy]] [--finetune-epochs N] -o OUT
     tfsynapse shrink MODEL [--round-to N] -o OUT
     tfsynapse export MODEL [--quantize {none,dynamic,float16,int8}] [--calibration FILE]
                      [--int8-io] [--sparse-weights] -o OUT.tflite
@@ -20,6 +21,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -58,6 +60,16 @@ def _sparsity(text):
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
 
 
@@ -280,30 +292,67 @@ def _cmd_inspect(args):
     return 0
 
 
+def _load_data_pair(spec):
+    """``x.npy`` or ``x.npy,y.npy`` -> ``(x, y or None)``."""
+    parts = spec.split(",")
+    if len(parts) > 2 or not all(parts):
+        raise CliError(f"--data takes x.npy or x.npy,y.npy (images, then labels), got {spec!r}")
+    x = _load_calibration(_require_input(parts[0], "data file"), "recalibration")
+    y = _load_calibration(_require_input(parts[1], "labels file"), "label") \
+        if len(parts) == 2 else None
+    if y is not None and len(y) != len(x):
+        raise CliError(f"--data: {parts[0]} holds {len(x)} samples but {parts[1]} holds "
+                       f"{len(y)} labels")
+    return x, y
+
+
 def _cmd_prune(args):
     import tfsynapse  # noqa: PLC0415
+    from tfsynapse import cli_finetune  # noqa: PLC0415
 
     ratios = _load_ratios(_require_input(args.ratios, "ratios file")) if args.ratios else None
     _check_output(args.output, _model_format(args.output))
-    data = _load_calibration(_require_input(args.data, "data file"), "recalibration") \
-        if args.data else None
+    x, y = _load_data_pair(args.data) if args.data else (None, None)
+    if args.finetune_epochs and y is None:
+        raise CliError("--finetune-epochs needs labels: --data x.npy,y.npy")
     model = _strip_wrappers(_load_model(args.model))
+    labelled = y is not None and cli_finetune.is_classifier(model, y)
+    if y is not None and not labelled:
+        raise CliError(f"--data labels of shape {list(y.shape)} do not fit the model's output "
+                       f"{[list(t.shape) for t in model.outputs]}: give class ids (N,) or one-hot "
+                       "(N, classes) for a single-output classifier")
+    before = cli_finetune.accuracy(model, x, y) if labelled else None
     pruned = tfsynapse.prune_once(
         model, ratios if ratios is not None else args.sparsity, criterion=args.criterion,
         granularity=args.granularity, scope=args.scope, round_to=args.round_to,
-        max_pruning_ratio=args.max_pruning_ratio, data=data)
-    save_model(pruned, args.output)
+        max_pruning_ratio=args.max_pruning_ratio, data=x)
     target = f"ratios from {args.ratios}" if ratios is not None else f"sparsity {args.sparsity:g}"
-    print(f"pruned with {args.criterion} ({args.granularity}, {args.scope}, {target}); "
-          f"saved {args.output}")
-    if data is not None:
-        print(f"BatchNormalization statistics recalibrated on {min(len(data), 50 * 64)} samples "
-              f"of {args.data}")
+    print(f"pruned in one shot with {args.criterion} ({args.granularity}, {args.scope}, "
+          f"{target})")
+    if x is not None:
+        print(f"BatchNormalization statistics recalibrated on {min(len(x), 50 * 64)} samples "
+              f"of {args.data.split(',')[0]}")
     elif tfsynapse.pruning.batchnorm_layers(pruned):
-        print("warning: no --data given: the BatchNormalization statistics still describe the "
-              "unpruned model, so accuracy right after pruning can collapse; pass --data "
-              "train_images.npy to recalibrate them, and fine-tune before shipping",
+        print("warning: no --data given: one-shot pruning without recalibration or "
+              "fine-tuning usually ruins accuracy (the BatchNormalization statistics still "
+              "describe the unpruned model). Pass --data x_train.npy to recalibrate them, "
+              "--data x.npy,y.npy to see the accuracy, and --finetune-epochs N to fine-tune",
               file=sys.stderr)
+    if labelled:
+        after = cli_finetune.accuracy(pruned, x, y)
+        print(f"accuracy on the {len(x)} --data samples: {before:.2%} before pruning, "
+              f"{after:.2%} after (one-shot)")
+        if args.finetune_epochs:
+            print(f"fine-tuning {args.finetune_epochs} epoch(s), pruned units kept at zero:",
+                  flush=True)
+            cli_finetune.finetune_keeping_zeros(pruned, x, y, args.finetune_epochs, args.lr)
+            print(f"accuracy after fine-tuning: {cli_finetune.accuracy(pruned, x, y):.2%} "
+                  f"(on the samples it was fine-tuned on: pass held-out data to measure)")
+        elif before - after > 0.01:
+            print(f"warning: one-shot pruning cost {100 * (before - after):.1f} points; "
+                  "fine-tune before shipping (--finetune-epochs N)", file=sys.stderr)
+    save_model(pruned, args.output)
+    print(f"saved {args.output}")
     _print_estimate(pruned, args.round_to)
     return 0
 
@@ -357,10 +406,13 @@ def _cmd_export(args):
         calibration = _load_calibration(_require_input(args.calibration, "calibration file"))
     import tflite_export  # noqa: PLC0415
 
+    from tfsynapse.quiet import native_stderr_hidden  # noqa: PLC0415
+
     model = _strip_wrappers(_load_model(args.model))
-    tflite_export.convert(model, quantize=quantize, representative_dataset=calibration,
-                          int8_io=args.int8_io, output=output,
-                          sparse_weights=args.sparse_weights)
+    with native_stderr_hidden(not getattr(args, "verbose", False)):  # the converter's chatter
+        tflite_export.convert(model, quantize=quantize, representative_dataset=calibration,
+                              int8_io=args.int8_io, output=output,
+                              sparse_weights=args.sparse_weights)
     info = tflite_export.inspect(output)
     print(f"saved {args.output}: {info['size_bytes']:,} bytes, quantize={args.quantize}")
     print(f"ops: {', '.join(info['ops'])}")
@@ -370,13 +422,20 @@ def _cmd_export(args):
     return 0
 
 
+def _ms(value):
+    """Milliseconds with at least three significant digits (sub-millisecond models too)."""
+    if not value > 0 or value >= 1:
+        return f"{value:.3f}"
+    return f"{value:.{min(6, 2 - math.floor(math.log10(value)))}f}"
+
+
 def _cmd_bench(args):
     _require_input(args.model)
     import tflite_export  # noqa: PLC0415
 
     result = tflite_export.benchmark(args.model, num_threads=args.threads, runs=args.runs)
-    print(f"median {result['median_ms']:.3f} ms, p90 {result['p90_ms']:.3f} ms "
-          f"(mean {result['mean_ms']:.3f} ms, min {result['min_ms']:.3f} ms; "
+    print(f"median {_ms(result['median_ms'])} ms, p90 {_ms(result['p90_ms'])} ms "
+          f"(mean {_ms(result['mean_ms'])} ms, min {_ms(result['min_ms'])} ms; "
           f"{result['runs']} runs, {result['num_threads']} thread(s))")
     return 0
 
@@ -390,6 +449,9 @@ def build_parser():
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback of errors")
+    debug.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="show TensorFlow's native start-up and converter messages "
+                            "(hidden by default)")
     parser = _Parser(prog=PROG, parents=[debug],
                      description="Structured pruning for tf_keras: inspect, prune, shrink, export "
                                  "to TFLite and benchmark.")
@@ -405,8 +467,14 @@ def build_parser():
     p.set_defaults(run=_cmd_inspect)
 
     p = sub.add_parser("prune", parents=[debug], help="one-shot structured pruning (zeroes units)",
-                       description="Prunes in one shot (tfsynapse.prune_once) and saves the model "
-                                   "with the pruned units zeroed; run 'shrink' to remove them.")
+                       description="Prunes in ONE SHOT, without training (tfsynapse.prune_once), "
+                                   "and saves the model with the pruned units zeroed; run "
+                                   "'shrink' to remove them. One-shot pruning loses accuracy: "
+                                   "give --data x.npy to recalibrate BatchNormalization, "
+                                   "--data x.npy,y.npy to see the accuracy before and after, "
+                                   "and --finetune-epochs N to fine-tune. For the best accuracy "
+                                   "prune during training with the Python API "
+                                   "(tfsynapse.prune_synaptic).")
     p.add_argument("model", help=model_help)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--sparsity", type=_sparsity, help="fraction of units pruned, in [0, 1)")
@@ -422,9 +490,15 @@ def build_parser():
     p.add_argument("--max-pruning-ratio", type=_max_ratio, default=None, metavar="R",
                    help="the largest fraction of any group/layer pruned (default 0.9 for "
                         "filters, 0.99 for connections)")
-    p.add_argument("--data", metavar="FILE.npy",
+    p.add_argument("--data", metavar="X.npy[,Y.npy]",
                    help="training images (N, ...) to recalibrate BatchNormalization statistics "
-                        "after pruning (strongly advised)")
+                        "after pruning (strongly advised); with labels (class ids or one-hot), "
+                        "also the accuracy before and after pruning")
+    p.add_argument("--finetune-epochs", type=_non_negative_int, default=0, metavar="N",
+                   help="fine-tune N epochs on --data x.npy,y.npy with the pruned units kept "
+                        "at zero (Adam; default 0)")
+    p.add_argument("--lr", type=float, default=1e-4,
+                   help="fine-tuning learning rate (default 1e-4)")
     p.add_argument("-o", "--output", required=True, help=out_help)
     p.set_defaults(run=_cmd_prune)
 
@@ -501,6 +575,9 @@ def main(argv=None):
         return done.code if isinstance(done.code, int) else EXIT_USAGE
     debug = getattr(args, "debug", False)
     try:
+        from tfsynapse.quiet import import_tensorflow_quietly  # noqa: PLC0415
+
+        import_tensorflow_quietly(not getattr(args, "verbose", False))
         with _quiet_tensorflow():
             return args.run(args)
     except KeyboardInterrupt:

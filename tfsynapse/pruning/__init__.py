@@ -1,5 +1,7 @@
 """Structured pruning inside tfmot: masks, wrappers, one-shot pruning."""
 
+from tfsynapse._keras import register_custom_objects
+
 from tfsynapse.pruning.api import (
     apply_masks,
     custom_objects,
@@ -13,6 +15,12 @@ from tfsynapse.pruning.distill import Distiller
 from tfsynapse.pruning.model import PrunedModel, collect_wrappers
 from tfsynapse.pruning.options import PruningOptions, register_criterion
 from tfsynapse.pruning.planner import MaskPlan
+from tfsynapse.pruning.progress import (
+    PruningProgress,
+    UpdatePruningStep,
+    fit_schedule,
+    schedule_shortfall,
+)
 from tfsynapse.pruning.stats import connection_sparsity
 from tfsynapse.pruning.sensitivity import (
     SensitivityTable,
@@ -23,9 +31,15 @@ from tfsynapse.pruning.sensitivity import (
 from tfsynapse.pruning.wrapper import StructuredPruneWrapper
 
 __all__ = [
-    "Distiller", "MaskPlan", "PrunedModel", "PruningOptions", "SensitivityTable", "StructuredPruneWrapper", "apply_masks",
+    "Distiller", "MaskPlan", "PrunedModel", "PruningProgress", "UpdatePruningStep",
+    "fit_schedule", "schedule_shortfall", "PruningOptions", "SensitivityTable", "StructuredPruneWrapper", "apply_masks",
     "batchnorm_layers", "collect_wrappers", "connection_sparsity", "custom_objects", "prune_once",
     "prune_scope", "prune_synaptic",
     "plot_sensitivity", "ratios_from_sensitivity", "recalibrate_batchnorm", "register_criterion",
     "sensitivity_analysis", "strip_pruning",
 ]
+
+# Files saved by tfsynapse load with a plain ``keras.models.load_model`` in any process that has
+# imported tfsynapse's pruning or layers (a PrunedModel file loads even without that: Keras
+# imports its class by module path). ``prune_scope()`` stays for explicit scoping.
+register_custom_objects(custom_objects())

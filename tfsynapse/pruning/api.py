@@ -8,6 +8,7 @@ from tfsynapse.graph import dependency_groups, replay
 from tfsynapse.pruning.batchnorm import recalibrate_batchnorm
 from tfsynapse.pruning.model import PrunedModel
 from tfsynapse.pruning.options import PruningOptions, check_sparsity
+from tfsynapse.pruning.progress import warn_if_short
 from tfsynapse.pruning.planner import MaskPlan
 from tfsynapse.pruning.wrapper import StructuredPruneWrapper
 
@@ -265,6 +266,9 @@ def strip_pruning(model):
     Args:
       model: a model returned by ``prune_synaptic`` (or any tfmot-wrapped model).
 
+    Warns when the schedule's last update in the training that ran applied less than its
+    target (see ``fit_schedule``), unless ``UpdatePruningStep`` already said so after ``fit``.
+
     Returns:
       A plain tf_keras functional model sharing the (masked) layers.
 
@@ -272,6 +276,7 @@ def strip_pruning(model):
       TypeError / ValueError: as ``check_model``.
     """
     check_model(model)
+    warn_if_short(model, "strip_pruning")
     for wrapper in pruning_wrapper.collect_prunable_layers(model):
         for weight, mask, _ in wrapper.pruning_vars:
             weight.assign(weight * mask)

@@ -118,7 +118,13 @@ class PrunedModel(keras.Model):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
+        from tfsynapse.pruning.api import custom_objects as tfsynapse_objects  # noqa: PLC0415
+
+        # Keras finds this class by its module path; the wrappers, schedules and layers inside
+        # need tfsynapse's objects too, so a plain ``load_model`` works without prune_scope().
+        objects = {**tfsynapse_objects(), **(custom_objects or {})}
         config = dict(config)
         options = config.pop("pruning_options")
-        inputs, outputs, _ = keras_functional.reconstruct_from_config(config, custom_objects)
+        with keras.utils.custom_object_scope(objects):
+            inputs, outputs, _ = keras_functional.reconstruct_from_config(config, objects)
         return cls(inputs, outputs, options, name=config.get("name"))

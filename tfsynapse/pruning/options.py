@@ -86,10 +86,7 @@ class PruningOptions:
             raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {self.residual!r}.")
         valid = FILTER_CRITERIA if self.granularity == "filter" else CONNECTION_CRITERIA
         if self.criterion not in valid and custom_criterion(self.criterion) is None:
-            raise ValueError(
-                f"unknown criterion {self.criterion!r} for granularity '{self.granularity}'; "
-                f"choose one of {valid} or register your own with tfsynapse.register_criterion."
-            )
+            raise ValueError(_unknown_criterion_message(self.criterion, self.granularity))
         if self.criterion in FILTER_SELECTORS and self.scope == "global":
             raise ValueError(
                 f"criterion '{self.criterion}' selects filters per layer and has no global score; "
@@ -159,3 +156,23 @@ def check_sparsity(value, what="sparsity"):
     if not 0.0 <= float(value) < 1.0:
         raise ValueError(f"{what} must be in [0, 1), got {value!r}.")
     return float(value)
+
+
+def _unknown_criterion_message(name, granularity):
+    """Every criterion with the granularity it needs, and the closest name to a misspelling."""
+    import difflib  # noqa: PLC0415
+
+    other = "connection" if granularity == "filter" else "filter"
+    other_valid = CONNECTION_CRITERIA if other == "connection" else FILTER_CRITERIA
+    if name in other_valid:
+        return (f"criterion {name!r} scores {other}s, not {granularity}s: use "
+                f"granularity='{other}' with it, or for granularity='{granularity}' one of "
+                f"{', '.join(FILTER_CRITERIA if granularity == 'filter' else CONNECTION_CRITERIA)}.")
+    known = sorted(set(FILTER_CRITERIA) | set(CONNECTION_CRITERIA))
+    close = difflib.get_close_matches(str(name), known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return (f"unknown criterion {name!r}.{hint} Filter criteria (granularity='filter'): "
+            f"{', '.join(FILTER_CRITERIA)}; connection criteria (granularity='connection'): "
+            f"{', '.join(CONNECTION_CRITERIA)}; or register your own with "
+            "tfsynapse.register_criterion.")
+

@@ -55,6 +55,8 @@ class ShrinkReport:
             f"MACs {self.macs_before:,} -> {self.macs_after:,} (-{self.mac_reduction:.1%}); "
             f"params {self.params_before:,} -> {self.params_after:,} (-{self.param_reduction:.1%})"
         )
+        if self.max_abs_error is not None:
+            lines.append(f"self-check: max abs output difference {self.max_abs_error:.3g}")
         return "\n".join(lines)
 
 
@@ -132,7 +134,7 @@ def _keep_every_output_nonempty(graph, keep):
                 keep[int(groups[0])][int(units[0])] = True
 
 
-def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4):
+def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbose=0):
     """Returns a new model with every removable pruned channel physically removed.
 
     Args:
@@ -143,6 +145,8 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4):
       return_report: also return a ``ShrinkReport``.
       check: run both models on one random batch and raise if their outputs differ.
       rtol: the relative tolerance of that check (relative to the largest output magnitude).
+      verbose: 1 prints the report's table (channels per layer, MACs and parameters before
+        and after, the self-check's error).
 
     Returns:
       The new tf_keras functional model (nested models inlined), or ``(model, report)``.
@@ -216,6 +220,8 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4):
     )
     if check:
         report.max_abs_error = _self_check(model, new_model, rtol)
+    if verbose:
+        print(report.table(), flush=True)
     return (new_model, report) if return_report else new_model
 
 

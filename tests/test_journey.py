@@ -1,0 +1,188 @@
+"""The everyday path: the README's API tour as written, schedules that fit, progress, warnings."""
+
+import os
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+import tfsynapse
+from tfsynapse._keras import keras, pruning_callbacks
+from tfsynapse.datasets import load_digits
+from tfsynapse.models import conv_bn_cnn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _readme_python_blocks():
+    with open(os.path.join(ROOT, "README.md")) as handle:
+        text = handle.read()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    (x, y), _ = load_digits(size=16, seed=0)
+    return x[:480], y[:480]
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    return conv_bn_cnn((16, 16, 1), 10, widths=(16, 32))
+
+
+def _tfsynapse_warnings(record):
+    return [str(w.message) for w in record if "tfsynapse" in str(w.message)]
+
+
+def test_readme_api_tour_runs_as_written_and_reaches_its_target(digits, capsys):
+    blocks = _readme_python_blocks()
+    assert blocks, "the README has no python block"
+    x, y = digits
+    for block in blocks:
+        namespace = {"model": _model(), "x": x, "y": y}
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+        assert not _tfsynapse_warnings(record), _tfsynapse_warnings(record)
+        if "pruned" in namespace:
+            assert namespace["pruned"].pruned_fraction() == pytest.approx(0.5)
+        if "tflite" in namespace:
+            assert namespace["tflite"][4:8] == b"TFL3"
+    out = capsys.readouterr().out
+    assert "pruning: epoch 5: 50.0% of prunable channels pruned" in out
+    assert "MACs" in out and "->" in out  # shrink(verbose=1) printed its table
+
+
+def test_a_schedule_longer_than_the_training_warns_once_with_both_numbers(digits):
+    x, y = digits
+    schedule = tfsynapse.PolynomialDecay(0.0, 0.5, 0, 2000, frequency=100)  # the old README's
+    pruned = tfsynapse.prune_synaptic(_model(), schedule, criterion="l1", granularity="filter",
+                                      scope="layer")
+    pruned.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.warns(UserWarning, match=r"\(fit\): the pruning schedule applied \d+\.\d% "
+                                         r"sparsity, not its target 50\.0%: training stopped "
+                                         r"at step \d+, before the schedule's end_step 2000"):
+        pruned.fit(x, y, epochs=2, batch_size=32, verbose=0,
+                   callbacks=[tfsynapse.UpdatePruningStep()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once: strip_pruning does not repeat it
+        tfsynapse.strip_pruning(pruned)
+    # trained with tfmot's own callback, strip_pruning is the one that warns
+    again = tfsynapse.prune_synaptic(_model(), schedule, criterion="l1", granularity="filter",
+                                     scope="layer")
+    again.compile("adam", "sparse_categorical_crossentropy")
+    again.fit(x, y, epochs=1, batch_size=32, verbose=0,
+              callbacks=[pruning_callbacks.UpdatePruningStep()])
+    with pytest.warns(UserWarning, match=r"\(strip_pruning\).*fit_schedule"):
+        tfsynapse.strip_pruning(again)
+
+
+def test_a_schedule_that_starts_too_late_says_pruning_never_started(digits):
+    x, y = digits
+    schedule = tfsynapse.ConstantSparsity(0.5, begin_step=10_000)
+    pruned = tfsynapse.prune_synaptic(_model(), schedule, criterion="l1", granularity="filter",
+                                      scope="layer")
+    pruned.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.warns(UserWarning, match="applied 0.0% .*pruning never started"):
+        pruned.fit(x, y, epochs=1, batch_size=32, verbose=0,
+                   callbacks=[tfsynapse.UpdatePruningStep()])
+
+
+def test_fit_schedule_ends_inside_the_training_on_an_update():
+    schedule = tfsynapse.fit_schedule(0.6, epochs=10, steps_per_epoch=45)
+    config = schedule.get_config()["config"]
+    begin, end, frequency = config["begin_step"], config["end_step"], config["frequency"]
+    assert config["final_sparsity"] == 0.6 and frequency == 11
+    assert (end - begin) % frequency == 0 and end <= 0.7 * 450
+    assert 0.6 * 450 < end
+    by_samples = tfsynapse.fit_schedule(0.6, epochs=10, samples=1437, batch_size=32)
+    assert by_samples.get_config() == schedule.get_config()  # ceil(1437 / 32) == 45
+    late = tfsynapse.fit_schedule(0.5, epochs=4, steps_per_epoch=3, start_epoch=2,
+                                  end_fraction=1.0).get_config()["config"]
+    assert late["begin_step"] == 6 and late["end_step"] <= 11
+    for bad in ({"steps_per_epoch": None}, {"steps_per_epoch": 0},
+                {"steps_per_epoch": 5, "samples": 10}, {"steps_per_epoch": 5, "end_fraction": 0},
+                {"steps_per_epoch": 5, "start_epoch": 3}):
+        with pytest.raises(ValueError):
+            tfsynapse.fit_schedule(0.5, epochs=3, **bad)
+    with pytest.raises(ValueError):
+        tfsynapse.fit_schedule(1.0, epochs=3, steps_per_epoch=5)
+
+
+def test_progress_prints_logs_and_writes_tensorboard(digits, tmp_path, capsys):
+    x, y = digits
+    schedule = tfsynapse.fit_schedule(0.5, epochs=2, samples=len(x), batch_size=32,
+                                      end_fraction=0.5)
+    pruned = tfsynapse.prune_synaptic(_model(), schedule, criterion="kernel_norm")
+    pruned.compile("adam", "sparse_categorical_crossentropy")
+    history = pruned.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[
+        tfsynapse.UpdatePruningStep(), tfsynapse.PruningProgress(log_dir=str(tmp_path))])
+    out = capsys.readouterr().out
+    assert re.search(r"pruning: epoch 2: 50\.0% of prunable connections pruned; channels kept "
+                     r"\d+/\d+; MACs kept \d+\.\d%", out), out
+    assert history.history["pruned_fraction"][-1] == pytest.approx(0.5, abs=0.01)
+    assert 0 < history.history["macs_kept"][-1] <= 1
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    plain.compile("sgd", "mse")
+    with pytest.raises(ValueError, match="prune_synaptic"):
+        plain.fit(np.zeros((4, 4)), np.zeros((4, 2)), verbose=0,
+                  callbacks=[tfsynapse.PruningProgress()])
+
+
+# ------------------------------------------------------------------------ messages and docs
+def test_a_misspelled_or_misplaced_criterion_lists_every_criterion_by_granularity():
+    model = _model()
+    with pytest.raises(ValueError, match=r"unknown criterion 'dscor'\. Did you mean 'dscore'\? "
+                                         r"Filter criteria \(granularity='filter'\): .*dstep.*; "
+                                         r"connection criteria .*kernel_norm"):
+        tfsynapse.prune_once(model, 0.5, criterion="dscor")
+    with pytest.raises(ValueError, match="'kernel_norm' scores connections, not filters: use "
+                                         "granularity='connection'"):
+        tfsynapse.prune_once(model, 0.5, criterion="kernel_norm", granularity="filter")
+
+
+def test_calibration_shape_errors_name_the_real_mismatch():
+    import tflite_export
+
+    model = _model()
+    with pytest.raises(ValueError, match=r"dimension 3 is 3, not 1\.$"):
+        tflite_export.convert(model, "int8", representative_dataset=[np.zeros((2, 16, 16, 3))])
+    with pytest.raises(ValueError, match=r"one sample without its batch axis; pass x\[None\]"):
+        tflite_export.convert(model, "int8", representative_dataset=[np.zeros((16, 16, 1))])
+
+
+def test_subpackages_and_dir_of_the_package():
+    import subprocess
+    import sys
+
+    code = ("import tfsynapse; print(tfsynapse.graph.Rule.__name__); "
+            "print(sorted(n for n in dir(tfsynapse) if n.startswith('_')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == ["Rule", "['__version__']"]
+    assert "importlib" not in dir(tfsynapse) and "fit_schedule" in dir(tfsynapse)
+
+
+def test_saved_models_load_without_prune_scope(tmp_path):
+    import subprocess
+    import sys
+
+    pruned = tfsynapse.prune_synaptic(_model(), tfsynapse.ConstantSparsity(0.5, 0), criterion="l1",
+                                      granularity="filter")
+    pruned.save(tmp_path / "pruned.keras")
+    tfsynapse.to_synaptic(_model()).save(tmp_path / "synaptic.keras")
+    # a fresh process with only tf_keras imported: Keras finds PrunedModel by its module path
+    code = ("import os; os.environ['TF_USE_LEGACY_KERAS'] = '1'; import tf_keras as keras; "
+            f"m = keras.models.load_model({str(tmp_path / 'pruned.keras')!r}); "
+            "print(type(m).__name__, m.pruning_options.criterion)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["PrunedModel", "l1"]
+    # once tfsynapse's layers are imported (as here), a plain load_model finds SynapticConv2D
+    loaded = keras.models.load_model(tmp_path / "synaptic.keras")
+    assert any(type(layer).__name__ == "SynapticConv2D" for layer in loaded.layers)
