@@ -54,6 +54,13 @@ class Calibration:
         self._steps = steps
         self._source = representative_dataset
         self._one_shot_cache = None
+        if isinstance(representative_dataset, np.ndarray) and \
+                representative_dataset.dtype.kind == "f":
+            bad = int(np.sum(~np.isfinite(representative_dataset)))
+            if bad:  # refused before conversion, not halfway through calibration
+                raise CalibrationDataError(
+                    f"representative_dataset holds {bad} NaN or inf values; int8 ranges "
+                    "calibrated on them would be meaningless. Clean the data first.")
         first_iter = self._fresh_iterator()
         try:
             first = next(first_iter)
@@ -128,6 +135,11 @@ class Calibration:
             )
             if not fits:
                 raise CalibrationDataError(_shape_message(index, name, array.shape, shape))
+            if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+                raise CalibrationDataError(
+                    f"Calibration batch {index} for input {name!r} holds NaN or inf values "
+                    f"({int(np.sum(~np.isfinite(array)))} of {array.size}); int8 ranges "
+                    "calibrated on them would be meaningless. Clean the data first.")
             result.append(array)
         if len({a.shape[0] for a in result}) > 1:
             raise CalibrationDataError(

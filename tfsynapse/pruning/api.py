@@ -3,6 +3,8 @@
 import contextlib
 import warnings
 
+import numpy as np
+
 from tfsynapse._keras import check_model, keras, prune, pruning_schedule, pruning_wrapper
 from tfsynapse.graph import dependency_groups, replay
 from tfsynapse.pruning.batchnorm import recalibrate_batchnorm
@@ -26,6 +28,13 @@ def _final_sparsity(schedule):
     if end is not None and end != -1 and end < begin:
         raise ValueError(f"the schedule ends (end_step={end}) before it begins (begin_step={begin}).")
     return check_sparsity(float(final), "the schedule's final sparsity")
+
+
+def _layer_names(ignored_layers):
+    if isinstance(ignored_layers, str):
+        raise ValueError(f"ignored_layers takes a list of layer names, got the string "
+                         f"{ignored_layers!r}: write ignored_layers=[{ignored_layers!r}].")
+    return tuple(ignored_layers)
 
 
 def _refuse_wrapped(model):
@@ -85,7 +94,7 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
     _refuse_wrapped(model)
     options = PruningOptions(
         criterion=criterion, granularity=granularity, scope=scope, round_to=round_to,
-        max_pruning_ratio=max_pruning_ratio, ignored_layers=tuple(ignored_layers),
+        max_pruning_ratio=max_pruning_ratio, ignored_layers=_layer_names(ignored_layers),
         layer_sparsity=layer_sparsity, residual=residual, seed=seed,
         final_sparsity=_final_sparsity(pruning_schedule), only_listed=bool(only_listed))
     if options.only_listed and not options.layer_sparsity:
@@ -95,6 +104,7 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
     plan = MaskPlan(dependency_groups(model, strict=strict), options)
     _require_something(plan)
     _check_targets(plan)
+    check_finite_weights(plan)
     check_reachable(plan, options.final_sparsity)
     masked = {}
     for layer, index, _, shape in plan.masked_weights:
@@ -185,6 +195,24 @@ def check_reachable(plan, sparsity):
             stacklevel=3)
 
 
+def check_finite_weights(plan):
+    """Refuses weights with NaN or inf in the layers a plan masks.
+
+    NaN * 0 is NaN, so a masked NaN stays in a "pruned" channel, and a score computed from it
+    ranks nothing; a clear error naming the layers is the only honest answer.
+
+    Raises:
+      ValueError: names the layers and weights holding NaN or inf.
+    """
+    bad = sorted({f"{layer.name} ({weight.name})" for layer, _, weight, _ in plan.masked_weights
+                  if weight.dtype.is_floating and not np.all(np.isfinite(weight.numpy()))})
+    if bad:
+        raise ValueError(
+            f"the weights of {len(bad)} prunable layer(s) hold NaN or inf: "
+            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}. Pruning cannot rank or "
+            "mask non-finite weights; restore a finite checkpoint (training may have diverged).")
+
+
 def _check_targets(plan):
     """Per-layer ratios must name layers that produce channels; frozen ones get a warning."""
     connection = plan.options.granularity == "connection"
@@ -239,7 +267,7 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
         layer_sparsity, target = None, check_sparsity(sparsity)
     options = PruningOptions(
         criterion=criterion, granularity=granularity, scope=scope, round_to=round_to,
-        max_pruning_ratio=max_pruning_ratio, ignored_layers=tuple(ignored_layers),
+        max_pruning_ratio=max_pruning_ratio, ignored_layers=_layer_names(ignored_layers),
         layer_sparsity=layer_sparsity, residual=residual, seed=seed, final_sparsity=1.0,
         only_listed=layer_sparsity is not None)
     _check_names(model, options)
@@ -247,6 +275,7 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
     clone.set_weights(model.get_weights())
     plan = MaskPlan(dependency_groups(clone, strict=strict), options)
     _check_targets(plan)
+    check_finite_weights(plan)
     check_reachable(plan, target)
     apply_masks(plan, plan.compute(target))
     if data is not None:

@@ -126,6 +126,18 @@ class Distiller(keras.Model):
         """Whether the models output logits (else probabilities)."""
         return self._from_logits
 
+    def fit(self, *args, **kwargs):
+        """``keras.Model.fit``; a student from ``prune_synaptic`` needs ``UpdatePruningStep``.
+
+        Raises:
+          ValueError: the student is a ``PrunedModel`` and no ``UpdatePruningStep`` is given.
+        """
+        from tfsynapse.pruning.model import PrunedModel, require_update_step  # noqa: PLC0415
+
+        if isinstance(self.student, PrunedModel):
+            require_update_step(kwargs.get("callbacks", args[5] if len(args) > 5 else None))
+        return super().fit(*args, **kwargs)
+
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
         """``keras.Model.compile``; ``loss`` is the hard loss on the labels.
 

@@ -6,7 +6,7 @@ of its own layers, makes the ``MaskPlan`` and hands a ``MaskController`` to its 
 so a reloaded model resumes with the same step, masks and options.
 """
 
-from tfsynapse._keras import keras, keras_functional, pruning_wrapper, tf
+from tfsynapse._keras import keras, keras_functional, pruning_callbacks, pruning_wrapper, tf
 from tfsynapse.graph import dependency_groups
 from tfsynapse.pruning.options import PruningOptions
 from tfsynapse.pruning.planner import MaskPlan
@@ -72,6 +72,16 @@ def bind(model, options):
     return plan, controller
 
 
+def require_update_step(callbacks):
+    """Raises unless ``callbacks`` hold tfmot's (or tfsynapse's) ``UpdatePruningStep``."""
+    items = callbacks.callbacks if hasattr(callbacks, "callbacks") else (callbacks or [])
+    if not any(isinstance(c, pruning_callbacks.UpdatePruningStep) for c in items):
+        raise ValueError(
+            "a model from prune_synaptic trains only with the tfsynapse.UpdatePruningStep() "
+            "callback (it advances the pruning step the schedule reads): "
+            "model.fit(..., callbacks=[tfsynapse.UpdatePruningStep()]).")
+
+
 class PrunedModel(keras.Model):
     """A functional model wrapped for structured pruning (see ``prune_synaptic``).
 
@@ -89,6 +99,16 @@ class PrunedModel(keras.Model):
         self._pruning_options = pruning_options
         self.mask_plan, controller = bind(self, pruning_options)
         object.__setattr__(self, "_mask_vars", controller.mask_vars)
+
+    def fit(self, *args, **kwargs):
+        """``keras.Model.fit``, refused up front without ``UpdatePruningStep``.
+
+        Raises:
+          ValueError: no ``tfsynapse.UpdatePruningStep()`` (or tfmot's) among the callbacks;
+            without it the wrappers' step never advances and tfmot fails deep in ``fit``.
+        """
+        require_update_step(kwargs.get("callbacks", args[5] if len(args) > 5 else None))
+        return super().fit(*args, **kwargs)
 
     @property
     def pruning_options(self):

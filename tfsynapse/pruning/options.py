@@ -2,6 +2,7 @@
 
 import dataclasses
 import numbers
+import warnings
 
 from tfsynapse.criteria import CONNECTION_SCORES, FILTER_SCORES, FILTER_SELECTORS
 
@@ -32,6 +33,13 @@ def register_criterion(name, fn):
     """
     if name in FILTER_CRITERIA or name in CONNECTION_CRITERIA:
         raise ValueError(f"'{name}' is a built-in criterion; choose another name.")
+    if not callable(fn):
+        raise ValueError(f"register_criterion('{name}', fn) needs a callable fn, got {fn!r}.")
+    if _CUSTOM.get(name) not in (None, fn):
+        warnings.warn(
+            f"tfsynapse: criterion '{name}' now names another function. Models already built "
+            "keep the function they were built with; a model saved with the earlier one loads "
+            "with this one.", stacklevel=2)
     _CUSTOM[name] = fn
     return name
 
@@ -75,9 +83,13 @@ class PruningOptions:
     seed: int = 0
     final_sparsity: float = 1.0
     only_listed: bool = False
+    criterion_fn: object = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
-        self.criterion = _criterion_name(self.criterion)
+        given = self.criterion
+        self.criterion, fn = _criterion_name(given)
+        if callable(given) or self.criterion_fn is None:  # a copy keeps its function
+            self.criterion_fn = fn
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}.")
         if self.scope not in SCOPES:
@@ -118,24 +130,44 @@ class PruningOptions:
             )
 
     def to_config(self):
-        config = dataclasses.asdict(self)
+        config = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name != "criterion_fn"}
         config["ignored_layers"] = list(self.ignored_layers)
         return config
 
     @classmethod
     def from_config(cls, config):
+        name = config.get("criterion")
+        if isinstance(name, str) and name not in FILTER_CRITERIA \
+                and name not in CONNECTION_CRITERIA and custom_criterion(name) is None:
+            raise ValueError(
+                f"this model was pruned with the custom criterion '{name}', which is not "
+                f"registered in this process: call tfsynapse.register_criterion('{name}', fn) "
+                "with the same function before loading it.")
         return cls(**config)
 
 
 def _criterion_name(criterion):
+    """``(name, function)`` of a criterion given by name or as a callable.
+
+    A callable keeps its identity: the options hold the function itself, so a model computes
+    its masks with the criterion it was built with whatever is registered later. It is also
+    registered (for saving and loading) under its ``__name__``, or, when that name is taken by
+    another function (two lambdas, two functions named alike), under the first free
+    ``name_2``, ``name_3``, ...
+    """
     if callable(criterion):
-        name = getattr(criterion, "__name__", None) or type(criterion).__name__
-        if custom_criterion(name) is not criterion:
-            register_criterion(name, criterion)
-        return name
+        base = getattr(criterion, "__name__", None) or type(criterion).__name__
+        name, n = base, 1
+        while custom_criterion(name) not in (None, criterion) or name in FILTER_CRITERIA \
+                or name in CONNECTION_CRITERIA:
+            n += 1
+            name = f"{base}_{n}"
+        _CUSTOM[name] = criterion
+        return name, criterion
     if not isinstance(criterion, str):
         raise ValueError(f"criterion must be a name or a callable, got {criterion!r}.")
-    return criterion
+    return criterion, custom_criterion(criterion)
 
 
 def check_sparsity(value, what="sparsity"):

@@ -282,8 +282,10 @@ class MaskPlan:
                 per_out = tf.reduce_sum(strengths, axis=0)
                 total += tf.scatter_nd(m.units[:, None], tf.gather(per_out, m.positions), [group.size])
             return total
-        fn = FILTER_SCORES.get(name) or custom_criterion(name)
-        return tf.cast(fn(self._filter_matrix(group)), tf.float32)
+        if name in FILTER_SCORES:
+            return tf.cast(FILTER_SCORES[name](self._filter_matrix(group)), tf.float32)
+        return self._custom_scores(self._filter_matrix(group), [group.size],
+                                   f"dependency group '{group.name}'")
 
     def _connection_scores(self, layer, name):
         if name == "random":
@@ -298,8 +300,32 @@ class MaskPlan:
             bn = self.graph.upstream_batchnorm(layer)
             gamma = bn.gamma if bn is not None and bn.gamma is not None else None
             return tf.cast(synaptic_strength(kernel, gamma), tf.float32)
-        fn = CONNECTION_SCORES.get(name) or custom_criterion(name)
-        return tf.cast(fn(kernel), tf.float32)
+        if name in CONNECTION_SCORES:
+            return tf.cast(CONNECTION_SCORES[name](kernel), tf.float32)
+        return self._custom_scores(kernel, list(kernel.shape[-2:]), f"layer '{layer.name}'")
+
+    def _custom_scores(self, values, expected, where):
+        """A user criterion's scores, checked: the expected shape, finite values."""
+        name = self.options.criterion
+        fn = self.options.criterion_fn or custom_criterion(name)
+        scores = tf.cast(tf.convert_to_tensor(fn(values)), tf.float32)
+        shape = scores.shape
+        if shape.rank is not None and (shape.rank != len(expected) or any(
+                got is not None and got != want for got, want in zip(shape.as_list(), expected))):
+            raise ValueError(
+                f"criterion '{name}' returned scores of shape {shape.as_list()} for {where}; "
+                f"expected {expected} (one score per "
+                f"{'unit' if len(expected) == 1 else 'input/output channel pair'}, given "
+                f"an input of shape {values.shape.as_list()}).")
+        message = f"criterion '{name}' returned NaN or inf scores for {where}"
+        if tf.executing_eagerly():  # prune_once, sensitivity: a plain ValueError
+            if not np.all(np.isfinite(scores.numpy())):
+                raise ValueError(message + " (are the weights finite?).")
+            return scores
+        if shape.rank is None or None in shape.as_list():
+            tf.debugging.assert_equal(tf.shape(scores), tf.constant(expected, tf.int32),
+                                      message=f"criterion '{name}': wrong score shape for {where}")
+        return tf.debugging.assert_all_finite(scores, message)
 
     # ------------------------------------------------------------------- selection (TF)
     def _targets(self, sparsity, factor, n, cap):

@@ -153,7 +153,8 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
 
     Raises:
       TypeError / ValueError: as ``check_model``; ``round_to`` < 1; a layer that cannot be
-        rebuilt from its config.
+        rebuilt from its config; outputs with NaN or inf in the self-check (it cannot verify
+        them).
       RuntimeError: the self-check found different outputs (a bug: please report it).
     """
     check_model(model)
@@ -237,6 +238,15 @@ def _self_check(model, new_model, rtol):
     inputs = inputs[0] if len(inputs) == 1 else inputs
     before = [np.asarray(o) for o in _as_list(model(inputs, training=False))]
     after = [np.asarray(o) for o in _as_list(new_model(inputs, training=False))]
+    if not all(np.all(np.isfinite(o)) for o in before + after):
+        # NaN compares false with everything: a check that cannot see NaN must not pass.
+        bad = [w.name for w in model.weights if w.dtype.is_floating
+               and not np.all(np.isfinite(w.numpy()))]
+        raise ValueError(
+            "shrink cannot verify the shrunk model: the outputs on a random batch hold NaN or "
+            "inf (" + ("non-finite weights: " + ", ".join(bad[:5]) if bad else
+                       "the weights are finite; the model overflows on random inputs") +
+            "). Fix the weights (or pass check=False to skip the check).")
     worst = 0.0
     for b, a in zip(before, after):
         err = float(np.max(np.abs(b - a))) if b.size else 0.0

@@ -1,0 +1,125 @@
+"""Hostile inputs get a correct result or a clear error: user criteria, non-finite values,
+options given the wrong way (issue: reliability II, classes 1-3 and 9)."""
+
+import numpy as np
+import pytest
+
+import tflite_export
+import tfsynapse
+from conftest import randomize_bn, small_cnn
+from tfsynapse._keras import keras, tf
+
+
+def _c1_pruned_filters(model):
+    kernel = model.get_layer("c1").get_weights()[0]
+    return set(np.nonzero(~np.any(kernel.reshape(-1, kernel.shape[-1]) != 0, axis=0))[0])
+
+
+# ------------------------------------------------------------ class 1: criterion identity
+def test_each_model_keeps_the_callable_it_was_built_with():
+    model = randomize_bn(small_cnn())
+    by_norm = lambda f: tf.reduce_sum(tf.abs(f), axis=1)  # noqa: E731
+    by_minus_norm = lambda f: -tf.reduce_sum(tf.abs(f), axis=1)  # noqa: E731 - the same name
+    schedule = tfsynapse.ConstantSparsity(0.5, begin_step=0)
+    first = tfsynapse.prune_synaptic(model, schedule, criterion=by_norm, granularity="filter",
+                                     scope="layer")
+    second = tfsynapse.prune_synaptic(keras.models.clone_model(model), schedule,
+                                      criterion=by_minus_norm, granularity="filter", scope="layer")
+    assert first.pruning_options.criterion != second.pruning_options.criterion
+    # the first model, built before the second lambda existed, still prunes by its own
+    masks = first.mask_plan.compute(0.5)
+    again = first.mask_plan.compute(0.5)
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(masks, again))
+    expected = tfsynapse.prune_once(model, 0.5, criterion=by_norm)
+    opposite = tfsynapse.prune_once(model, 0.5, criterion=by_minus_norm)
+    assert _c1_pruned_filters(expected) != _c1_pruned_filters(opposite)
+    tfsynapse.pruning.apply_masks(first.mask_plan, masks)
+    kernel = first.get_layer("structured_prune_wrapper_c1").layer.kernel.numpy()
+    dead = set(np.nonzero(~np.any(kernel.reshape(-1, kernel.shape[-1]) != 0, axis=0))[0])
+    assert dead == _c1_pruned_filters(expected)
+
+
+def test_a_saved_model_says_which_criterion_it_needs(tmp_path):
+    model = randomize_bn(small_cnn())
+
+    def my_score(filters):
+        return tf.reduce_sum(tf.abs(filters), axis=1)
+
+    pruned = tfsynapse.prune_synaptic(model, tfsynapse.ConstantSparsity(0.5, 0),
+                                      criterion=my_score, granularity="filter")
+    name = pruned.pruning_options.criterion
+    pruned.save(tmp_path / "m.keras")
+    registry = tfsynapse.pruning.options._CUSTOM
+    saved = registry.pop(name)
+    try:
+        with pytest.raises(ValueError, match=f"custom criterion '{name}'.*register_criterion"):
+            keras.models.load_model(tmp_path / "m.keras")
+    finally:
+        registry[name] = saved
+    assert keras.models.load_model(tmp_path / "m.keras").pruning_options.criterion == name
+    with pytest.warns(UserWarning, match="now names another function"):
+        tfsynapse.register_criterion(name, lambda f: -my_score(f))
+    registry[name] = saved
+
+
+# ------------------------------------------------------------ class 2: criterion output
+@pytest.mark.parametrize("granularity", ["filter", "connection"])
+def test_a_criterion_with_the_wrong_shape_or_non_finite_scores_is_named(granularity):
+    model = randomize_bn(small_cnn())
+    too_many = lambda x: tf.zeros([1000])  # noqa: E731
+    with pytest.raises(ValueError, match=r"criterion '.*' returned scores of shape \[1000\] "
+                                         r"for (dependency group|layer) '\w+'; expected \["):
+        tfsynapse.prune_once(model, 0.5, criterion=too_many, granularity=granularity)
+    infinite = lambda x: tf.ones(tf.shape(x)[:1] if granularity == "filter"  # noqa: E731
+                                 else tf.shape(x)[-2:]) / 0.0
+    with pytest.raises(ValueError, match="returned NaN or inf scores"):
+        tfsynapse.prune_once(model, 0.5, criterion=infinite, granularity=granularity)
+
+
+# ------------------------------------------------------------ class 3: non-finite values
+def test_non_finite_weights_are_refused_with_the_layer_name():
+    model = randomize_bn(small_cnn())
+    kernel = model.get_layer("c3").get_weights()
+    kernel[0][0, 0, 0, 0] = np.nan
+    model.get_layer("c3").set_weights(kernel)
+    with pytest.raises(ValueError, match=r"NaN or inf: c3 \(c3/kernel"):
+        tfsynapse.prune_once(model, 0.5)
+    with pytest.raises(ValueError, match="NaN or inf: c3"):
+        tfsynapse.prune_synaptic(model, tfsynapse.ConstantSparsity(0.5, 0), criterion="l1",
+                                 granularity="filter")
+
+
+def test_shrink_self_check_does_not_pass_nan():
+    model = randomize_bn(small_cnn())
+    pruned = tfsynapse.prune_once(model, 0.5)
+    head = pruned.get_layer("head").get_weights()
+    head[1][:] = np.inf
+    pruned.get_layer("head").set_weights(head)
+    with pytest.raises(ValueError, match=r"cannot verify .*non-finite weights: head"):
+        tfsynapse.shrink(pruned)
+    assert tfsynapse.shrink(pruned, check=False) is not None  # the user can opt out
+
+
+def test_non_finite_calibration_data_is_refused_before_conversion():
+    model = randomize_bn(small_cnn())
+    data = np.random.default_rng(0).normal(size=(8, 12, 12, 3)).astype("float32")
+    data[5, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="holds 1 NaN or inf values"):
+        tflite_export.convert(model, "int8", representative_dataset=data)
+    batches = [data[:4] * 0, data[4:]]
+    with pytest.raises(ValueError, match="batch 1 .*NaN or inf"):
+        tflite_export.convert(model, "int8", representative_dataset=lambda: iter(batches))
+
+
+# ------------------------------------------------------------ class 9: options given wrongly
+def test_options_given_the_wrong_way_say_so():
+    model = randomize_bn(small_cnn())
+    with pytest.raises(ValueError, match=r"list of layer names.*ignored_layers=\['c3'\]"):
+        tfsynapse.prune_once(model, 0.5, ignored_layers="c3")
+    with pytest.warns(UserWarning, match="round_to=64 .*0.0% of the 20 prunable channels"):
+        tfsynapse.prune_once(model, 0.5, round_to=64)  # larger than every group: does nothing
+    pruned = tfsynapse.prune_synaptic(model, tfsynapse.ConstantSparsity(0.5, 0), criterion="l1",
+                                      granularity="filter")
+    pruned.compile("adam", "mse")
+    with pytest.raises(ValueError, match=r"UpdatePruningStep\(\)\]\)\.$"):
+        pruned.fit(np.zeros((4, 12, 12, 3)), np.zeros((4, 5)), verbose=0)
