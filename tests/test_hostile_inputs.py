@@ -123,3 +123,41 @@ def test_options_given_the_wrong_way_say_so():
     pruned.compile("adam", "mse")
     with pytest.raises(ValueError, match=r"UpdatePruningStep\(\)\]\)\.$"):
         pruned.fit(np.zeros((4, 12, 12, 3)), np.zeros((4, 5)), verbose=0)
+
+
+# ------------------------------------------------------- classes 6-8: exports, dtypes, layout
+def test_channels_first_is_refused_naming_data_format():
+    inputs = keras.Input((3, 12, 12))
+    x = keras.layers.Conv2D(8, 3, padding="same", data_format="channels_first", name="cf")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    with pytest.raises(ValueError, match=r"cf use data_format='channels_first'.*channels_last"):
+        tfsynapse.prune_once(model, 0.5)
+
+
+def test_mixed_precision_is_refused_for_training_and_works_one_shot():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = small_cnn()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    with pytest.raises(ValueError, match="mixed precision.*set_global_policy\\('float32'\\)"):
+        tfsynapse.prune_synaptic(model, tfsynapse.ConstantSparsity(0.5, 0), criterion="l1",
+                                 granularity="filter")
+    small = tfsynapse.shrink(tfsynapse.prune_once(model, 0.5))  # checked at float16 tolerance
+    assert tfsynapse.count_macs(small) < tfsynapse.count_macs(model)
+
+
+def test_a_converted_model_that_does_not_load_is_not_written(tmp_path, monkeypatch):
+    from tflite_export import _runtime
+
+    model = randomize_bn(small_cnn())
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Failed to prepare for XNNPACK")
+
+    monkeypatch.setattr(_runtime, "load_interpreter", refuse)
+    target = tmp_path / "m.tflite"
+    with pytest.raises(RuntimeError, match="does not load in LiteRT: Failed to prepare.*"
+                                           "Nothing was written"):
+        tflite_export.convert(model, output=str(target))
+    assert list(tmp_path.iterdir()) == []

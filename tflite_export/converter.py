@@ -195,8 +195,9 @@ def convert(
       ValueError: unknown ``quantize``; ``int8_io`` without ``'int8'``; ``'int8'`` without
         calibration data; calibration batches that do not fit the model's inputs; a
         subclassed or unbuilt model.
-      RuntimeError: the converter failed, e.g. an op has no builtin TFLite kernel; the message
-        names the cause and includes the converter's message.
+      RuntimeError: the converter failed, e.g. an op has no builtin TFLite kernel (the
+        message names the cause and includes the converter's); or the result does not load
+        and allocate in LiteRT (checked before anything is written to ``output``).
     """
     check_model(model)
     _check_mode(quantize, int8_io, sparse_weights)
@@ -229,11 +230,27 @@ def convert(
         break
     else:
         raise _conversion_error(quantize, errors) from errors[-1][1]
+    _check_loads(data, quantize)
     if quantize == "int8" and calibration is None:
         _warn_float_parts(data)
     if output is not None:
         atomic_write(output, lambda stream: stream.write(data))
     return data
+
+
+def _check_loads(data, quantize):
+    """A written .tflite must load: build and allocate it in LiteRT (XNNPACK included) first.
+
+    Raises:
+      RuntimeError: LiteRT cannot load or prepare the converted model (nothing is written).
+    """
+    try:
+        _runtime.load_interpreter(data)
+    except Exception as err:  # noqa: BLE001 - LiteRT raises RuntimeError/ValueError
+        raise RuntimeError(
+            f"the converted model (quantize={quantize!r}) does not load in LiteRT: "
+            f"{_short(err)[:600]}. Nothing was written. Try another quantize mode, or report "
+            "the model (its layers and this message) as a tfsynapse issue.") from err
 
 
 def _warn_float_parts(data):

@@ -342,6 +342,18 @@ class DependencyGraph:
         return "\n".join(lines)
 
 
+def _refuse_channels_first(flat):
+    """Channel rules assume channels-last tensors; say so instead of failing inside a rule."""
+    first = [unwrap(c.layer).name for c in flat.calls
+             if getattr(unwrap(c.layer), "data_format", None) == "channels_first"]
+    if first:
+        raise ValueError(
+            f"layer(s) {', '.join(first[:5])} use data_format='channels_first'; tfsynapse "
+            "supports channels-last models only (TFLite runs channels-last too). Rebuild the "
+            "model with data_format='channels_last' (the default) and transpose the weights "
+            "that depend on the layout.")
+
+
 def dependency_groups(model, strict=False):
     """Finds the groups of channels that must be pruned together in a tf_keras model.
 
@@ -356,11 +368,12 @@ def dependency_groups(model, strict=False):
 
     Raises:
       TypeError: a Keras 3 model or not a model.
-      ValueError: a subclassed or unbuilt model.
+      ValueError: a subclassed or unbuilt model; a channels-first layer.
       UnsupportedLayerError: ``strict`` and a layer has no rule.
     """
     check_model(model)
     flat = flatten_calls(model)
+    _refuse_channels_first(flat)
     builder = _Builder(strict)
     maps = {}
     for key, shape in zip(flat.inputs, flat.input_shapes):

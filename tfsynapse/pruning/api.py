@@ -30,6 +30,20 @@ def _final_sparsity(schedule):
     return check_sparsity(float(final), "the schedule's final sparsity")
 
 
+def _refuse_mixed_precision(model):
+    """tfmot's wrappers mask float32 weights inside float16 computations and fail in ``fit``."""
+    mixed = [layer.name for layer in model.submodules if isinstance(layer, keras.layers.Layer)
+             and getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32")
+             in ("float16", "bfloat16")]
+    if mixed:
+        raise ValueError(
+            f"layer(s) {', '.join(mixed[:5])} compute in float16/bfloat16 (a mixed-precision "
+            "policy): pruning during training does not support mixed precision. Build the "
+            "model under keras.mixed_precision.set_global_policy('float32') to prune and "
+            "fine-tune it (prune_once and shrink work on it; LiteRT's float16 export is "
+            "tflite_export.convert(model, quantize='float16')).")
+
+
 def _layer_names(ignored_layers):
     if isinstance(ignored_layers, str):
         raise ValueError(f"ignored_layers takes a list of layer names, got the string "
@@ -86,12 +100,14 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
 
     Raises:
       TypeError: a Keras 3 model.
-      ValueError: a subclassed or unbuilt model, invalid options, an invalid schedule, an
-        already wrapped model, nothing that can be pruned, or a final sparsity that
+      ValueError: a subclassed or unbuilt model, a mixed-precision model, invalid options, an
+        invalid schedule, an already wrapped model, nothing that can be pruned, or a final
+        sparsity that
         ``max_pruning_ratio`` (or the one channel every group keeps) makes unreachable.
     """
     check_model(model)
     _refuse_wrapped(model)
+    _refuse_mixed_precision(model)
     options = PruningOptions(
         criterion=criterion, granularity=granularity, scope=scope, round_to=round_to,
         max_pruning_ratio=max_pruning_ratio, ignored_layers=_layer_names(ignored_layers),
