@@ -161,3 +161,43 @@ def test_a_converted_model_that_does_not_load_is_not_written(tmp_path, monkeypat
                                            "Nothing was written"):
         tflite_export.convert(model, output=str(target))
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------ class 4: a layer's own activation
+def _centre(x):  # zero at zero, but mixes channels: not elementwise
+    return x - tf.reduce_mean(x, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("activation,frozen_reason", [
+    ("sigmoid", "f(0) != 0"), ("softmax", "fused activation 'softmax' mixes channels"),
+    (_centre, "may mix channels"), ("relu", None)])
+def test_fused_activations_are_part_of_the_channel_behaviour(activation, frozen_reason):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation=activation, name="c1")(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c2")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    if callable(activation):
+        with pytest.warns(UserWarning, match="'_centre' .*cannot prove elementwise"):
+            graph = tfsynapse.dependency_groups(model)
+    else:
+        graph = tfsynapse.dependency_groups(model)
+    group = graph.group_of_layer("c1")
+    assert (group in graph.prunable_groups) == (frozen_reason is None)
+    if frozen_reason:
+        assert frozen_reason in graph.summary()
+    small, report = tfsynapse.shrink(tfsynapse.prune_once(model, 0.5), return_report=True)
+    assert report.max_abs_error < 1e-4 and report.removed_units  # c2 (at least) still prunes
+
+
+def test_an_activation_layer_from_a_python_callable_is_frozen_with_a_warning():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    x = keras.layers.Activation(_centre, name="centre")(x)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c2")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x)))
+    with pytest.warns(UserWarning, match="layer 'centre' has the activation '_centre'"):
+        graph = tfsynapse.dependency_groups(model)
+    assert graph.group_of_layer("c1") not in graph.prunable_groups
+    with pytest.warns(UserWarning):
+        small, report = tfsynapse.shrink(tfsynapse.prune_once(model, 0.5), return_report=True)
+    assert "c1" not in report.removed_units and report.max_abs_error < 1e-4

@@ -34,6 +34,7 @@ __all__ = [
     "pruning_wrapper",
     "check_model",
     "register_custom_objects",
+    "user_functions_scope",
 ]
 
 _KERAS3_MESSAGE = (
@@ -113,4 +114,28 @@ def register_custom_objects(objects):
     callable"), so tfsynapse registers its classes globally when its packages are imported.
     """
     keras.utils.get_custom_objects().update(objects)
+
+
+def user_functions_scope(model):
+    """A custom-object scope holding the plain Python functions the model's layers use.
+
+    Keras serialises a function (an ``activation=`` given as a callable) by its name only, so
+    ``clone_model`` and ``from_config`` cannot rebuild such a layer without it in custom
+    objects. tfsynapse copies and rebuilds models (``prune_once``, ``shrink``,
+    ``strip_pruning``), so it lends Keras the functions the model already holds.
+
+    Args:
+      model: a tf_keras model.
+
+    Returns:
+      A ``keras.utils.custom_object_scope``.
+    """
+    functions = {}
+    for layer in model.submodules:
+        fn = getattr(layer, "activation", None)
+        module = getattr(fn, "__module__", "") or ""
+        if callable(fn) and hasattr(fn, "__name__") and not module.startswith(
+                ("tf_keras.", "keras.", "tensorflow.")):
+            functions[fn.__name__] = fn
+    return keras.utils.custom_object_scope(functions)
 

@@ -389,7 +389,7 @@ def dependency_groups(model, strict=False):
             rule = _tf_op_rule(layer) or _unknown_rule(layer, strict, unknown)
         inputs = [maps[k] for k in call.inputs]
         ctx = CallContext(builder, call, inputs)
-        outputs = rule.propagate(ctx)
+        outputs = rules_lib.apply_fused_activation(rule, ctx, rule.propagate(ctx))
         if len(outputs) != len(call.outputs):
             raise ValueError(
                 f"the rule for {layer.name} returned {len(outputs)} channel maps for "

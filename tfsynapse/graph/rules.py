@@ -12,6 +12,8 @@ Register a rule for your own layer with::
         ...
 """
 
+import warnings
+
 import numpy as np
 
 from tfsynapse._keras import keras
@@ -161,10 +163,74 @@ class ActivationRule(Elementwise):
     """``Activation``: elementwise unless the function mixes channels (softmax)."""
 
     def propagate(self, ctx):
-        name = getattr(ctx.layer.activation, "__name__", "")
-        if "softmax" in name:
-            return Freeze("softmax over the channel axis mixes channels").propagate(ctx)
+        reason = _not_elementwise(ctx.layer, ctx.layer.activation, "activation")
+        if reason:
+            for cmap in ctx.inputs:
+                ctx.freeze(cmap, reason)
+            return ctx.frozen_maps(reason)
         return super().propagate(ctx)
+
+
+# Modules whose activation functions are elementwise unless their name says softmax.
+_KNOWN_ACTIVATION_MODULES = ("tf_keras.", "keras.", "tensorflow.")
+
+
+def _not_elementwise(layer, fn, what):
+    """Why ``fn`` cannot be treated as elementwise (a freeze reason), or None.
+
+    Keras' and TensorFlow's activations are elementwise except the softmax family. Any other
+    callable may mix channels (a normalisation over the last axis is zero at zero and still
+    mixes), which a numerical check at zero cannot see: it is frozen, with a warning.
+    """
+    name = getattr(fn, "__name__", type(fn).__name__)
+    if "softmax" in name:
+        return f"{layer.name}: {what} '{name}' mixes channels"
+    module = getattr(fn, "__module__", "") or ""
+    if module.startswith(_KNOWN_ACTIVATION_MODULES):
+        return None
+    warnings.warn(
+        f"tfsynapse: layer '{layer.name}' has the {what} '{name}' from {module or 'unknown'}, "
+        "which tfsynapse cannot prove elementwise: the channels around it are frozen (not "
+        "pruned). Use a Keras activation, or register a rule for the layer.", stacklevel=4)
+    return f"{layer.name}: {what} '{name}' is a Python callable that may mix channels"
+
+
+def apply_fused_activation(rule, ctx, outputs):
+    """A layer's own ``activation=`` is part of its channel behaviour.
+
+    ``Conv2D(..., activation="sigmoid")`` turns a pruned (zero) channel into a constant 0.5,
+    and a fused softmax mixes every output channel; rules look at layer types, so the
+    builder applies this after every rule whose layer carries an activation of its own
+    (elementwise rules already evaluate theirs). A softmax, or a Python callable that may mix
+    channels, freezes the outputs (the callable with a warning); a Keras/TensorFlow
+    activation is evaluated at zero, per channel, and a channel with f(0) != 0 no longer reads
+    as zero downstream; one that cannot be evaluated freezes the outputs with its name.
+
+    Returns:
+      The output channel maps, with ``zero_ok`` narrowed where f(0) != 0.
+    """
+    fn = getattr(ctx.layer, "activation", None)
+    if fn is None or not callable(fn) or isinstance(rule, Elementwise) or not outputs:
+        return outputs
+    name = getattr(fn, "__name__", type(fn).__name__)
+    if name == "linear":
+        return outputs
+    reason = _not_elementwise(ctx.layer, fn, "fused activation")
+    if reason:
+        for cmap in outputs:
+            ctx.freeze(cmap, reason)
+        return outputs
+    result = []
+    for cmap, shape in zip(outputs, ctx.output_shapes):
+        try:
+            keeps_zero = zero_preserving(fn, shape)
+        except Exception:  # noqa: BLE001 - an arbitrary user callable
+            ctx.freeze(cmap, f"{ctx.layer.name}: fused activation '{name}' could not be "
+                             "evaluated at zero")
+            result.append(cmap)
+            continue
+        result.append(cmap.with_zero_ok(cmap.zero_ok & keeps_zero))
+    return result
 
 
 class PReLURule(Elementwise):

@@ -5,7 +5,14 @@ import warnings
 
 import numpy as np
 
-from tfsynapse._keras import check_model, keras, prune, pruning_schedule, pruning_wrapper
+from tfsynapse._keras import (
+    check_model,
+    keras,
+    prune,
+    pruning_schedule,
+    pruning_wrapper,
+    user_functions_scope,
+)
 from tfsynapse.graph import dependency_groups, replay
 from tfsynapse.pruning.batchnorm import recalibrate_batchnorm
 from tfsynapse.pruning.model import PrunedModel
@@ -287,7 +294,14 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
         layer_sparsity=layer_sparsity, residual=residual, seed=seed, final_sparsity=1.0,
         only_listed=layer_sparsity is not None)
     _check_names(model, options)
-    clone = keras.models.clone_model(model)
+    try:
+        with user_functions_scope(model):
+            clone = keras.models.clone_model(model)
+    except (OSError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"prune_once works on a copy of the model and Keras cannot copy this one: {err}. "
+            "A lambda or a locally defined function as activation is the usual cause: use a "
+            "named function defined in a module (or a Keras activation).") from err
     clone.set_weights(model.get_weights())
     plan = MaskPlan(dependency_groups(clone, strict=strict), options)
     _check_targets(plan)
@@ -325,7 +339,8 @@ def strip_pruning(model):
     for wrapper in pruning_wrapper.collect_prunable_layers(model):
         for weight, mask, _ in wrapper.pruning_vars:
             weight.assign(weight * mask)
-    return prune.strip_pruning(model)  # clones into a plain functional Model
+    with user_functions_scope(model):
+        return prune.strip_pruning(model)  # clones into a plain functional Model
 
 
 def custom_objects():

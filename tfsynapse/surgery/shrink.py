@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from tfsynapse._keras import check_model, pruning_wrapper
+from tfsynapse._keras import check_model, pruning_wrapper, user_functions_scope
 from tfsynapse.graph import count_macs, count_params, dependency_groups, kept_positions, replay, unwrap
 
 
@@ -204,7 +204,8 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
         made.append((layer, new))
         return new
 
-    new_model = replay(model, make_layer)
+    with user_functions_scope(model):
+        new_model = replay(model, make_layer)
     for old, new in made:
         arrays = []
         for i in range(len(old.weights)):
