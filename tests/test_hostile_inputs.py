@@ -201,3 +201,34 @@ def test_an_activation_layer_from_a_python_callable_is_frozen_with_a_warning():
     with pytest.warns(UserWarning):
         small, report = tfsynapse.shrink(tfsynapse.prune_once(model, 0.5), return_report=True)
     assert "c1" not in report.removed_units and report.max_abs_error < 1e-4
+
+
+# ------------------------------------------------------ class 5: outputs in every shape
+def _two_outputs(as_dict):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3, padding="same",
+                                                                       name="c2")(x))
+    zz, aa = keras.layers.Dense(2, name="zz")(pooled), keras.layers.Dense(3, name="aa")(pooled)
+    return keras.Model(inputs, {"zz": zz, "aa": aa} if as_dict else [zz, aa])
+
+
+def test_dict_outputs_shrink_and_masked_equals_shrunk():
+    model = randomize_bn(_two_outputs(as_dict=True))
+    small, report = tfsynapse.shrink(tfsynapse.prune_once(model, 0.5), return_report=True)
+    assert report.removed_units == {"c1": 4, "c2": 4} and report.max_abs_error < 1e-5
+    assert set(small.output_names) == {"zz", "aa"}
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_predict_returns_outputs_in_keras_order(quantize):
+    model = randomize_bn(_two_outputs(as_dict=False))  # 'zz' first: not the sorted order
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    lite = tflite_export.convert(model, quantize, representative_dataset=x if quantize else None)
+    outputs = tflite_export.predict(lite, x)
+    assert [o.shape[-1] for o in outputs] == [2, 3]
+    expected = model.predict(x, verbose=0)
+    tolerance = 0.2 if quantize else 1e-4
+    for got, want in zip(outputs, expected):
+        np.testing.assert_allclose(got, want, atol=tolerance)
+    assert [t["shape"][-1] for t in tflite_export.inspect(lite)["outputs"]] == [2, 3]

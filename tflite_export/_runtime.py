@@ -11,6 +11,8 @@ import re
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from tflite_export.keras_io import keras_io
+
 _TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8 of every .tflite
 _POSITIONAL_OUTPUT = re.compile(r"^output_(\d+)$")
 
@@ -73,6 +75,8 @@ def load_interpreter(tflite, num_threads=None):
         interpreter.allocate_tensors()
     except (RuntimeError, ValueError) as err:
         raise ValueError(f"LiteRT could not load the model: {err}") from err
+    # The Keras input/output order written by convert (read by io_details).
+    interpreter.keras_io_names = keras_io(data)
     return interpreter
 
 
@@ -97,10 +101,11 @@ def io_details(interpreter, input_names=None, output_names=None):
     """Input and output tensor details, ordered like the Keras model when it can be told.
 
     The order of ``get_input_details()`` / ``get_output_details()`` is not guaranteed to be the
-    Keras order, but the signature of a model converted by ``from_keras_model`` names its
-    inputs and outputs after the Keras ones (``model.input_names`` / ``model.output_names``),
-    and a converted concrete function names its outputs ``output_0, output_1, ...``. Those names
-    fix the order; otherwise the interpreter's order is used.
+    Keras order, but the signature of a model converted by ``convert`` names its inputs and
+    outputs after the Keras ones, and ``convert`` records the Keras order in the file
+    (``keras_io``); a converted concrete function without names calls its outputs
+    ``output_0, output_1, ...``. Names given here, else the recorded ones, fix the order;
+    otherwise the interpreter's order is used.
 
     Args:
       interpreter: an allocated interpreter.
@@ -111,6 +116,9 @@ def io_details(interpreter, input_names=None, output_names=None):
       ``(inputs, outputs)``: two lists of tensor-detail dicts (keys as in
       ``Interpreter.get_input_details()``), each carrying the tensor ``index`` of subgraph 0.
     """
+    stored_inputs, stored_outputs = getattr(interpreter, "keras_io_names", (None, None))
+    input_names = input_names if input_names is not None else stored_inputs
+    output_names = output_names if output_names is not None else stored_outputs
     inputs = interpreter.get_input_details()
     outputs = interpreter.get_output_details()
     runner = _single_signature(interpreter)

@@ -16,6 +16,7 @@ from tfsynapse._io import atomic_write
 from tfsynapse._keras import check_model, tf
 from tflite_export import _runtime
 from tflite_export.calibration import Calibration, CalibrationDataError
+from tflite_export.keras_io import add_keras_io
 from tflite_export.qat import is_quantize_aware
 
 QUANTIZATION_MODES = (None, "dynamic", "float16", "int8")
@@ -230,12 +231,23 @@ def convert(
         break
     else:
         raise _conversion_error(quantize, errors) from errors[-1][1]
+    data = _with_keras_io(data, model)
     _check_loads(data, quantize)
     if quantize == "int8" and calibration is None:
         _warn_float_parts(data)
     if output is not None:
         atomic_write(output, lambda stream: stream.write(data))
     return data
+
+
+def _with_keras_io(data, model):
+    """Records the Keras input/output order in the file (see ``keras_io``); never fatal."""
+    try:
+        return add_keras_io(data, model.input_names, model.output_names)
+    except Exception as err:  # noqa: BLE001 - a model the flatbuffer object API cannot repack
+        warnings.warn(f"could not record the Keras output order in the .tflite ({err}); "
+                      "predict() returns the outputs in LiteRT's order.", stacklevel=3)
+        return data
 
 
 def _check_loads(data, quantize):

@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from tfsynapse._keras import check_model, pruning_wrapper, user_functions_scope
+from tfsynapse._keras import check_model, pruning_wrapper, tf, user_functions_scope
 from tfsynapse.graph import count_macs, count_params, dependency_groups, kept_positions, replay, unwrap
 
 
@@ -266,4 +266,5 @@ def _self_check(model, new_model, rtol):
 
 
 def _as_list(outputs):
-    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    """Every output tensor, flattened (lists, tuples, dicts and nests of them)."""
+    return tf.nest.flatten(outputs)
