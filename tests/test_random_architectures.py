@@ -1,6 +1,8 @@
 """Random functional architectures: random masks, masked == shrunk, and TFLite conversion.
 
-A few examples run in CI; set TFSYNAPSE_LONG=1 for the long mode (300 examples):
+Blocks include fused activations (sigmoid, softmax ...), grouped convolutions (frozen) and SE
+gates; models have one output, a list or a dict of two. A few examples run in CI; set
+TFSYNAPSE_LONG=1 for the long mode (500 examples):
 
     TFSYNAPSE_LONG=1 python -m pytest -q tests/test_random_architectures.py
 """
@@ -15,12 +17,15 @@ from hypothesis import strategies as st
 import tflite_export
 import tfsynapse
 from conftest import randomize_bn
-from tfsynapse._keras import keras
+from tfsynapse._keras import keras, tf
 
 L = keras.layers
 LONG = os.environ.get("TFSYNAPSE_LONG") == "1"
 ACTIVATIONS = ["relu", "swish", "elu", "linear", "sigmoid", "tanh", "gelu"]
-BLOCKS = ["conv", "depthwise", "separable", "residual", "concat", "se", "pool", "bn_act", "multiply"]
+BLOCKS = ["conv", "depthwise", "separable", "residual", "concat", "se", "pool", "bn_act", "multiply",
+          "fused", "grouped"]
+# Fused activations: f(0) != 0 (sigmoid) and channel-mixing (softmax) ones included.
+FUSED = ACTIVATIONS + ["softmax", "hard_sigmoid"]
 
 
 def build(draw):
@@ -54,16 +59,25 @@ def build(draw):
             x = draw(st.sampled_from([L.MaxPooling2D, L.AveragePooling2D]))()(x)
         elif block == "multiply":
             x = L.Multiply()([x, L.Conv2D(width, 1)(x)])
+        elif block == "fused":
+            x = L.Conv2D(draw(st.integers(2, 10)), draw(st.sampled_from([1, 3])), padding="same",
+                         activation=draw(st.sampled_from(FUSED)))(x)
+        elif block == "grouped" and width % 2 == 0:
+            x = L.Conv2D(2 * draw(st.integers(1, 4)), 3, padding="same", groups=2)(x)
         x = L.BatchNormalization()(x) if block == "bn_act" else x
         x = L.Activation(act)(x) if block in ("conv", "bn_act", "separable") else x
     head = draw(st.sampled_from(["gap", "flatten"]))
     x = L.GlobalAveragePooling2D()(x) if head == "gap" else L.Flatten()(x)
     if draw(st.booleans()):
-        x = L.Dense(draw(st.integers(3, 12)), activation="relu")(x)
-    return keras.Model(inputs, L.Dense(draw(st.integers(2, 5)))(x))
+        x = L.Dense(draw(st.integers(3, 12)), activation=draw(st.sampled_from(FUSED)))(x)
+    outputs = draw(st.sampled_from(["one", "list", "dict"]))
+    if outputs == "one":
+        return keras.Model(inputs, L.Dense(draw(st.integers(2, 5)))(x))
+    heads = [L.Dense(draw(st.integers(2, 5)), name=f"head_{i}")(x) for i in range(2)]
+    return keras.Model(inputs, heads if outputs == "list" else {"zz": heads[0], "aa": heads[1]})
 
 
-@settings(max_examples=300 if LONG else 6, deadline=None, derandomize=not LONG,
+@settings(max_examples=500 if LONG else 8, deadline=None, derandomize=not LONG,
           suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_random_architecture_prunes_shrinks_and_converts(data):
@@ -74,12 +88,21 @@ def test_random_architecture_prunes_shrinks_and_converts(data):
                                   seed=data.draw(st.integers(0, 1000)))
     small = tfsynapse.shrink(pruned, check=False)
     x = np.random.default_rng(0).normal(size=[3] + [int(d) for d in model.inputs[0].shape[1:]]).astype("float32")
-    expected = pruned(x, training=False).numpy()
-    np.testing.assert_allclose(small(x, training=False).numpy(), expected, rtol=1e-4,
-                               atol=1e-5 * max(1.0, float(np.abs(expected).max())))
+    expected = [o.numpy() for o in tf.nest.flatten(pruned(x, training=False))]
+    got = [o.numpy() for o in tf.nest.flatten(small(x, training=False))]
+    scale = max(1.0, max(float(np.abs(e).max()) for e in expected))
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5 * scale)
     assert tfsynapse.count_macs(small) <= tfsynapse.count_macs(model)
     lite = tflite_export.convert(small)
-    assert tflite_export.verify(lite, small, x)["max_abs_error"] <= 1e-3 * max(1.0, float(np.abs(expected).max()))
+    assert tflite_export.verify(lite, small, x)["max_abs_error"] <= 1e-3 * scale
+    outputs = tflite_export.predict(lite, x)  # in Keras order, whatever the names
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    keras_outputs = small.predict(x, verbose=0)
+    keras_outputs = keras_outputs if isinstance(keras_outputs, list) else [keras_outputs]
+    if isinstance(keras_outputs[0], dict):
+        keras_outputs = [keras_outputs[0][n] for n in small.output_names]
+    assert [o.shape for o in outputs] == [o.shape for o in keras_outputs]
 
 
 @pytest.mark.skipif(not LONG, reason="long mode only (TFSYNAPSE_LONG=1)")
