@@ -2,7 +2,7 @@
 
 Blocks include fused activations (sigmoid, softmax ...), grouped convolutions (frozen) and SE
 gates; models have one output, a list or a dict of two. A few examples run in CI; set
-TFSYNAPSE_LONG=1 for the long mode (500 examples):
+TFSYNAPSE_LONG=1 for the long mode (500 examples; TFSYNAPSE_LONG_EXAMPLES=N for another count):
 
     TFSYNAPSE_LONG=1 python -m pytest -q tests/test_random_architectures.py
 """
@@ -77,7 +77,7 @@ def build(draw):
     return keras.Model(inputs, heads if outputs == "list" else {"zz": heads[0], "aa": heads[1]})
 
 
-@settings(max_examples=500 if LONG else 8, deadline=None, derandomize=not LONG,
+@settings(max_examples=int(os.environ.get("TFSYNAPSE_LONG_EXAMPLES", 500)) if LONG else 8, deadline=None, derandomize=not LONG,
           suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_random_architecture_prunes_shrinks_and_converts(data):

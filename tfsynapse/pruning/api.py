@@ -164,15 +164,16 @@ def _check_names(model, options):
 
 
 def check_reachable(plan, sparsity):
-    """Raises when caps make ``sparsity`` unreachable; warns when ``round_to`` can cost > 2 points.
+    """Raises when ``max_pruning_ratio`` makes ``sparsity`` unreachable; warns (both numbers)
+    when only the one unit every group keeps, or ``round_to``, costs more than 2 points.
 
     Args:
       plan: the ``MaskPlan``.
       sparsity: the final target.
 
     Raises:
-      ValueError: ``max_pruning_ratio`` or the one unit every group/layer keeps stops the
-        target, with the reachable sparsity and what to change.
+      ValueError: ``max_pruning_ratio`` stops the target, with the reachable sparsity and
+        what to change.
     """
     r = plan.reachability(float(sparsity))
     total = r["total"]
@@ -181,26 +182,28 @@ def check_reachable(plan, sparsity):
     unit = "connections" if plan.options.granularity == "connection" else "channels"
     frozen = (f" ({r['frozen_units']} channels of frozen groups are not counted)"
               if r["frozen_units"] else "")
-    if r["capped"]:
+    detail = "; ".join(f"{name}: {want} wanted, at most {most}"
+                       for name, want, most in r["capped"][:4])
+    more = f" and {len(r['capped']) - 4} more" if len(r["capped"]) > 4 else ""
+    if r["capped"] and not r["one_unit_bound"]:
         cap = plan.options.max_pruning_ratio
-        detail = "; ".join(f"{name}: {want} wanted, at most {most}"
-                           for name, want, most in r["capped"][:4])
-        more = f" and {len(r['capped']) - 4} more" if len(r["capped"]) > 4 else ""
-        if r["one_unit_bound"]:
-            # Raising max_pruning_ratio cannot help: a group/layer never loses its last unit.
-            limit = (f"every group/layer keeps at least one {unit[:-1]} ({detail}{more}), "
-                     "whatever max_pruning_ratio says")
-            advice = "Lower the target, or leave out the tiny layers (ignored_layers)."
-        else:
-            limit = (f"max_pruning_ratio={cap:g} and at least one {unit[:-1]} kept per "
-                     f"group/layer ({detail}{more})")
-            advice = "Raise max_pruning_ratio (up to 1.0) or lower the target."
         raise ValueError(
             f"the target asks for {r['requested']} of {total} prunable {unit} "
             f"({r['requested'] / total:.1%}){frozen}, but at most {r['reachable']} "
-            f"({r['reachable'] / total:.1%}) can be pruned: {limit}. {advice}")
-    shortfall = r["requested"] - r["reachable"]
-    if shortfall and shortfall / total > 0.02:
+            f"({r['reachable'] / total:.1%}) can be pruned: max_pruning_ratio={cap:g} and at "
+            f"least one {unit[:-1]} kept per group/layer ({detail}{more}). Raise "
+            "max_pruning_ratio (up to 1.0) or lower the target.")
+    capped_short = r["requested"] - r["reachable"] - r["rounded"]
+    if r["capped"] and capped_short / total > 0.02:
+        # No option lifts this limit (a group/layer never loses its last unit), and the rest
+        # of the model still gets its target: say it with both numbers and go on.
+        warnings.warn(
+            f"tfsynapse: the target asks for {r['requested']} of {total} prunable {unit} "
+            f"({r['requested'] / total:.1%}){frozen}, but every group/layer keeps at least "
+            f"one {unit[:-1]} ({detail}{more}), so {r['reachable']} "
+            f"({r['reachable'] / total:.1%}) will be pruned. Lower the target, or leave the "
+            "tiny layers out (ignored_layers).", stacklevel=3)
+    if r["rounded"] / total > 0.02:
         warnings.warn(
             f"tfsynapse: round_to={plan.options.round_to} keeps channel counts multiples of "
             f"{plan.options.round_to}: {r['reachable'] / total:.1%} of the {total} prunable "
