@@ -198,7 +198,9 @@ def markdown(result):
         f"{s['arch']} {s['widths']}; seeds {s['seeds']}; dense {s['dense_epochs']} epochs (SGD "
         "Nesterov, cosine from 0.05); every later phase a cosine restart from 0.01. "
         "Differences are test accuracy minus the **equal-budget dense control**, in points, "
-        "mean [95% CI] over seeds (paired).", "",
+        "mean [95% CI] over seeds (paired). The stages are cached and resumable: their compute "
+        f"time adds up to {result.get('stage_seconds', 0.0) / 3600:.1f} h on this 2-core machine "
+        "(the section's own time above is only what this run computed).", "",
         f"Dense {_pct(summary['dense_test'])}%; control after {s['phase1_epochs']}+"
         f"{s['ft_epochs']} more epochs {_pct(summary['control_p2_test'])}%; control after "
         f"{s['ft_epochs']} more epochs {_pct(summary['control_ft_test'])}%.", "",

@@ -154,10 +154,23 @@ def run(ctx):
     result = {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
               "rows": rows, "lambda": lam, "lambda_sweep": sweep,
               "missing_stages": list(run_.cache.missing)}
+    result["stage_seconds"] = stage_seconds(run_.cache.folder)
     result["summary"] = acc_report.summarize(result)
     result["targets"] = acc_report.targets(result)
     result["plots"] = acc_report.plots(result, ctx)
     return result
+
+
+def stage_seconds(folder):
+    """The compute time of every cached stage (a resumed run's own time is only the rest)."""
+    import json  # noqa: PLC0415
+
+    total = 0.0
+    for name in os.listdir(folder):
+        if name.endswith(".json") and name != "settings.json":
+            with open(os.path.join(folder, name)) as handle:
+                total += float(json.load(handle).get("seconds", 0.0))
+    return total
 
 
 def markdown(result):
