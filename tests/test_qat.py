@@ -58,7 +58,7 @@ def test_float_parts_of_an_int8_export_are_named(shrunk):
 
     small, _, _ = shrunk
     with pytest.warns(UserWarning, match=r"keeps \d+ float32 tensor\(s\).*representative_dataset"):
-        _warn_float_parts(tflite_export.convert(small))  # a float model: float throughout
+        _warn_float_parts(load_interpreter(tflite_export.convert(small)))  # float throughout
 
 
 def test_refusals_say_what_to_do(shrunk):

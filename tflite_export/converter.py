@@ -232,9 +232,9 @@ def convert(
     else:
         raise _conversion_error(quantize, errors) from errors[-1][1]
     data = _with_keras_io(data, model)
-    _check_loads(data, quantize)
+    interpreter = _loaded(data, quantize)
     if quantize == "int8" and calibration is None:
-        _warn_float_parts(data)
+        _warn_float_parts(interpreter)
     if output is not None:
         atomic_write(output, lambda stream: stream.write(data))
     return data
@@ -250,14 +250,17 @@ def _with_keras_io(data, model):
         return data
 
 
-def _check_loads(data, quantize):
+def _loaded(data, quantize):
     """A written .tflite must load: build and allocate it in LiteRT (XNNPACK included) first.
+
+    Returns:
+      The allocated interpreter.
 
     Raises:
       RuntimeError: LiteRT cannot load or prepare the converted model (nothing is written).
     """
     try:
-        _runtime.load_interpreter(data)
+        return _runtime.load_interpreter(data)
     except Exception as err:  # noqa: BLE001 - LiteRT raises RuntimeError/ValueError
         raise RuntimeError(
             f"the converted model (quantize={quantize!r}) does not load in LiteRT: "
@@ -265,10 +268,9 @@ def _check_loads(data, quantize):
             "the model (its layers and this message) as a tfsynapse issue.") from err
 
 
-def _warn_float_parts(data):
+def _warn_float_parts(interpreter):
     """A QAT model converted from its learned ranges alone keeps every op without fake
     quantisation in float; say so (a full-integer model has float tensors only at its I/O)."""
-    interpreter = _runtime.load_interpreter(data)
     inputs, outputs = _runtime.io_details(interpreter)
     edges = {d["index"] for d in inputs + outputs}
     floating = [d["name"] for d in interpreter.get_tensor_details()

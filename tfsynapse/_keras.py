@@ -35,6 +35,8 @@ __all__ = [
     "check_model",
     "register_custom_objects",
     "user_functions_scope",
+    "is_framework_function",
+    "half_precision_layers",
 ]
 
 _KERAS3_MESSAGE = (
@@ -133,9 +135,20 @@ def user_functions_scope(model):
     functions = {}
     for layer in model.submodules:
         fn = getattr(layer, "activation", None)
-        module = getattr(fn, "__module__", "") or ""
-        if callable(fn) and hasattr(fn, "__name__") and not module.startswith(
-                ("tf_keras.", "keras.", "tensorflow.")):
+        if callable(fn) and hasattr(fn, "__name__") and not is_framework_function(fn):
             functions[fn.__name__] = fn
     return keras.utils.custom_object_scope(functions)
+
+
+def is_framework_function(fn):
+    """Whether ``fn`` comes from Keras or TensorFlow (rather than from user code)."""
+    module = getattr(fn, "__module__", "") or ""
+    return module.startswith(("tf_keras.", "keras.", "tensorflow."))
+
+
+def half_precision_layers(model):
+    """Names of the layers of ``model`` that compute in float16 or bfloat16 (mixed precision)."""
+    return [layer.name for layer in model.submodules if isinstance(layer, keras.layers.Layer)
+            and getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32")
+            in ("float16", "bfloat16")]
 

@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from tfsynapse._keras import keras
+from tfsynapse._keras import is_framework_function, keras
 from tfsynapse.graph.channels import ChannelMap
 
 layers = keras.layers
@@ -171,10 +171,6 @@ class ActivationRule(Elementwise):
         return super().propagate(ctx)
 
 
-# Modules whose activation functions are elementwise unless their name says softmax.
-_KNOWN_ACTIVATION_MODULES = ("tf_keras.", "keras.", "tensorflow.")
-
-
 def _not_elementwise(layer, fn, what):
     """Why ``fn`` cannot be treated as elementwise (a freeze reason), or None.
 
@@ -185,9 +181,9 @@ def _not_elementwise(layer, fn, what):
     name = getattr(fn, "__name__", type(fn).__name__)
     if "softmax" in name:
         return f"{layer.name}: {what} '{name}' mixes channels"
-    module = getattr(fn, "__module__", "") or ""
-    if module.startswith(_KNOWN_ACTIVATION_MODULES):
+    if is_framework_function(fn):
         return None
+    module = getattr(fn, "__module__", "") or ""
     warnings.warn(
         f"tfsynapse: layer '{layer.name}' has the {what} '{name}' from {module or 'unknown'}, "
         "which tfsynapse cannot prove elementwise: the channels around it are frozen (not "

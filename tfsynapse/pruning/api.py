@@ -7,6 +7,7 @@ import numpy as np
 
 from tfsynapse._keras import (
     check_model,
+    half_precision_layers,
     keras,
     prune,
     pruning_schedule,
@@ -39,9 +40,7 @@ def _final_sparsity(schedule):
 
 def _refuse_mixed_precision(model):
     """tfmot's wrappers mask float32 weights inside float16 computations and fail in ``fit``."""
-    mixed = [layer.name for layer in model.submodules if isinstance(layer, keras.layers.Layer)
-             and getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32")
-             in ("float16", "bfloat16")]
+    mixed = half_precision_layers(model)
     if mixed:
         raise ValueError(
             f"layer(s) {', '.join(mixed[:5])} compute in float16/bfloat16 (a mixed-precision "

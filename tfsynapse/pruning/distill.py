@@ -135,7 +135,7 @@ class Distiller(keras.Model):
         from tfsynapse.pruning.model import PrunedModel, require_update_step  # noqa: PLC0415
 
         if isinstance(self.student, PrunedModel):
-            require_update_step(kwargs.get("callbacks", args[5] if len(args) > 5 else None))
+            require_update_step(args, kwargs)
         return super().fit(*args, **kwargs)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):

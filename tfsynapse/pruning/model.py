@@ -72,8 +72,13 @@ def bind(model, options):
     return plan, controller
 
 
-def require_update_step(callbacks):
-    """Raises unless ``callbacks`` hold tfmot's (or tfsynapse's) ``UpdatePruningStep``."""
+def require_update_step(fit_args, fit_kwargs):
+    """Raises unless ``fit``'s callbacks hold tfmot's (or tfsynapse's) ``UpdatePruningStep``.
+
+    Args:
+      fit_args, fit_kwargs: the arguments given to ``fit`` (``callbacks`` is its 6th).
+    """
+    callbacks = fit_kwargs.get("callbacks", fit_args[5] if len(fit_args) > 5 else None)
     items = callbacks.callbacks if hasattr(callbacks, "callbacks") else (callbacks or [])
     if not any(isinstance(c, pruning_callbacks.UpdatePruningStep) for c in items):
         raise ValueError(
@@ -107,26 +112,32 @@ class PrunedModel(keras.Model):
           ValueError: no ``tfsynapse.UpdatePruningStep()`` (or tfmot's) among the callbacks;
             without it the wrappers' step never advances and tfmot fails deep in ``fit``.
         """
-        require_update_step(kwargs.get("callbacks", args[5] if len(args) > 5 else None))
+        require_update_step(args, kwargs)
         return super().fit(*args, **kwargs)
 
     @property
     def pruning_options(self):
         return self._pruning_options
 
-    def pruned_fraction(self):
+    def keep_plan(self):
+        """The units the current masks keep: ``{group id: bool array}`` (True = kept)."""
+        return self.mask_plan.keep_plan([v.numpy() for v in self._mask_vars])
+
+    def pruned_fraction(self, keep=None):
         """How much the current masks prune, in the plan's units.
+
+        Args:
+          keep: ``keep_plan()`` when the caller has it already (filter granularity).
 
         Returns:
           The fraction of prunable channels masked (filter granularity) or of the pruned
           convolutions' connections masked (connection granularity).
         """
-        masks = [v.numpy() for v in self._mask_vars]
         if self._pruning_options.granularity == "connection":
             from tfsynapse.pruning.stats import connection_sparsity  # noqa: PLC0415
 
             return connection_sparsity(self)[0]
-        keep = self.mask_plan.keep_plan(masks)
+        keep = self.keep_plan() if keep is None else keep
         total = sum(len(k) for k in keep.values())
         return 1.0 - sum(int(k.sum()) for k in keep.values()) / max(total, 1)
 

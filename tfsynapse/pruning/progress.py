@@ -206,12 +206,11 @@ class PruningProgress(keras.callbacks.Callback):
     def measure(self):
         """``{"pruned_fraction", "channels_kept", "channels", "macs_kept"}`` of the masks now."""
         pruned = _pruned_model(self.model)
-        plan = pruned.mask_plan
-        keep = plan.keep_plan([v.numpy() for v in pruned._mask_vars])
+        keep = pruned.keep_plan()
         kept = sum(int(k.sum()) for k in keep.values())
         total = sum(len(k) for k in keep.values())
-        macs = count_macs(plan.graph, keep)
-        return {"pruned_fraction": float(pruned.pruned_fraction()), "channels_kept": kept,
+        macs = count_macs(pruned.mask_plan.graph, keep)
+        return {"pruned_fraction": float(pruned.pruned_fraction(keep)), "channels_kept": kept,
                 "channels": total, "macs_kept": macs / max(self._dense_macs, 1)}
 
     def on_epoch_end(self, epoch, logs=None):

@@ -11,7 +11,13 @@ import dataclasses
 
 import numpy as np
 
-from tfsynapse._keras import check_model, pruning_wrapper, tf, user_functions_scope
+from tfsynapse._keras import (
+    check_model,
+    half_precision_layers,
+    pruning_wrapper,
+    tf,
+    user_functions_scope,
+)
 from tfsynapse.graph import count_macs, count_params, dependency_groups, kept_positions, replay, unwrap
 
 
@@ -229,8 +235,7 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
 
 
 def _self_check(model, new_model, rtol):
-    if any(getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32")
-           in ("float16", "bfloat16") for layer in model.submodules):
+    if half_precision_layers(model):
         rtol = max(rtol, 1e-2)  # half-precision compute: float16 rounding, not a difference
     rng = np.random.default_rng(0)
     inputs = []
