@@ -186,3 +186,35 @@ def test_saved_models_load_without_prune_scope(tmp_path):
     # once tfsynapse's layers are imported (as here), a plain load_model finds SynapticConv2D
     loaded = keras.models.load_model(tmp_path / "synaptic.keras")
     assert any(type(layer).__name__ == "SynapticConv2D" for layer in loaded.layers)
+
+
+def test_readme_command_line_block_runs_as_written(digits, tmp_path):
+    import shlex
+    import subprocess
+    import sys
+
+    with open(os.path.join(ROOT, "README.md")) as handle:
+        blocks = re.findall(r"```bash\n(.*?)```", handle.read(), flags=re.S)
+    block = next(b for b in blocks if b.startswith("tfsynapse inspect"))
+    x, y = digits
+    model = _model()
+    model.save(tmp_path / "model.keras")
+    np.save(tmp_path / "x.npy", x[:128])
+    np.save(tmp_path / "y.npy", y[:128])
+    np.save(tmp_path / "calib.npy", x[:32])
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    for line in block.strip().splitlines():
+        command = shlex.split(line, comments=True)
+        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=300, check=False)
+        assert result.returncode == 0, (line, result.stderr[-2000:])
+    for name in ("pruned.keras", "small.keras", "model.tflite"):
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_readme_layout_lists_every_example():
+    with open(os.path.join(ROOT, "README.md")) as handle:
+        layout = handle.read().split("## Layout", 1)[1]
+    for name in sorted(os.listdir(os.path.join(ROOT, "examples"))):
+        if name.endswith(".py"):
+            assert f"`{name}`" in layout, name
