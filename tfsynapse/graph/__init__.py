@@ -4,6 +4,7 @@
 training, channel removal, MAC counting and sensitivity analysis all read its groups.
 """
 
+from tfsynapse.graph import application_rules  # noqa: F401 - registers ConvNeXt's layers
 from tfsynapse.graph.builder import (
     DependencyGraph,
     Group,

@@ -314,9 +314,7 @@ class Producer(Rule):
         groups = getattr(layer, "groups", 1) or 1
         out = ctx.new_space(kernel.shape[self.out_axis])
         if groups > 1:
-            reason = f"{layer.name}: grouped convolution (groups={groups}) keeps its channel counts"
-            ctx.freeze(cmap, reason)
-            ctx.freeze(out, reason)
+            _couple_conv_groups(ctx, cmap, out, groups)
         else:
             ctx.slot(kernel, rank + self.in_axis, cmap, "in", zero_required=False)
         ctx.slot(kernel, rank + self.out_axis, out, "out", zero_required=True)
@@ -327,8 +325,29 @@ class Producer(Rule):
 
     def resize(self, config, out_channels):
         config = dict(config)
+        groups = config.get("groups", 1) or 1
+        if groups > 1:  # whole convolution groups were removed (see _couple_conv_groups)
+            config["groups"] = int(out_channels) // (config[self.config_key] // groups)
         config[self.config_key] = int(out_channels)
         return config
+
+
+def _couple_conv_groups(ctx, cmap, out, groups):
+    """A grouped convolution's unit is one whole convolution group.
+
+    Group ``g`` reads input channels ``[g*k_in, (g+1)*k_in)`` and writes output channels
+    ``[g*k_out, (g+1)*k_out)``; its kernel's input axis holds only ``k_in`` positions, shared
+    by every group. Removing whole groups keeps that kernel regular (``groups`` shrinks, the
+    input axis stays), so every channel a group reads or writes is united into one unit: the
+    producers of its input lose those channels with it, and a depthwise convolution written as
+    ``Conv2D(groups=C)`` (ConvNeXt) behaves exactly like ``DepthwiseConv2D``. A pruned group's
+    outputs are zero through its masked kernel columns and bias, whatever its inputs carry.
+    """
+    k_in, k_out = len(cmap) // groups, len(out) // groups
+    for g in range(groups):
+        atoms = np.concatenate([cmap.atoms[g * k_in:(g + 1) * k_in],
+                                out.atoms[g * k_out:(g + 1) * k_out]])
+        ctx.union(ChannelMap.of(np.full(len(atoms), atoms[0])), ChannelMap.of(atoms))
 
 
 class DenseRule(Producer):

@@ -257,7 +257,7 @@ class MaskPlan:
                 continue  # biases do not score
             rows = tf.gather(_moveaxis_rows(_effective(m.layer, m.slot.weight), m.slot.axis),
                              m.positions)
-            blocks.append(tf.scatter_nd(m.units[:, None], rows, [group.size, rows.shape[1]]))
+            blocks.append(_rows_per_unit(rows, m.units, group.size))
         if not blocks:
             return tf.zeros([group.size, 1])
         return tf.concat(blocks, axis=1)
@@ -507,12 +507,31 @@ class MaskPlan:
                     continue
                 mask = np.asarray(masks[entry])
                 rows = _moveaxis_np(mask, m.slot.axis)[m.positions]
-                alive[m.units] |= rows.reshape(len(m.positions), -1).any(axis=1)
+                np.logical_or.at(alive, m.units, rows.reshape(len(m.positions), -1).any(axis=1))
             keep[g.id] = alive
         return keep
 
     def _entry(self, slot):
         return self._entry_of.get((id(slot.layer), slot.weight_index))
+
+
+def _rows_per_unit(rows, units, size):
+    """``[size, r * d]``: each unit's rows side by side (a unit may own several positions).
+
+    A unit owns several positions of one weight axis when a grouped convolution couples a
+    whole convolution group; its ``r`` rows are concatenated in position order, and units with
+    fewer rows are padded with zeros (which add nothing to a norm or a positive/negative mass).
+    """
+    counts = np.bincount(units, minlength=size)
+    per_unit = int(counts.max()) if len(units) else 1
+    if per_unit == 1:
+        return tf.scatter_nd(units[:, None], rows, [size, rows.shape[1]])
+    order = np.argsort(units, kind="stable")
+    rank = np.empty(len(units), np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank[order] = np.arange(len(units)) - starts[units[order]]
+    stacked = tf.scatter_nd(np.stack([units, rank], axis=1), rows, [size, per_unit, rows.shape[1]])
+    return tf.reshape(stacked, [size, per_unit * rows.shape[1]])
 
 
 def _unit_name(unit):
