@@ -159,8 +159,36 @@ def test_a_converted_model_that_does_not_load_is_not_written(tmp_path, monkeypat
     target = tmp_path / "m.tflite"
     with pytest.raises(RuntimeError, match="does not load in LiteRT: Failed to prepare.*"
                                            "Nothing was written"):
-        tflite_export.convert(model, output=str(target))
+        tflite_export.convert(model, output=str(target), isolate=False)  # sees the patch
     assert list(tmp_path.iterdir()) == []
+
+
+def segfault_job(directory):  # run in the conversion worker by the test below
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSEGV)  # what TensorFlow's converter did on an int8 GRU
+
+
+def test_a_crashing_converter_does_not_kill_the_process(monkeypatch, tmp_path):
+    from tflite_export import isolation
+
+    with pytest.raises(isolation.ConverterCrash, match=r"crashed \(SIGSEGV\) in a worker"):
+        isolation.run_isolated("test_hostile_inputs:segfault_job", str(tmp_path))
+    # the next job gets a fresh worker; a real int8 GRU crashes TensorFlow 2.21's converter
+    inputs = keras.Input((6, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GRU(4)(inputs)))
+    x = np.random.default_rng(0).normal(size=(4, 6, 3)).astype("float32")
+    try:
+        tflite_export.convert(model, "int8", representative_dataset=x, calibration_steps=1)
+    except RuntimeError as err:  # what a crash must become
+        assert "crashed on the" in str(err) and "worker process" in str(err)
+    assert tflite_export.inspect(tflite_export.convert(small_cnn()))["inputs"]
+
+
+def test_isolate_takes_a_bool():
+    with pytest.raises(TypeError, match="isolate must be True or False"):
+        tflite_export.convert(small_cnn(), isolate="yes")
 
 
 # ------------------------------------------------------ class 4: a layer's own activation

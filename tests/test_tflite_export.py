@@ -241,7 +241,7 @@ def _break_first_strategies(monkeypatch, count=2):
     """Makes the first ``count`` conversion strategies fail, to exercise the fallbacks."""
     from tflite_export import converter  # noqa: PLC0415
 
-    def broken(model):
+    def broken(model, path):
         raise ValueError("simulated converter failure")
 
     strategies = [(d, broken) for d, _ in converter._STRATEGIES[:count]]

@@ -1,22 +1,26 @@
 """tf_keras model -> TFLite flatbuffer, with builtin ops only so it runs on Android LiteRT.
 
-Conversion tries, in order: a concrete function of the model with a dynamic batch dimension
-(``from_concrete_functions``; inputs and outputs named after the Keras ones, and several times
-faster than ``from_keras_model``, which first saves the whole model as a SavedModel);
-``from_keras_model``; and a concrete function with a fixed batch size of 1. A warning says when
-a fallback was needed. Unsupported (non-builtin) ops fail at once with a clear error.
+The model is written as a SavedModel, tried in order: a concrete function of the model with a
+dynamic batch dimension (inputs and outputs named after the Keras ones); the Keras model's own
+serving signature (what ``from_keras_model`` converts); and a concrete function with a fixed
+batch size of 1. A warning says when a fallback was needed. Each SavedModel is converted by
+``conversion_job`` in a worker process (``isolation``), so that a crash in TensorFlow's native
+converter cannot take this process with it. Unsupported (non-builtin) ops fail at once with a
+clear error.
 """
 
+import os
 import re
+import shutil
+import tempfile
 import warnings
 
 import numpy as np
 
 from tfsynapse._io import atomic_write
 from tfsynapse._keras import check_model, tf
-from tflite_export import _runtime
-from tflite_export.calibration import Calibration, CalibrationDataError
-from tflite_export.keras_io import add_keras_io
+from tflite_export import _runtime, conversion_job, isolation
+from tflite_export.calibration import Calibration
 from tflite_export.qat import is_quantize_aware
 
 QUANTIZATION_MODES = (None, "dynamic", "float16", "int8")
@@ -44,31 +48,19 @@ def _check_mode(quantize, int8_io, sparse_weights=False):
         )
 
 
-def _configure(converter, quantize, calibration, int8_io, as_dict, sparse_weights=False):
-    builtins = tf.lite.OpsSet.TFLITE_BUILTINS
-    converter.target_spec.supported_ops = [builtins]
-    if sparse_weights:
-        converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-    if quantize is None:
-        return
-    converter.optimizations = [tf.lite.Optimize.DEFAULT] + list(converter.optimizations)
-    if quantize == "float16":
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "int8":
-        if calibration is not None:  # None: a quantisation-aware model brings its own ranges
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.representative_dataset = lambda: calibration.samples(as_dict=as_dict)
-        if int8_io:
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
+def _check_isolate(isolate):
+    if not isinstance(isolate, bool):
+        raise TypeError(f"isolate must be True or False, got {isolate!r}")
+    return isolate
 
 
-def _keras_converter(model):
-    return tf.lite.TFLiteConverter.from_keras_model(model), len(model.inputs) > 1
+def _save_keras_signature(model, path):
+    """The Keras model's own serving signature, as ``from_keras_model`` converts it."""
+    tf.saved_model.save(model, path)
 
 
-def _function_converter(model, batch=None):
-    """A converter from a concrete function whose signature uses the Keras input/output names."""
+def _save_function(model, path, batch=None):
+    """A concrete function whose signature uses the Keras input/output names."""
     specs = [
         tf.TensorSpec([batch] + t.shape.as_list()[1:], t.dtype, name=name)
         for t, name in zip(model.inputs, model.input_names)
@@ -82,28 +74,16 @@ def _function_converter(model, batch=None):
     function = tf.function(serve, input_signature=specs).get_concrete_function()
     holder = tf.Module()
     holder.model_variables = list(model.variables)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
-    return converter, len(specs) > 1
+    tf.saved_model.save(holder, path, signatures=function)
 
 
-# (description, converter factory), tried in order; see the module docstring.
+# (description, SavedModel writer), tried in order; see the module docstring.
 _STRATEGIES = [
-    ("concrete function", _function_converter),
-    ("from_keras_model", _keras_converter),
-    ("concrete function with a fixed batch size of 1", lambda model: _function_converter(model, 1)),
+    ("concrete function", _save_function),
+    ("from_keras_model (the Keras SavedModel signature)", _save_keras_signature),
+    ("concrete function with a fixed batch size of 1",
+     lambda model, path: _save_function(model, path, 1)),
 ]
-
-
-def _run(make_converter, model, quantize, calibration, int8_io, sparse_weights=False):
-    converter, as_dict = make_converter(model)
-    _configure(converter, quantize, calibration, int8_io, as_dict, sparse_weights)
-    with warnings.catch_warnings():
-        # Emitted for every int8 conversion from a Keras model; it is about TF1 quantized
-        # input stats, which full-integer conversion with a representative dataset never needs.
-        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        # The calibrator itself builds a tf.lite.Interpreter for dict (multi-input) samples.
-        warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
-        return converter.convert()
 
 
 def _short(err):
@@ -144,6 +124,12 @@ def _conversion_error(quantize, errors):
         if quantize == "int8"
         else ""
     )
+    crashed = [d for d, e in errors if isinstance(e, isolation.ConverterCrash)]
+    if crashed:
+        hint += (
+            f" TensorFlow's converter crashed on the {' and '.join(crashed)} attempt (a "
+            "TensorFlow bug; it ran in a worker process, so this one is unaffected): another "
+            "quantize mode often avoids the crashing code path.")
     messages = "\n".join(f"Converter message ({d}):\n{_short(e)}" for d, e in errors)
     return RuntimeError(
         "TFLite conversion failed with builtin ops only (needed to run on Android LiteRT "
@@ -159,6 +145,7 @@ def convert(
     output=None,
     calibration_steps=100,
     sparse_weights=False,
+    isolate=True,
 ):
     """Converts a tf_keras model to a TFLite flatbuffer that uses builtin ops only.
 
@@ -187,6 +174,11 @@ def convert(
       sparse_weights: store sparse weight tensors compressed (TFLite's sparsity encoding;
         a builtin DENSIFY op expands them when the model loads). For connection-pruned models
         this shrinks the file several times; latency is unchanged. Not with 'dynamic'.
+      isolate: run the converter, the calibration and the LiteRT load check in a worker
+        process, so that a crash in TensorFlow's native converter (seen on an int8 GRU)
+        becomes a ``RuntimeError`` instead of killing this process. The worker starts on the
+        first conversion (TensorFlow's import, several seconds) and is reused. False converts
+        in this process.
 
     Returns:
       The TFLite flatbuffer as ``bytes``.
@@ -196,12 +188,13 @@ def convert(
       ValueError: unknown ``quantize``; ``int8_io`` without ``'int8'``; ``'int8'`` without
         calibration data; calibration batches that do not fit the model's inputs; a
         subclassed or unbuilt model.
-      RuntimeError: the converter failed, e.g. an op has no builtin TFLite kernel (the
-        message names the cause and includes the converter's); or the result does not load
-        and allocate in LiteRT (checked before anything is written to ``output``).
+      RuntimeError: the converter failed or crashed, e.g. an op has no builtin TFLite kernel
+        (the message names the cause and includes the converter's); or the result does not
+        load and allocate in LiteRT (checked before anything is written to ``output``).
     """
     check_model(model)
     _check_mode(quantize, int8_io, sparse_weights)
+    isolate = _check_isolate(isolate)
     calibration = None
     if quantize == "int8" and not (representative_dataset is None and is_quantize_aware(model)):
         calibration = Calibration(model, representative_dataset, calibration_steps)
@@ -211,11 +204,32 @@ def convert(
             f"quantize={quantize!r}.",
             stacklevel=2,
         )
+    with tempfile.TemporaryDirectory(prefix="tfsynapse-convert-") as directory:
+        conversion_job.write_job(
+            directory, quantize=quantize, int8_io=int8_io, sparse_weights=sparse_weights,
+            input_names=model.input_names, output_names=model.output_names,
+            calibration=calibration)
+        data = _first_strategy_that_converts(model, quantize, directory, isolate)
+    if quantize == "int8" and calibration is None:
+        _warn_float_parts(conversion_job.check_loads(data, quantize))
+    if output is not None:
+        atomic_write(output, lambda stream: stream.write(data))
+    return data
+
+
+def _first_strategy_that_converts(model, quantize, directory, isolate):
     errors = []
-    for description, make_converter in _STRATEGIES:
+    saved_model = os.path.join(directory, conversion_job.SAVED_MODEL)
+    for description, save in _STRATEGIES:
         try:
-            data = _run(make_converter, model, quantize, calibration, int8_io, sparse_weights)
-        except CalibrationDataError:
+            shutil.rmtree(saved_model, ignore_errors=True)
+            save(model, saved_model)
+            if isolate:
+                isolation.run_isolated("tflite_export.conversion_job:run", directory)
+            else:
+                conversion_job.run(directory)
+            data = conversion_job.read_result(directory)
+        except conversion_job.NotLoadableError:
             raise
         except Exception as err:  # the converter raises ConverterError, ValueError, RuntimeError
             if _needs_flex(err):
@@ -226,46 +240,10 @@ def convert(
             warnings.warn(
                 f"TFLite conversion succeeded from a {description} after "
                 + "; ".join(f"{d} failed: {_short(e)[:300]}" for d, e in errors),
-                stacklevel=2,
+                stacklevel=3,
             )
-        break
-    else:
-        raise _conversion_error(quantize, errors) from errors[-1][1]
-    data = _with_keras_io(data, model)
-    interpreter = _loaded(data, quantize)
-    if quantize == "int8" and calibration is None:
-        _warn_float_parts(interpreter)
-    if output is not None:
-        atomic_write(output, lambda stream: stream.write(data))
-    return data
-
-
-def _with_keras_io(data, model):
-    """Records the Keras input/output order in the file (see ``keras_io``); never fatal."""
-    try:
-        return add_keras_io(data, model.input_names, model.output_names)
-    except Exception as err:  # noqa: BLE001 - a model the flatbuffer object API cannot repack
-        warnings.warn(f"could not record the Keras output order in the .tflite ({err}); "
-                      "predict() returns the outputs in LiteRT's order.", stacklevel=3)
         return data
-
-
-def _loaded(data, quantize):
-    """A written .tflite must load: build and allocate it in LiteRT (XNNPACK included) first.
-
-    Returns:
-      The allocated interpreter.
-
-    Raises:
-      RuntimeError: LiteRT cannot load or prepare the converted model (nothing is written).
-    """
-    try:
-        return _runtime.load_interpreter(data)
-    except Exception as err:  # noqa: BLE001 - LiteRT raises RuntimeError/ValueError
-        raise RuntimeError(
-            f"the converted model (quantize={quantize!r}) does not load in LiteRT: "
-            f"{_short(err)[:600]}. Nothing was written. Try another quantize mode, or report "
-            "the model (its layers and this message) as a tfsynapse issue.") from err
+    raise _conversion_error(quantize, errors) from errors[-1][1]
 
 
 def _warn_float_parts(interpreter):
