@@ -73,3 +73,18 @@ def rand_inputs(model, n=4, seed=0):
     rng = np.random.default_rng(seed)
     shape = [n] + [int(d) for d in model.inputs[0].shape[1:]]
     return rng.normal(size=shape).astype(np.float32)
+
+
+def zero_units(array, axis):
+    """Indices along ``axis`` whose slices are entirely zero."""
+    moved = np.moveaxis(np.asarray(array), axis, 0).reshape(array.shape[axis], -1)
+    return np.nonzero(~np.any(moved != 0, axis=1))[0].tolist()
+
+
+def weights_by_name(model):
+    out = {}
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        for w in inner.weights:
+            out[f"{inner.name}/{w.name.split('/')[-1].split(':')[0]}"] = w.numpy()
+    return out

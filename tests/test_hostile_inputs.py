@@ -49,17 +49,17 @@ def test_a_saved_model_says_which_criterion_it_needs(tmp_path):
                                       criterion=my_score, granularity="filter")
     name = pruned.pruning_options.criterion
     pruned.save(tmp_path / "m.keras")
-    registry = tfsynapse.pruning.options._CUSTOM
-    saved = registry.pop(name)
+    registry = tfsynapse.criteria.registry
+    saved = registry.unregister(name)
     try:
         with pytest.raises(ValueError, match=f"custom criterion '{name}'.*register_criterion"):
             keras.models.load_model(tmp_path / "m.keras")
     finally:
-        registry[name] = saved
+        registry.register(saved)
     assert keras.models.load_model(tmp_path / "m.keras").pruning_options.criterion == name
     with pytest.warns(UserWarning, match="now names another function"):
         tfsynapse.register_criterion(name, lambda f: -my_score(f))
-    registry[name] = saved
+    registry.register(saved)
 
 
 # ------------------------------------------------------------ class 2: criterion output

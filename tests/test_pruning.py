@@ -9,26 +9,11 @@ import numpy as np
 import pytest
 
 import tfsynapse
-from conftest import randomize_bn, small_cnn
+from conftest import randomize_bn, small_cnn, weights_by_name, zero_units
 from tfsynapse._keras import keras, pruning_wrapper
 from tfsynapse.pruning import collect_wrappers
 
 L = keras.layers
-
-
-def zero_units(array, axis):
-    """Indices along ``axis`` whose slices are entirely zero."""
-    moved = np.moveaxis(np.asarray(array), axis, 0).reshape(array.shape[axis], -1)
-    return np.nonzero(~np.any(moved != 0, axis=1))[0].tolist()
-
-
-def weights_by_name(model):
-    out = {}
-    for layer in model.layers:
-        inner = getattr(layer, "layer", layer)
-        for w in inner.weights:
-            out[f"{inner.name}/{w.name.split('/')[-1].split(':')[0]}"] = w.numpy()
-    return out
 
 
 def graded_cnn():

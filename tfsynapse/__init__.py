@@ -37,6 +37,8 @@ _EXPORTS = {
     "ratios_from_sensitivity": ("tfsynapse.pruning", "ratios_from_sensitivity"),
     "recalibrate_batchnorm": ("tfsynapse.pruning", "recalibrate_batchnorm"),
     "register_criterion": ("tfsynapse.pruning", "register_criterion"),
+    "Criterion": ("tfsynapse.criteria.registry", "Criterion"),
+    "criteria_table": ("tfsynapse.criteria.registry", "table"),
     "sensitivity_analysis": ("tfsynapse.pruning", "sensitivity_analysis"),
     "strip_pruning": ("tfsynapse.pruning", "strip_pruning"),
     "ShrinkReport": ("tfsynapse.surgery", "ShrinkReport"),

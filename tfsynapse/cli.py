@@ -3,6 +3,7 @@
 Subcommands::
 
     tfsynapse inspect MODEL
+    tfsynapse criteria
     tfsynapse prune MODEL (--sparsity S | --ratios FILE.json) [--criterion C]
                     [--data X.npy[,Y.npy]] [--finetune-epochs N] -o OUT
     tfsynapse shrink MODEL [--round-to N] -o OUT
@@ -118,6 +119,13 @@ def _cmd_inspect(args):
         layer_macs, layer_params = macs_by_layer.get(name, 0), params_by_layer.get(name, 0)
         print(f"{name[:40]:<40} {layer_macs:>14,} {layer_params:>12,}")
     print(f"{'total':<40} {macs:>14,} {params:>12,}")
+    return 0
+
+
+def _cmd_criteria(args):
+    from tfsynapse.criteria.registry import table  # noqa: PLC0415
+
+    print(table())
     return 0
 
 
@@ -281,6 +289,11 @@ def build_parser():
     p.add_argument("model", help=model_help)
     p.set_defaults(run=_cmd_inspect)
 
+    p = sub.add_parser("criteria", parents=[debug], help="every importance criterion",
+                       description="Lists every criterion (built-in and registered): the "
+                                   "granularity it scores, what it needs, what it computes.")
+    p.set_defaults(run=_cmd_criteria)
+
     p = sub.add_parser("prune", parents=[debug], help="one-shot structured pruning (zeroes units)",
                        description="Prunes in ONE SHOT, without training (tfsynapse.prune_once), "
                                    "and saves the model with the pruned units zeroed; run "
@@ -296,8 +309,8 @@ def build_parser():
     target.add_argument("--ratios", metavar="FILE.json",
                         help='JSON {"layer name": ratio} used instead of --sparsity')
     p.add_argument("--criterion", default="l1",
-                   help="importance criterion: l1 (default), l2, dscore, dstep, dstep_gm, fpgm, "
-                        "bn_scale, synaptic_strength, kernel_norm (connection), random")
+                   help="importance criterion (default l1); 'tfsynapse criteria' lists them all "
+                        "with the granularity each scores")
     p.add_argument("--granularity", choices=GRANULARITY_CHOICES, default="filter")
     p.add_argument("--scope", choices=SCOPE_CHOICES, default="layer")
     p.add_argument("--round-to", type=_positive_int, default=1, metavar="N",

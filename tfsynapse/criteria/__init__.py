@@ -23,6 +23,9 @@ Connection criteria (``connections``; kernel ``(..spatial.., C_in, C_out)``, con
   Convolutional Neural Network", NeurIPS 2018.
 * ``strength_magnitude``: ``|s_ij|`` of a trainable strength matrix -- same paper.
 
+Criteria as objects (what the planner, ``prune_synaptic`` and the CLI use): ``registry``
+(``Criterion``, ``FunctionCriterion``, ``GroupInputs``, ``LayerInputs``, ``names``, ``table``).
+
 Helpers: ``ranks``, ``lowest_k_mask``, ``normalize_for_global``, ``select_filters`` and the
 registries ``FILTER_SCORES``, ``FILTER_SELECTORS``, ``CONNECTION_SCORES``.
 """
@@ -54,4 +57,8 @@ from tfsynapse.criteria.filters import (
 from tfsynapse.criteria import connections as _connections  # noqa: E402
 from tfsynapse.criteria import filters as _filters  # noqa: E402
 
-__all__ = list(_filters.__all__) + list(_connections.__all__)
+from tfsynapse.criteria import registry  # noqa: E402
+from tfsynapse.criteria.registry import Criterion, FunctionCriterion  # noqa: E402
+
+__all__ = list(_filters.__all__) + list(_connections.__all__) + [
+    "registry", "Criterion", "FunctionCriterion"]

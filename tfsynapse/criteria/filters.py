@@ -5,7 +5,7 @@ weights flattened (for a group of coupled producers, their rows concatenated alo
 Lower score = less important = pruned first. All functions are built from vectorised TF ops
 only, so they run eagerly, inside a ``tf.function`` graph and under ``tf.distribute``
 ``merge_call``; ``k`` may be a Python int or a scalar int tensor. Ties are always broken by the
-lower unit index first (a stable ascending sort), see METHODS.md.
+lower unit index first (a stable ascending sort), see docs/methods.md.
 
 ``select_filters`` is the numpy-in, numpy-out helper for one Keras kernel.
 """
@@ -117,7 +117,7 @@ def lowest_k_mask(scores, k):
 
 
 def _pn_ranks(filters):
-    """Ranks of the positive mass P and negative mass N of every row (D-Score, METHODS.md)."""
+    """Ranks of the positive mass P and negative mass N of every row (D-Score, docs/methods.md)."""
     positive, negative = _positive_negative(filters)
     return ranks(tf.reduce_sum(positive, axis=1)), ranks(tf.reduce_sum(negative, axis=1))
 
@@ -190,7 +190,7 @@ def random_scores(n, seed):
 
 
 def _dstep_select(rank_p, rank_n, k):
-    """The D-Step selection on two rank vectors (METHODS.md, section 2).
+    """The D-Step selection on two rank vectors (docs/methods.md, D-Step).
 
     The intersection of the ``m`` smallest-P and ``m`` smallest-N units is
     ``I(m) = {u : max(rP_u, rN_u) < m}``. A value ``t`` is attained by ``rP`` once and by ``rN``
@@ -272,15 +272,17 @@ SELECT_METHODS = ("dscore", "dstep", "dstep_gm", "fpgm", "l1", "l2")
 def normalize_for_global(name, scores):
     """Makes one group's scores comparable with other groups' for a single global threshold.
 
+    Each criterion defines this (``Criterion.comparable`` in ``criteria.registry``):
+
     * ``'l1'``, ``'l2'``, ``'fpgm'``: divided by the group's mean score (+1e-12). Magnitudes and
       summed distances grow with the group's fan-in and weight scale; dividing by the mean makes
       every group's average unit score 1, so a global threshold removes units that are weak
       *relative to their group* rather than whole small-magnitude layers.
     * ``'dscore'``: divided by ``2 (n - 1)``, the largest possible D-Score, so it lies in
       ``[0, 1]`` whatever the group size (a group of one unit gives 0).
-    * ``'random'``, ``'bn_scale'``, ``'synaptic_strength'`` and unknown names: unchanged
-      (uniform scores and BN scales are already on a common scale; synaptic strength is
-      comparable across layers by construction, Lin et al. 2018).
+    * ``'random'``, ``'bn_scale'``, ``'synaptic_strength'``, user criteria and unknown names:
+      unchanged (uniform scores and BN scales are already on a common scale; synaptic strength
+      is comparable across layers by construction, Lin et al. 2018).
 
     Args:
       name: the criterion name that produced ``scores``.
@@ -289,13 +291,11 @@ def normalize_for_global(name, scores):
     Returns:
       float tensor ``[n]``, the normalised scores.
     """
+    from tfsynapse.criteria import registry  # noqa: PLC0415 - the registry builds on this module
+
+    criterion = registry.get(name, "filter")
     scores = _as_float(scores)
-    if name in ("l1", "l2", "fpgm"):
-        return scores / (tf.reduce_mean(scores) + 1e-12)
-    if name == "dscore":
-        n = tf.cast(tf.size(scores), scores.dtype)
-        return tf.math.divide_no_nan(scores, 2.0 * (n - 1.0))
-    return scores
+    return criterion.comparable(scores) if criterion is not None else scores
 
 
 def _is_int(value):

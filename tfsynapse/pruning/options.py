@@ -1,20 +1,17 @@
 """Validated pruning options shared by prune_synaptic, prune_once and the mask planner."""
 
 import dataclasses
+import difflib
 import numbers
 import warnings
 
-from tfsynapse.criteria import CONNECTION_SCORES, FILTER_SCORES, FILTER_SELECTORS
+from tfsynapse.criteria import registry
+from tfsynapse.criteria.registry import Criterion, FunctionCriterion
 
-GRANULARITIES = ("filter", "connection")
+GRANULARITIES = registry.GRANULARITIES
 SCOPES = ("layer", "global")
 RESIDUAL_MODES = ("group", "skip")
 DEFAULT_MAX_RATIO = {"filter": 0.9, "connection": 0.99}
-FILTER_CRITERIA = tuple(sorted(set(FILTER_SCORES) | set(FILTER_SELECTORS) |
-                               {"bn_scale", "random", "synaptic_strength"}))
-CONNECTION_CRITERIA = tuple(sorted(set(CONNECTION_SCORES) | {"random"}))
-
-_CUSTOM = {}
 
 
 def register_criterion(name, fn):
@@ -22,30 +19,37 @@ def register_criterion(name, fn):
 
     Args:
       name: the name to use in ``criterion=``.
-      fn: for filter granularity ``fn(filters [n, d]) -> scores [n]``; for connection
-        granularity ``fn(kernel) -> scores [C_in, C_out]``. Lower = pruned first; TF ops only.
+      fn: a ``tfsynapse.Criterion`` (its ``name`` is set to ``name``), or a function: for
+        filter granularity ``fn(filters [n, d]) -> scores [n]``; for connection granularity
+        ``fn(kernel) -> scores [C_in, C_out]``. Lower = pruned first; TF ops only.
 
     Returns:
       ``name``.
 
     Raises:
-      ValueError: the name is taken by a built-in criterion.
+      ValueError: the name is taken by a built-in criterion, or ``fn`` is not callable.
     """
-    if name in FILTER_CRITERIA or name in CONNECTION_CRITERIA:
+    if registry.is_builtin(name):
         raise ValueError(f"'{name}' is a built-in criterion; choose another name.")
-    if not callable(fn):
-        raise ValueError(f"register_criterion('{name}', fn) needs a callable fn, got {fn!r}.")
-    if _CUSTOM.get(name) not in (None, fn):
+    if isinstance(fn, Criterion):
+        fn.name = name
+        criterion = fn
+    elif callable(fn):
+        criterion = FunctionCriterion(name, fn)
+    else:
+        raise ValueError(f"register_criterion('{name}', fn) needs a callable fn or a "
+                         f"tfsynapse.Criterion, got {fn!r}.")
+    before = registry.register(criterion)
+    if before is not None and _identity(before) is not _identity(criterion):
         warnings.warn(
             f"tfsynapse: criterion '{name}' now names another function. Models already built "
             "keep the function they were built with; a model saved with the earlier one loads "
             "with this one.", stacklevel=2)
-    _CUSTOM[name] = fn
     return name
 
 
-def custom_criterion(name):
-    return _CUSTOM.get(name)
+def _identity(criterion):
+    return criterion.fn if isinstance(criterion, FunctionCriterion) else criterion
 
 
 @dataclasses.dataclass
@@ -53,7 +57,8 @@ class PruningOptions:
     """Everything that decides which units a pruning step removes.
 
     Attributes:
-      criterion: a criterion name, or the name of one registered with ``register_criterion``.
+      criterion: a criterion name (built-in or registered with ``register_criterion``), a
+        ``tfsynapse.Criterion`` or a function (see ``register_criterion``).
       granularity: 'filter' (channels of dependency groups) or 'connection' (kernel slices).
       scope: 'layer' (every group/layer reaches the target) or 'global' (one threshold).
       round_to: keep every group's channel count a multiple of this (filter granularity).
@@ -83,23 +88,22 @@ class PruningOptions:
     seed: int = 0
     final_sparsity: float = 1.0
     only_listed: bool = False
-    criterion_fn: object = dataclasses.field(default=None, compare=False, repr=False)
+    criterion_object: object = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
-        given = self.criterion
-        self.criterion, fn = _criterion_name(given)
-        if callable(given) or self.criterion_fn is None:  # a copy keeps its function
-            self.criterion_fn = fn
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}.")
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}.")
         if self.residual not in RESIDUAL_MODES:
             raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {self.residual!r}.")
-        valid = FILTER_CRITERIA if self.granularity == "filter" else CONNECTION_CRITERIA
-        if self.criterion not in valid and custom_criterion(self.criterion) is None:
+        # a copy (dataclasses.replace) keeps the object it was built with
+        kept = self.criterion_object
+        given = kept if kept is not None and not registry.is_builtin(kept.name) else self.criterion
+        self.criterion, self.criterion_object = _resolve(given, self.granularity)
+        if self.granularity not in self.criterion_object.granularities:
             raise ValueError(_unknown_criterion_message(self.criterion, self.granularity))
-        if self.criterion in FILTER_SELECTORS and self.scope == "global":
+        if self.criterion_object.selects and self.scope == "global":
             raise ValueError(
                 f"criterion '{self.criterion}' selects filters per layer and has no global score; "
                 "use scope='layer', or 'dscore' for a global D-Score."
@@ -131,15 +135,14 @@ class PruningOptions:
 
     def to_config(self):
         config = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                  if f.name != "criterion_fn"}
+                  if f.name != "criterion_object"}
         config["ignored_layers"] = list(self.ignored_layers)
         return config
 
     @classmethod
     def from_config(cls, config):
         name = config.get("criterion")
-        if isinstance(name, str) and name not in FILTER_CRITERIA \
-                and name not in CONNECTION_CRITERIA and custom_criterion(name) is None:
+        if isinstance(name, str) and registry.get(name) is None:
             raise ValueError(
                 f"this model was pruned with the custom criterion '{name}', which is not "
                 f"registered in this process: call tfsynapse.register_criterion('{name}', fn) "
@@ -147,27 +150,37 @@ class PruningOptions:
         return cls(**config)
 
 
-def _criterion_name(criterion):
-    """``(name, function)`` of a criterion given by name or as a callable.
+def _resolve(criterion, granularity):
+    """``(name, Criterion)`` of a criterion given by name, as a ``Criterion`` or a function.
 
-    A callable keeps its identity: the options hold the function itself, so a model computes
-    its masks with the criterion it was built with whatever is registered later. It is also
-    registered (for saving and loading) under its ``__name__``, or, when that name is taken by
-    another function (two lambdas, two functions named alike), under the first free
-    ``name_2``, ``name_3``, ...
+    An object or function keeps its identity: the options hold it, so a model computes its
+    masks with the criterion it was built with whatever is registered later. It is also
+    registered (for saving and loading) under its name (a function's ``__name__``), or, when
+    that name is taken by another (two lambdas, two functions named alike), under the first
+    free ``name_2``, ``name_3``, ...
     """
-    if callable(criterion):
-        base = getattr(criterion, "__name__", None) or type(criterion).__name__
-        name, n = base, 1
-        while custom_criterion(name) not in (None, criterion) or name in FILTER_CRITERIA \
-                or name in CONNECTION_CRITERIA:
-            n += 1
-            name = f"{base}_{n}"
-        _CUSTOM[name] = criterion
-        return name, criterion
-    if not isinstance(criterion, str):
-        raise ValueError(f"criterion must be a name or a callable, got {criterion!r}.")
-    return criterion, custom_criterion(criterion)
+    if isinstance(criterion, str):
+        found = registry.get(criterion, granularity)
+        if found is None:
+            raise ValueError(_unknown_criterion_message(criterion, granularity))
+        return criterion, found
+    if not (isinstance(criterion, Criterion) or callable(criterion)):
+        raise ValueError(f"criterion must be a name, a callable or a tfsynapse.Criterion, "
+                         f"got {criterion!r}.")
+    base = (getattr(criterion, "name", None) if isinstance(criterion, Criterion) else
+            getattr(criterion, "__name__", None)) or type(criterion).__name__
+    name, n = base, 1
+    while registry.is_builtin(name) or (
+            registry.get(name) is not None and _identity(registry.get(name)) is not criterion):
+        n += 1
+        name = f"{base}_{n}"
+    if isinstance(criterion, Criterion):
+        criterion.name = name
+        found = criterion
+    else:
+        found = registry.get(name) or FunctionCriterion(name, criterion)
+    registry.register(found)
+    return name, found
 
 
 def check_sparsity(value, what="sparsity"):
@@ -192,19 +205,16 @@ def check_sparsity(value, what="sparsity"):
 
 def _unknown_criterion_message(name, granularity):
     """Every criterion with the granularity it needs, and the closest name to a misspelling."""
-    import difflib  # noqa: PLC0415
-
+    valid = registry.names(granularity)
     other = "connection" if granularity == "filter" else "filter"
-    other_valid = CONNECTION_CRITERIA if other == "connection" else FILTER_CRITERIA
-    if name in other_valid:
+    if name in registry.names(other):
         return (f"criterion {name!r} scores {other}s, not {granularity}s: use "
                 f"granularity='{other}' with it, or for granularity='{granularity}' one of "
-                f"{', '.join(FILTER_CRITERIA if granularity == 'filter' else CONNECTION_CRITERIA)}.")
-    known = sorted(set(FILTER_CRITERIA) | set(CONNECTION_CRITERIA))
+                f"{', '.join(valid)}.")
+    known = sorted(set(valid) | set(registry.names(other)))
     close = difflib.get_close_matches(str(name), known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return (f"unknown criterion {name!r}.{hint} Filter criteria (granularity='filter'): "
-            f"{', '.join(FILTER_CRITERIA)}; connection criteria (granularity='connection'): "
-            f"{', '.join(CONNECTION_CRITERIA)}; or register your own with "
-            "tfsynapse.register_criterion.")
-
+            f"{', '.join(registry.names('filter'))}; connection criteria "
+            f"(granularity='connection'): {', '.join(registry.names('connection'))}; or "
+            "register your own with tfsynapse.register_criterion.")

@@ -5,13 +5,13 @@ and inside ``model.fit``'s graph at a tfmot pruning step (under ``merge_call`` w
 distributed). The index bookkeeping (which position of which weight is which unit of which
 group) is precomputed once from the dependency graph, in numpy.
 
-Scores and how units are chosen:
+Scores come from the options' ``Criterion`` object (``criteria.registry``), which reads what it
+needs from a ``GroupInputs`` or ``LayerInputs`` built here; nothing below names a criterion.
 
-* filter granularity: a group's units are scored from the "super filter" made of every
-  producer's output slice concatenated (the group lasso view: a residual group's channel is one
-  unit); ``bn_scale`` sums ``|gamma|`` over the group's BatchNormalizations; ``synaptic_strength``
-  sums each producer's incoming synaptic strengths. Scope 'layer' prunes ``round(s * n)`` units
-  per group; scope 'global' ranks all groups' units together after ``normalize_for_global``.
+* filter granularity: a group's weights are the "super filter" made of every producer's output
+  slice concatenated (the group lasso view: a residual group's channel is one unit). Scope
+  'layer' prunes ``round(s * n)`` units per group (or lets a selecting criterion pick them);
+  scope 'global' ranks all groups' units together after the criterion's ``comparable``.
 * connection granularity: each convolution's ``(C_in, C_out)`` connections are scored by the
   criterion; a group's channel dies (its biases, BN gamma/beta and depthwise weights are
   masked) once all its outgoing connections in every consumer, or all its incoming connections
@@ -28,19 +28,9 @@ import zlib
 import numpy as np
 
 from tfsynapse._keras import keras, tf
-from tfsynapse.criteria import (
-    CONNECTION_SCORES,
-    FILTER_SCORES,
-    FILTER_SELECTORS,
-    lowest_k_mask,
-    normalize_for_global,
-    random_scores,
-    ranks,
-    strength_magnitude,
-    synaptic_strength,
-)
+from tfsynapse.criteria import lowest_k_mask, ranks
+from tfsynapse.criteria.registry import GroupInputs, LayerInputs
 from tfsynapse.graph import unwrap
-from tfsynapse.pruning.options import custom_criterion
 
 MASKED_ROLES = ("out", "in", "param")
 
@@ -90,6 +80,7 @@ class MaskPlan:
     def __init__(self, graph, options):
         self.graph = graph
         self.options = options
+        self.criterion = options.criterion_object
         self.frozen = {g.name: list(g.reasons) for g in graph if not g.prunable}
         self.groups = self._plan_groups()
         self.connection_layers = (
@@ -114,10 +105,9 @@ class MaskPlan:
                 why = "ignored by the user"
             elif opts.residual == "skip" and len(producers) > 1:
                 why = "residual group left unpruned (residual='skip')"
-            elif opts.granularity == "filter" and opts.criterion == "bn_scale" and not any(
-                m.slot.weight is getattr(m.layer, "gamma", None) for m in g.by_role("param")
-            ):
-                why = "criterion 'bn_scale' needs a BatchNormalization in the group"
+            elif opts.granularity == "filter" and "batchnorm" in self.criterion.needs and not any(
+                    m.slot.weight is getattr(m.layer, "gamma", None) for m in g.by_role("param")):
+                why = f"criterion '{opts.criterion}' needs a BatchNormalization in the group"
             elif g.size < 2:
                 why = "a single channel is never pruned"
             if why:
@@ -262,61 +252,67 @@ class MaskPlan:
             return tf.zeros([group.size, 1])
         return tf.concat(blocks, axis=1)
 
-    def _filter_scores(self, plan):
-        name, group = self.options.criterion, plan.group
-        if name == "random":
-            return random_scores(group.size, self.options.seed + group.id)
-        if name == "bn_scale":
-            total = tf.zeros([group.size])
-            for m in group.by_role("param"):
-                if m.slot.weight is getattr(m.layer, "gamma", None):
-                    values = tf.abs(tf.gather(m.slot.weight, m.positions))
-                    total += tf.scatter_nd(m.units[:, None], values, [group.size])
-            return total
-        if name == "synaptic_strength":
-            total = tf.zeros([group.size])
-            for m in group.by_role("out"):
-                if m.slot.weight.shape.rank < 3:
-                    continue
-                strengths = self._connection_scores(m.layer, "synaptic_strength")
-                per_out = tf.reduce_sum(strengths, axis=0)
-                total += tf.scatter_nd(m.units[:, None], tf.gather(per_out, m.positions), [group.size])
-            return total
-        if name in FILTER_SCORES:
-            return tf.cast(FILTER_SCORES[name](self._filter_matrix(group)), tf.float32)
-        return self._custom_scores(self._filter_matrix(group), [group.size],
-                                   f"dependency group '{group.name}'")
+    def _group_inputs(self, group):
+        return GroupInputs(
+            group.name, group.size, self.options.seed + group.id,
+            weights=lambda: self._filter_matrix(group),
+            bn_scale=lambda: self._bn_scale(group),
+            incoming=lambda criterion: self._incoming(group, criterion))
 
-    def _connection_scores(self, layer, name):
-        if name == "random":
-            c_in, c_out = _connection_kernel(layer).shape[-2:]
-            # zlib.crc32, not hash(): str hashes change between processes (PYTHONHASHSEED).
-            seed = self.options.seed + zlib.crc32(layer.name.encode()) % 9973
-            return tf.reshape(random_scores(c_in * c_out, seed), [c_in, c_out])
-        if hasattr(layer, "strength") and name == "synaptic_strength":
-            return tf.cast(strength_magnitude(layer.strength), tf.float32)
-        kernel = _effective(layer, _connection_kernel(layer))
-        if name == "synaptic_strength":
+    def _bn_scale(self, group):
+        total = tf.zeros([group.size])
+        for m in group.by_role("param"):
+            if m.slot.weight is getattr(m.layer, "gamma", None):
+                values = tf.abs(tf.gather(m.slot.weight, m.positions))
+                total += tf.scatter_nd(m.units[:, None], values, [group.size])
+        return total
+
+    def _incoming(self, group, criterion):
+        total = tf.zeros([group.size])
+        for m in group.by_role("out"):
+            if m.slot.weight.shape.rank < 3:
+                continue  # Dense layers and biases have no connections here
+            scores = self._checked(criterion.connection_scores(self._layer_inputs(m.layer)),
+                                   list(_connection_kernel(m.layer).shape[-2:]),
+                                   f"layer '{m.layer.name}'")
+            per_out = tf.reduce_sum(scores, axis=0)
+            total += tf.scatter_nd(m.units[:, None], tf.gather(per_out, m.positions), [group.size])
+        return total
+
+    def _layer_inputs(self, layer):
+        def input_scale():
             bn = self.graph.upstream_batchnorm(layer)
-            gamma = bn.gamma if bn is not None and bn.gamma is not None else None
-            return tf.cast(synaptic_strength(kernel, gamma), tf.float32)
-        if name in CONNECTION_SCORES:
-            return tf.cast(CONNECTION_SCORES[name](kernel), tf.float32)
-        return self._custom_scores(kernel, list(kernel.shape[-2:]), f"layer '{layer.name}'")
+            return bn.gamma if bn is not None and bn.gamma is not None else None
 
-    def _custom_scores(self, values, expected, where):
-        """A user criterion's scores, checked: the expected shape, finite values."""
+        # zlib.crc32, not hash(): str hashes change between processes (PYTHONHASHSEED).
+        seed = self.options.seed + zlib.crc32(layer.name.encode()) % 9973
+        return LayerInputs(
+            layer.name, seed,
+            kernel=lambda: _effective(layer, _connection_kernel(layer)),
+            input_scale=input_scale,
+            strength=lambda: getattr(layer, "strength", None))
+
+    def _filter_scores(self, plan):
+        group = plan.group
+        scores = self.criterion.filter_scores(self._group_inputs(group))
+        return self._checked(scores, [group.size], f"dependency group '{group.name}'")
+
+    def _connection_scores(self, layer):
+        scores = self.criterion.connection_scores(self._layer_inputs(layer))
+        return self._checked(scores, list(_connection_kernel(layer).shape[-2:]),
+                             f"layer '{layer.name}'")
+
+    def _checked(self, scores, expected, where):
+        """A criterion's scores, checked: the expected shape, finite values."""
         name = self.options.criterion
-        fn = self.options.criterion_fn or custom_criterion(name)
-        scores = tf.cast(tf.convert_to_tensor(fn(values)), tf.float32)
+        scores = tf.cast(tf.convert_to_tensor(scores), tf.float32)
         shape = scores.shape
         if shape.rank is not None and (shape.rank != len(expected) or any(
                 got is not None and got != want for got, want in zip(shape.as_list(), expected))):
             raise ValueError(
                 f"criterion '{name}' returned scores of shape {shape.as_list()} for {where}; "
                 f"expected {expected} (one score per "
-                f"{'unit' if len(expected) == 1 else 'input/output channel pair'}, given "
-                f"an input of shape {values.shape.as_list()}).")
+                f"{'unit' if len(expected) == 1 else 'input/output channel pair'}).")
         message = f"criterion '{name}' returned NaN or inf scores for {where}"
         if tf.executing_eagerly():  # prune_once, sensitivity: a plain ValueError
             if not np.all(np.isfinite(scores.numpy())):
@@ -348,8 +344,8 @@ class MaskPlan:
         if opts.scope == "layer" or not self.groups:
             for p in self.groups:
                 k = self._round_prune(self._targets(sparsity, p.factor, p.n, p.cap), p.n, p.round_to)
-                if opts.criterion in FILTER_SELECTORS:
-                    result[p.group.id] = FILTER_SELECTORS[opts.criterion](self._filter_matrix(p.group), k)
+                if self.criterion.selects:
+                    result[p.group.id] = self.criterion.select(self._group_inputs(p.group), k)
                 else:
                     result[p.group.id] = lowest_k_mask(self._filter_scores(p), k)
             return result
@@ -361,7 +357,7 @@ class MaskPlan:
             result[p.group.id] = lowest_k_mask(self._filter_scores(p), k)
         if pooled:
             masks = self._global_select(
-                [normalize_for_global(opts.criterion, self._filter_scores(p)) for p in pooled],
+                [self.criterion.comparable(self._filter_scores(p)) for p in pooled],
                 pooled, sparsity)
             result.update({p.group.id: m for p, m in zip(pooled, masks)})
         return result
@@ -392,7 +388,7 @@ class MaskPlan:
         """``{id(layer): bool prune matrix [C_in, C_out]}`` at connection granularity."""
         opts = self.options
         layers = self.connection_layers
-        scores = {id(c.layer): tf.reshape(self._connection_scores(c.layer, opts.criterion), [-1])
+        scores = {id(c.layer): tf.reshape(self._connection_scores(c.layer), [-1])
                   for c in layers}
         result = {}
         pooled = []

@@ -1,0 +1,87 @@
+"""Criteria are objects in one registry: a user's ``Criterion`` takes the built-ins' path
+(what it reads, its granularities, its global comparability, the CLI listing)."""
+
+import numpy as np
+import pytest
+
+import tfsynapse
+from conftest import randomize_bn, small_cnn, weights_by_name, zero_units
+from tfsynapse.cli import main
+from tfsynapse.criteria import registry
+from tfsynapse._keras import tf
+
+
+class ScaledMagnitude(tfsynapse.Criterion):
+    """|gamma| times the unit's L1 magnitude, made comparable by the group's largest score."""
+
+    name = "scaled_magnitude"
+    needs = frozenset({"weights", "batchnorm"})
+    summary = "|gamma| * sum |w|"
+
+    def __init__(self):
+        self.seen = []
+
+    def filter_scores(self, group):
+        self.seen.append((group.name, group.size))
+        return group.bn_scale * tf.reduce_sum(tf.abs(group.weights), axis=1)
+
+    def comparable(self, scores):
+        return scores / tf.reduce_max(scores)
+
+
+def _expected_c1(model, k):
+    bn, kernel = model.get_layer("bn1").gamma.numpy(), model.get_layer("c1").kernel.numpy()
+    kernel2 = model.get_layer("c2").kernel.numpy()  # c1 and c2 share a residual group
+    bn2 = model.get_layer("bn2").gamma.numpy()
+    rows = np.concatenate([kernel.reshape(-1, 8).T, kernel2.reshape(-1, 8).T], axis=1)
+    scores = (np.abs(bn) + np.abs(bn2)) * np.abs(rows).sum(axis=1)
+    return sorted(np.argsort(scores, kind="stable")[:k].tolist())
+
+
+def test_a_user_criterion_object_prunes_like_a_built_in():
+    model = randomize_bn(small_cnn())
+    criterion = ScaledMagnitude()
+    pruned = tfsynapse.prune_once(model, 0.25, criterion=criterion)
+    assert [size for _, size in criterion.seen] == [8]  # c3's group has no BatchNormalization
+    assert zero_units(weights_by_name(pruned)["c1/kernel"], 3) == _expected_c1(model, 2)
+    # the same object by name once registered, and with one global threshold
+    tfsynapse.register_criterion("scaled_magnitude", criterion)
+    try:
+        assert registry.get("scaled_magnitude") is criterion
+        assert "scaled_magnitude" in registry.names("filter")
+        assert "scaled_magnitude" not in registry.names("connection")
+        tfsynapse.prune_once(model, 0.25, criterion="scaled_magnitude", scope="global")
+        with pytest.raises(ValueError, match="'scaled_magnitude' scores filters, not "
+                                             "connections.*granularity='filter'"):
+            tfsynapse.prune_once(model, 0.25, criterion="scaled_magnitude",
+                                 granularity="connection")
+    finally:
+        registry.unregister("scaled_magnitude")
+
+
+def test_a_criterion_that_needs_batchnorm_freezes_groups_without_one():
+    model = randomize_bn(small_cnn())
+    pruned = tfsynapse.prune_once(model, 0.5, criterion=ScaledMagnitude())
+    w = weights_by_name(pruned)
+    assert zero_units(w["c3/kernel"], 3) == []  # c3 has no BatchNormalization
+    assert len(zero_units(w["c1/kernel"], 3)) == 4
+    plan = tfsynapse.pruning.MaskPlan(
+        tfsynapse.dependency_groups(model),
+        tfsynapse.pruning.options.PruningOptions(criterion="bn_scale"))
+    assert plan.criterion is registry.get("bn_scale")
+    assert any("criterion 'bn_scale' needs a BatchNormalization" in " ".join(reasons)
+               for reasons in plan.frozen.values())
+
+
+def test_built_in_names_cannot_be_taken():
+    with pytest.raises(ValueError, match="'dscore' is a built-in criterion"):
+        tfsynapse.register_criterion("dscore", lambda f: tf.reduce_sum(f, axis=1))
+
+
+def test_the_cli_lists_every_criterion_from_the_registry(capsys):
+    assert main(["criteria"]) == 0
+    listed = capsys.readouterr().out
+    for granularity in ("filter", "connection"):
+        for name in registry.names(granularity):
+            assert any(line.split()[:2] == [name, granularity] for line in listed.splitlines())
+    assert "selects per group" in listed
