@@ -47,31 +47,6 @@ def _effective_shapes(graph, keep):
     return shapes
 
 
-def _prod(dims):
-    return int(np.prod([1 if d is None else int(d) for d in dims], dtype=np.int64))
-
-
-def _layer_macs(layer, rule, in_shape, out_shape, shape_of):
-    kind = rule.kind
-    if kind == "conv":
-        kernel = shape_of(layer, getattr(layer, getattr(rule, "kernel_attr", "kernel")))
-        return _prod(kernel[:-2]) * kernel[-2] * kernel[-1] * _prod(out_shape[1:-1])
-    if kind == "conv_transpose":
-        kernel = shape_of(layer, layer.kernel)
-        return _prod(kernel[:-2]) * kernel[-2] * kernel[-1] * _prod(in_shape[1:-1])
-    if kind == "depthwise":
-        kernel = shape_of(layer, layer.depthwise_kernel)
-        return _prod(kernel) * _prod(out_shape[1:-1])
-    if kind == "separable":
-        dw = shape_of(layer, layer.depthwise_kernel)
-        pw = shape_of(layer, layer.pointwise_kernel)
-        return (_prod(dw) + pw[-2] * pw[-1]) * _prod(out_shape[1:-1])
-    if kind == "dense":
-        kernel = shape_of(layer, layer.kernel)
-        return kernel[0] * kernel[1] * _prod(in_shape[1:-1])
-    return 0
-
-
 def count_macs(model, keep=None, per_layer=False):
     """Counts the multiply-accumulates of one forward pass (batch 1).
 
@@ -87,20 +62,19 @@ def count_macs(model, keep=None, per_layer=False):
     graph = _graph(model)
     shapes = _effective_shapes(graph, keep)
 
-    def shape_of(layer, weight):
-        for i, w in enumerate(layer.weights):
-            if w is weight:
-                return shapes.get((id(layer), i), list(weight.shape))
-        return list(weight.shape)
-
     table = {}
     for lc in graph.calls:
         layer = unwrap(lc.call.layer)
-        kind = getattr(lc.rule, "kind", None)
-        if kind is None:
-            continue
-        macs = _layer_macs(layer, lc.rule, lc.call.input_shapes[0], lc.call.output_shapes[0], shape_of)
-        table[layer.name] = table.get(layer.name, 0) + macs
+
+        def shape_of(weight, layer=layer):
+            for i, w in enumerate(layer.weights):
+                if w is weight:
+                    return shapes.get((id(layer), i), list(weight.shape))
+            return list(weight.shape)
+
+        macs = lc.rule.macs(layer, lc.call.input_shapes[0], lc.call.output_shapes[0], shape_of)
+        if macs:
+            table[layer.name] = table.get(layer.name, 0) + int(macs)
     total = int(sum(table.values()))
     return (total, table) if per_layer else total
 
@@ -127,7 +101,7 @@ def count_params(model, keep=None, per_layer=False):
         seen.add(id(layer))
         n = 0
         for i, w in enumerate(layer.weights):
-            n += _prod(shapes.get((id(layer), i), list(w.shape)))
+            n += int(np.prod(shapes.get((id(layer), i), list(w.shape)), dtype=np.int64))
         table[layer.name] = n
     total = int(sum(table.values()))
     return (total, table) if per_layer else total

@@ -73,9 +73,16 @@ def channel_axis_is_last(axis, rank):
 class Rule:
     """Base class: a layer type's channel behaviour.
 
+    A rule owns everything tfsynapse knows about its layer type: how channels flow
+    (``propagate``), how the layer is rebuilt narrower (``resize``), its multiply-accumulates
+    (``macs``), and which kernel holds prunable input->output connections
+    (``connection_kernel``, ``connection_strength``, ``effective_weight``). A rule for a user's
+    layer gets counting and connection pruning by overriding these.
+
     Attributes:
-      kind: how to count multiply-accumulates ('conv', 'conv_transpose', 'depthwise',
-        'separable', 'dense') or None for layers that have none worth counting.
+      kind: a short label of the layer's computation ('conv', 'dense', ...; None for layers
+        with no multiply-accumulates worth counting); shrink reports channel changes of
+        layers with a kind.
       transparent: True for layers that neither mix nor rescale channels (activations,
         pooling, dropout, padding); the synaptic-strength criterion looks through them for the
         BatchNormalization that produced a convolution's input channels.
@@ -99,6 +106,32 @@ class Rule:
     def resize(self, config, out_channels):
         """Returns the layer config for a layer that now has ``out_channels`` output channels."""
         return config
+
+    def macs(self, layer, in_shape, out_shape, shape_of):
+        """Multiply-accumulates of one call (batch 1); 0 unless the layer has a kernel.
+
+        Args:
+          layer: the layer.
+          in_shape, out_shape: the call's first input and output shapes (batch first).
+          shape_of: ``shape_of(weight) -> list``, a weight's shape after the pruning plan.
+        """
+        return 0
+
+    def connection_kernel(self, layer):
+        """The ``(..., C_in, C_out)`` kernel whose connections can be pruned, or None."""
+        return None
+
+    def connection_strength(self, layer):
+        """A ``[C_in, C_out]`` weight with one strength per connection, masked with them, or None."""
+        return None
+
+    def effective_weight(self, layer, weight):
+        """The tensor a weight stands for when scoring (a reparameterised kernel's product)."""
+        return weight
+
+
+def _prod(dims):
+    return int(np.prod([1 if d is None else int(d) for d in dims], dtype=np.int64))
 
 
 class Unknown(Rule):
@@ -323,6 +356,13 @@ class Producer(Rule):
             ctx.slot(bias, 0, out, "out", zero_required=True)
         return [out]
 
+    def macs(self, layer, in_shape, out_shape, shape_of):
+        kernel = shape_of(getattr(layer, self.kernel_attr))
+        return _prod(kernel[:-2]) * kernel[-2] * kernel[-1] * _prod(out_shape[1:-1])
+
+    def connection_kernel(self, layer):
+        return getattr(layer, self.kernel_attr)
+
     def resize(self, config, out_channels):
         config = dict(config)
         groups = config.get("groups", 1) or 1
@@ -354,16 +394,36 @@ class DenseRule(Producer):
     kind = "dense"
     config_key = "units"
 
+    def macs(self, layer, in_shape, out_shape, shape_of):
+        kernel = shape_of(layer.kernel)
+        return kernel[0] * kernel[1] * _prod(in_shape[1:-1])
+
+    def connection_kernel(self, layer):
+        return None  # connection pruning is for convolutions
+
 
 class ConvTransposeRule(Producer):
     kind = "conv_transpose"
     in_axis, out_axis = -1, -2
+
+    def macs(self, layer, in_shape, out_shape, shape_of):
+        kernel = shape_of(layer.kernel)
+        return _prod(kernel[:-2]) * kernel[-2] * kernel[-1] * _prod(in_shape[1:-1])
+
+    def connection_kernel(self, layer):
+        return None
 
 
 class EmbeddingRule(Producer):
     kind = None
     kernel_attr = "embeddings"
     config_key = "output_dim"
+
+    def macs(self, layer, in_shape, out_shape, shape_of):
+        return 0  # a table lookup
+
+    def connection_kernel(self, layer):
+        return None
 
     def propagate(self, ctx):
         layer = ctx.layer
@@ -381,6 +441,9 @@ class DepthwiseRule(Rule):
 
     kind = "depthwise"
 
+    def macs(self, layer, in_shape, out_shape, shape_of):
+        return _prod(shape_of(layer.depthwise_kernel)) * _prod(out_shape[1:-1])
+
     def propagate(self, ctx):
         layer, cmap = ctx.layer, ctx.inputs[0]
         kernel = layer.depthwise_kernel
@@ -396,6 +459,13 @@ class SeparableRule(Producer):
     """SeparableConv1D/2D: a depthwise step per input channel, then a pointwise producer."""
 
     kind = "separable"
+
+    def macs(self, layer, in_shape, out_shape, shape_of):
+        dw, pw = shape_of(layer.depthwise_kernel), shape_of(layer.pointwise_kernel)
+        return (_prod(dw) + pw[-2] * pw[-1]) * _prod(out_shape[1:-1])
+
+    def connection_kernel(self, layer):
+        return None
 
     def propagate(self, ctx):
         layer, cmap = ctx.layer, ctx.inputs[0]

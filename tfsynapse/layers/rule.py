@@ -10,6 +10,12 @@ class SynapticRule(Producer):
 
     kernel_attr = "direction"
 
+    def connection_strength(self, layer):
+        return layer.strength  # s[i, j] dies with connection (i, j)
+
+    def effective_weight(self, layer, weight):
+        return layer.effective_kernel() if weight is layer.direction else weight
+
     def propagate(self, ctx):
         layer, cmap = ctx.layer, ctx.inputs[0]
         out = ctx.new_space(layer.filters)

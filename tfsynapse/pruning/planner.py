@@ -27,7 +27,7 @@ import zlib
 
 import numpy as np
 
-from tfsynapse._keras import keras, tf
+from tfsynapse._keras import tf
 from tfsynapse.criteria import lowest_k_mask, ranks
 from tfsynapse.criteria.registry import GroupInputs, LayerInputs
 from tfsynapse.graph import unwrap
@@ -54,8 +54,9 @@ class _GroupPlan:
 class _ConnectionLayer:
     """A convolution pruned per connection: its kernel (and a synaptic layer's strengths)."""
 
-    def __init__(self, layer, slot_in, slot_out, factor, cap, weights):
+    def __init__(self, layer, rule, slot_in, slot_out, factor, cap, weights):
         self.layer = layer
+        self.rule = rule
         self.slot_in = slot_in
         self.slot_out = slot_out
         self.factor = factor
@@ -81,6 +82,7 @@ class MaskPlan:
         self.graph = graph
         self.options = options
         self.criterion = options.criterion_object
+        self._rules = {id(unwrap(lc.call.layer)): lc.rule for lc in graph.calls}
         self.frozen = {g.name: list(g.reasons) for g in graph if not g.prunable}
         self.groups = self._plan_groups()
         self.connection_layers = (
@@ -122,24 +124,21 @@ class MaskPlan:
         layers = []
         for lc in self.graph.calls:
             layer = unwrap(lc.call.layer)
-            if layer.name in opts.ignored_layers or lc.rule.kind not in ("conv", "dense"):
-                continue
-            if not isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)) \
-                    and not hasattr(layer, "strength"):
+            kernel = lc.rule.connection_kernel(layer)
+            if layer.name in opts.ignored_layers or kernel is None:
                 continue
             if any(c.layer is layer for c in layers):
                 continue
-            kernel = _connection_kernel(layer)
             slots = {s.role: s for s in self.graph.slots_of(layer) if s.weight is kernel}
             if "in" not in slots or "out" not in slots:
                 continue  # grouped convolutions have no per-connection input slot
             n = int(np.prod([kernel.shape[-2], kernel.shape[-1]]))
             cap = min(n - 1, int(np.floor(opts.max_pruning_ratio * n + 0.5)))
             weights = {slots["in"].weight_index: (slots["in"].axis, slots["out"].axis)}
-            strength = getattr(layer, "strength", None)
+            strength = lc.rule.connection_strength(layer)
             if strength is not None:
                 weights[_index_of(layer, strength)] = (0, 1)
-            layers.append(_ConnectionLayer(layer, slots["in"], slots["out"],
+            layers.append(_ConnectionLayer(layer, lc.rule, slots["in"], slots["out"],
                                            self._factor([layer.name]), cap, weights))
         return layers
 
@@ -245,8 +244,8 @@ class MaskPlan:
         for m in group.by_role("out"):
             if m.slot.weight.shape.rank < 2:
                 continue  # biases do not score
-            rows = tf.gather(_moveaxis_rows(_effective(m.layer, m.slot.weight), m.slot.axis),
-                             m.positions)
+            weight = self._rules[id(m.layer)].effective_weight(m.layer, m.slot.weight)
+            rows = tf.gather(_moveaxis_rows(weight, m.slot.axis), m.positions)
             blocks.append(_rows_per_unit(rows, m.units, group.size))
         if not blocks:
             return tf.zeros([group.size, 1])
@@ -270,11 +269,11 @@ class MaskPlan:
     def _incoming(self, group, criterion):
         total = tf.zeros([group.size])
         for m in group.by_role("out"):
-            if m.slot.weight.shape.rank < 3:
+            kernel = self._rules[id(m.layer)].connection_kernel(m.layer)
+            if kernel is None or m.slot.weight is not kernel:
                 continue  # Dense layers and biases have no connections here
             scores = self._checked(criterion.connection_scores(self._layer_inputs(m.layer)),
-                                   list(_connection_kernel(m.layer).shape[-2:]),
-                                   f"layer '{m.layer.name}'")
+                                   list(kernel.shape[-2:]), f"layer '{m.layer.name}'")
             per_out = tf.reduce_sum(scores, axis=0)
             total += tf.scatter_nd(m.units[:, None], tf.gather(per_out, m.positions), [group.size])
         return total
@@ -284,13 +283,13 @@ class MaskPlan:
             bn = self.graph.upstream_batchnorm(layer)
             return bn.gamma if bn is not None and bn.gamma is not None else None
 
+        rule = self._rules[id(layer)]
         # zlib.crc32, not hash(): str hashes change between processes (PYTHONHASHSEED).
         seed = self.options.seed + zlib.crc32(layer.name.encode()) % 9973
         return LayerInputs(
             layer.name, seed,
-            kernel=lambda: _effective(layer, _connection_kernel(layer)),
-            input_scale=input_scale,
-            strength=lambda: getattr(layer, "strength", None))
+            kernel=lambda: rule.effective_weight(layer, rule.connection_kernel(layer)),
+            input_scale=input_scale, strength=lambda: rule.connection_strength(layer))
 
     def _filter_scores(self, plan):
         group = plan.group
@@ -299,8 +298,8 @@ class MaskPlan:
 
     def _connection_scores(self, layer):
         scores = self.criterion.connection_scores(self._layer_inputs(layer))
-        return self._checked(scores, list(_connection_kernel(layer).shape[-2:]),
-                             f"layer '{layer.name}'")
+        kernel = self._rules[id(layer)].connection_kernel(layer)
+        return self._checked(scores, list(kernel.shape[-2:]), f"layer '{layer.name}'")
 
     def _checked(self, scores, expected, where):
         """A criterion's scores, checked: the expected shape, finite values."""
@@ -543,15 +542,3 @@ def _index_of(layer, weight):
         if w is weight:
             return i
     raise ValueError(f"{weight.name} is not a weight of {layer.name}")
-
-
-def _connection_kernel(layer):
-    direction = getattr(layer, "direction", None)
-    return direction if direction is not None else layer.kernel
-
-
-def _effective(layer, weight):
-    """The kernel a weight stands for: a synaptic layer's direction means ``s * V / ||V||``."""
-    if weight is getattr(layer, "direction", None) and hasattr(layer, "effective_kernel"):
-        return layer.effective_kernel()
-    return weight

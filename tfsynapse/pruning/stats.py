@@ -3,7 +3,7 @@
 import numpy as np
 
 from tfsynapse._keras import keras, pruning_wrapper
-from tfsynapse.layers import SynapticConv2D
+from tfsynapse.graph import rule_for
 
 
 def _effective(layer):
@@ -31,14 +31,15 @@ def connection_sparsity(model):
     per_layer, dead, total = {}, 0, 0
     for layer in _all_layers(model):
         inner, values = _effective(layer)
-        if isinstance(inner, SynapticConv2D):
-            conn = values[id(inner.strength)] == 0
-            conn |= ~np.any(values[id(inner.direction)] != 0, axis=(0, 1))
-        elif type(inner) in (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D):
-            kernel = values[id(inner.kernel)]
-            conn = ~np.any(kernel != 0, axis=tuple(range(kernel.ndim - 2)))
-        else:
+        rule = rule_for(inner)
+        kernel = rule.connection_kernel(inner) if rule is not None else None
+        if kernel is None:
             continue
+        kernel = values[id(kernel)]
+        conn = ~np.any(kernel != 0, axis=tuple(range(kernel.ndim - 2)))
+        strength = rule.connection_strength(inner)
+        if strength is not None:
+            conn |= values[id(strength)] == 0
         per_layer[inner.name] = float(conn.mean())
         dead += int(conn.sum())
         total += conn.size
