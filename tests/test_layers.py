@@ -96,7 +96,7 @@ def test_post_hoc_synaptic_strength_uses_the_upstream_bn_gamma():
     from tfsynapse.pruning import MaskPlan, PruningOptions  # noqa: PLC0415
 
     plan = MaskPlan(graph, PruningOptions(criterion="synaptic_strength", granularity="connection"))
-    scores = plan._connection_scores(model.get_layer("c2")).numpy()
+    scores = plan.scoring.connection_scores(model.get_layer("c2")).numpy()
     kernel = model.get_layer("c2").kernel.numpy()
     gamma = model.get_layer("bn1").gamma.numpy()
     expected = np.abs(gamma)[:, None] * np.sqrt((kernel ** 2).sum(axis=(0, 1)))

@@ -4,6 +4,7 @@
 training, channel removal, MAC counting and sensitivity analysis all read its groups.
 """
 
+from tfsynapse.graph import producer_rules, shape_rules  # noqa: F401 - register Keras layers
 from tfsynapse.graph import application_rules  # noqa: F401 - registers ConvNeXt's layers
 from tfsynapse.graph.builder import (
     DependencyGraph,
@@ -16,11 +17,11 @@ from tfsynapse.graph.builder import (
 )
 from tfsynapse.graph.channels import ChannelMap
 from tfsynapse.graph.counting import count_macs, count_params, kept_positions
+from tfsynapse.graph.producer_rules import Producer
 from tfsynapse.graph.rules import (
     Elementwise,
     Freeze,
     PassThrough,
-    Producer,
     Rule,
     register_rule,
     rule_for,

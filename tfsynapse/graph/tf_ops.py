@@ -8,6 +8,7 @@ import numpy as np
 
 from tfsynapse._keras import keras, tf
 from tfsynapse.graph import rules as rules_lib
+from tfsynapse.graph.shape_rules import MergeRule
 from tfsynapse.graph.walk import is_keras_tensor
 
 _BINARY = {
@@ -53,7 +54,7 @@ class TFOpRule(rules_lib.Rule):
         if symbol in _REDUCE:
             return self._reduce(ctx)
         if len(tensors) >= 2 and symbol in _BINARY:
-            return rules_lib.MergeRule(zero_if_any=_BINARY[symbol]).propagate(ctx)
+            return MergeRule(zero_if_any=_BINARY[symbol]).propagate(ctx)
         if len(tensors) == 1 and (symbol in _UNARY or symbol in _BINARY):
             if not self._constants_are_scalars(ctx):
                 return rules_lib.Freeze("combines channels with a per-channel constant").propagate(ctx)

@@ -1,6 +1,7 @@
 """The dependency-graph rule of SynapticConv2D (registered on import)."""
 
-from tfsynapse.graph.rules import Producer, register_rule
+from tfsynapse.graph.producer_rules import Producer
+from tfsynapse.graph.rules import register_rule
 from tfsynapse.layers.synaptic import SynapticConv2D
 
 
