@@ -172,6 +172,7 @@ def test_masked_equals_shrunk_for_every_rule(builder, granularity):
     if granularity == "filter":  # connection pruning removes a channel only once all its links die
         assert report.macs_after < report.macs_before
     assert report.params_after == small.count_params()
+    assert report.macs_after == tfsynapse.count_macs(small)  # the plan's count is the model's
     for layer in small.layers:
         for w in layer.weights:
             assert 0 not in w.shape, layer.name

@@ -141,7 +141,7 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
                                       masked=masked[id(layer)], leader=layer is leader)
 
     return replay(model, make_layer,
-                  model_fn=lambda i, o, n: PrunedModel(i, o, options, name=n))
+                  model_fn=lambda i, o, n: PrunedModel(i, o, options, name=n, mask_plan=plan))
 
 
 def _require_something(plan):

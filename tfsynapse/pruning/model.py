@@ -38,12 +38,14 @@ def collect_wrappers(model):
             if isinstance(w, StructuredPruneWrapper)]
 
 
-def bind(model, options):
-    """Builds the plan for ``model`` and gives its leader wrapper a controller.
+def bind(model, options, plan=None):
+    """Gives ``model``'s leader wrapper a controller for the plan (built when not given).
 
     Args:
       model: a functional model whose prunable layers are ``StructuredPruneWrapper``s.
       options: the ``PruningOptions`` the wrappers were made for.
+      plan: the ``MaskPlan`` the wrappers were made from (``prune_synaptic`` passes its own:
+        its graph holds the same layers and weights); None builds one (a loaded model).
 
     Returns:
       ``(plan, controller)``: the ``MaskPlan`` and the leader's ``MaskController``.
@@ -51,7 +53,8 @@ def bind(model, options):
     Raises:
       ValueError: the wrappers do not match the plan (the model was edited after wrapping).
     """
-    plan = MaskPlan(dependency_groups(model), options)
+    if plan is None:
+        plan = MaskPlan(dependency_groups(model), options)
     wrappers = {id(w.layer): w for w in collect_wrappers(model)}
     mask_vars = []
     for layer, index, _, shape in plan.masked_weights:
@@ -95,14 +98,16 @@ class PrunedModel(keras.Model):
       outputs: its output tensors.
       pruning_options: a ``PruningOptions`` or its config dict.
       name: the model's name.
+      mask_plan: the ``MaskPlan`` the wrappers were made from, so that the graph and plan
+        are not built again (None when the model is loaded: built from the model).
     """
 
-    def __init__(self, inputs, outputs, pruning_options, name=None, **kwargs):
+    def __init__(self, inputs, outputs, pruning_options, name=None, mask_plan=None, **kwargs):
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         if isinstance(pruning_options, dict):
             pruning_options = PruningOptions.from_config(pruning_options)
         self._pruning_options = pruning_options
-        self.mask_plan, controller = bind(self, pruning_options)
+        self.mask_plan, controller = bind(self, pruning_options, mask_plan)
         object.__setattr__(self, "_mask_vars", controller.mask_vars)
 
     def fit(self, *args, **kwargs):
