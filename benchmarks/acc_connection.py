@@ -67,7 +67,7 @@ def prune_and_finetune(run, base, method, sparsity, seed, distill_from=None):
 
 def connection_arm(run, seed, method, sparsity, lam):
     """One (method, sparsity) run on one seed (cached numbers)."""
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
 
     def compute():
         if method == "synaptic_strength":

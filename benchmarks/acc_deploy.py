@@ -26,7 +26,7 @@ def _lite_accuracy(tflite, x, y):
 def distilled(run, seed, lam):
     """The KD run's numbers, with int8 PTQ and QAT accuracies of its shrunk model (cached)."""
     import tflite_export
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
 
     sparsity = run.cfg["kd_sparsity"]
 

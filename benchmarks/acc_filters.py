@@ -81,7 +81,7 @@ def oneshot(run, seed, criterion):
 def pipeline(run, seed, criterion, ratios, tag):
     """Parallel pruning with ``ratios``, fine-tuning, shrink; numbers (cached)."""
     import tfsynapse
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
 
     def compute():
         dense = run.dense(seed)

@@ -44,7 +44,7 @@ def load_data(quick):
 
 def batches(x, y, seed, augment=True, batch=BATCH):
     """A shuffled, flipped tf.data pipeline over ``(x, y)``."""
-    from tfsynapse._keras import tf
+    from tfsynapse.backends.tf_keras import tf
 
     data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed)
     data = data.batch(batch)
@@ -58,7 +58,7 @@ def batches(x, y, seed, augment=True, batch=BATCH):
 
 def vgg(input_shape, classes, widths=((32,), (64, 64), (128, 128)), name="vgg_bn"):
     """The VGG-style benchmark CNN (conv-BN-ReLU, max pooling between stages)."""
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
 
     layers = keras.layers
     inputs = keras.Input(input_shape)
@@ -76,7 +76,7 @@ def vgg(input_shape, classes, widths=((32,), (64, 64), (128, 128)), name="vgg_bn
 
 def resnet20(input_shape, classes, widths=(16, 32, 64), blocks=3, name="resnet20"):
     """A ResNet-20-style net: a stem, 3 stages of ``blocks`` basic blocks, GAP, a Dense head."""
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
 
     layers = keras.layers
 
@@ -108,7 +108,7 @@ def resnet20(input_shape, classes, widths=(16, 32, 64), blocks=3, name="resnet20
 
 def compile_phase(model, lr, steps):
     """Compiles for one phase: SGD (Nesterov momentum) with a cosine decay over ``steps``."""
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
 
     schedule = keras.optimizers.schedules.CosineDecay(lr, max(1, steps))
     model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=MOMENTUM, nesterov=True),
@@ -127,7 +127,7 @@ def train_phase(model, data, epochs, lr, seed, callbacks=(), compile_model=True,
     Returns:
       Seconds spent.
     """
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
 
     keras.utils.set_random_seed(seed)
     if compile_model:

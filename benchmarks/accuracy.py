@@ -71,7 +71,7 @@ class Run:
                              batch=self.cfg.get("batch", S.BATCH))
 
     def build(self, seed):
-        from tfsynapse._keras import keras
+        from tfsynapse.backends.tf_keras import keras
 
         keras.utils.set_random_seed(seed)
         if self.arch == "resnet20":

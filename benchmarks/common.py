@@ -58,7 +58,7 @@ def quiet_tensorflow():
 
     from absl import logging as absl_logging
 
-    from tfsynapse._keras import tf
+    from tfsynapse.backends.tf_keras import tf
 
     absl_logging.set_verbosity(absl_logging.ERROR)
     tf.get_logger().setLevel(logging.ERROR)
@@ -69,7 +69,7 @@ def quiet_tensorflow():
 
 def release_memory():
     """Drops Keras' global state and collects garbage between models."""
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
 
     keras.backend.clear_session()
     gc.collect()
@@ -325,7 +325,7 @@ def small_cnn(input_shape, classes, widths=(16, 32, 32, 64), name="bench_cnn"):
 
 
 def compile_classifier(model, lr):
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
 
     model.compile(keras.optimizers.Adam(lr),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -341,7 +341,7 @@ def accuracy(model, x, y, batch_size=1000):
 
 def copy_model(model):
     """A fresh clone with the same weights (pruning wrappers share the layers they wrap)."""
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
 
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())

@@ -71,7 +71,7 @@ def _data(cfg):
 
 def _build(spec, cfg):
     import tfsynapse
-    from tfsynapse._keras import keras, prune
+    from tfsynapse.backends.tf_keras import keras, prune
 
     keras.utils.set_random_seed(0)
     model = common.small_cnn((28, 28, 1), 10, cfg["widths"])
@@ -151,7 +151,7 @@ def run(ctx):
 
 def _sparsity(model):
     """Fraction of zero mask entries over all pruning wrappers (0 for the plain model)."""
-    from tfsynapse._keras import pruning_wrapper
+    from tfsynapse.backends.tf_keras import pruning_wrapper
 
     zeros = total = 0
     for wrapper in pruning_wrapper.collect_prunable_layers(model):

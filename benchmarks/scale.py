@@ -34,7 +34,7 @@ def measure(name, cfg, log):
     """Times each operation once (the graph build: median of ``graph_repeats``)."""
     import tflite_export
     import tfsynapse
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
 
     keras.utils.set_random_seed(0)
     size = cfg["input"]

@@ -41,7 +41,7 @@ def tfmot_pruned(dense, sparsity):
     The masks are computed by the wrappers' own ``pruning_obj`` at step 0 of a
     ``ConstantSparsity`` schedule (what the first training step would do), then applied.
     """
-    from tfsynapse._keras import prune, pruning_schedule, pruning_wrapper
+    from tfsynapse.backends.tf_keras import prune, pruning_schedule, pruning_wrapper
 
     clone = common.copy_model(dense)  # tfmot wraps the original layers: keep `dense` intact
     schedule = pruning_schedule.ConstantSparsity(sparsity, begin_step=0, frequency=1)
@@ -56,7 +56,7 @@ def tfmot_pruned(dense, sparsity):
 def _variants(ctx, name, size, cfg):
     """The dense model and its pruned versions: ``{variant: (model, info)}``."""
     import tfsynapse
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
 
     keras.utils.set_random_seed(0)
     dense = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))

@@ -42,7 +42,7 @@ flags.DEFINE_boolean("verbose", False, "Show TensorFlow's native start-up and co
 
 def resnet(depth, classes=10):
     """The CIFAR ResNet of depth 6n+2 (He et al., 2016), with projection shortcuts."""
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
 
     L = keras.layers
     n = (depth - 2) // 6
@@ -77,7 +77,7 @@ def data():
 
 
 def pipeline(x, y, train):
-    from tfsynapse._keras import tf
+    from tfsynapse.backends.tf_keras import tf
 
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if train:
@@ -100,7 +100,7 @@ def main(argv):
     import_tensorflow_quietly(not FLAGS.verbose)
     import tflite_export
     import tfsynapse
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
 
     (x_train, y_train), (x_test, y_test) = data()
     cut = int(len(x_train) * 0.9)

@@ -38,7 +38,7 @@ def main(argv):
     import_tensorflow_quietly(not FLAGS.verbose)
     import tflite_export
     import tfsynapse
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
 
     constructor = getattr(keras.applications, FLAGS.model, None)
     if constructor is None:

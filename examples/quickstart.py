@@ -71,7 +71,7 @@ def load_data():
 
 def compile_model(model, lr, sgd=False, decay_steps=None):
     """Adam (or SGD with momentum), the rate decaying to 0 over ``decay_steps`` when given."""
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
 
     if decay_steps:
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps)
@@ -91,7 +91,7 @@ class History:
     """Per fine-tuning epoch: the pruned fraction and validation accuracy (for the plot)."""
 
     def __init__(self, pruned, x_val, y_val, measure):
-        from tfsynapse._keras import keras
+        from tfsynapse.backends.tf_keras import keras
 
         history = self
         self.epochs, self.sparsity, self.accuracy = [], [], []
@@ -245,7 +245,7 @@ def main(argv):
     import_tensorflow_quietly(not FLAGS.verbose)
     import tflite_export
     import tfsynapse
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
 
     if FLAGS.quick:
         FLAGS.epochs, FLAGS.finetune_epochs = min(FLAGS.epochs, 2), min(FLAGS.finetune_epochs, 2)

@@ -8,7 +8,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from tfsynapse._keras import keras  # noqa: E402
+from tfsynapse.backends.tf_keras import keras  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import pytest
 
 import tfsynapse
 from conftest import randomize_bn, small_cnn
-from tfsynapse._keras import keras
+from tfsynapse.backends.tf_keras import keras
 from tfsynapse.datasets import load_digits
 
 L = keras.layers

@@ -11,7 +11,7 @@ import pytest
 
 import tfsynapse
 from tfsynapse import cli
-from tfsynapse._keras import keras
+from tfsynapse.backends.tf_keras import keras
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tfsynapse._keras import tf
+from tfsynapse.backends.tf_keras import tf
 from tfsynapse.criteria import (
     CONNECTION_SCORES,
     FILTER_SCORES,

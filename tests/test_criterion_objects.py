@@ -8,7 +8,7 @@ import tfsynapse
 from conftest import randomize_bn, small_cnn, weights_by_name, zero_units
 from tfsynapse.cli import main
 from tfsynapse.criteria import registry
-from tfsynapse._keras import tf
+from tfsynapse.backends.tf_keras import tf
 
 
 class ScaledMagnitude(tfsynapse.Criterion):

@@ -5,7 +5,7 @@ import pytest
 
 import tfsynapse
 from conftest import randomize_bn, small_cnn
-from tfsynapse._keras import keras, tf
+from tfsynapse.backends.tf_keras import keras, tf
 from tfsynapse.pruning.distill import Distiller
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import sequential_model
-from tfsynapse._keras import keras
+from tfsynapse.backends.tf_keras import keras
 from tfsynapse.graph import UnsupportedLayerError, count_macs, count_params, dependency_groups
 
 L = keras.layers

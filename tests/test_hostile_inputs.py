@@ -7,7 +7,7 @@ import pytest
 import tflite_export
 import tfsynapse
 from conftest import randomize_bn, small_cnn
-from tfsynapse._keras import keras, tf
+from tfsynapse.backends.tf_keras import keras, tf
 
 
 def _c1_pruned_filters(model):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tfsynapse
-from tfsynapse._keras import keras, pruning_callbacks
+from tfsynapse.backends.tf_keras import keras, pruning_callbacks
 from tfsynapse.datasets import load_digits
 from tfsynapse.models import conv_bn_cnn
 

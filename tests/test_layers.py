@@ -6,7 +6,7 @@ import pytest
 import tflite_export
 import tfsynapse
 from conftest import randomize_bn
-from tfsynapse._keras import keras, tf
+from tfsynapse.backends.tf_keras import keras, tf
 
 L = keras.layers
 

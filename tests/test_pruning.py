@@ -10,7 +10,7 @@ import pytest
 
 import tfsynapse
 from conftest import randomize_bn, small_cnn, weights_by_name, zero_units
-from tfsynapse._keras import keras, pruning_wrapper
+from tfsynapse.backends.tf_keras import keras, pruning_wrapper
 from tfsynapse.pruning import collect_wrappers
 
 L = keras.layers
@@ -211,7 +211,7 @@ def test_model_errors(cnn):
 
 def test_custom_criterion_and_ignored_layers(cnn):
     def reverse_index(filters):
-        from tfsynapse._keras import tf  # noqa: PLC0415
+        from tfsynapse.backends.tf_keras import tf  # noqa: PLC0415
 
         return -tf.range(tf.shape(filters)[0], dtype=tf.float32)
 
@@ -225,7 +225,7 @@ MIRRORED = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import tfsynapse
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
     from tfsynapse.pruning import collect_wrappers
     import sys; sys.path.insert(0, {tests!r})
     from conftest import small_cnn, randomize_bn

@@ -7,7 +7,7 @@ import pytest
 
 import tflite_export
 import tfsynapse
-from tfsynapse._keras import keras
+from tfsynapse.backends.tf_keras import keras
 from tfsynapse.datasets import load_digits
 from tflite_export._runtime import load_interpreter
 from tfsynapse.models import conv_bn_cnn

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import tflite_export
 import tfsynapse
 from conftest import randomize_bn
-from tfsynapse._keras import keras, tf
+from tfsynapse.backends.tf_keras import keras, tf
 
 L = keras.layers
 LONG = os.environ.get("TFSYNAPSE_LONG") == "1"

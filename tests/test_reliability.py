@@ -13,7 +13,7 @@ import pytest
 import tflite_export
 import tfsynapse
 from conftest import randomize_bn, small_cnn
-from tfsynapse._keras import keras
+from tfsynapse.backends.tf_keras import keras
 
 L = keras.layers
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -28,7 +28,7 @@ WORKER = textwrap.dedent("""
     import tensorflow as tf
     sys.path.insert(0, TESTS_DIR)
     import tfsynapse
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
     from tfsynapse.pruning import collect_wrappers
     from conftest import small_cnn
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -104,7 +104,7 @@ RESUME = textwrap.dedent("""
     tf.config.experimental.enable_op_determinism()
     sys.path.insert(0, TESTS_DIR)
     import tfsynapse
-    from tfsynapse._keras import keras
+    from tfsynapse.backends.tf_keras import keras
     from tfsynapse.pruning import collect_wrappers
     from conftest import small_cnn
     out = sys.argv[1]
@@ -214,7 +214,7 @@ def test_channel_reordering_ops_freeze_instead_of_breaking():
 
 
 def test_schedule_ending_before_it_begins_is_refused(cnn):
-    from tfsynapse._keras import pruning_schedule  # noqa: PLC0415
+    from tfsynapse.backends.tf_keras import pruning_schedule  # noqa: PLC0415
 
     schedule = pruning_schedule.ConstantSparsity(0.5, begin_step=10)
     schedule.end_step = 5  # tfmot's own constructor would refuse; a hand-edited one is caught too

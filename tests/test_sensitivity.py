@@ -10,7 +10,7 @@ import pytest
 
 import tfsynapse
 from conftest import rand_inputs, randomize_bn, small_cnn
-from tfsynapse._keras import keras
+from tfsynapse.backends.tf_keras import keras
 from tfsynapse.pruning.sensitivity import (
     SensitivityTable,
     plot_sensitivity,

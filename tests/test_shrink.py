@@ -5,7 +5,7 @@ import pytest
 
 import tfsynapse
 from conftest import rand_inputs, randomize_bn, sequential_model
-from tfsynapse._keras import keras
+from tfsynapse.backends.tf_keras import keras
 
 L = keras.layers
 

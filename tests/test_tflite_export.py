@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tfsynapse._keras import keras, tf
+from tfsynapse.backends.tf_keras import keras, tf
 
 import tflite_export
 from tflite_export import QUANTIZATION_MODES, benchmark, convert, inspect, verify

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tfsynapse
-from tfsynapse._keras import keras, tf
+from tfsynapse.backends.tf_keras import keras, tf
 from tfsynapse.graph import Producer, register_rule
 
 

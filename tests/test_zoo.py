@@ -15,7 +15,7 @@ import pytest
 import tfsynapse
 import tflite_export
 from conftest import randomize_bn
-from tfsynapse._keras import keras
+from tfsynapse.backends.tf_keras import keras
 from tfsynapse.graph import count_macs, count_params, dependency_groups
 
 FAST = (

@@ -12,7 +12,7 @@ import itertools
 
 import numpy as np
 
-from tfsynapse._keras import tf
+from tfsynapse.backends.tf_keras import tf
 
 _HOW_TO = (
     "Pass representative_dataset= as a function returning an iterable of input batches "

@@ -17,8 +17,8 @@ import warnings
 
 import numpy as np
 
-from tfsynapse._io import atomic_write
-from tfsynapse._keras import check_model, tf
+from tfsynapse.fileio import atomic_write
+from tfsynapse.backends.tf_keras import check_model, tf
 from tflite_export import _runtime, conversion_job, isolation
 from tflite_export.calibration import Calibration
 from tflite_export.qat import is_quantize_aware

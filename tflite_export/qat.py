@@ -21,7 +21,7 @@ Save a QAT model with ``qat.save(...)`` and load it inside
 ``tfmot.quantization.keras.quantize_scope()``.
 """
 
-from tfsynapse._keras import check_model, layers_of_type, pruning_wrapper
+from tfsynapse.backends.tf_keras import check_model, layers_of_type, pruning_wrapper
 
 QAT_WRAPPER_CLASSES = ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer")
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tfsynapse._keras import check_model
+from tfsynapse.backends.tf_keras import check_model
 from tflite_export import _runtime
 
 

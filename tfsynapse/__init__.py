@@ -43,12 +43,12 @@ _EXPORTS = {
     "strip_pruning": ("tfsynapse.pruning", "strip_pruning"),
     "ShrinkReport": ("tfsynapse.surgery", "ShrinkReport"),
     "shrink": ("tfsynapse.surgery", "shrink"),
-    "ConstantSparsity": ("tfsynapse._keras", "pruning_schedule.ConstantSparsity"),
-    "PolynomialDecay": ("tfsynapse._keras", "pruning_schedule.PolynomialDecay"),
+    "ConstantSparsity": ("tfsynapse.backends.tf_keras", "pruning_schedule.ConstantSparsity"),
+    "PolynomialDecay": ("tfsynapse.backends.tf_keras", "pruning_schedule.PolynomialDecay"),
     "UpdatePruningStep": ("tfsynapse.pruning", "UpdatePruningStep"),
     "PruningProgress": ("tfsynapse.pruning", "PruningProgress"),
     "fit_schedule": ("tfsynapse.pruning", "fit_schedule"),
-    "PruningSummaries": ("tfsynapse._keras", "pruning_callbacks.PruningSummaries"),
+    "PruningSummaries": ("tfsynapse.backends.tf_keras", "pruning_callbacks.PruningSummaries"),
 }
 
 __all__ = sorted(_EXPORTS)

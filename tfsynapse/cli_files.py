@@ -11,7 +11,7 @@ import os
 import shutil
 import warnings
 
-from tfsynapse._io import temp_sibling
+from tfsynapse.fileio import temp_sibling
 
 KERAS_SUFFIXES = {".keras": "keras", ".h5": "h5", ".hdf5": "h5"}
 
@@ -84,7 +84,7 @@ def one_line(err):
 def load_model(path):
     """Loads a tf_keras model (pruning wrappers included), with a one-line error if it is not."""
     from tfsynapse import prune_scope  # noqa: PLC0415
-    from tfsynapse._keras import keras  # noqa: PLC0415
+    from tfsynapse.backends.tf_keras import keras  # noqa: PLC0415
 
     require_input(path)
     try:
@@ -97,7 +97,7 @@ def load_model(path):
 def strip_wrappers(model):
     """Applies and removes tfmot/tfsynapse pruning wrappers, if the model has any."""
     from tfsynapse import strip_pruning  # noqa: PLC0415
-    from tfsynapse._keras import pruning_wrapper  # noqa: PLC0415
+    from tfsynapse.backends.tf_keras import pruning_wrapper  # noqa: PLC0415
 
     if not pruning_wrapper.collect_prunable_layers(model):
         return model

@@ -9,7 +9,7 @@ it optimistic; pass held-out data to measure honestly).
 
 import numpy as np
 
-from tfsynapse._keras import keras, tf
+from tfsynapse.backends.tf_keras import keras, tf
 
 FINETUNE_BATCH = 32
 

@@ -46,7 +46,7 @@ def load_digits(size=16, test_fraction=0.2, seed=0):
         from sklearn.datasets import load_digits as sk_load_digits  # noqa: PLC0415
     except ImportError as err:
         raise ImportError("the digits data ships with scikit-learn: pip install 'tfsynapse[examples]'") from err
-    from tfsynapse._keras import tf  # noqa: PLC0415
+    from tfsynapse.backends.tf_keras import tf  # noqa: PLC0415
 
     digits = sk_load_digits()
     x = (digits.images.astype("float32") / 16.0)[..., None]
@@ -80,7 +80,7 @@ def load_fashion_mnist():
             xtr, ytr, xte, yte = (_read_idx(p) for p in paths)
             break
     else:
-        from tfsynapse._keras import keras  # noqa: PLC0415
+        from tfsynapse.backends.tf_keras import keras  # noqa: PLC0415
 
         try:
             (xtr, ytr), (xte, yte) = keras.datasets.fashion_mnist.load_data()
@@ -117,7 +117,7 @@ def load_tfds(name, size=None):
             f"{str(err)[:200]}). It needs the internet once; offline, use --dataset=digits or "
             "--dataset=fashion_mnist."
         ) from err
-    from tfsynapse._keras import tf  # noqa: PLC0415
+    from tfsynapse.backends.tf_keras import tf  # noqa: PLC0415
 
     out = []
     for x, y in arrays:

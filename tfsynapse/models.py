@@ -1,6 +1,6 @@
 """Small reference models shared by the examples and the benchmarks."""
 
-from tfsynapse._keras import keras
+from tfsynapse.backends.tf_keras import keras
 
 
 def conv_bn_cnn(input_shape, classes, widths=(32, 64, 64, 128), name="conv_bn_cnn"):

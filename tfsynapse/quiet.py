@@ -54,5 +54,5 @@ def import_tensorflow_quietly(enabled=True):
       enabled: False imports them with everything shown.
     """
     with native_stderr_hidden(enabled):
-        import tfsynapse._keras  # noqa: F401, PLC0415
+        import tfsynapse.backends.tf_keras  # noqa: F401, PLC0415
         import ai_edge_litert.interpreter  # noqa: F401, PLC0415

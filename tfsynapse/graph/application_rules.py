@@ -1,13 +1,15 @@
 """Rules for the custom layers that ``tf_keras.applications`` defines for itself.
 
 ConvNeXt scales every residual branch channel by a learned ``LayerScale`` and may drop whole
-branches with ``StochasticDepth``. Both are per-channel or per-sample, never channel-mixing, so
-they get rules here; a model built without them (or a tf_keras without ConvNeXt) is unaffected.
+branches with ``StochasticDepth``; InceptionResNetV2 adds a scaled branch to its shortcut with
+``CustomScaleLayer`` (``x + scale * branch``, a residual add). None mixes channels, so they get
+rules here; a model built without them (or a tf_keras without them) is unaffected.
 """
 
 import importlib
 
 from tfsynapse.graph.rules import PassThrough, register_rule
+from tfsynapse.graph.shape_rules import MergeRule
 
 
 class ChannelScaleRule(PassThrough):
@@ -46,3 +48,6 @@ if _LAYER_SCALE is not None:
     register_rule(_LAYER_SCALE)(ChannelScaleRule)
 if _STOCHASTIC_DEPTH is not None:
     register_rule(_STOCHASTIC_DEPTH)(PassThrough)
+_CUSTOM_SCALE = _application_class("inception_resnet_v2", "CustomScaleLayer")
+if _CUSTOM_SCALE is not None:
+    register_rule(_CUSTOM_SCALE)(MergeRule())

@@ -5,7 +5,7 @@ import warnings
 
 import numpy as np
 
-from tfsynapse._keras import check_model, keras
+from tfsynapse.backends.tf_keras import check_model, keras
 from tfsynapse.graph import rules as rules_lib
 from tfsynapse.graph import tf_ops
 from tfsynapse.graph.channels import Atoms, ChannelMap

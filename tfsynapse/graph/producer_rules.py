@@ -3,7 +3,7 @@ depthwise and separable convolutions, Dense and Embedding, with their MAC formul
 
 import numpy as np
 
-from tfsynapse._keras import keras
+from tfsynapse.backends.tf_keras import keras
 from tfsynapse.graph.channels import ChannelMap
 from tfsynapse.graph.rules import Rule, _prod, register_rule
 

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from tfsynapse._keras import is_framework_function, keras
+from tfsynapse.backends.tf_keras import is_framework_function, keras
 
 layers = keras.layers
 

@@ -3,7 +3,7 @@ reshape, permute, and LayerNormalization (frozen: its statistics mix channels)."
 
 import numpy as np
 
-from tfsynapse._keras import keras
+from tfsynapse.backends.tf_keras import keras
 from tfsynapse.graph.channels import ChannelMap
 from tfsynapse.graph.rules import Freeze, Rule, channel_axis_is_last, register_rule
 

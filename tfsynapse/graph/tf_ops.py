@@ -6,7 +6,7 @@ layers. Each is matched by its TF symbol against small tables; anything else has
 
 import numpy as np
 
-from tfsynapse._keras import keras, tf
+from tfsynapse.backends.tf_keras import keras, tf
 from tfsynapse.graph import rules as rules_lib
 from tfsynapse.graph.shape_rules import MergeRule
 from tfsynapse.graph.walk import is_keras_tensor

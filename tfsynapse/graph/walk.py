@@ -8,7 +8,7 @@ the model rebuilder (``replay``) read this view, so they can never disagree on t
 import dataclasses
 import itertools
 
-from tfsynapse._keras import keras, tf
+from tfsynapse.backends.tf_keras import keras, tf
 
 
 @dataclasses.dataclass

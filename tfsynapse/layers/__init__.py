@@ -1,6 +1,6 @@
 """Synaptic layers (Lin et al., NeurIPS 2018) and model conversion to and from them."""
 
-from tfsynapse._keras import register_custom_objects
+from tfsynapse.backends.tf_keras import register_custom_objects
 from tfsynapse.layers import rule as _rule  # noqa: F401  (registers the graph rule)
 from tfsynapse.layers.convert import SynapticReport, from_synaptic, to_synaptic
 from tfsynapse.layers.proximal import ProximalL1, strength_sparsity, synaptic_strengths

@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from tfsynapse._keras import check_model, keras
+from tfsynapse.backends.tf_keras import check_model, keras
 from tfsynapse.graph import dependency_groups, replay, unwrap
 from tfsynapse.layers.synaptic import SynapticConv2D, synaptic_weights_from_kernel
 

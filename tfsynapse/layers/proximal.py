@@ -18,7 +18,7 @@ at momentum 0.9. Train the L1 phase with SGD (momentum or not); with an adaptive
 
 import warnings
 
-from tfsynapse._keras import keras, layers_of_type, tf
+from tfsynapse.backends.tf_keras import keras, layers_of_type, tf
 
 # The optimizers whose step is lr * gradient (plus momentum): the current and the legacy SGD.
 _SGD_CLASSES = (keras.optimizers.SGD, keras.optimizers.legacy.SGD)

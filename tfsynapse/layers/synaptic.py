@@ -12,7 +12,7 @@ convolution has one connection per channel, so its "connections" are channels, w
 filter-level groups already prune.
 """
 
-from tfsynapse._keras import keras, prunable_layer, tf
+from tfsynapse.backends.tf_keras import keras, prunable_layer, tf
 
 EPSILON = 1e-12
 

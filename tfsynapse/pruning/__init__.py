@@ -1,6 +1,6 @@
 """Structured pruning inside tfmot: masks, wrappers, one-shot pruning."""
 
-from tfsynapse._keras import register_custom_objects
+from tfsynapse.backends.tf_keras import register_custom_objects
 
 from tfsynapse.pruning.api import (
     apply_masks,

@@ -5,7 +5,7 @@ import warnings
 
 import numpy as np
 
-from tfsynapse._keras import (
+from tfsynapse.backends.tf_keras import (
     check_model,
     half_precision_layers,
     keras,
@@ -347,7 +347,7 @@ def strip_pruning(model):
 
 def custom_objects():
     """Every class needed to load a model saved with tfsynapse wrappers or layers."""
-    from tfsynapse._keras import pruning_schedule as schedules  # noqa: PLC0415
+    from tfsynapse.backends.tf_keras import pruning_schedule as schedules  # noqa: PLC0415
 
     objects = {
         "StructuredPruneWrapper": StructuredPruneWrapper,

@@ -20,7 +20,7 @@ import itertools
 
 import numpy as np
 
-from tfsynapse._keras import check_model, keras, layers_of_type, tf
+from tfsynapse.backends.tf_keras import check_model, keras, layers_of_type, tf
 
 DEFAULT_BATCH_SIZE = 64
 

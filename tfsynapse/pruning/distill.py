@@ -17,7 +17,7 @@ distiller (the student is its first layer) and the schedule, masks, ``PruningSum
 import math
 import numbers
 
-from tfsynapse._keras import check_model, keras, tf
+from tfsynapse.backends.tf_keras import check_model, keras, tf
 
 _EPSILON = 1e-7
 

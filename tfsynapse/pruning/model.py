@@ -6,7 +6,7 @@ of its own layers, makes the ``MaskPlan`` and hands a ``MaskController`` to its 
 so a reloaded model resumes with the same step, masks and options.
 """
 
-from tfsynapse._keras import keras, keras_functional, pruning_callbacks, pruning_wrapper, tf
+from tfsynapse.backends.tf_keras import keras, keras_functional, pruning_callbacks, pruning_wrapper, tf
 from tfsynapse.graph import dependency_groups
 from tfsynapse.pruning.options import PruningOptions
 from tfsynapse.pruning.planner import MaskPlan

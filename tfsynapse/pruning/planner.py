@@ -25,7 +25,7 @@ fraction removed can exceed the ratio by under half a unit) and keeps at least o
 
 import numpy as np
 
-from tfsynapse._keras import tf
+from tfsynapse.backends.tf_keras import tf
 from tfsynapse.criteria import lowest_k_mask, ranks
 from tfsynapse.graph import unwrap
 from tfsynapse.pruning.scoring import Scoring

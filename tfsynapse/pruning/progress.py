@@ -17,7 +17,7 @@ while it runs, and a warning when the target was never reached.
 import math
 import warnings
 
-from tfsynapse._keras import keras, pruning_callbacks, pruning_schedule, tf
+from tfsynapse.backends.tf_keras import keras, pruning_callbacks, pruning_schedule, tf
 from tfsynapse.graph import count_macs
 from tfsynapse.pruning.model import PrunedModel, collect_wrappers
 

@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 
-from tfsynapse._keras import tf
+from tfsynapse.backends.tf_keras import tf
 from tfsynapse.criteria.registry import GroupInputs, LayerInputs
 from tfsynapse.graph import unwrap
 

@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from tfsynapse._keras import check_model
+from tfsynapse.backends.tf_keras import check_model
 from tfsynapse.graph import count_macs, dependency_groups
 from tfsynapse.pruning.api import _refuse_wrapped
 from tfsynapse.pruning.batchnorm import batchnorm_layers, recalibrate_batchnorm

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 
-from tfsynapse._io import atomic_write
+from tfsynapse.fileio import atomic_write
 
 CSV_COLUMNS = ("group", "producers", "channels", "ratio", "pruned_channels", "metric", "baseline",
                "macs")

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tfsynapse._keras import keras, pruning_wrapper
+from tfsynapse.backends.tf_keras import keras, pruning_wrapper
 from tfsynapse.graph import rule_for
 
 

@@ -9,8 +9,8 @@ assigns every wrapper's masks (cross-replica, under a distribution strategy). Ma
 weight's rank but size 1 on non-channel axes (``(1, 1, C_in, C_out)`` for a conv kernel).
 """
 
-from tfsynapse._keras import keras, pruning_impl, pruning_wrapper, tf
-from tfsynapse._keras import pruning_schedule as pruning_schedule_lib
+from tfsynapse.backends.tf_keras import keras, pruning_impl, pruning_wrapper, tf
+from tfsynapse.backends.tf_keras import pruning_schedule as pruning_schedule_lib
 
 
 class StructuredPruning(pruning_impl.Pruning):

@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from tfsynapse._keras import (
+from tfsynapse.backends.tf_keras import (
     check_model,
     half_precision_layers,
     pruning_wrapper,
