@@ -5,6 +5,8 @@ import math
 import os
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `benchmarks` is a folder of the repository, not an installed package
     sys.path.insert(0, ROOT)
@@ -17,6 +19,8 @@ def _numbers(row):
     return [v for v in row.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("TFSYNAPSE_LONG") != "1", reason="TFSYNAPSE_LONG=1 (5 minutes)")
 def test_quick_mode_writes_every_section(tmp_path):
     assert main(["--quick", "--output", tmp_path]) == 0
 

@@ -10,8 +10,13 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("criterion,extra", [("dscore", []), ("synaptic_strength", []),
-                                             ("dscore", ["--sensitivity", "--nodistill"])])
+LONG = os.environ.get("TFSYNAPSE_LONG") == "1"
+
+
+@pytest.mark.parametrize("criterion,extra", [
+    ("dscore", []), ("synaptic_strength", []),
+    pytest.param("dscore", ["--sensitivity", "--nodistill"], marks=[
+        pytest.mark.slow, pytest.mark.skipif(not LONG, reason="TFSYNAPSE_LONG=1 (3 minutes)")])])
 def test_quickstart_quick_run(tmp_path, criterion, extra):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", "quickstart.py"), "--quick",
