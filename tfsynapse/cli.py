@@ -25,6 +25,15 @@ import math
 import sys
 import warnings
 
+from tfsynapse.cli_args import (
+    EXIT_USAGE,
+    PROG,
+    Parser,
+    max_ratio,
+    non_negative_int,
+    positive_int,
+    sparsity,
+)
 from tfsynapse.cli_files import (
     CliError,
     check_output,
@@ -39,63 +48,10 @@ from tfsynapse.cli_files import (
     strip_wrappers,
 )
 
-PROG = "tfsynapse"
 QUANTIZE_CHOICES = ("none", "dynamic", "float16", "int8")
 GRANULARITY_CHOICES = ("filter", "connection")
 SCOPE_CHOICES = ("layer", "global")
 EXIT_ERROR = 1
-EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line: ``tfsynapse: error: ...``."""
-
-    def error(self, message):
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
-
-
-# ---------------------------------------------------------------------------------------------
-# Argument types and cheap checks (no TensorFlow needed)
-
-
-def _sparsity(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _max_ratio(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,10 +231,10 @@ def build_parser():
     debug.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="show TensorFlow's native start-up and converter messages "
                             "(hidden by default)")
-    parser = _Parser(prog=PROG, parents=[debug],
+    parser = Parser(prog=PROG, parents=[debug],
                      description="Structured pruning for tf_keras: inspect, prune, shrink, export "
                                  "to TFLite and benchmark.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     model_help = "a .keras or .h5 file or a SavedModel directory"
     out_help = "output: .keras, .h5, or a directory (SavedModel)"
@@ -305,7 +261,7 @@ def build_parser():
                                    "(tfsynapse.prune_synaptic).")
     p.add_argument("model", help=model_help)
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--sparsity", type=_sparsity, help="fraction of units pruned, in [0, 1)")
+    target.add_argument("--sparsity", type=sparsity, help="fraction of units pruned, in [0, 1)")
     target.add_argument("--ratios", metavar="FILE.json",
                         help='JSON {"layer name": ratio} used instead of --sparsity')
     p.add_argument("--criterion", default="l1",
@@ -313,16 +269,16 @@ def build_parser():
                         "with the granularity each scores")
     p.add_argument("--granularity", choices=GRANULARITY_CHOICES, default="filter")
     p.add_argument("--scope", choices=SCOPE_CHOICES, default="layer")
-    p.add_argument("--round-to", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--round-to", type=positive_int, default=1, metavar="N",
                    help="keep channel counts multiples of N (default 1)")
-    p.add_argument("--max-pruning-ratio", type=_max_ratio, default=None, metavar="R",
+    p.add_argument("--max-pruning-ratio", type=max_ratio, default=None, metavar="R",
                    help="the largest fraction of any group/layer pruned (default 0.9 for "
                         "filters, 0.99 for connections)")
     p.add_argument("--data", metavar="X.npy[,Y.npy]",
                    help="training images (N, ...) to recalibrate BatchNormalization statistics "
                         "after pruning (strongly advised); with labels (class ids or one-hot), "
                         "also the accuracy before and after pruning")
-    p.add_argument("--finetune-epochs", type=_non_negative_int, default=0, metavar="N",
+    p.add_argument("--finetune-epochs", type=non_negative_int, default=0, metavar="N",
                    help="fine-tune N epochs on --data x.npy,y.npy with the pruned units kept "
                         "at zero (Adam; default 0)")
     p.add_argument("--lr", type=float, default=1e-4,
@@ -334,7 +290,7 @@ def build_parser():
                        description="Removes the zeroed channels of a pruned model "
                                    "(tfsynapse.shrink).")
     p.add_argument("model", help=model_help)
-    p.add_argument("--round-to", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--round-to", type=positive_int, default=1, metavar="N",
                    help="keep channel counts multiples of N (default 1)")
     p.add_argument("-o", "--output", required=True, help=out_help)
     p.set_defaults(run=_cmd_shrink)
@@ -356,8 +312,8 @@ def build_parser():
     p = sub.add_parser("bench", parents=[debug], help="time a .tflite model in LiteRT",
                        description="Times invoke() on random inputs (tflite_export.benchmark).")
     p.add_argument("model", metavar="MODEL.tflite")
-    p.add_argument("--threads", type=_positive_int, default=1, metavar="N")
-    p.add_argument("--runs", type=_positive_int, default=50, metavar="N")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N")
+    p.add_argument("--runs", type=positive_int, default=50, metavar="N")
     p.set_defaults(run=_cmd_bench)
     return parser
 

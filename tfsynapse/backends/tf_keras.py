@@ -37,6 +37,8 @@ __all__ = [
     "user_functions_scope",
     "is_framework_function",
     "half_precision_layers",
+    "unwrap",
+    "refuse_pruning_wrappers",
 ]
 
 _KERAS3_MESSAGE = (
@@ -152,3 +154,24 @@ def half_precision_layers(model):
             and getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32")
             in ("float16", "bfloat16")]
 
+
+
+def unwrap(layer):
+    """The layer a pruning wrapper wraps (recursively); the layer itself otherwise."""
+    while isinstance(layer, pruning_wrapper.PruneLowMagnitude):
+        layer = layer.layer
+    return layer
+
+
+def refuse_pruning_wrappers(model):
+    """Refuses a model whose layers are already wrapped for pruning (tfmot's or tfsynapse's).
+
+    Raises:
+      ValueError: naming the first wrapped layer and the call that unwraps it.
+    """
+    for layer in model.submodules:
+        if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
+            raise ValueError(
+                f"layer '{layer.name}' is already wrapped for pruning; call "
+                "tfsynapse.strip_pruning(model) first."
+            )

@@ -6,15 +6,9 @@ training, channel removal, MAC counting and sensitivity analysis all read its gr
 
 from tfsynapse.graph import producer_rules, shape_rules  # noqa: F401 - register Keras layers
 from tfsynapse.graph import application_rules  # noqa: F401 - registers ConvNeXt's layers
-from tfsynapse.graph.builder import (
-    DependencyGraph,
-    Group,
-    Member,
-    Slot,
-    UnsupportedLayerError,
-    dependency_groups,
-    unwrap,
-)
+from tfsynapse.backends.tf_keras import unwrap
+from tfsynapse.graph.builder import UnsupportedLayerError, dependency_groups
+from tfsynapse.graph.groups import DependencyGraph, Group, Member, Slot
 from tfsynapse.graph.channels import ChannelMap
 from tfsynapse.graph.counting import count_macs, count_params, kept_positions
 from tfsynapse.graph.producer_rules import Producer

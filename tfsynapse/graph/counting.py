@@ -7,7 +7,9 @@ are not counted). ResNet50 at 224x224 counts 3.86 GMACs, MobileNetV2 1.0 about 3
 
 import numpy as np
 
-from tfsynapse.graph.builder import DependencyGraph, dependency_groups, unwrap
+from tfsynapse.backends.tf_keras import unwrap
+from tfsynapse.graph.builder import dependency_groups
+from tfsynapse.graph.groups import DependencyGraph
 
 
 def _graph(model_or_graph):

@@ -132,6 +132,14 @@ class Rule:
         """The tensor a weight stands for when scoring (a reparameterised kernel's product)."""
         return weight
 
+    def homogeneous(self, layer):
+        """Whether the layer commutes with a positive per-channel scale: f(a x) = a f(x), a > 0.
+
+        ``to_synaptic`` folds a BatchNormalization's scale into the strengths of the
+        convolutions it feeds only through layers for which this holds.
+        """
+        return False
+
 
 def _prod(dims):
     return int(np.prod([1 if d is None else int(d) for d in dims], dtype=np.int64))
@@ -169,6 +177,9 @@ class PassThrough(Rule):
     def propagate(self, ctx):
         return [ctx.inputs[0]]
 
+    def homogeneous(self, layer):
+        return True
+
 
 def zero_preserving(fn, shape):
     """Whether an elementwise function maps zeros to zeros, per channel.
@@ -193,6 +204,13 @@ class Elementwise(PassThrough):
         cmap = ctx.inputs[0]
         keeps_zero = zero_preserving(ctx.layer, ctx.input_shapes[0])
         return [cmap.with_zero_ok(cmap.zero_ok & keeps_zero)]
+
+    def homogeneous(self, layer):
+        """Checked numerically on values across [-6, 6] (relu6 or a threshold fail it)."""
+        x = np.linspace(-6.0, 6.0, 49, dtype=np.float32).reshape(1, -1)
+        fx = np.asarray(layer(x))
+        return all(np.allclose(np.asarray(layer(a * x)), a * fx, rtol=1e-5, atol=1e-6)
+                   for a in (0.25, 3.0))
 
 
 class ActivationRule(Elementwise):

@@ -18,6 +18,7 @@ import numpy as np
 
 from tfsynapse.backends.tf_keras import check_model, keras
 from tfsynapse.graph import dependency_groups, replay, unwrap
+from tfsynapse.graph import rules as rules_lib
 from tfsynapse.layers.synaptic import SynapticConv2D, synaptic_weights_from_kernel
 
 L = keras.layers
@@ -48,15 +49,8 @@ class SynapticReport:
 
 
 def _homogeneous(layer):
-    """Whether ``layer`` commutes with a positive per-channel scale (f(a x) = a f(x), a > 0)."""
-    if isinstance(layer, L.ReLU):
-        return layer.max_value is None and float(layer.threshold) == 0.0
-    if isinstance(layer, L.LeakyReLU):
-        return True
-    if isinstance(layer, L.Activation):
-        return getattr(layer.activation, "__name__", "") in ("relu", "linear")
-    return isinstance(layer, (L.MaxPooling2D, L.AveragePooling2D, L.ZeroPadding2D, L.Dropout,
-                              L.SpatialDropout2D, L.Cropping2D, L.UpSampling2D))
+    rule = rules_lib.rule_for(layer)
+    return rule is not None and rule.homogeneous(layer)
 
 
 def _convertible(layer):

@@ -12,6 +12,7 @@ from tfsynapse.backends.tf_keras import (
     prune,
     pruning_schedule,
     pruning_wrapper,
+    refuse_pruning_wrappers,
     user_functions_scope,
 )
 from tfsynapse.graph import dependency_groups, replay
@@ -55,15 +56,6 @@ def _layer_names(ignored_layers):
         raise ValueError(f"ignored_layers takes a list of layer names, got the string "
                          f"{ignored_layers!r}: write ignored_layers=[{ignored_layers!r}].")
     return tuple(ignored_layers)
-
-
-def _refuse_wrapped(model):
-    for layer in model.submodules:
-        if isinstance(layer, pruning_wrapper.PruneLowMagnitude):
-            raise ValueError(
-                f"layer '{layer.name}' is already wrapped for pruning; call "
-                "tfsynapse.strip_pruning(model) first."
-            )
 
 
 def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granularity="connection",
@@ -112,7 +104,7 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
         ``max_pruning_ratio`` (or the one channel every group keeps) makes unreachable.
     """
     check_model(model)
-    _refuse_wrapped(model)
+    refuse_pruning_wrappers(model)
     _refuse_mixed_precision(model)
     options = PruningOptions(
         criterion=criterion, granularity=granularity, scope=scope, round_to=round_to,
@@ -283,7 +275,7 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
         such a dict, invalid options, or a target the caps make unreachable.
     """
     check_model(model)
-    _refuse_wrapped(model)
+    refuse_pruning_wrappers(model)
     if isinstance(sparsity, dict):
         layer_sparsity, target = dict(sparsity), 1.0
         for name, ratio in layer_sparsity.items():

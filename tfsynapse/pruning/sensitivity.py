@@ -30,9 +30,8 @@ import time
 
 import numpy as np
 
-from tfsynapse.backends.tf_keras import check_model
+from tfsynapse.backends.tf_keras import check_model, refuse_pruning_wrappers
 from tfsynapse.graph import count_macs, dependency_groups
-from tfsynapse.pruning.api import _refuse_wrapped
 from tfsynapse.pruning.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from tfsynapse.pruning.options import PruningOptions
 from tfsynapse.pruning.planner import MaskPlan
@@ -130,7 +129,7 @@ def sensitivity_analysis(model, evaluate, criterion="dscore", step=0.05, max_rat
         nothing to prune.
     """
     check_model(model)
-    _refuse_wrapped(model)
+    refuse_pruning_wrappers(model)
     if not callable(evaluate):
         raise TypeError(f"evaluate must be a callable evaluate(model) -> float, got {evaluate!r}.")
     step = _check_fraction(step, "step")
