@@ -1,6 +1,7 @@
 """Shared pytest setup: quiet TensorFlow, deterministic seeds, small shared models."""
 
 import os
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -18,11 +19,12 @@ def _seed():
 
 
 def randomize_bn(model, rng=None, negative_gammas=True):
-    """Gives every BatchNormalization random statistics (and some negative gammas)."""
+    """Gives every BatchNormalization random statistics (and some negative gammas); tf_keras or
+    Keras 3."""
     rng = rng or np.random.default_rng(0)
     for layer in model.layers:
         inner = getattr(layer, "layer", layer)
-        if isinstance(inner, keras.layers.BatchNormalization):
+        if type(inner).__name__ == "BatchNormalization":
             c = inner.moving_mean.shape[0]
             gamma = rng.uniform(0.5, 1.5, c) * (np.where(rng.random(c) < 0.3, -1, 1) if negative_gammas else 1)
             values = []
@@ -33,7 +35,7 @@ def randomize_bn(model, rng=None, negative_gammas=True):
                     "moving_mean": rng.normal(0, 0.3, c), "moving_variance": rng.uniform(0.5, 2.0, c),
                 }[name])
             inner.set_weights(values)
-        if isinstance(inner, keras.Model):
+        if hasattr(inner, "layers") and inner is not model:  # a nested model
             randomize_bn(inner, rng, negative_gammas)
     return model
 
@@ -88,3 +90,39 @@ def weights_by_name(model):
         for w in inner.weights:
             out[f"{inner.name}/{w.name.split('/')[-1].split(':')[0]}"] = w.numpy()
     return out
+
+
+def zoo_cases(names, fast):
+    """pytest params for an architecture zoo: ``fast`` ones marked ``zoo``, the others also
+    ``slow`` and skipped unless ``TFSYNAPSE_ZOO=all``."""
+    run_all = os.environ.get("TFSYNAPSE_ZOO") == "all"
+    for name in names:
+        if name in fast:
+            yield pytest.param(name, marks=pytest.mark.zoo)
+        else:
+            yield pytest.param(name, marks=[pytest.mark.zoo, pytest.mark.slow, pytest.mark.skipif(
+                not run_all, reason="TFSYNAPSE_ZOO=all runs every architecture")])
+
+
+def zoo_prune_and_shrink(model, name):
+    """The zoo check shared by both backends: every layer has a rule, parameters count right,
+    half the channels pruned (random or l1 by name), masked == shrunk, >= 30% MACs off.
+
+    Returns:
+      ``(pruned, shrunk, report, x)`` for further checks.
+    """
+    import tfsynapse  # noqa: PLC0415
+
+    model = randomize_bn(model, negative_gammas=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no layer of these architectures lacks a rule
+        graph = tfsynapse.dependency_groups(model)
+    assert tfsynapse.count_params(graph) == model.count_params()
+    pruned = tfsynapse.prune_once(model, 0.5, criterion="random" if len(name) % 2 else "l1")
+    small, report = tfsynapse.shrink(pruned, return_report=True, check=False)
+    x = np.random.default_rng(3).normal(size=(2,) + tuple(model.inputs[0].shape[1:]))
+    x = x.astype("float32")
+    masked, shrunk = np.asarray(pruned(x, training=False)), np.asarray(small(x, training=False))
+    assert np.abs(shrunk - masked).max() <= 1e-3 * max(float(np.abs(masked).max()), 1e-6), name
+    assert graph.prunable_groups and report.mac_reduction >= 0.3, report.table()
+    return pruned, small, report, x

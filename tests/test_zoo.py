@@ -7,14 +7,12 @@ the same families), as ``slow`` tests.
 """
 
 import os
-import warnings
 
 import numpy as np
 import pytest
 
-import tfsynapse
 import tflite_export
-from conftest import randomize_bn
+from conftest import zoo_cases, zoo_prune_and_shrink
 from tfsynapse.backends.tf_keras import keras
 from tfsynapse.graph import count_macs, count_params, dependency_groups
 
@@ -29,15 +27,6 @@ RUN_ALL = os.environ.get("TFSYNAPSE_ZOO") == "all"
 MIN_SIZE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}
 
 
-def _cases():
-    for name in ALL:
-        if name in FAST:
-            yield pytest.param(name, marks=pytest.mark.zoo)
-        else:
-            yield pytest.param(name, marks=[pytest.mark.zoo, pytest.mark.slow, pytest.mark.skipif(
-                not RUN_ALL, reason="TFSYNAPSE_ZOO=all runs every architecture")])
-
-
 def _build(name, size=None):
     size = size or MIN_SIZE.get(name, 32)
     return getattr(keras.applications, name)(
@@ -48,20 +37,10 @@ def test_the_fast_set_names_real_applications():
     assert set(FAST) <= set(ALL) and len(ALL) >= 70
 
 
-@pytest.mark.parametrize("name", list(_cases()))
+@pytest.mark.parametrize("name", list(zoo_cases(ALL, FAST)))
 def test_zoo_masked_equals_shrunk_and_int8_loads(name):
-    model = randomize_bn(_build(name), negative_gammas=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no layer of these architectures lacks a rule
-        graph = dependency_groups(model)
-    assert count_params(graph) == model.count_params()
-    pruned = tfsynapse.prune_once(model, 0.5, criterion="random" if len(name) % 2 else "l1")
-    small, report = tfsynapse.shrink(pruned, return_report=True, check=False)
-    x = np.random.default_rng(3).normal(size=(2,) + tuple(model.input_shape[1:])).astype("float32")
-    masked, shrunk = np.asarray(pruned(x, training=False)), np.asarray(small(x, training=False))
-    scale = max(float(np.abs(masked).max()), 1e-6)
-    assert np.abs(shrunk - masked).max() <= 1e-3 * scale, name
-    assert graph.prunable_groups and report.mac_reduction >= 0.3, report.table()
+    pruned, small, report, x = zoo_prune_and_shrink(_build(name), name)
+    masked = np.asarray(pruned(x, training=False))
     if not (RUN_ALL or name in INT8_FAST):
         return  # the int8 export of every architecture runs with TFSYNAPSE_ZOO=all
     data = tflite_export.convert(small, quantize="int8", representative_dataset=x, calibration_steps=2)

@@ -21,7 +21,7 @@ Save a QAT model with ``qat.save(...)`` and load it inside
 ``tfmot.quantization.keras.quantize_scope()``.
 """
 
-from tfsynapse.backends.tf_keras import check_model, layers_of_type, pruning_wrapper
+from tfsynapse.backends.tf_keras import check_model, layers_of_type, pruning_wrapper, quantize_model
 
 QAT_WRAPPER_CLASSES = ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer")
 
@@ -69,10 +69,8 @@ def quantize_aware(model):
             "model back with tfsynapse.from_synaptic(model) first.")
     if is_quantize_aware(model):
         raise ValueError(f"model '{model.name}' is already quantisation-aware.")
-    import tensorflow_model_optimization as tfmot  # noqa: PLC0415
-
     try:
-        return tfmot.quantization.keras.quantize_model(model)
+        return quantize_model(model)
     except (ValueError, RuntimeError, TypeError) as err:
         raise ValueError(
             f"tfmot cannot make model '{model.name}' quantisation-aware: {str(err)[:400]} "

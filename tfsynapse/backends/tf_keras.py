@@ -11,6 +11,8 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
+
+from tfsynapse.backends import builtin_class_path, is_framework_function  # noqa: E402, F401
 import tf_keras as keras  # noqa: E402
 from tf_keras.src.engine import functional as keras_functional  # noqa: E402
 from tensorflow_model_optimization.python.core.sparsity.keras import (  # noqa: E402
@@ -38,14 +40,16 @@ __all__ = [
     "is_framework_function",
     "half_precision_layers",
     "unwrap",
+    "has_pruning_wrappers",
     "refuse_pruning_wrappers",
 ]
 
 _KERAS3_MESSAGE = (
-    "{what} is a Keras 3 object ({cls}), but tfsynapse (like tfmot) works on tf_keras (Keras 2) "
-    "models only. Build the model with `import tf_keras as keras` (pip install tf-keras), or set "
-    "the environment variable TF_USE_LEGACY_KERAS=1 before importing TensorFlow so that "
-    "`tf.keras` is tf_keras."
+    "{what} is a Keras 3 object ({cls}), and this function works on tf_keras (Keras 2) models "
+    "only so far. Keras 3 models work with dependency_groups, count_macs, count_params, "
+    "prune_once (every criterion) and shrink; pruning during fit, distillation, "
+    "quantisation-aware training and TFLite export take tf_keras models (build the model with "
+    "`import tf_keras as keras`, pip install tf-keras)."
 )
 
 
@@ -142,12 +146,6 @@ def user_functions_scope(model):
     return keras.utils.custom_object_scope(functions)
 
 
-def is_framework_function(fn):
-    """Whether ``fn`` comes from Keras or TensorFlow (rather than from user code)."""
-    module = getattr(fn, "__module__", "") or ""
-    return module.startswith(("tf_keras.", "keras.", "tensorflow."))
-
-
 def half_precision_layers(model):
     """Names of the layers of ``model`` that compute in float16 or bfloat16 (mixed precision)."""
     return [layer.name for layer in model.submodules if isinstance(layer, keras.layers.Layer)
@@ -163,6 +161,20 @@ def unwrap(layer):
     return layer
 
 
+def quantize_model(model):
+    """tfmot's ``quantize_model`` (quantisation-aware training), imported on first use."""
+    from tensorflow_model_optimization.python.core.quantization.keras import (  # noqa: PLC0415
+        quantize,
+    )
+
+    return quantize.quantize_model(model)
+
+
+def has_pruning_wrappers(model):
+    """Whether any layer of ``model`` is wrapped for pruning (tfmot's or tfsynapse's)."""
+    return bool(pruning_wrapper.collect_prunable_layers(model))
+
+
 def refuse_pruning_wrappers(model):
     """Refuses a model whose layers are already wrapped for pruning (tfmot's or tfsynapse's).
 
@@ -175,3 +187,79 @@ def refuse_pruning_wrappers(model):
                 f"layer '{layer.name}' is already wrapped for pruning; call "
                 "tfsynapse.strip_pruning(model) first."
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# The graph interface (the same functions exist in every backend; see tfsynapse.backends)
+
+NAME = "tf_keras"
+
+
+def is_graph_model(layer):
+    """Whether ``layer`` is a model with a layer graph (functional or Sequential)."""
+    return isinstance(layer, keras.Model) and getattr(layer, "_is_graph_network", False)
+
+
+def is_model(layer):
+    """Whether ``layer`` is a Keras model of any kind (subclassed included)."""
+    return isinstance(layer, keras.Model)
+
+
+def is_layer(obj):
+    """Whether ``obj`` is a Keras layer (with a config and weights)."""
+    return isinstance(obj, keras.layers.Layer)
+
+
+def call_nodes(model):
+    """``(layer, node)`` for every call recorded in a graph model, in execution order."""
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.is_input or isinstance(node.layer, keras.layers.InputLayer):
+                continue
+            yield node.layer, node
+
+
+def node_tensors(node):
+    """``(input tensors, output tensors)`` of a call node, as flat lists."""
+    return list(node.keras_inputs), tf.nest.flatten(node.outputs)
+
+
+def node_arguments(node):
+    """``(args, kwargs)`` the layer was called with (symbolic tensors inside)."""
+    return node.call_args, node.call_kwargs
+
+
+def model_io(model):
+    """``(inputs, outputs)`` of a graph model as flat lists of symbolic tensors."""
+    return list(model.inputs), list(model.outputs)
+
+
+def single_input(model):
+    """False: tf_keras models take their inputs as a list (a single array is accepted too)."""
+    return False
+
+
+def single_output(model):
+    """Whether the model returns one tensor (rather than a list, tuple or dict of them)."""
+    return not isinstance(getattr(model, "_nested_outputs", None), (list, tuple))
+
+
+def is_symbolic(obj):
+    """Whether ``obj`` is a symbolic Keras tensor (False for constants and eager tensors)."""
+    return tf.is_tensor(obj) and keras.backend.is_keras_tensor(obj)
+
+
+def new_input(tensor):
+    """A new ``keras.Input`` like the symbolic ``tensor`` (shape with batch, dtype, name)."""
+    return keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype,
+                       name=tensor.name.split(":")[0].split("/")[0])
+
+
+def new_model(inputs, outputs, name):
+    """A functional model."""
+    return keras.Model(inputs, outputs, name=name)
+
+
+def class_path(layer):
+    """The key of built-in rules for Keras's own classes (see ``backends.builtin_class_path``)."""
+    return builtin_class_path(layer, "tf_keras")

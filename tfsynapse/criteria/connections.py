@@ -5,7 +5,7 @@ spatial axes); connection ``(i, j)`` is the slice ``K[..., i, j]``. Every functi
 float32 ``[C_in, C_out]`` tensor, built from vectorised TF ops (graph and distribution safe).
 """
 
-from tfsynapse.backends.tf_keras import tf
+from tfsynapse.backends import tf
 from tfsynapse.criteria.filters import _as_float
 
 __all__ = [

@@ -12,7 +12,7 @@ lower unit index first (a stable ascending sort), see docs/methods.md.
 
 import numpy as np
 
-from tfsynapse.backends.tf_keras import tf
+from tfsynapse.backends import tf
 
 __all__ = [
     "l1_scores",

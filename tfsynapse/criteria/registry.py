@@ -12,7 +12,7 @@ scoring them (D-Step) sets ``selects`` and implements ``select``; it has no glob
 Everything here is pure TF on tensors: no Keras.
 """
 
-from tfsynapse.backends.tf_keras import tf
+from tfsynapse.backends import tf
 
 from tfsynapse.criteria import connections, filters
 

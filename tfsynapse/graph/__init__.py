@@ -6,7 +6,7 @@ training, channel removal, MAC counting and sensitivity analysis all read its gr
 
 from tfsynapse.graph import producer_rules, shape_rules  # noqa: F401 - register Keras layers
 from tfsynapse.graph import application_rules  # noqa: F401 - registers ConvNeXt's layers
-from tfsynapse.backends.tf_keras import unwrap
+from tfsynapse.backends import unwrap
 from tfsynapse.graph.builder import UnsupportedLayerError, dependency_groups
 from tfsynapse.graph.groups import DependencyGraph, Group, Member, Slot
 from tfsynapse.graph.channels import ChannelMap

@@ -1,11 +1,11 @@
-"""Builds the dependency groups of a tf_keras model from the per-layer rules."""
+"""Builds the dependency groups of a model (tf_keras or Keras 3) from the per-layer rules."""
 
 import dataclasses
 import warnings
 
 import numpy as np
 
-from tfsynapse.backends.tf_keras import check_model, unwrap
+from tfsynapse.backends import backend_of, unwrap
 from tfsynapse.graph import rules as rules_lib
 from tfsynapse.graph import tf_ops
 from tfsynapse.graph.channels import Atoms, ChannelMap
@@ -92,7 +92,7 @@ class _Builder:
         if role not in ROLES:
             raise ValueError(f"slot role must be one of {ROLES}, got {role!r}")
         index = _weight_index(layer, weight)
-        axis = axis % weight.shape.rank
+        axis = axis % len(weight.shape)
         if weight.shape[axis] != len(cmap):
             raise ValueError(
                 f"rule for {layer.name} ({type(layer).__name__}) declared {len(cmap)} channels on "
@@ -133,10 +133,10 @@ def _refuse_channels_first(flat):
 
 
 def dependency_groups(model, strict=False):
-    """Finds the groups of channels that must be pruned together in a tf_keras model.
+    """Finds the groups of channels that must be pruned together in a model.
 
     Args:
-      model: a built tf_keras Sequential or functional model (nested models are followed;
+      model: a built Sequential or functional model, tf_keras or Keras 3 (nested models are followed;
         tfsynapse/tfmot pruning wrappers are looked through).
       strict: if True, a layer with no registered rule raises instead of freezing the
         channels that reach it.
@@ -145,11 +145,11 @@ def dependency_groups(model, strict=False):
       A ``DependencyGraph`` (iterable of ``Group``).
 
     Raises:
-      TypeError: a Keras 3 model or not a model.
+      TypeError: not a Keras model.
       ValueError: a subclassed or unbuilt model; a channels-first layer.
       UnsupportedLayerError: ``strict`` and a layer has no rule.
     """
-    check_model(model)
+    backend_of(model).check_model(model)
     flat = flatten_calls(model)
     _refuse_channels_first(flat)
     builder = _Builder(strict)

@@ -7,7 +7,7 @@ are not counted). ResNet50 at 224x224 counts 3.86 GMACs, MobileNetV2 1.0 about 3
 
 import numpy as np
 
-from tfsynapse.backends.tf_keras import unwrap
+from tfsynapse.backends import unwrap
 from tfsynapse.graph.builder import dependency_groups
 from tfsynapse.graph.groups import DependencyGraph
 
@@ -69,7 +69,7 @@ def count_macs(model, keep=None, per_layer=False):
         layer = unwrap(lc.call.layer)
 
         def shape_of(weight, layer=layer):
-            for i, w in enumerate(layer.weights):
+            for i, w in enumerate(getattr(layer, "weights", ())):
                 if w is weight:
                     return shapes.get((id(layer), i), list(weight.shape))
             return list(weight.shape)
@@ -102,7 +102,7 @@ def count_params(model, keep=None, per_layer=False):
             continue
         seen.add(id(layer))
         n = 0
-        for i, w in enumerate(layer.weights):
+        for i, w in enumerate(getattr(layer, "weights", ())):
             n += int(np.prod(shapes.get((id(layer), i), list(w.shape)), dtype=np.int64))
         table[layer.name] = n
     total = int(sum(table.values()))

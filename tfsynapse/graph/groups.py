@@ -5,7 +5,7 @@ import dataclasses
 
 import numpy as np
 
-from tfsynapse.backends.tf_keras import unwrap
+from tfsynapse.backends import unwrap
 from tfsynapse.graph.rules import BatchNormRule
 
 ROLES = ("out", "in", "param", "stat")

@@ -3,11 +3,9 @@ depthwise and separable convolutions, Dense and Embedding, with their MAC formul
 
 import numpy as np
 
-from tfsynapse.backends.tf_keras import keras
 from tfsynapse.graph.channels import ChannelMap
-from tfsynapse.graph.rules import Rule, _prod, register_rule
+from tfsynapse.graph.rules import Rule, _prod, register_builtin
 
-layers = keras.layers
 
 
 class Producer(Rule):
@@ -26,7 +24,7 @@ class Producer(Rule):
     def propagate(self, ctx):
         layer, cmap = ctx.layer, ctx.inputs[0]
         kernel = getattr(layer, self.kernel_attr)
-        rank = kernel.shape.rank
+        rank = len(kernel.shape)
         groups = getattr(layer, "groups", 1) or 1
         out = ctx.new_space(kernel.shape[self.out_axis])
         if groups > 1:
@@ -124,14 +122,20 @@ class DepthwiseRule(Rule):
 
     kind = "depthwise"
 
+    @staticmethod
+    def kernel(layer):
+        """The depthwise kernel: ``depthwise_kernel`` in tf_keras, ``kernel`` in Keras 3."""
+        kernel = getattr(layer, "depthwise_kernel", None)
+        return layer.kernel if kernel is None else kernel
+
     def macs(self, layer, in_shape, out_shape, shape_of):
-        return _prod(shape_of(layer.depthwise_kernel)) * _prod(out_shape[1:-1])
+        return _prod(shape_of(self.kernel(layer))) * _prod(out_shape[1:-1])
 
     def propagate(self, ctx):
         layer, cmap = ctx.layer, ctx.inputs[0]
-        kernel = layer.depthwise_kernel
+        kernel = self.kernel(layer)
         m = kernel.shape[-1]
-        ctx.slot(kernel, kernel.shape.rank - 2, cmap, "param", zero_required=False)
+        ctx.slot(kernel, len(kernel.shape) - 2, cmap, "param", zero_required=False)
         out = cmap.repeat(m).with_zero_ok(True)
         if layer.bias is not None:
             ctx.slot(layer.bias, 0, out, "param", zero_required=True)
@@ -154,18 +158,18 @@ class SeparableRule(Producer):
         layer, cmap = ctx.layer, ctx.inputs[0]
         dw, pw = layer.depthwise_kernel, layer.pointwise_kernel
         m = dw.shape[-1]
-        ctx.slot(dw, dw.shape.rank - 2, cmap, "in", zero_required=False)
-        ctx.slot(pw, pw.shape.rank - 2, cmap.repeat(m), "in", zero_required=False)
+        ctx.slot(dw, len(dw.shape) - 2, cmap, "in", zero_required=False)
+        ctx.slot(pw, len(pw.shape) - 2, cmap.repeat(m), "in", zero_required=False)
         out = ctx.new_space(pw.shape[-1])
-        ctx.slot(pw, pw.shape.rank - 1, out, "out", zero_required=True)
+        ctx.slot(pw, len(pw.shape) - 1, out, "out", zero_required=True)
         if layer.bias is not None:
             ctx.slot(layer.bias, 0, out, "out", zero_required=True)
         return [out]
 
 
-register_rule(layers.Conv1D, layers.Conv2D, layers.Conv3D)(Producer)
-register_rule(layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose)(ConvTransposeRule)
-register_rule(layers.Dense)(DenseRule)
-register_rule(layers.Embedding)(EmbeddingRule)
-register_rule(layers.DepthwiseConv1D, layers.DepthwiseConv2D)(DepthwiseRule)
-register_rule(layers.SeparableConv1D, layers.SeparableConv2D)(SeparableRule)
+register_builtin("Conv1D", "Conv2D", "Conv3D")(Producer)
+register_builtin("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")(ConvTransposeRule)
+register_builtin("Dense")(DenseRule)
+register_builtin("Embedding")(EmbeddingRule)
+register_builtin("DepthwiseConv1D", "DepthwiseConv2D")(DepthwiseRule)
+register_builtin("SeparableConv1D", "SeparableConv2D")(SeparableRule)

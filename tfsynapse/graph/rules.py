@@ -20,11 +20,10 @@ import warnings
 
 import numpy as np
 
-from tfsynapse.backends.tf_keras import is_framework_function, keras
+from tfsynapse.backends import backend_of, is_framework_function
 
-layers = keras.layers
-
-_REGISTRY = {}
+_REGISTRY = {}  # user rules: {layer class: rule}
+_BUILTINS = {}  # Keras's own layers, either backend: {class name: rule}
 
 
 def register_rule(*layer_classes):
@@ -46,22 +45,50 @@ def register_rule(*layer_classes):
         if not isinstance(cls, type):
             raise TypeError(f"register_rule takes layer classes, got {cls!r}.")
 
+    return _registering(_REGISTRY, layer_classes)
+
+
+def _registering(table, keys):
+    """A decorator that puts one rule (a class is instantiated once) under every key."""
     def decorator(rule_cls):
         rule = rule_cls() if isinstance(rule_cls, type) else rule_cls
-        for cls in layer_classes:
-            _REGISTRY[cls] = rule
+        for key in keys:
+            table[key] = rule
         return rule_cls
 
     return decorator
 
 
+def register_builtin(*class_names):
+    """Registers a rule for Keras's own layer classes of these names, in every backend.
+
+    tf_keras and Keras 3 have the same layer classes under the same names; a built-in rule is
+    found by the class name of a built-in layer (``class_path`` of the layer's backend), so no
+    Keras is imported here.
+
+    Args:
+      *class_names: names of ``keras.layers`` classes.
+
+    Returns:
+      A decorator that registers and returns the rule class (or instance).
+    """
+    return _registering(_BUILTINS, class_names)
+
+
 def rule_for(layer):
-    """The rule registered for exactly ``layer``'s class, or None.
+    """The rule for ``layer``: registered for exactly its class, or built in for its Keras class.
 
     Subclasses do not inherit their base's rule: a subclass may change what happens to channels,
     so it must be registered explicitly.
     """
-    return _REGISTRY.get(type(layer))
+    rule = _REGISTRY.get(type(layer))
+    if rule is None:
+        try:
+            name = backend_of(layer).class_path(layer)
+        except TypeError:  # not a Keras object
+            return None
+        rule = _BUILTINS.get(name) if name else None
+    return rule
 
 
 def channel_axis_is_last(axis, rank):
@@ -290,7 +317,7 @@ class PReLURule(Elementwise):
         (out,) = super().propagate(ctx)
         alpha = ctx.layer.alpha
         if alpha.shape[-1] == len(out) and len(out) > 1:
-            ctx.slot(alpha, alpha.shape.rank - 1, out, "param", zero_required=False)
+            ctx.slot(alpha, len(alpha.shape) - 1, out, "param", zero_required=False)
         return [out]
 
 
@@ -331,7 +358,7 @@ class NormalizationRule(PassThrough):
         if any(w is None or not any(w is v for v in layer.weights) for w in weights):
             return Freeze("normalizes with per-channel constants").propagate(ctx)
         for weight in weights:
-            ctx.slot(weight, weight.shape.rank - 1, cmap, "stat", zero_required=False)
+            ctx.slot(weight, len(weight.shape) - 1, cmap, "stat", zero_required=False)
         return [cmap.with_zero_ok(False)]
 
 
@@ -349,22 +376,22 @@ class RescalingRule(PassThrough):
 
 
 _PASS = (
-    layers.Dropout, layers.SpatialDropout1D, layers.SpatialDropout2D, layers.SpatialDropout3D,
-    layers.GaussianNoise, layers.GaussianDropout, layers.AlphaDropout, layers.ActivityRegularization,
-    layers.MaxPooling1D, layers.MaxPooling2D, layers.MaxPooling3D,
-    layers.AveragePooling1D, layers.AveragePooling2D, layers.AveragePooling3D,
-    layers.GlobalMaxPooling1D, layers.GlobalMaxPooling2D, layers.GlobalMaxPooling3D,
-    layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D, layers.GlobalAveragePooling3D,
-    layers.ZeroPadding1D, layers.ZeroPadding2D, layers.ZeroPadding3D,
-    layers.Cropping1D, layers.Cropping2D, layers.Cropping3D,
-    layers.UpSampling1D, layers.UpSampling2D, layers.UpSampling3D,
-    layers.Masking,
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+    "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D",
+    "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+    "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D",
+    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+    "Cropping1D", "Cropping2D", "Cropping3D",
+    "UpSampling1D", "UpSampling2D", "UpSampling3D",
+    "Masking",
 )
-register_rule(*_PASS)(PassThrough)
-register_rule(layers.ReLU, layers.LeakyReLU, layers.ELU, layers.ThresholdedReLU)(Elementwise)
-register_rule(layers.Activation)(ActivationRule)
-register_rule(layers.PReLU)(PReLURule)
-register_rule(layers.Softmax)(Freeze("softmax over the channel axis mixes channels"))
-register_rule(layers.BatchNormalization)(BatchNormRule)
-register_rule(layers.Normalization)(NormalizationRule)
-register_rule(layers.Rescaling)(RescalingRule)
+register_builtin(*_PASS)(PassThrough)
+register_builtin("ReLU", "LeakyReLU", "ELU", "ThresholdedReLU")(Elementwise)
+register_builtin("Activation")(ActivationRule)
+register_builtin("PReLU")(PReLURule)
+register_builtin("Softmax")(Freeze("softmax over the channel axis mixes channels"))
+register_builtin("BatchNormalization")(BatchNormRule)
+register_builtin("Normalization")(NormalizationRule)
+register_builtin("Rescaling")(RescalingRule)

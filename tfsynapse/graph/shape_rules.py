@@ -3,11 +3,9 @@ reshape, permute, and LayerNormalization (frozen: its statistics mix channels)."
 
 import numpy as np
 
-from tfsynapse.backends.tf_keras import keras
 from tfsynapse.graph.channels import ChannelMap
-from tfsynapse.graph.rules import Freeze, Rule, channel_axis_is_last, register_rule
+from tfsynapse.graph.rules import Freeze, Rule, channel_axis_is_last, register_builtin
 
-layers = keras.layers
 
 
 class MergeRule(Rule):
@@ -115,10 +113,10 @@ class PermuteRule(Rule):
         return Freeze("moves the channel axis").propagate(ctx)
 
 
-register_rule(layers.LayerNormalization)(LayerNormRule)
-register_rule(layers.Add, layers.Subtract, layers.Average, layers.Maximum, layers.Minimum)(MergeRule())
-register_rule(layers.Multiply)(MergeRule(zero_if_any=True))
-register_rule(layers.Concatenate)(ConcatenateRule)
-register_rule(layers.Flatten)(FlattenRule)
-register_rule(layers.Reshape)(ReshapeRule)
-register_rule(layers.Permute)(PermuteRule)
+register_builtin("LayerNormalization")(LayerNormRule)
+register_builtin("Add", "Subtract", "Average", "Maximum", "Minimum")(MergeRule())
+register_builtin("Multiply")(MergeRule(zero_if_any=True))
+register_builtin("Concatenate")(ConcatenateRule)
+register_builtin("Flatten")(FlattenRule)
+register_builtin("Reshape")(ReshapeRule)
+register_builtin("Permute")(PermuteRule)

@@ -1,12 +1,15 @@
-"""Channel rules for TF-op layers (``TFOpLambda``), as used by ``tf_keras.applications``.
+"""Channel rules for raw tensor operations recorded in functional models.
 
-Functional models record raw TensorFlow calls (``x + 3.0``, ``tf.nn.relu(x)``) as TFOpLambda
-layers. Each is matched by its TF symbol against small tables; anything else has no rule.
+tf_keras records raw TensorFlow calls (``x + 3.0``, ``tf.nn.relu(x)``) as ``TFOpLambda``
+layers; Keras 3 records ``keras.ops`` calls (and operators on its tensors) as operations
+(``keras.src.ops.numpy.Add``, ``...nn.Relu``). Each is matched by its TensorFlow symbol (a
+Keras 3 operation's class name is mapped to one) against small tables; anything else has no
+rule.
 """
 
 import numpy as np
 
-from tfsynapse.backends.tf_keras import keras, tf
+from tfsynapse.backends import backend_name, tf
 from tfsynapse.graph import rules as rules_lib
 from tfsynapse.graph.shape_rules import MergeRule
 from tfsynapse.graph.walk import is_keras_tensor
@@ -20,22 +23,42 @@ _BINARY = {
 _UNARY = {
     "nn.relu", "nn.relu6", "nn.elu", "nn.selu", "nn.leaky_relu", "nn.gelu", "nn.silu", "nn.swish",
     "math.sigmoid", "math.tanh", "nn.softplus", "math.negative", "identity", "math.abs",
-    "math.square", "nn.dropout",
+    "math.square", "nn.dropout", "nn.hard_sigmoid", "nn.hard_silu",
 }
 _REDUCE = {"math.reduce_mean", "math.reduce_max", "math.reduce_sum", "math.reduce_min"}
 
 
-def _tf_op_layer_class():
-    for module in (keras.layers, getattr(keras.layers, "core", None)):
-        cls = getattr(module, "TFOpLambda", None) if module is not None else None
-        if cls is not None:
-            return cls
-    from tf_keras.src.layers.core.tf_op_layer import TFOpLambda  # noqa: PLC0415
+# Keras 3 operation classes -> the TensorFlow symbol they compute.
+_KERAS3_OPS = {
+    "Add": "math.add", "Subtract": "math.subtract", "Multiply": "math.multiply",
+    "Maximum": "math.maximum", "Minimum": "math.minimum", "Divide": "math.divide",
+    "TrueDivide": "math.truediv", "Relu": "nn.relu", "Relu6": "nn.relu6", "Elu": "nn.elu",
+    "Selu": "nn.selu", "LeakyRelu": "nn.leaky_relu", "Gelu": "nn.gelu", "Silu": "nn.silu",
+    "Swish": "nn.swish", "Sigmoid": "math.sigmoid", "Tanh": "math.tanh",
+    "Softplus": "nn.softplus", "Negative": "math.negative", "Absolute": "math.abs",
+    "Square": "math.square", "HardSigmoid": "nn.hard_sigmoid", "HardSilu": "nn.hard_silu",
+    "Mean": "math.reduce_mean", "Max": "math.reduce_max", "Sum": "math.reduce_sum",
+    "Min": "math.reduce_min",
+}
 
-    return TFOpLambda
+
+def is_tf_op_layer(layer):
+    """Whether ``layer`` is tf_keras's ``TFOpLambda`` (a recorded raw TensorFlow call)."""
+    return type(layer).__name__ == "TFOpLambda" and backend_name(layer) == "tf_keras"
 
 
-TFOpLambda = _tf_op_layer_class()
+def _is_keras3_op(layer):
+    return (backend_name(layer) == "keras3"
+            and (type(layer).__module__ or "").startswith("keras.src.ops."))
+
+
+def _symbol(layer):
+    """The TensorFlow symbol of a recorded operation, or None."""
+    if is_tf_op_layer(layer):
+        return layer.symbol
+    if _is_keras3_op(layer):
+        return _KERAS3_OPS.get(type(layer).__name__)
+    return None
 
 
 def _zeros_like_keras(obj):
@@ -49,7 +72,7 @@ class TFOpRule(rules_lib.Rule):
     """Elementwise TF ops with one tensor (and scalar constants), binary merges, reductions."""
 
     def propagate(self, ctx):
-        symbol = ctx.layer.symbol
+        symbol = _symbol(ctx.layer)
         tensors = ctx.inputs
         if symbol in _REDUCE:
             return self._reduce(ctx)
@@ -65,7 +88,7 @@ class TFOpRule(rules_lib.Rule):
 
     @staticmethod
     def _constants_are_scalars(ctx):
-        flat = tf.nest.flatten((ctx.call.node.call_args, ctx.call.node.call_kwargs))
+        flat = tf.nest.flatten((ctx.call.args, ctx.call.kwargs))
         for obj in flat:
             if is_keras_tensor(obj) or obj is None or isinstance(obj, (str, bool)):
                 continue
@@ -78,18 +101,21 @@ class TFOpRule(rules_lib.Rule):
 
     @staticmethod
     def _keeps_zero(ctx):
-        node = ctx.call.node
-        args = tf.nest.map_structure(lambda o: _zeros_like_keras(o), node.call_args)
-        kwargs = tf.nest.map_structure(lambda o: _zeros_like_keras(o), node.call_kwargs)
-        out = np.asarray(ctx.layer.function(*args, **kwargs))
+        args = tf.nest.map_structure(_zeros_like_keras, ctx.call.args)
+        kwargs = tf.nest.map_structure(_zeros_like_keras, ctx.call.kwargs)
+        function = ctx.layer.function if is_tf_op_layer(ctx.layer) else ctx.layer
+        out = np.asarray(function(*args, **kwargs))
         width = len(ctx.inputs[0])
         out = np.broadcast_to(out, out.shape[:-1] + (width,)) if out.ndim else np.full((width,), out)
         return np.all(out.reshape(-1, width) == 0, axis=0)
 
     @staticmethod
     def _reduce(ctx):
-        node = ctx.call.node
-        axis = node.call_kwargs.get("axis", node.call_args[1] if len(node.call_args) > 1 else None)
+        args, kwargs = ctx.call.args, ctx.call.kwargs
+        if _is_keras3_op(ctx.layer):  # the operation holds its axis
+            axis = ctx.layer.axis
+        else:
+            axis = kwargs.get("axis", args[1] if len(args) > 1 else None)
         rank = ctx.input_shapes[0].rank
         axes = [axis] if isinstance(axis, int) else list(axis or [])
         if axis is None or any(a % rank == rank - 1 for a in axes):
@@ -101,9 +127,8 @@ _RULE = TFOpRule()
 
 
 def rule_for_tf_op(layer):
-    """The TF-op rule if ``layer`` is a TFOpLambda whose symbol is in the tables, else None."""
-    if isinstance(layer, TFOpLambda) and (
-        layer.symbol in _BINARY or layer.symbol in _UNARY or layer.symbol in _REDUCE
-    ):
+    """The op rule if ``layer`` records an operation whose symbol is in the tables, else None."""
+    symbol = _symbol(layer)
+    if symbol is not None and (symbol in _BINARY or symbol in _UNARY or symbol in _REDUCE):
         return _RULE
     return None

@@ -1,4 +1,4 @@
-"""A flat, topologically ordered view of a functional tf_keras model's layer calls.
+"""A flat, topologically ordered view of a functional model's layer calls (either Keras).
 
 Nested functional/Sequential models are inlined: their inner calls appear in place, and the
 tensors that cross the model boundary share one key. Both the dependency-graph builder and
@@ -8,7 +8,7 @@ the model rebuilder (``replay``) read this view, so they can never disagree on t
 import dataclasses
 import itertools
 
-from tfsynapse.backends.tf_keras import keras, tf
+from tfsynapse.backends import backend_of, tf
 
 
 @dataclasses.dataclass
@@ -17,12 +17,13 @@ class Call:
 
     Attributes:
       layer: the called layer (never a nested functional model; those are inlined).
-      node: the tf_keras ``Node`` of the call (holds the call's args and kwargs).
-      inputs: keys of the input tensors, in ``node.keras_inputs`` order.
-      outputs: keys of the output tensors, in ``tf.nest.flatten(node.outputs)`` order.
+      node: the Keras ``Node`` of the call.
+      inputs: keys of the input tensors, in the node's order.
+      outputs: keys of the output tensors, in the node's (flattened) order.
       input_shapes: ``tf.TensorShape`` per input.
       output_shapes: ``tf.TensorShape`` per output.
       arg_keys: ``{id(keras_tensor): key}`` for the tensors in the node's arguments.
+      args, kwargs: the arguments of the call (symbolic tensors inside).
     """
 
     layer: object
@@ -32,6 +33,8 @@ class Call:
     input_shapes: list
     output_shapes: list
     arg_keys: dict
+    args: tuple = ()
+    kwargs: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -46,83 +49,89 @@ class FlatModel:
 
 
 def is_keras_tensor(obj):
-    """Whether ``obj`` is a symbolic tf_keras tensor (False for constants and eager tensors)."""
-    return tf.is_tensor(obj) and keras.backend.is_keras_tensor(obj)
+    """Whether ``obj`` is a symbolic Keras tensor of either Keras (False for constants)."""
+    try:
+        return backend_of(obj).is_symbolic(obj)
+    except TypeError:
+        return False
 
 
 def is_functional(layer):
-    """Whether ``layer`` is a tf_keras model with a layer graph (functional or Sequential)."""
-    return isinstance(layer, keras.Model) and getattr(layer, "_is_graph_network", False)
+    """Whether ``layer`` is a model with a layer graph (functional or Sequential)."""
+    try:
+        return backend_of(layer).is_graph_model(layer)
+    except TypeError:
+        return False
 
 
-def _ordered_nodes(model):
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            yield node
+def _shape(tensor):
+    return tf.TensorShape(tensor.shape)
 
 
 def flatten_calls(model):
     """Lists the layer calls of a functional model in execution order, nested models inlined.
 
     Args:
-      model: a built functional or Sequential tf_keras model.
+      model: a built functional or Sequential model (tf_keras or Keras 3).
 
     Returns:
-      A ``FlatModel``.
+      A ``FlatModel``; shapes are ``tf.TensorShape`` for either Keras.
 
     Raises:
       ValueError: a nested model is subclassed (has no layer graph).
     """
+    backend = backend_of(model)
     counter = itertools.count()
     key_of = {}
-    for kt in model.inputs:
+    inputs, outputs = backend.model_io(model)
+    for kt in inputs:
         key_of[id(kt)] = next(counter)
     calls = []
-    _walk(model, key_of, counter, calls)
+    _walk(backend, model, key_of, counter, calls)
     return FlatModel(
         calls=calls,
-        inputs=[key_of[id(t)] for t in model.inputs],
-        outputs=[key_of[id(t)] for t in model.outputs],
-        input_shapes=[t.shape for t in model.inputs],
-        output_shapes=[t.shape for t in model.outputs],
+        inputs=[key_of[id(t)] for t in inputs],
+        outputs=[key_of[id(t)] for t in outputs],
+        input_shapes=[_shape(t) for t in inputs],
+        output_shapes=[_shape(t) for t in outputs],
     )
 
 
-def _walk(model, key_of, counter, calls):
-    for node in _ordered_nodes(model):
-        layer = node.layer
-        if isinstance(layer, keras.layers.InputLayer) or node.is_input:
-            continue
-        in_kts = list(node.keras_inputs)
-        out_kts = tf.nest.flatten(node.outputs)
-        if isinstance(layer, keras.Model):
-            if not is_functional(layer):
+def _walk(backend, model, key_of, counter, calls):
+    for layer, node in backend.call_nodes(model):
+        in_kts, out_kts = backend.node_tensors(node)
+        if backend.is_model(layer):
+            if not backend.is_graph_model(layer):
                 raise ValueError(
                     f"nested model '{layer.name}' is a subclassed model: tfsynapse needs its "
                     "layer graph. Rebuild it with the functional API or as a Sequential."
                 )
-            if len(layer.inputs) != len(in_kts):
+            inner_inputs, inner_outputs = backend.model_io(layer)
+            if len(inner_inputs) != len(in_kts):
                 raise ValueError(
                     f"nested model '{layer.name}' was called with {len(in_kts)} tensors but has "
-                    f"{len(layer.inputs)} inputs; call it with one tensor per input."
+                    f"{len(inner_inputs)} inputs; call it with one tensor per input."
                 )
-            for inner, outer in zip(layer.inputs, in_kts):
+            for inner, outer in zip(inner_inputs, in_kts):
                 key_of[id(inner)] = key_of[id(outer)]
-            _walk(layer, key_of, counter, calls)
-            for inner, outer in zip(layer.outputs, out_kts):
+            _walk(backend, layer, key_of, counter, calls)
+            for inner, outer in zip(inner_outputs, out_kts):
                 key_of[id(outer)] = key_of[id(inner)]
             continue
         for kt in out_kts:
             key_of[id(kt)] = next(counter)
+        args, kwargs = backend.node_arguments(node)
         calls.append(
             Call(
                 layer=layer,
                 node=node,
                 inputs=[key_of[id(t)] for t in in_kts],
                 outputs=[key_of[id(t)] for t in out_kts],
-                input_shapes=[t.shape for t in in_kts],
-                output_shapes=[t.shape for t in out_kts],
+                input_shapes=[_shape(t) for t in in_kts],
+                output_shapes=[_shape(t) for t in out_kts],
                 arg_keys={id(t): key_of[id(t)] for t in in_kts},
+                args=args,
+                kwargs=kwargs,
             )
         )
 
@@ -134,22 +143,21 @@ def replay(model, make_layer, name=None, model_fn=None):
     returns the layer itself are shared with ``model``.
 
     Args:
-      model: a built functional or Sequential tf_keras model.
+      model: a built functional or Sequential model (tf_keras or Keras 3).
       make_layer: ``fn(layer) -> layer``, called once per distinct layer, in execution order;
         the returned layer is called with the same arguments as the original.
       name: name of the new model (default: the old one's).
-      model_fn: ``fn(inputs, outputs, name) -> model`` (default: ``keras.Model``).
+      model_fn: ``fn(inputs, outputs, name) -> model`` (default: a functional model).
 
     Returns:
       A new functional ``keras.Model``.
     """
+    backend = backend_of(model)
     flat = flatten_calls(model)
     inputs = []
     tensors = {}
-    for key, kt in zip(flat.inputs, model.inputs):
-        new_input = keras.Input(
-            batch_shape=kt.shape, dtype=kt.dtype, name=kt.name.split(":")[0].split("/")[0]
-        )
+    for key, kt in zip(flat.inputs, backend.model_io(model)[0]):
+        new_input = backend.new_input(kt)
         tensors[key] = new_input
         inputs.append(new_input)
     made = {}
@@ -160,18 +168,20 @@ def replay(model, make_layer, name=None, model_fn=None):
         new_layer = made[id(layer)]
 
         def substitute(obj, call=call):
-            if is_keras_tensor(obj) and id(obj) in call.arg_keys:
+            if id(obj) in call.arg_keys and backend.is_symbolic(obj):
                 return tensors[call.arg_keys[id(obj)]]
             return obj
 
-        args = tf.nest.map_structure(substitute, call.node.call_args)
-        kwargs = tf.nest.map_structure(substitute, call.node.call_kwargs)
+        args = tf.nest.map_structure(substitute, call.args)
+        kwargs = tf.nest.map_structure(substitute, call.kwargs)
         outputs = new_layer(*args, **kwargs)
         for key, tensor in zip(call.outputs, tf.nest.flatten(outputs)):
             tensors[key] = tensor
     outputs = [tensors[k] for k in flat.outputs]
-    if len(outputs) == 1 and not isinstance(getattr(model, "_nested_outputs", None), (list, tuple)):
+    if len(outputs) == 1 and backend.single_output(model):
         outputs = outputs[0]  # a single-output model stays single-output
-    model_fn = model_fn or (lambda i, o, n: keras.Model(i, o, name=n))
+    model_fn = model_fn or backend.new_model
+    if len(inputs) == 1 and backend.single_input(model):
+        inputs = inputs[0]
     return model_fn(inputs, outputs, name or model.name)
 

@@ -15,6 +15,7 @@ from tfsynapse.backends.tf_keras import (
     refuse_pruning_wrappers,
     user_functions_scope,
 )
+from tfsynapse.backends import backend_of, tf
 from tfsynapse.graph import dependency_groups, replay
 from tfsynapse.pruning.batchnorm import recalibrate_batchnorm
 from tfsynapse.pruning.model import PrunedModel
@@ -222,7 +223,7 @@ def check_finite_weights(plan):
       ValueError: names the layers and weights holding NaN or inf.
     """
     bad = sorted({f"{layer.name} ({weight.name})" for layer, _, weight, _ in plan.masked_weights
-                  if weight.dtype.is_floating and not np.all(np.isfinite(weight.numpy()))})
+                  if tf.as_dtype(weight.dtype).is_floating and not np.all(np.isfinite(weight.numpy()))})
     if bad:
         raise ValueError(
             f"the weights of {len(bad)} prunable layer(s) hold NaN or inf: "
@@ -254,7 +255,7 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
     """Prunes a model in one shot, without training (the D-Score paper's procedure).
 
     Args:
-      model: a built tf_keras functional or Sequential model (left untouched).
+      model: a built functional or Sequential model, tf_keras or Keras 3 (left untouched).
       sparsity: a float in [0, 1), the fraction of units pruned per group (scope='layer') or
         over the model (scope='global'); or ``{layer name: ratio}`` for the groups those layers
         produce (other groups stay whole), e.g. from ``ratios_from_sensitivity``.
@@ -266,16 +267,17 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
       recalibration_steps: the most batches of ``data`` used for recalibration.
 
     Returns:
-      A new tf_keras model with the same architecture and the pruned units exactly zero (a
-      channel's filters, biases, BatchNormalization gamma/beta and depthwise weights).
+      A new model of the same Keras with the same architecture and the pruned units exactly
+      zero (a channel's filters, biases, BatchNormalization gamma/beta and depthwise weights).
 
     Raises:
-      TypeError: a Keras 3 model.
+      TypeError: not a Keras model.
       ValueError: a subclassed or unbuilt model, a sparsity that is not a float in [0, 1) or
         such a dict, invalid options, or a target the caps make unreachable.
     """
-    check_model(model)
-    refuse_pruning_wrappers(model)
+    backend = backend_of(model)
+    backend.check_model(model)
+    backend.refuse_pruning_wrappers(model)
     if isinstance(sparsity, dict):
         layer_sparsity, target = dict(sparsity), 1.0
         for name, ratio in layer_sparsity.items():
@@ -289,8 +291,8 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
         only_listed=layer_sparsity is not None)
     _check_names(model, options)
     try:
-        with user_functions_scope(model):
-            clone = keras.models.clone_model(model)
+        with backend.user_functions_scope(model):
+            clone = backend.keras.models.clone_model(model)
     except (OSError, TypeError, ValueError) as err:
         raise ValueError(
             f"prune_once works on a copy of the model and Keras cannot copy this one: {err}. "

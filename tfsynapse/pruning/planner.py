@@ -25,7 +25,7 @@ fraction removed can exceed the ratio by under half a unit) and keeps at least o
 
 import numpy as np
 
-from tfsynapse.backends.tf_keras import tf
+from tfsynapse.backends import tf
 from tfsynapse.criteria import lowest_k_mask, ranks
 from tfsynapse.graph import unwrap
 from tfsynapse.pruning.scoring import Scoring
@@ -160,7 +160,7 @@ class MaskPlan:
             connection = conn.get(key)
             if not entry["active"] and connection is None:
                 continue
-            shape = [1] * entry["weight"].shape.rank
+            shape = [1] * len(entry["weight"].shape)
             for axis, _, _ in entry["axes"]:
                 shape[axis] = entry["weight"].shape[axis]
             entry["connection"] = connection
@@ -319,7 +319,7 @@ class MaskPlan:
             g = p.group
             verdicts = []
             for role, reduce_axis in (("in", 1), ("out", 0)):
-                members = [m for m in g.by_role(role) if m.slot.weight.shape.rank >= 2]
+                members = [m for m in g.by_role(role) if len(m.slot.weight.shape) >= 2]
                 if not members:
                     continue
                 dead = tf.ones([g.size], tf.bool)

@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 
-from tfsynapse.backends.tf_keras import tf
+from tfsynapse.backends import tf
 from tfsynapse.criteria.registry import GroupInputs, LayerInputs
 from tfsynapse.graph import unwrap
 
@@ -39,7 +39,7 @@ class Scoring:
     def filter_matrix(self, group):
         blocks = []
         for m in group.by_role("out"):
-            if m.slot.weight.shape.rank < 2:
+            if len(m.slot.weight.shape) < 2:
                 continue  # biases do not score
             weight = self._rules[id(m.layer)].effective_weight(m.layer, m.slot.weight)
             rows = tf.gather(_moveaxis_rows(weight, m.slot.axis), m.positions)
@@ -123,7 +123,7 @@ class Scoring:
 
 def _moveaxis_rows(weight, axis):
     """``weight`` with ``axis`` first, flattened to ``[axis_len, -1]``."""
-    rank = weight.shape.rank
+    rank = len(weight.shape)
     perm = [axis] + [a for a in range(rank) if a != axis]
     return tf.reshape(tf.transpose(weight, perm), [weight.shape[axis], -1])
 

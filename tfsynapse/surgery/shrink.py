@@ -11,13 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from tfsynapse.backends.tf_keras import (
-    check_model,
-    half_precision_layers,
-    pruning_wrapper,
-    tf,
-    user_functions_scope,
-)
+from tfsynapse.backends import backend_of, tf
 from tfsynapse.graph import count_macs, count_params, dependency_groups, kept_positions, replay, unwrap
 
 
@@ -164,10 +158,11 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
         them).
       RuntimeError: the self-check found different outputs (a bug: please report it).
     """
-    check_model(model)
+    backend = backend_of(model)
+    backend.check_model(model)
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}.")
-    if pruning_wrapper.collect_prunable_layers(model):
+    if backend.has_pruning_wrappers(model):
         from tfsynapse.pruning import strip_pruning  # noqa: PLC0415
 
         model = strip_pruning(model)
@@ -175,8 +170,8 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
     values = {}
     for lc in graph.calls:
         layer = unwrap(lc.call.layer)
-        for i, w in enumerate(layer.weights):
-            values[(id(layer), i)] = w.numpy()
+        for i, w in enumerate(getattr(layer, "weights", ())):
+            values[(id(layer), i)] = np.asarray(w.numpy())
     keep = _keep_plan(graph, removable_units(graph, values), round_to)
     out_width = {}
     for lc in graph.calls:
@@ -196,6 +191,8 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
 
     def make_layer(layer):
         layer = unwrap(layer)
+        if not backend.is_layer(layer):  # a raw operation: no weights, no channels of its own
+            return layer
         config = layer.get_config()
         before, after = out_width[id(layer)]
         if after != before:
@@ -210,7 +207,7 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
         made.append((layer, new))
         return new
 
-    with user_functions_scope(model):
+    with backend.user_functions_scope(model):
         new_model = replay(model, make_layer)
     for old, new in made:
         arrays = []
@@ -236,22 +233,23 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
 
 
 def _self_check(model, new_model, rtol):
-    if half_precision_layers(model):
+    if backend_of(model).half_precision_layers(model):
         rtol = max(rtol, 1e-2)  # half-precision compute: float16 rounding, not a difference
     rng = np.random.default_rng(0)
     inputs = []
     for t in model.inputs:
         shape = [2] + [1 if d is None else int(d) for d in t.shape[1:]]
-        if t.dtype.is_integer:
-            inputs.append(np.zeros(shape, t.dtype.as_numpy_dtype))
+        dtype = tf.as_dtype(t.dtype)
+        if dtype.is_integer:
+            inputs.append(np.zeros(shape, dtype.as_numpy_dtype))
         else:
-            inputs.append(rng.normal(size=shape).astype(t.dtype.as_numpy_dtype))
+            inputs.append(rng.normal(size=shape).astype(dtype.as_numpy_dtype))
     inputs = inputs[0] if len(inputs) == 1 else inputs
     before = [np.asarray(o) for o in _as_list(model(inputs, training=False))]
     after = [np.asarray(o) for o in _as_list(new_model(inputs, training=False))]
     if not all(np.all(np.isfinite(o)) for o in before + after):
         # NaN compares false with everything: a check that cannot see NaN must not pass.
-        bad = [w.name for w in model.weights if w.dtype.is_floating
+        bad = [w.name for w in model.weights if tf.as_dtype(w.dtype).is_floating
                and not np.all(np.isfinite(w.numpy()))]
         raise ValueError(
             "shrink cannot verify the shrunk model: the outputs on a random batch hold NaN or "

@@ -1,0 +1,180 @@
+"""The binding to Keras 3 (``import keras``) with its TensorFlow backend.
+
+The only module that imports ``keras``. It implements the graph interface of
+``tfsynapse.backends`` (the same functions as ``tfsynapse.backends.tf_keras``) on Keras 3's
+functional models: ``Functional._nodes_by_depth``, ``Node.operation`` / ``input_tensors`` /
+``output_tensors`` / ``arguments``; a ``Sequential`` is walked through the functional model it
+builds. tfmot does not wrap Keras 3 layers, so nothing here imports it.
+"""
+
+import keras
+
+from tfsynapse.backends import builtin_class_path, is_framework_function, tf
+
+NAME = "keras3"
+
+__all__ = [
+    "NAME", "keras", "tf", "check_model", "unwrap", "has_pruning_wrappers",
+    "refuse_pruning_wrappers",
+    "is_graph_model", "is_model", "is_layer", "graph_model", "call_nodes", "node_tensors",
+    "node_arguments", "model_io", "single_input", "single_output", "is_symbolic", "new_input", "new_model",
+    "class_path", "user_functions_scope", "is_framework_function", "half_precision_layers",
+]
+
+
+def _require_tensorflow_backend():
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            f"Keras 3 runs with the {backend!r} backend; tfsynapse needs the TensorFlow backend "
+            "(its TFLite export and its tensor code are TensorFlow). Set KERAS_BACKEND=tensorflow "
+            "before importing keras.")
+
+
+def check_model(model, what="model", require_built=True):
+    """Validates that ``model`` is a built Keras 3 Sequential or functional model.
+
+    Args:
+      model: the object a user handed to a public function.
+      what: how to name the object in error messages.
+      require_built: also demand that the model has been built (has inputs and weights).
+
+    Returns:
+      The model, unchanged.
+
+    Raises:
+      TypeError: not a Keras 3 model.
+      ValueError: a subclassed or unbuilt model.
+      RuntimeError: Keras 3 runs with another backend than TensorFlow.
+    """
+    _require_tensorflow_backend()
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"{what} must be a keras.Model (Sequential or functional), got "
+                        f"{type(model).__name__}.")
+    if not isinstance(model, (keras.Sequential, keras.src.models.functional.Functional)):
+        raise ValueError(
+            f"{what} ({type(model).__name__}) is a subclassed model: tfsynapse needs the layer "
+            "graph, which subclassed models do not expose. Rebuild it with the functional API "
+            "(keras.Model(inputs, outputs)) or as a keras.Sequential, then load its weights.")
+    if require_built and graph_model(model) is None:
+        raise ValueError(
+            f"{what} is not built: give its first layer an input shape "
+            "(keras.Input(shape=...)) or call model.build(input_shape) first.")
+    return model
+
+
+def unwrap(layer):
+    """The layer itself: Keras 3 layers are masked in place, never wrapped."""
+    return layer
+
+
+def has_pruning_wrappers(model):
+    """False: no pruning wrapper exists for Keras 3 layers."""
+    return False
+
+
+def refuse_pruning_wrappers(model):
+    """Nothing to refuse: no pruning wrapper exists for Keras 3 layers."""
+    return None
+
+
+def graph_model(model):
+    """The functional model that holds the graph (a built Sequential's inner one), or None."""
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    if isinstance(model, keras.src.models.functional.Functional):
+        return model
+    return None
+
+
+def is_graph_model(layer):
+    """Whether ``layer`` is a model with a layer graph (functional, or a built Sequential)."""
+    return isinstance(layer, keras.Model) and graph_model(layer) is not None
+
+
+def is_model(layer):
+    """Whether ``layer`` is a Keras model of any kind (subclassed included)."""
+    return isinstance(layer, keras.Model)
+
+
+def is_layer(obj):
+    """Whether ``obj`` is a Keras layer (a raw ``keras.ops`` operation is not)."""
+    return isinstance(obj, keras.layers.Layer)
+
+
+def call_nodes(model):
+    """``(operation, node)`` for every call recorded in a graph model, in execution order."""
+    functional = graph_model(model)
+    for depth in sorted(functional._nodes_by_depth, reverse=True):
+        for node in functional._nodes_by_depth[depth]:
+            if node.is_input or isinstance(node.operation, keras.layers.InputLayer):
+                continue
+            yield node.operation, node
+
+
+def node_tensors(node):
+    """``(input tensors, output tensors)`` of a call node, as flat lists."""
+    return list(node.input_tensors), list(node.output_tensors)
+
+
+def node_arguments(node):
+    """``(args, kwargs)`` the operation was called with (symbolic tensors inside)."""
+    return tuple(node.arguments.args), dict(node.arguments.kwargs)
+
+
+def model_io(model):
+    """``(inputs, outputs)`` of a graph model as flat lists of symbolic tensors."""
+    functional = graph_model(model)
+    return list(functional.inputs), tf.nest.flatten(functional.outputs)
+
+
+def single_input(model):
+    """Whether the model takes one tensor (rather than a list, tuple or dict of them)."""
+    return not isinstance(graph_model(model)._inputs_struct, (list, tuple, dict))
+
+
+def single_output(model):
+    """Whether the model returns one tensor (rather than a list, tuple or dict of them)."""
+    return not isinstance(graph_model(model)._outputs_struct, (list, tuple))
+
+
+def is_symbolic(obj):
+    """Whether ``obj`` is a symbolic Keras 3 tensor."""
+    return isinstance(obj, keras.KerasTensor)
+
+
+def new_input(tensor):
+    """A new ``keras.Input`` like the symbolic ``tensor`` (shape with batch, dtype, name)."""
+    return keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype, name=tensor.name)
+
+
+def new_model(inputs, outputs, name):
+    """A functional model."""
+    return keras.Model(inputs, outputs, name=name)
+
+
+def class_path(layer):
+    """The key of built-in rules for Keras's own classes (see ``backends.builtin_class_path``)."""
+    return builtin_class_path(layer, "keras")
+
+
+def user_functions_scope(model):
+    """A custom-object scope holding the plain Python functions the model's layers use
+    (Keras serialises a callable activation by name only; rebuilding needs it)."""
+    functions = {}
+    for layer in _submodules(model):
+        fn = getattr(layer, "activation", None)
+        if callable(fn) and hasattr(fn, "__name__") and not is_framework_function(fn):
+            functions[fn.__name__] = fn
+    return keras.saving.custom_object_scope(functions)
+
+
+def half_precision_layers(model):
+    """Names of the layers of ``model`` that compute in float16 or bfloat16 (mixed precision)."""
+    return [layer.name for layer in _submodules(model)
+            if getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32")
+            in ("float16", "bfloat16")]
+
+
+def _submodules(model):
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)]
