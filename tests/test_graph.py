@@ -214,8 +214,10 @@ def test_prelu_transpose_and_tf_ops():
 def test_model_errors():
     import keras as keras3  # noqa: PLC0415
 
-    with pytest.raises(TypeError, match="tf_keras"):
+    with pytest.raises(ValueError, match="not built"):  # Keras 3 works, built (test_keras3.py)
         dependency_groups(keras3.Sequential([keras3.layers.Dense(2)]))
+    with pytest.raises(TypeError, match="must be a Keras model"):
+        dependency_groups("model.keras")
 
     class Sub(keras.Model):
         def call(self, x):

@@ -15,6 +15,7 @@ import pytest
 import tfsynapse
 from conftest import randomize_bn, zoo_cases, zoo_prune_and_shrink
 from tfsynapse import backends
+from tfsynapse.backends import tf
 from tfsynapse.backends.tf_keras import keras as tf_keras
 from tfsynapse.graph import count_macs, count_params, dependency_groups
 
@@ -153,9 +154,8 @@ def test_sequential_model_prunes_and_shrinks():
 
 def test_keras3_models_are_refused_clearly_where_not_supported_yet(twins):
     _, modern = twins
-    schedule = tfsynapse.ConstantSparsity(0.5, 0)
-    with pytest.raises(TypeError, match="prune_once .* and shrink"):
-        tfsynapse.prune_synaptic(modern, schedule)
+    with pytest.raises(TypeError, match="Keras 3 models work with"):
+        tfsynapse.to_synaptic(modern)
 
 
 ZOO_FAST = ("MobileNetV2", "ResNet50", "EfficientNetB0", "ConvNeXtTiny")
@@ -171,3 +171,139 @@ def test_keras3_zoo_masked_equals_shrunk(name):
         weights=None, input_shape=(size, size, 3), classes=10, classifier_activation=None)
     _, small, report, _ = zoo_prune_and_shrink(model, name)
     assert small.count_params() == report.params_after
+
+
+@pytest.fixture(scope="module")
+def shrunk_modern(twins):
+    _, modern = twins
+    return tfsynapse.shrink(tfsynapse.prune_once(modern, 0.5))
+
+
+@pytest.mark.parametrize("quantize", [None, "float16", "dynamic", "int8"])
+def test_keras3_export_in_every_mode_matches_keras(shrunk_modern, quantize):
+    import tflite_export  # noqa: PLC0415
+
+    x = _x(shrunk_modern, 16, seed=2)
+    data = tflite_export.convert(shrunk_modern, quantize=quantize,
+                                 representative_dataset=x if quantize == "int8" else None)
+    report = tflite_export.verify(data, shrunk_modern, x)
+    scale = float(np.abs(np.asarray(shrunk_modern(x))).max())
+    tolerance = {None: 1e-4, "float16": 1e-2, "dynamic": 5e-2, "int8": 1e-1}[quantize]
+    assert np.isfinite(report["max_abs_error"]) and report["max_abs_error"] <= tolerance * scale
+
+
+def test_keras3_dict_outputs_export_in_keras_order():
+    import tflite_export  # noqa: PLC0415
+
+    a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    model = keras.Model([a, b], {"y": keras.layers.Dense(2, name="d")(a),
+                                 "z": keras.layers.Dense(1, name="e")(b)})
+    xs = [_x(keras.Model(a, a), 5), _x(keras.Model(b, b), 5, seed=1)]
+    data = tflite_export.convert(model)
+    assert [o.shape for o in tflite_export.predict(data, xs)] == [(5, 2), (5, 1)]
+    assert tflite_export.verify(data, model, xs)["max_abs_error"] < 1e-5
+
+
+def test_a_tflite_that_reads_variables_is_refused(tmp_path, twins):
+    """A SavedModel whose function captures untracked variables converts into a .tflite that
+    reads variables LiteRT never initialises (NaN outputs); the job refuses it."""
+    from tflite_export import conversion_job  # noqa: PLC0415
+
+    _, modern = twins
+    spec = tf.TensorSpec([None, 12, 12, 3], tf.float32, name="image")
+    function = tf.function(lambda x: {"head": modern(x, training=False)},
+                           input_signature=[spec]).get_concrete_function()
+    holder = tf.Module()
+    holder.keras_variables = list(modern.variables)  # Keras 3 variables, not their tf.Variables
+    tf.saved_model.save(holder, str(tmp_path / conversion_job.SAVED_MODEL), signatures=function)
+    conversion_job.write_job(str(tmp_path), quantize=None, int8_io=False, sparse_weights=False,
+                             input_names=["image"], output_names=["head"])
+    conversion_job.run(str(tmp_path))
+    with pytest.raises(RuntimeError, match="reads TensorFlow variables"):
+        conversion_job.read_result(str(tmp_path))
+
+
+def _small_keras3(seed=0):
+    keras.utils.set_random_seed(seed)
+    i = keras.Input((10, 10, 1), name="image")
+    x = keras.layers.Conv2D(16, 3, activation="relu", name="a")(i)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Conv2D(16, 3, activation="relu", name="b")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(i, keras.layers.Dense(4, name="out")(x))
+
+
+def _data(n=128, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 10, 10, 1)).astype("float32"), rng.integers(0, 4, n)
+
+
+def _compile(model, lr=1e-3):
+    model.compile(keras.optimizers.Adam(lr),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def test_keras3_prunes_during_fit_to_the_schedule_and_shrinks():
+    x, y = _data()
+    schedule = tfsynapse.fit_schedule(0.5, epochs=3, samples=len(x), batch_size=32)
+    pruned = _compile(tfsynapse.prune_synaptic(_small_keras3(), schedule, criterion="dscore",
+                                               granularity="filter", scope="layer"))
+    pruned.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    assert int(pruned.pruning_step.numpy()) == 3 * 4 - 1
+    keep = pruned.keep_plan()
+    assert keep and all(k.mean() == 0.5 for k in keep.values())
+    assert pruned.pruned_fraction() == pytest.approx(0.5)
+    stripped = tfsynapse.strip_pruning(pruned)
+    assert backends.backend_name(stripped) == "keras3" and not hasattr(stripped, "masks")
+    small, report = tfsynapse.shrink(stripped, return_report=True)  # self-checks masked == shrunk
+    assert report.channels == {"a": (16, 8), "b": (16, 8)}
+
+
+def test_keras3_connection_pruning_during_fit_reaches_its_target():
+    x, y = _data()
+    schedule = tfsynapse.fit_schedule(0.6, epochs=2, samples=len(x), batch_size=32)
+    pruned = _compile(tfsynapse.prune_synaptic(_small_keras3(), schedule))  # synaptic, global
+    pruned.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    assert pruned.pruned_fraction() == pytest.approx(0.6, abs=0.02)
+    stripped = tfsynapse.strip_pruning(pruned)
+    np.testing.assert_allclose(np.asarray(stripped(x[:4])), np.asarray(pruned(x[:4])), atol=1e-6)
+
+
+def test_keras3_masks_at_the_first_step_are_prune_once_masks():
+    """With a learning rate of 0, one training step only computes the masks: they must zero
+    exactly what prune_once zeroes (the same plan and criterion, either path)."""
+    model = _small_keras3(seed=1)
+    once = tfsynapse.prune_once(model, 0.5, criterion="l1")
+    pruned = _compile(tfsynapse.prune_synaptic(model, tfsynapse.ConstantSparsity(0.5, 0),
+                                               criterion="l1", granularity="filter",
+                                               scope="layer"), lr=0.0)
+    pruned.fit(*_data(32), epochs=1, batch_size=32, verbose=0)
+    for layer in ("a", "bn", "b"):
+        for w_once, w_fit in zip(once.get_layer(layer).trainable_weights,
+                                 pruned.get_layer(layer).trainable_weights):  # (BN statistics move)
+            np.testing.assert_array_equal(w_once.numpy() == 0, w_fit.numpy() == 0, err_msg=layer)
+
+
+def test_keras3_saved_mid_schedule_resumes_with_the_same_step_and_masks(tmp_path):
+    x, y = _data()
+    schedule = tfsynapse.PolynomialDecay(0.0, 0.5, 0, 8, frequency=1)
+    pruned = _compile(tfsynapse.prune_synaptic(_small_keras3(), schedule))
+    pruned.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    path = str(tmp_path / "mid.keras")
+    pruned.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded).__name__ == "KerasPrunedModel"
+    assert int(loaded.pruning_step.numpy()) == int(pruned.pruning_step.numpy()) == 3
+    for a, b in zip(pruned.masks, loaded.masks):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert loaded.pruning_options == pruned.pruning_options
+    loaded.fit(x, y, epochs=1, batch_size=32, verbose=0)  # the schedule goes on from step 3
+    assert int(loaded.pruning_step.numpy()) == 7
+    assert 0.0 < 1 - np.mean(np.concatenate([m.numpy().ravel() for m in loaded.masks]))
+
+
+def test_keras3_fit_refuses_tf_keras_callbacks():
+    pruned = _compile(tfsynapse.prune_synaptic(_small_keras3(), tfsynapse.ConstantSparsity(0.5, 0)))
+    with pytest.raises(ValueError, match="needs no UpdatePruningStep"):
+        pruned.fit(*_data(32), epochs=1, callbacks=[tfsynapse.UpdatePruningStep()], verbose=0)

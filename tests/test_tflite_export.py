@@ -9,7 +9,7 @@ import pytest
 from tfsynapse.backends.tf_keras import keras, tf
 
 import tflite_export
-from tflite_export import QUANTIZATION_MODES, benchmark, convert, inspect, verify
+from tflite_export import QUANTIZATION_MODES, benchmark, convert, inspect, predict, verify
 from tflite_export.calibration import Calibration
 
 SHAPE = (12, 12, 3)
@@ -196,12 +196,12 @@ def test_int8_io_needs_int8(cnn):
         convert(cnn, "float16", int8_io=True)
 
 
-def test_keras3_model_is_refused():
+def test_keras3_model_converts():  # every mode and structure: tests/test_keras3.py
     keras3 = pytest.importorskip("keras")
     inputs = keras3.Input((4,))
     model = keras3.Model(inputs, keras3.layers.Dense(2)(inputs))
-    with pytest.raises(TypeError, match="Keras 3"):
-        convert(model)
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    np.testing.assert_allclose(predict(convert(model), x), np.asarray(model(x)), atol=1e-5)
 
 
 def test_not_a_model():

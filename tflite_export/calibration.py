@@ -12,7 +12,7 @@ import itertools
 
 import numpy as np
 
-from tfsynapse.backends.tf_keras import tf
+from tfsynapse.backends import backend_of, tf
 
 _HOW_TO = (
     "Pass representative_dataset= as a function returning an iterable of input batches "
@@ -48,9 +48,9 @@ class Calibration:
             )
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"calibration_steps must be an int >= 1, got {steps!r}.")
-        self._names = list(model.input_names)
-        self._shapes = [tuple(t.shape.as_list()) for t in model.inputs]
-        self._dtypes = [np.dtype(t.dtype.as_numpy_dtype) for t in model.inputs]
+        self._names = backend_of(model).input_names(model)
+        self._shapes = [tuple(t.shape) for t in model.inputs]
+        self._dtypes = [np.dtype(tf.as_dtype(t.dtype).as_numpy_dtype) for t in model.inputs]
         self._steps = steps
         self._source = representative_dataset
         self._one_shot_cache = None

@@ -123,8 +123,22 @@ def _convert(directory):
     except Exception as err:  # noqa: BLE001 - a model the flatbuffer object API cannot repack
         warnings.warn(f"could not record the Keras output order in the .tflite ({err}); "
                       "predict() returns the outputs in LiteRT's order.", stacklevel=2)
-    check_loads(data, job["quantize"])
+    _refuse_variables(check_loads(data, job["quantize"]))
     return data
+
+
+_VARIABLE_OPS = ("VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE")
+
+
+def _refuse_variables(interpreter):
+    """Weights must be constants: a .tflite that reads TensorFlow variables loads, but LiteRT
+    never initialises them, so it would compute with garbage (NaN seen)."""
+    found = sorted({op["op_name"] for op in interpreter._get_ops_details()
+                    if op["op_name"] in _VARIABLE_OPS})
+    if found:
+        raise RuntimeError(
+            f"the converted model reads TensorFlow variables ({', '.join(found)} ops) instead of "
+            "holding its weights as constants; LiteRT would run it with uninitialised weights.")
 
 
 def _configure(tf, converter, job, directory):

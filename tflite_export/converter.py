@@ -1,4 +1,4 @@
-"""tf_keras model -> TFLite flatbuffer, with builtin ops only so it runs on Android LiteRT.
+"""Keras model (tf_keras or Keras 3) -> TFLite flatbuffer, builtin ops only, for Android LiteRT.
 
 The model is written as a SavedModel, tried in order: a concrete function of the model with a
 dynamic batch dimension (inputs and outputs named after the Keras ones); the Keras model's own
@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 
 from tfsynapse.fileio import atomic_write
-from tfsynapse.backends.tf_keras import check_model, tf
+from tfsynapse.backends import backend_of, tf
 from tflite_export import _runtime, conversion_job, isolation
 from tflite_export.calibration import Calibration
 from tflite_export.qat import is_quantize_aware
@@ -55,25 +55,29 @@ def _check_isolate(isolate):
 
 
 def _save_keras_signature(model, path):
-    """The Keras model's own serving signature, as ``from_keras_model`` converts it."""
-    tf.saved_model.save(model, path)
+    """The Keras model's own serving signature, as ``from_keras_model`` converts it (Keras 3:
+    its ``export`` to a TensorFlow SavedModel)."""
+    if backend_of(model).NAME == "keras3":
+        model.export(path, format="tf_saved_model", verbose=False)
+    else:
+        tf.saved_model.save(model, path)
 
 
 def _save_function(model, path, batch=None):
     """A concrete function whose signature uses the Keras input/output names."""
+    backend = backend_of(model)
     specs = [
-        tf.TensorSpec([batch] + t.shape.as_list()[1:], t.dtype, name=name)
-        for t, name in zip(model.inputs, model.input_names)
+        tf.TensorSpec([batch] + list(t.shape)[1:], t.dtype, name=name)
+        for t, name in zip(model.inputs, backend.input_names(model))
     ]
 
     def serve(*inputs):
         outputs = model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        return dict(zip(model.output_names, outputs))
+        return dict(zip(backend.output_names(model), backend.flat_outputs(outputs)))
 
     function = tf.function(serve, input_signature=specs).get_concrete_function()
     holder = tf.Module()
-    holder.model_variables = list(model.variables)
+    holder.model_variables = backend.tf_variables(model)
     tf.saved_model.save(holder, path, signatures=function)
 
 
@@ -147,10 +151,10 @@ def convert(
     sparse_weights=False,
     isolate=True,
 ):
-    """Converts a tf_keras model to a TFLite flatbuffer that uses builtin ops only.
+    """Converts a Keras model to a TFLite flatbuffer that uses builtin ops only.
 
     Args:
-      model: a built tf_keras Sequential or functional model.
+      model: a built Sequential or functional model, tf_keras or Keras 3 (TensorFlow backend).
       quantize: one of ``QUANTIZATION_MODES``: None (float32), ``'dynamic'`` (int8 weights,
         float activations; weights with fewer than 1024 elements stay float), ``'float16'``
         (float16 weights) or ``'int8'`` (full-integer; needs ``representative_dataset``,
@@ -184,7 +188,7 @@ def convert(
       The TFLite flatbuffer as ``bytes``.
 
     Raises:
-      TypeError: ``model`` is a Keras 3 model or not a Keras model.
+      TypeError: ``model`` is not a Keras model.
       ValueError: unknown ``quantize``; ``int8_io`` without ``'int8'``; ``'int8'`` without
         calibration data; calibration batches that do not fit the model's inputs; a
         subclassed or unbuilt model.
@@ -192,7 +196,8 @@ def convert(
         (the message names the cause and includes the converter's); or the result does not
         load and allocate in LiteRT (checked before anything is written to ``output``).
     """
-    check_model(model)
+    backend = backend_of(model)
+    backend.check_model(model)
     _check_mode(quantize, int8_io, sparse_weights)
     isolate = _check_isolate(isolate)
     calibration = None
@@ -207,7 +212,7 @@ def convert(
     with tempfile.TemporaryDirectory(prefix="tfsynapse-convert-") as directory:
         conversion_job.write_job(
             directory, quantize=quantize, int8_io=int8_io, sparse_weights=sparse_weights,
-            input_names=model.input_names, output_names=model.output_names,
+            input_names=backend.input_names(model), output_names=backend.output_names(model),
             calibration=calibration)
         data = _first_strategy_that_converts(model, quantize, directory, isolate)
     if quantize == "int8" and calibration is None:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tfsynapse.backends.tf_keras import check_model
+from tfsynapse.backends import backend_of, tf
 from tflite_export import _runtime
 
 
@@ -35,21 +35,20 @@ def verify(tflite, keras_model, inputs):
       TypeError: ``keras_model`` is not a tf_keras model, or ``tflite`` is not bytes/path.
       ValueError: empty or mismatched inputs, or an unreadable TFLite model.
     """
-    check_model(keras_model, what="keras_model")
+    backend = backend_of(keras_model, what="keras_model")
+    backend.check_model(keras_model, what="keras_model")
     arrays = [np.asarray(a) for a in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
     if not arrays or arrays[0].ndim == 0 or arrays[0].shape[0] == 0:
         raise ValueError("inputs must be a non-empty batch with a leading batch dimension.")
-    dtypes = [np.dtype(t.dtype.as_numpy_dtype) for t in keras_model.inputs]
+    dtypes = [np.dtype(tf.as_dtype(t.dtype).as_numpy_dtype) for t in keras_model.inputs]
     arrays = [a.astype(dtype) for a, dtype in zip(arrays, dtypes)]
     feed = arrays if len(arrays) > 1 else arrays[0]
     interpreter = _runtime.load_interpreter(tflite)
     lite = _runtime.run_batch(
-        interpreter, feed, keras_model.input_names, keras_model.output_names
+        interpreter, feed, backend.input_names(keras_model), backend.output_names(keras_model)
     )
     reference = keras_model.predict(feed, batch_size=min(len(arrays[0]), 64), verbose=0)
-    if not isinstance(reference, (list, tuple)):
-        reference = [reference]
-    reference = [np.asarray(r, np.float32) for r in reference]
+    reference = [np.asarray(r, np.float32) for r in backend.flat_outputs(reference)]
     if len(reference) != len(lite):
         raise ValueError(
             f"The TFLite model has {len(lite)} output(s), the Keras model {len(reference)}."

@@ -17,7 +17,8 @@ __all__ = [
     "NAME", "keras", "tf", "check_model", "unwrap", "has_pruning_wrappers",
     "refuse_pruning_wrappers",
     "is_graph_model", "is_model", "is_layer", "graph_model", "call_nodes", "node_tensors",
-    "node_arguments", "model_io", "single_input", "single_output", "is_symbolic", "new_input", "new_model",
+    "node_arguments", "model_io", "input_names", "output_names", "flat_outputs", "tf_variables", "io_structs",
+    "single_input", "single_output", "is_symbolic", "new_input", "new_model",
     "class_path", "user_functions_scope", "is_framework_function", "half_precision_layers",
 ]
 
@@ -126,6 +127,37 @@ def model_io(model):
     """``(inputs, outputs)`` of a graph model as flat lists of symbolic tensors."""
     functional = graph_model(model)
     return list(functional.inputs), tf.nest.flatten(functional.outputs)
+
+
+def input_names(model):
+    """The names of the model's inputs, in ``model.inputs`` order."""
+    return [t.name for t in model_io(model)[0]]
+
+
+def output_names(model):
+    """The names of the model's outputs (their layers'), in ``model.outputs`` order."""
+    names = getattr(graph_model(model), "output_names", None)
+    if names:
+        return list(names)
+    return [t._keras_history.operation.name for t in model_io(model)[1]]
+
+
+def tf_variables(model):
+    """The ``tf.Variable`` under each Keras 3 variable: a function traced for a SavedModel
+    captures these, so they are what the SavedModel must track to freeze the weights."""
+    return [v.value for v in model.variables]
+
+
+def flat_outputs(outputs):
+    """A model call's result (a tensor, list, tuple or dict) as a list in ``model.outputs``
+    order (Keras 3 flattens dicts by sorted key, as ``tf.nest`` does)."""
+    return tf.nest.flatten(outputs)
+
+
+def io_structs(model):
+    """``(inputs, outputs)`` of a graph model in the structures it was built with."""
+    functional = graph_model(model)
+    return functional._inputs_struct, functional._outputs_struct
 
 
 def single_input(model):

@@ -47,9 +47,10 @@ __all__ = [
 _KERAS3_MESSAGE = (
     "{what} is a Keras 3 object ({cls}), and this function works on tf_keras (Keras 2) models "
     "only so far. Keras 3 models work with dependency_groups, count_macs, count_params, "
-    "prune_once (every criterion) and shrink; pruning during fit, distillation, "
-    "quantisation-aware training and TFLite export take tf_keras models (build the model with "
-    "`import tf_keras as keras`, pip install tf-keras)."
+    "prune_once and prune_synaptic (every criterion), strip_pruning, shrink and "
+    "tflite_export.convert/verify; distillation, sensitivity analysis, BatchNorm "
+    "recalibration, PruningProgress, quantisation-aware training, to_synaptic and the CLI take "
+    "tf_keras models (build the model with `import tf_keras as keras`, pip install tf-keras)."
 )
 
 
@@ -232,6 +233,26 @@ def node_arguments(node):
 def model_io(model):
     """``(inputs, outputs)`` of a graph model as flat lists of symbolic tensors."""
     return list(model.inputs), list(model.outputs)
+
+
+def input_names(model):
+    """The names of the model's inputs, in ``model.inputs`` order."""
+    return list(model.input_names)
+
+
+def output_names(model):
+    """The names of the model's outputs (their layers'), in ``model.outputs`` order."""
+    return list(model.output_names)
+
+
+def tf_variables(model):
+    """The model's variables as TensorFlow variables (what a SavedModel must track)."""
+    return list(model.variables)
+
+
+def flat_outputs(outputs):
+    """A model call's result as a list in ``model.outputs`` order."""
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
 
 def single_input(model):

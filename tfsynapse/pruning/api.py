@@ -7,16 +7,15 @@ import numpy as np
 
 from tfsynapse.backends.tf_keras import (
     check_model,
-    half_precision_layers,
     keras,
     prune,
     pruning_schedule,
     pruning_wrapper,
-    refuse_pruning_wrappers,
     user_functions_scope,
 )
 from tfsynapse.backends import backend_of, tf
 from tfsynapse.graph import dependency_groups, replay
+from tfsynapse.pruning import keras3_fit
 from tfsynapse.pruning.batchnorm import recalibrate_batchnorm
 from tfsynapse.pruning.model import PrunedModel
 from tfsynapse.pruning.options import PruningOptions, check_sparsity
@@ -42,7 +41,7 @@ def _final_sparsity(schedule):
 
 def _refuse_mixed_precision(model):
     """tfmot's wrappers mask float32 weights inside float16 computations and fail in ``fit``."""
-    mixed = half_precision_layers(model)
+    mixed = backend_of(model).half_precision_layers(model)
     if mixed:
         raise ValueError(
             f"layer(s) {', '.join(mixed[:5])} compute in float16/bfloat16 (a mixed-precision "
@@ -64,13 +63,16 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
                    layer_sparsity=None, residual="group", seed=0, strict=False, only_listed=False):
     """Wraps a model for structured pruning during ``model.fit`` under a tfmot schedule.
 
-    The returned model's prunable layers are ``StructuredPruneWrapper``s (a subclass of tfmot's
-    ``PruneLowMagnitude``): train it with the ``tfsynapse.UpdatePruningStep()`` callback (tfmot's
-    own), then ``tfsynapse.strip_pruning`` and ``tfsynapse.shrink``. The wrappers share the
-    original layers (and weights), as tfmot's do. Nested models come out inlined.
+    tf_keras: the returned model's prunable layers are ``StructuredPruneWrapper``s (a subclass
+    of tfmot's ``PruneLowMagnitude``): train it with the ``tfsynapse.UpdatePruningStep()``
+    callback (tfmot's own), then ``tfsynapse.strip_pruning`` and ``tfsynapse.shrink``. The
+    wrappers share the original layers (and weights), as tfmot's do. Nested models come out
+    inlined. Keras 3: the returned ``KerasPrunedModel`` holds the step and the masks itself and
+    advances them in its ``train_step`` (no callback; one replica so far); it shares the
+    original layers too.
 
     Args:
-      model: a built tf_keras functional or Sequential model.
+      model: a built functional or Sequential model, tf_keras or Keras 3.
       pruning_schedule: a tfmot schedule (``ConstantSparsity``, ``PolynomialDecay``) giving the
         target fraction of units pruned over training steps.
       criterion: importance criterion name ('synaptic_strength', 'kernel_norm', 'l1', 'l2',
@@ -95,17 +97,18 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
         ``ratios_from_sensitivity``, whose unanalysed groups should stay dense).
 
     Returns:
-      A ``PrunedModel`` (a functional tf_keras model).
+      A ``PrunedModel`` (tf_keras) or a ``KerasPrunedModel`` (Keras 3), functional models.
 
     Raises:
-      TypeError: a Keras 3 model.
+      TypeError: not a Keras model.
       ValueError: a subclassed or unbuilt model, a mixed-precision model, invalid options, an
         invalid schedule, an already wrapped model, nothing that can be pruned, or a final
         sparsity that
         ``max_pruning_ratio`` (or the one channel every group keeps) makes unreachable.
     """
-    check_model(model)
-    refuse_pruning_wrappers(model)
+    backend = backend_of(model)
+    backend.check_model(model)
+    backend.refuse_pruning_wrappers(model)
     _refuse_mixed_precision(model)
     options = PruningOptions(
         criterion=criterion, granularity=granularity, scope=scope, round_to=round_to,
@@ -121,6 +124,8 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
     _check_targets(plan)
     check_finite_weights(plan)
     check_reachable(plan, options.final_sparsity)
+    if backend.NAME == "keras3":
+        return keras3_fit.pruned_model(model, pruning_schedule, options, plan)
     masked = {}
     for layer, index, _, shape in plan.masked_weights:
         masked.setdefault(id(layer), []).append([index, list(shape)])
@@ -330,6 +335,8 @@ def strip_pruning(model):
     Raises:
       TypeError / ValueError: as ``check_model``.
     """
+    if backend_of(model).NAME == "keras3":
+        return keras3_fit.strip_pruning(model)
     check_model(model)
     warn_if_short(model, "strip_pruning")
     for wrapper in pruning_wrapper.collect_prunable_layers(model):

@@ -1,0 +1,155 @@
+"""Pruning during ``fit`` for Keras 3 models, without tfmot's wrappers.
+
+tfmot cannot wrap Keras 3 layers, so the Keras 3 pruned model holds the pruning state itself:
+``KerasPrunedModel`` is a functional model over the original layers with a ``pruning_step``
+and one mask variable per masked weight (the masks of the model's ``MaskPlan``, broadcastable
+to the weight). Its ``train_step`` advances the step, asks the schedule whether this step
+prunes, recomputes every mask then (all of them at once, as the tf_keras leader wrapper does),
+and multiplies the masked weights by their masks before the forward pass and after the
+optimizer's update, so a pruned unit is exactly zero whenever the model is evaluated or saved.
+No callback is needed. The step and masks are variables of the model, so a ``.keras`` file saved
+mid-schedule resumes with the same step and masks.
+
+The masks come from the pruning package (``tfsynapse.pruning.keras3_fit`` registers the planner
+with ``use_planner``), so this module needs no import from above the backends.
+"""
+
+import keras
+from keras.src.models.functional import Functional
+
+from tfsynapse.backends import tf
+from tfsynapse.backends.keras3 import io_structs
+
+_PLANNER = {}
+
+
+def use_planner(make_plan, pruned_fraction):
+    """Registers ``make_plan(model, options_config) -> (plan, options)`` and
+    ``pruned_fraction(model) -> float`` (done on import by ``tfsynapse.pruning.keras3_fit``)."""
+    _PLANNER["make"], _PLANNER["fraction"] = make_plan, pruned_fraction
+
+
+def _schedules():
+    from tensorflow_model_optimization.python.core.sparsity.keras import (  # noqa: PLC0415
+        pruning_schedule,
+    )
+
+    return pruning_schedule
+
+
+def schedule_config(schedule):
+    """A tfmot schedule as a JSON-able dict (tfmot's schedules are plain TensorFlow)."""
+    return schedule.get_config()
+
+
+def schedule_from_config(config):
+    """The tfmot schedule a ``schedule_config`` describes."""
+    schedules = _schedules()
+    cls = getattr(schedules, config["class_name"], None)
+    if cls is None:
+        raise ValueError(f"unknown pruning schedule {config['class_name']!r} in a saved model; "
+                         "tfsynapse saves ConstantSparsity and PolynomialDecay.")
+    return cls.from_config(config["config"])
+
+
+@keras.saving.register_keras_serializable("tfsynapse")
+class KerasPrunedModel(Functional):
+    """A Keras 3 functional model that prunes itself during ``fit`` (see ``prune_synaptic``).
+
+    Built with ``inputs``, ``outputs`` and the keyword arguments ``pruning_options`` (a
+    ``PruningOptions`` config dict), ``pruning_schedule`` (a tfmot schedule or its config) and
+    optionally ``mask_plan`` (the plan already built over these layers).
+    """
+
+    def __init__(self, inputs, outputs, name=None, **kwargs):
+        options = kwargs.pop("pruning_options")
+        schedule = kwargs.pop("pruning_schedule")
+        plan = kwargs.pop("mask_plan", None)
+        super().__init__(inputs, outputs, name=name, **kwargs)
+        self.pruning_schedule = (schedule_from_config(schedule) if isinstance(schedule, dict)
+                                 else schedule)
+        if plan is None:
+            plan, options = _PLANNER["make"](self, options)
+        self.mask_plan = plan
+        self._options_config = options if isinstance(options, dict) else options.to_config()
+        self.pruning_step = self.add_weight(
+            shape=(), dtype="int64", trainable=False, name="pruning_step",
+            initializer=keras.initializers.Constant(-1))
+        self.masks = [
+            self.add_weight(shape=tuple(shape), dtype=weight.dtype, trainable=False,
+                            initializer="ones", name=f"{layer.name}_{_short(weight)}_mask")
+            for layer, _, weight, shape in plan.masked_weights]
+
+    def _masked(self):
+        return [(weight, mask) for (_, _, weight, _), mask in zip(self.mask_plan.masked_weights,
+                                                                   self.masks)]
+
+    def apply_masks(self):
+        """Multiplies every masked weight by its mask, in place."""
+        for weight, mask in self._masked():
+            weight.assign(weight * tf.cast(mask, weight.dtype))
+
+    def _update_masks(self, sparsity):
+        for mask, value in zip(self.masks, self.mask_plan.compute(sparsity)):
+            mask.assign(tf.cast(value, mask.dtype))
+        return tf.constant(True)
+
+    def train_step(self, data):
+        if tf.distribute.has_strategy() and \
+                tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            raise NotImplementedError(
+                "pruning a Keras 3 model during fit runs on one replica so far; train it "
+                "outside tf.distribute strategies, or use a tf_keras model (tfmot wrappers).")
+        self.pruning_step.assign_add(1)
+        should_prune, sparsity = self.pruning_schedule(tf.convert_to_tensor(self.pruning_step))
+        tf.cond(should_prune, lambda: self._update_masks(sparsity), lambda: tf.constant(False))
+        self.apply_masks()
+        logs = super().train_step(data)
+        self.apply_masks()
+        return logs
+
+    def fit(self, *args, **kwargs):
+        callbacks = kwargs.get("callbacks", args[5] if len(args) > 5 else None) or []
+        foreign = [type(c).__name__ for c in callbacks if not isinstance(c, keras.callbacks.Callback)]
+        if foreign:
+            raise ValueError(
+                f"callback(s) {', '.join(foreign)} are not Keras 3 callbacks. A Keras 3 pruned "
+                "model advances its pruning step itself: it needs no UpdatePruningStep (that "
+                "one, like PruningProgress, is for tf_keras models).")
+        return super().fit(*args, **kwargs)
+
+    def keep_plan(self):
+        """The units the current masks keep: ``{group id: bool array}`` (True = kept)."""
+        return self.mask_plan.keep_plan([m.numpy() for m in self.masks])
+
+    def pruned_fraction(self):
+        """The fraction of prunable channels (filter granularity) or convolution connections
+        (connection granularity) the masks prune now."""
+        return _PLANNER["fraction"](self)
+
+    @property
+    def pruning_options(self):
+        return self._options_config
+
+    def get_config(self):
+        config = super().get_config()
+        config["pruning_options"] = self._options_config
+        config["pruning_schedule"] = schedule_config(self.pruning_schedule)
+        return config
+
+
+def pruned_model(model, pruning_schedule, options_config, plan):
+    """A ``KerasPrunedModel`` over ``model``'s layers (shared, as tfmot's wrappers share them)."""
+    inputs, outputs = io_structs(model)
+    return KerasPrunedModel(inputs, outputs, name=model.name, pruning_options=options_config,
+                            pruning_schedule=pruning_schedule, mask_plan=plan)
+
+
+def strip(model):
+    """A plain functional model over the same layers, masks applied one last time."""
+    model.apply_masks()
+    return keras.Model(model._inputs_struct, model._outputs_struct, name=model.name)
+
+
+def _short(weight):
+    return weight.name.split("/")[-1].split(":")[0]
