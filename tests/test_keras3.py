@@ -307,3 +307,63 @@ def test_keras3_fit_refuses_tf_keras_callbacks():
     pruned = _compile(tfsynapse.prune_synaptic(_small_keras3(), tfsynapse.ConstantSparsity(0.5, 0)))
     with pytest.raises(ValueError, match="needs no UpdatePruningStep"):
         pruned.fit(*_data(32), epochs=1, callbacks=[tfsynapse.UpdatePruningStep()], verbose=0)
+
+
+def test_keras3_batchnorm_recalibration_matches_tf_keras(twins):
+    legacy, modern = twins
+    x = _x(legacy, 64, seed=5)
+    p_legacy = tfsynapse.prune_once(legacy, 0.5, data=x, recalibration_steps=4)
+    p_modern = tfsynapse.prune_once(modern, 0.5, data=x, recalibration_steps=4)
+    for name in ("stem_bn", "branch_bn", "inner_bn"):
+        got, want = _weights(p_modern), _weights(p_legacy)
+        for stat in ("moving_mean", "moving_variance"):
+            key = f"{name}/{stat}"
+            assert not np.allclose(got[key], _weights(modern)[key])  # recalibrated
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_keras3_files_through_the_cli(tmp_path, capsys):
+    from tfsynapse import cli  # noqa: PLC0415
+    from tfsynapse.cli_files import file_backend  # noqa: PLC0415
+
+    path = str(tmp_path / "k3.keras")
+    _small_keras3().save(path)
+    assert file_backend(path) == "keras3"
+    assert cli.main(["inspect", path]) == 0
+    assert "prunable" in capsys.readouterr().out
+    pruned, small = str(tmp_path / "pruned.keras"), str(tmp_path / "small.keras")
+    assert cli.main(["prune", path, "--sparsity", "0.5", "-o", pruned]) == 0
+    assert cli.main(["shrink", pruned, "-o", small]) == 0
+    model = keras.saving.load_model(small)
+    assert backends.backend_name(model) == "keras3" and model.get_layer("a").filters == 8
+    assert cli.main(["export", small, "--quantize", "int8", "--calibration",
+                     _save_npy(tmp_path, _data(16)[0]), "-o", str(tmp_path / "m.tflite")]) == 0
+    assert cli.main(["shrink", pruned, "-o", str(tmp_path / "saved_model_dir")]) == 1
+    assert "Keras 3 models are saved as .keras files" in capsys.readouterr().err
+
+
+def _save_npy(folder, array):
+    path = str(folder / "calibration.npy")
+    np.save(path, array)
+    return path
+
+
+def test_keras3_sensitivity_analysis_matches_tf_keras(twins):
+    legacy, modern = twins
+    x = _x(legacy, 8, seed=6)
+
+    def evaluate(model):  # agreement with the dense model's outputs: higher is better
+        return -float(np.abs(np.asarray(model(x, training=False)) - reference).mean())
+
+    reference = np.asarray(legacy(x, training=False))
+    before = _weights(modern)
+    t_legacy = tfsynapse.sensitivity_analysis(legacy, evaluate, step=0.25, verbose=0)
+    t_modern = tfsynapse.sensitivity_analysis(modern, evaluate, step=0.25, verbose=0)
+    assert t_modern.groups() == t_legacy.groups() and len(t_modern.groups()) >= 3
+    assert t_modern.baseline_macs == t_legacy.baseline_macs
+    for name, (ratios, metrics) in t_legacy.curves().items():
+        got_ratios, got_metrics = t_modern.curves()[name]
+        np.testing.assert_allclose(got_ratios, ratios)
+        np.testing.assert_allclose(got_metrics, metrics, atol=1e-5, err_msg=name)
+    for key, value in _weights(modern).items():  # restored bit-identical
+        np.testing.assert_array_equal(value, before[key], err_msg=key)

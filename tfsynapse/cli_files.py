@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import shutil
+import zipfile
 import warnings
 
 from tfsynapse.fileio import temp_sibling
@@ -81,15 +82,31 @@ def one_line(err):
 # Loading and saving
 
 
+def file_backend(path):
+    """``'keras3'`` for a ``.keras`` file written by Keras 3, else ``'tf_keras'``.
+
+    A ``.keras`` file is a zip whose ``metadata.json`` names the Keras version that wrote it;
+    ``.h5`` files and SavedModel directories are read by tf_keras.
+    """
+    if not (os.path.isfile(path) and zipfile.is_zipfile(path)):
+        return "tf_keras"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            version = json.loads(archive.read("metadata.json")).get("keras_version", "")
+    except (KeyError, ValueError, OSError):
+        return "tf_keras"
+    return "keras3" if version.split(".")[0] == "3" else "tf_keras"
+
+
 def load_model(path):
-    """Loads a tf_keras model (pruning wrappers included), with a one-line error if it is not."""
-    from tfsynapse import prune_scope  # noqa: PLC0415
-    from tfsynapse.backends.tf_keras import keras  # noqa: PLC0415
+    """Loads a tf_keras or Keras 3 model (by what wrote the file; pruning wrappers and
+    pruned models included), with a one-line error if it is not a model."""
+    import tfsynapse  # noqa: F401, PLC0415 - registers tfsynapse's classes in both Keras
+    from tfsynapse import backends  # noqa: PLC0415
 
     require_input(path)
     try:
-        with prune_scope():
-            return keras.models.load_model(path, compile=False)
+        return backends.get(file_backend(path)).load_model(path)
     except Exception as err:  # noqa: BLE001 - every load failure means "not a readable model"
         raise CliError(f"cannot load a Keras model from {path!r}: {one_line(err)}") from err
 
@@ -97,9 +114,9 @@ def load_model(path):
 def strip_wrappers(model):
     """Applies and removes tfmot/tfsynapse pruning wrappers, if the model has any."""
     from tfsynapse import strip_pruning  # noqa: PLC0415
-    from tfsynapse.backends.tf_keras import pruning_wrapper  # noqa: PLC0415
+    from tfsynapse.backends import backend_of  # noqa: PLC0415
 
-    if not pruning_wrapper.collect_prunable_layers(model):
+    if not backend_of(model).has_pruning_wrappers(model):
         return model
     print("note: the model is wrapped for pruning; its masks were applied and the wrappers removed")
     return strip_pruning(model)
@@ -121,16 +138,21 @@ def save_model(model, path):
       CliError: the path is not a usable destination.
       OSError: writing failed (nothing is left behind at ``path``).
     """
+    from tfsynapse.backends import backend_of  # noqa: PLC0415
+
     fmt = model_format(path)
     path = check_output(path, fmt)
+    backend = backend_of(model)
     if fmt == "savedmodel":
+        if backend.NAME == "keras3":
+            backend.save_model(model, path, fmt)  # raises: Keras 3 saves .keras files
         _save_directory(model, path)
         return
     temp = temp_sibling(path, suffix=os.path.splitext(path)[1])
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save\\(\\)`")
-            model.save(temp, save_format=fmt)
+            backend.save_model(model, temp, fmt)
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -141,7 +163,7 @@ def save_model(model, path):
 def _save_directory(model, path):
     temp = temp_sibling(path)
     try:
-        model.save(temp, save_format="tf")
+        model.save(temp, save_format="tf")  # tf_keras only (Keras 3 is refused above)
         if os.path.isdir(path):
             old = temp_sibling(path, suffix=".old")
             os.rename(path, old)

@@ -5,7 +5,7 @@ Two backends implement one small interface (see ``docs/architecture.md``):
 * ``tfsynapse.backends.tf_keras`` — tf_keras (Keras 2) and tfmot; the only module that imports
   them.
 * ``tfsynapse.backends.keras3`` — Keras 3 with its TensorFlow backend (``import keras``); the
-  only module that imports ``keras``. It is imported the first time a Keras 3 object is met.
+  only modules that import ``keras`` (with ``keras3_pruning.py``, pruning during ``fit``).
 
 ``backend_of(obj)`` answers from the object's classes, without importing anything. The graph,
 the criteria, the planner and the surgery ask it for the calls they need (walk a model, make

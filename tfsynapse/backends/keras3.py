@@ -14,12 +14,12 @@ from tfsynapse.backends import builtin_class_path, is_framework_function, tf
 NAME = "keras3"
 
 __all__ = [
-    "NAME", "keras", "tf", "check_model", "unwrap", "has_pruning_wrappers",
-    "refuse_pruning_wrappers",
-    "is_graph_model", "is_model", "is_layer", "graph_model", "call_nodes", "node_tensors",
-    "node_arguments", "model_io", "input_names", "output_names", "flat_outputs", "tf_variables", "io_structs",
-    "single_input", "single_output", "is_symbolic", "new_input", "new_model",
-    "class_path", "user_functions_scope", "is_framework_function", "half_precision_layers",
+    "NAME", "keras", "tf", "check_model", "unwrap", "has_pruning_wrappers", "load_model",
+    "save_model", "refuse_pruning_wrappers", "is_graph_model", "is_model", "is_layer",
+    "graph_model", "call_nodes", "node_tensors", "node_arguments", "model_io", "input_names",
+    "output_names", "flat_outputs", "tf_variables", "io_structs", "single_input",
+    "single_output", "is_symbolic", "new_input", "new_model", "class_path", "layers_of_type",
+    "user_functions_scope", "is_framework_function", "half_precision_layers",
 ]
 
 
@@ -70,13 +70,38 @@ def unwrap(layer):
 
 
 def has_pruning_wrappers(model):
-    """False: no pruning wrapper exists for Keras 3 layers."""
-    return False
+    """Whether ``model`` is being pruned (a ``KerasPrunedModel``: Keras 3 layers are never
+    wrapped; the pruned model holds the masks)."""
+    from tfsynapse.backends.keras3_pruning import KerasPrunedModel  # noqa: PLC0415
+
+    return isinstance(model, KerasPrunedModel)
 
 
 def refuse_pruning_wrappers(model):
-    """Nothing to refuse: no pruning wrapper exists for Keras 3 layers."""
-    return None
+    """Refuses a model that is already being pruned (a ``KerasPrunedModel``).
+
+    Raises:
+      ValueError: naming the model and the call that makes it plain.
+    """
+    if has_pruning_wrappers(model):
+        raise ValueError(f"model '{model.name}' is already being pruned; call "
+                         "tfsynapse.strip_pruning(model) first.")
+
+
+def load_model(path):
+    """Loads a Keras 3 model file (tfsynapse's pruned models included once tfsynapse is
+    imported)."""
+    return keras.saving.load_model(path, compile=False)
+
+
+def save_model(model, path, fmt):
+    """Saves to ``path`` as ``fmt`` ('keras' or 'h5'; a SavedModel directory is refused: Keras 3
+    saves models as .keras files and exports SavedModels for serving only)."""
+    if fmt == "savedmodel":
+        raise ValueError("Keras 3 models are saved as .keras files (a SavedModel directory "
+                         "from Keras 3 is for serving and cannot be loaded back): use a .keras "
+                         "output.")
+    model.save(path)
 
 
 def graph_model(model):
@@ -206,6 +231,11 @@ def half_precision_layers(model):
     return [layer.name for layer in _submodules(model)
             if getattr(getattr(layer, "dtype_policy", None), "compute_dtype", "float32")
             in ("float16", "bfloat16")]
+
+
+def layers_of_type(model, layer_class):
+    """Every layer of ``model`` that is a ``layer_class``, once each, nested models included."""
+    return [layer for layer in _submodules(model) if isinstance(layer, layer_class)]
 
 
 def _submodules(model):

@@ -47,10 +47,10 @@ __all__ = [
 _KERAS3_MESSAGE = (
     "{what} is a Keras 3 object ({cls}), and this function works on tf_keras (Keras 2) models "
     "only so far. Keras 3 models work with dependency_groups, count_macs, count_params, "
-    "prune_once and prune_synaptic (every criterion), strip_pruning, shrink and "
-    "tflite_export.convert/verify; distillation, sensitivity analysis, BatchNorm "
-    "recalibration, PruningProgress, quantisation-aware training, to_synaptic and the CLI take "
-    "tf_keras models (build the model with `import tf_keras as keras`, pip install tf-keras)."
+    "prune_once and prune_synaptic (every criterion), strip_pruning, recalibrate_batchnorm, "
+    "sensitivity_analysis, shrink, tflite_export.convert/verify and the CLI; distillation, "
+    "PruningProgress, quantisation-aware training and to_synaptic take tf_keras models (build "
+    "the model with `import tf_keras as keras`, pip install tf-keras)."
 )
 
 
@@ -169,6 +169,19 @@ def quantize_model(model):
     )
 
     return quantize.quantize_model(model)
+
+
+def load_model(path):
+    """Loads a tf_keras model file or SavedModel (tfsynapse/tfmot pruning wrappers included)."""
+    from tfsynapse.pruning import prune_scope  # noqa: PLC0415 - its custom objects
+
+    with prune_scope():
+        return keras.models.load_model(path, compile=False)
+
+
+def save_model(model, path, fmt):
+    """Saves to ``path`` as ``fmt`` ('keras', 'h5' or 'savedmodel')."""
+    model.save(path, save_format="tf" if fmt == "savedmodel" else fmt)
 
 
 def has_pruning_wrappers(model):

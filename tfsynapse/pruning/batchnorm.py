@@ -20,7 +20,7 @@ import itertools
 
 import numpy as np
 
-from tfsynapse.backends.tf_keras import check_model, keras, layers_of_type, tf
+from tfsynapse.backends import backend_of, tf
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -29,12 +29,13 @@ def batchnorm_layers(model):
     """Every BatchNormalization of ``model``, nested models and pruning wrappers included.
 
     Args:
-      model: a tf_keras model.
+      model: a tf_keras or Keras 3 model.
 
     Returns:
       A list of layers, each once.
     """
-    return layers_of_type(model, keras.layers.BatchNormalization)
+    backend = backend_of(model)
+    return backend.layers_of_type(model, backend.keras.layers.BatchNormalization)
 
 
 def _is_array(value):
@@ -115,7 +116,7 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
       TypeError / ValueError: as ``check_model``.
       ValueError: no data, non-finite data, ``steps`` or ``batch_size`` below 1.
     """
-    check_model(model)
+    backend_of(model).check_model(model)
     if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
         raise ValueError(f"steps must be a positive integer or None, got {steps!r}.")
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 2:

@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from tfsynapse.backends.tf_keras import check_model, refuse_pruning_wrappers
+from tfsynapse.backends import backend_of
 from tfsynapse.graph import count_macs, dependency_groups
 from tfsynapse.pruning.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from tfsynapse.pruning.options import PruningOptions
@@ -95,8 +95,8 @@ def sensitivity_analysis(model, evaluate, criterion="dscore", step=0.05, max_rat
     also when ``evaluate`` raises, and the model comes back bit-identical.
 
     Args:
-      model: a built tf_keras functional or Sequential model, pruned in place during the
-        analysis and restored.
+      model: a built functional or Sequential model (tf_keras or Keras 3), pruned in place
+        during the analysis and restored.
       evaluate: ``evaluate(model) -> float``, higher is better (e.g. top-1 accuracy on
         validation data). Called once on the unpruned model, then once per (group, ratio).
       criterion: a filter criterion name ('dscore', 'dstep', 'dstep_gm', 'fpgm', 'l1', 'l2',
@@ -128,8 +128,9 @@ def sensitivity_analysis(model, evaluate, criterion="dscore", step=0.05, max_rat
         frozen group names, invalid options, a subclassed, unbuilt or wrapped model, or
         nothing to prune.
     """
-    check_model(model)
-    refuse_pruning_wrappers(model)
+    backend = backend_of(model)
+    backend.check_model(model)
+    backend.refuse_pruning_wrappers(model)
     if not callable(evaluate):
         raise TypeError(f"evaluate must be a callable evaluate(model) -> float, got {evaluate!r}.")
     step = _check_fraction(step, "step")
