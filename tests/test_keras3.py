@@ -6,6 +6,10 @@ a shrunk model equal to the masked one. A Keras 3 zoo from ``keras.applications`
 architectures (more with ``TFSYNAPSE_ZOO=all``).
 """
 
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import keras
@@ -367,3 +371,38 @@ def test_keras3_sensitivity_analysis_matches_tf_keras(twins):
         np.testing.assert_allclose(got_metrics, metrics, atol=1e-5, err_msg=name)
     for key, value in _weights(modern).items():  # restored bit-identical
         np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+MIRRORED = textwrap.dedent("""
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras, tfsynapse
+    import sys; sys.path.insert(0, {tests!r})
+    from test_keras3 import _small_keras3, _data, _compile
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        pruned = _compile(tfsynapse.prune_synaptic(
+            _small_keras3(), tfsynapse.ConstantSparsity(0.5, 0, frequency=2), criterion="l1",
+            granularity="filter", scope="layer"))
+    x, y = _data(32)
+    pruned.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    assert int(pruned.pruning_step.numpy()) == 7, pruned.pruning_step.numpy()
+    for mask in pruned.masks:
+        replicas = [v.numpy() for v in mask.value.values]
+        assert len(replicas) == 2
+        np.testing.assert_array_equal(replicas[0], replicas[1])
+    for (_, _, weight, _), mask in zip(pruned.mask_plan.masked_weights, pruned.masks):
+        for value in weight.value.values:  # every replica's copy is zero where the mask is
+            assert not np.any(value.numpy() * (mask.numpy() == 0))
+    assert pruned.pruned_fraction() == 0.5
+    print("MIRRORED_OK")
+""")
+
+
+def test_keras3_fit_under_mirrored_strategy_keeps_replicas_identical(tmp_path):
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED.format(tests=os.path.dirname(__file__)))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=300)
+    assert "MIRRORED_OK" in result.stdout, result.stderr[-3000:]

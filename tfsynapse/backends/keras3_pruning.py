@@ -7,6 +7,7 @@ to the weight). Its ``train_step`` advances the step, asks the schedule whether 
 prunes, recomputes every mask then (all of them at once, as the tf_keras leader wrapper does),
 and multiplies the masked weights by their masks before the forward pass and after the
 optimizer's update, so a pruned unit is exactly zero whenever the model is evaluated or saved.
+Under ``tf.distribute`` this happens once per step in cross-replica context.
 No callback is needed. The step and masks are variables of the model, so a ``.keras`` file saved
 mid-schedule resumes with the same step and masks.
 
@@ -86,26 +87,31 @@ class KerasPrunedModel(Functional):
 
     def apply_masks(self):
         """Multiplies every masked weight by its mask, in place."""
-        for weight, mask in self._masked():
-            weight.assign(weight * tf.cast(mask, weight.dtype))
+        self._mask_weights(None)
 
-    def _update_masks(self, sparsity):
-        for mask, value in zip(self.masks, self.mask_plan.compute(sparsity)):
-            mask.assign(tf.cast(value, mask.dtype))
-        return tf.constant(True)
+    def _mask_weights(self, strategy):
+        for weight, mask in self._masked():
+            _assign(strategy, weight, lambda v, mask=mask: v * tf.cast(mask, v.dtype))
+
+    def _advance(self, strategy):
+        """One training step's pruning: the step, the masks on a pruning step, the weights."""
+        _assign(strategy, self.pruning_step, lambda v: v + 1)
+        should_prune, sparsity = self.pruning_schedule(tf.convert_to_tensor(self.pruning_step))
+
+        def update():
+            for mask, value in zip(self.masks, self.mask_plan.compute(sparsity)):
+                _assign(strategy, mask, lambda v, value=value: tf.cast(value, v.dtype))
+            return tf.constant(True)
+
+        tf.cond(should_prune, update, lambda: tf.constant(False))
+        self._mask_weights(strategy)
 
     def train_step(self, data):
-        if tf.distribute.has_strategy() and \
-                tf.distribute.get_strategy().num_replicas_in_sync > 1:
-            raise NotImplementedError(
-                "pruning a Keras 3 model during fit runs on one replica so far; train it "
-                "outside tf.distribute strategies, or use a tf_keras model (tfmot wrappers).")
-        self.pruning_step.assign_add(1)
-        should_prune, sparsity = self.pruning_schedule(tf.convert_to_tensor(self.pruning_step))
-        tf.cond(should_prune, lambda: self._update_masks(sparsity), lambda: tf.constant(False))
-        self.apply_masks()
+        # Under tf.distribute, the step, masks and weights change once, in cross-replica
+        # context (every replica then holds the same masks), as tfmot's wrappers do.
+        _in_cross_replica(self._advance)
         logs = super().train_step(data)
-        self.apply_masks()
+        _in_cross_replica(self._mask_weights)
         return logs
 
     def fit(self, *args, **kwargs):
@@ -149,6 +155,24 @@ def strip(model):
     """A plain functional model over the same layers, masks applied one last time."""
     model.apply_masks()
     return keras.Model(model._inputs_struct, model._outputs_struct, name=model.name)
+
+
+def _in_cross_replica(fn):
+    """Calls ``fn(strategy)`` once: through ``merge_call`` inside a replica of a distribution
+    strategy, else ``fn(None)``."""
+    context = tf.distribute.get_replica_context()
+    if tf.distribute.has_strategy() and context is not None:
+        return context.merge_call(fn)
+    return fn(None)
+
+
+def _assign(strategy, variable, value_fn):
+    """``variable = value_fn(variable)``, on every replica's copy under a strategy."""
+    target = getattr(variable, "value", variable)  # the tf.Variable under a Keras variable
+    if strategy is None:
+        target.assign(value_fn(target))
+    else:
+        strategy.extended.update(target, lambda v: v.assign(value_fn(v)), group=True)
 
 
 def _short(weight):

@@ -68,7 +68,7 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
     callback (tfmot's own), then ``tfsynapse.strip_pruning`` and ``tfsynapse.shrink``. The
     wrappers share the original layers (and weights), as tfmot's do. Nested models come out
     inlined. Keras 3: the returned ``KerasPrunedModel`` holds the step and the masks itself and
-    advances them in its ``train_step`` (no callback; one replica so far); it shares the
+    advances them in its ``train_step`` (no callback; under ``tf.distribute`` too); it shares the
     original layers too.
 
     Args:
