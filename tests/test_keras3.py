@@ -301,7 +301,7 @@ def test_keras3_saved_mid_schedule_resumes_with_the_same_step_and_masks(tmp_path
     assert int(loaded.pruning_step.numpy()) == int(pruned.pruning_step.numpy()) == 3
     for a, b in zip(pruned.masks, loaded.masks):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    assert loaded.pruning_options == pruned.pruning_options
+    assert loaded.pruning_options.to_config() == pruned.pruning_options.to_config()
     loaded.fit(x, y, epochs=1, batch_size=32, verbose=0)  # the schedule goes on from step 3
     assert int(loaded.pruning_step.numpy()) == 7
     assert 0.0 < 1 - np.mean(np.concatenate([m.numpy().ravel() for m in loaded.masks]))
@@ -309,7 +309,7 @@ def test_keras3_saved_mid_schedule_resumes_with_the_same_step_and_masks(tmp_path
 
 def test_keras3_fit_refuses_tf_keras_callbacks():
     pruned = _compile(tfsynapse.prune_synaptic(_small_keras3(), tfsynapse.ConstantSparsity(0.5, 0)))
-    with pytest.raises(ValueError, match="needs no UpdatePruningStep"):
+    with pytest.raises(ValueError, match="it needs no UpdatePruningStep"):
         pruned.fit(*_data(32), epochs=1, callbacks=[tfsynapse.UpdatePruningStep()], verbose=0)
 
 
@@ -406,3 +406,19 @@ def test_keras3_fit_under_mirrored_strategy_keeps_replicas_identical(tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                             timeout=300)
     assert "MIRRORED_OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_keras3_progress_lines_and_the_short_schedule_warning(tmp_path, capsys):
+    x, y = _data()
+    pruned = _compile(tfsynapse.prune_synaptic(
+        _small_keras3(), tfsynapse.fit_schedule(0.5, epochs=2, samples=len(x), batch_size=32),
+        criterion="l1", granularity="filter", scope="layer"))
+    pruned.fit(x, y, epochs=2, batch_size=32, verbose=0,
+               callbacks=[tfsynapse.PruningProgress(log_dir=str(tmp_path / "tb"))])
+    out = capsys.readouterr().out
+    assert "pruning: epoch 2: 50.0% of prunable channels pruned" in out, out
+    assert os.listdir(tmp_path / "tb")  # the TensorBoard scalars were written
+    too_long = _compile(tfsynapse.prune_synaptic(
+        _small_keras3(), tfsynapse.PolynomialDecay(0.0, 0.5, 0, 1000, frequency=10)))
+    with pytest.warns(UserWarning, match=r"applied .* sparsity, not its target 50.0%"):
+        too_long.fit(x, y, epochs=1, batch_size=32, verbose=0)

@@ -24,10 +24,11 @@ from tfsynapse.backends.keras3 import io_structs
 _PLANNER = {}
 
 
-def use_planner(make_plan, pruned_fraction):
-    """Registers ``make_plan(model, options_config) -> (plan, options)`` and
-    ``pruned_fraction(model) -> float`` (done on import by ``tfsynapse.pruning.keras3_fit``)."""
-    _PLANNER["make"], _PLANNER["fraction"] = make_plan, pruned_fraction
+def use_planner(make_plan, pruned_fraction, warn_if_short):
+    """Registers the pruning package's functions (done on import by
+    ``tfsynapse.pruning.keras3_fit``): ``make_plan(model, options_config) -> (plan, options)``,
+    ``pruned_fraction(model, keep) -> float`` and ``warn_if_short(model, where)``."""
+    _PLANNER.update(make=make_plan, fraction=pruned_fraction, warn=warn_if_short)
 
 
 def _schedules():
@@ -115,27 +116,30 @@ class KerasPrunedModel(Functional):
         return logs
 
     def fit(self, *args, **kwargs):
-        callbacks = kwargs.get("callbacks", args[5] if len(args) > 5 else None) or []
-        foreign = [type(c).__name__ for c in callbacks if not isinstance(c, keras.callbacks.Callback)]
-        if foreign:
-            raise ValueError(
-                f"callback(s) {', '.join(foreign)} are not Keras 3 callbacks. A Keras 3 pruned "
-                "model advances its pruning step itself: it needs no UpdatePruningStep (that "
-                "one, like PruningProgress, is for tf_keras models).")
-        return super().fit(*args, **kwargs)
+        """``Model.fit``; tfsynapse's ``PruningProgress`` may be passed (adapted), tf_keras
+        callbacks may not; warns at the end when the schedule never applied its target."""
+        args, kwargs = list(args), dict(kwargs)
+        if len(args) > 5:
+            kwargs["callbacks"] = args.pop(5)
+        kwargs["callbacks"] = [_adapt(c) for c in kwargs.get("callbacks") or []]
+        history = super().fit(*args, **kwargs)
+        _PLANNER["warn"](self, "fit")
+        return history
 
     def keep_plan(self):
         """The units the current masks keep: ``{group id: bool array}`` (True = kept)."""
         return self.mask_plan.keep_plan([m.numpy() for m in self.masks])
 
-    def pruned_fraction(self):
-        """The fraction of prunable channels (filter granularity) or convolution connections
-        (connection granularity) the masks prune now."""
-        return _PLANNER["fraction"](self)
+    def pruned_fraction(self, keep=None):
+        """The fraction of prunable channels (filter granularity; ``keep``: ``keep_plan()``
+        when the caller has it) or convolution connections (connection granularity) the
+        masks prune now."""
+        return _PLANNER["fraction"](self, keep)
 
     @property
     def pruning_options(self):
-        return self._options_config
+        """The ``PruningOptions`` the masks are computed with."""
+        return self.mask_plan.options
 
     def get_config(self):
         config = super().get_config()
@@ -151,8 +155,41 @@ def pruned_model(model, pruning_schedule, options_config, plan):
                             pruning_schedule=pruning_schedule, mask_plan=plan)
 
 
+class _Adapted(keras.callbacks.Callback):
+    """Runs a callback written for both Keras (``works_with_keras3``) inside Keras 3's fit."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def set_model(self, model):
+        super().set_model(model)
+        object.__setattr__(self.inner, "model", model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.inner.params = params
+
+
+for _hook in ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
+              "on_train_batch_begin", "on_train_batch_end"):
+    setattr(_Adapted, _hook, lambda self, *a, _hook=_hook, **k: getattr(self.inner, _hook)(*a, **k))
+
+
+def _adapt(callback):
+    if isinstance(callback, keras.callbacks.Callback):
+        return callback
+    if getattr(callback, "works_with_keras3", False):
+        return _Adapted(callback)
+    raise ValueError(
+        f"{type(callback).__name__} is not a Keras 3 callback. A Keras 3 pruned model advances "
+        "its pruning step itself: it needs no UpdatePruningStep (a tf_keras callback); "
+        "tfsynapse.PruningProgress works with either Keras.")
+
+
 def strip(model):
     """A plain functional model over the same layers, masks applied one last time."""
+    _PLANNER["warn"](model, "strip_pruning")
     model.apply_masks()
     return keras.Model(model._inputs_struct, model._outputs_struct, name=model.name)
 

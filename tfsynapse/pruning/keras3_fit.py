@@ -12,6 +12,7 @@ from tfsynapse.backends import keras3_pruning
 from tfsynapse.graph import dependency_groups
 from tfsynapse.pruning.options import PruningOptions
 from tfsynapse.pruning.planner import MaskPlan
+from tfsynapse.pruning.progress import warn_if_short
 
 
 def make_plan(model, options):
@@ -21,10 +22,11 @@ def make_plan(model, options):
     return MaskPlan(dependency_groups(model), options), options
 
 
-def pruned_fraction(model):
+def pruned_fraction(model, keep=None):
     """How much a ``KerasPrunedModel``'s masks prune: the fraction of prunable channels masked
-    (filter granularity) or of the convolutions' connections that are zero (connection)."""
-    if model.pruning_options["granularity"] == "connection":
+    (filter granularity; ``keep``: its ``keep_plan()`` when known) or of the convolutions'
+    connections that are zero (connection)."""
+    if model.pruning_options.granularity == "connection":
         dead = total = 0
         for lc in model.mask_plan.graph.calls:
             kernel = lc.rule.connection_kernel(lc.call.layer)
@@ -34,12 +36,12 @@ def pruned_fraction(model):
             alive = np.any(values != 0, axis=tuple(range(values.ndim - 2)))
             dead, total = dead + int((~alive).sum()), total + alive.size
         return dead / total if total else 0.0
-    keep = model.keep_plan()
+    keep = model.keep_plan() if keep is None else keep
     total = sum(len(k) for k in keep.values())
     return 1.0 - sum(int(k.sum()) for k in keep.values()) / max(total, 1)
 
 
-keras3_pruning.use_planner(make_plan, pruned_fraction)
+keras3_pruning.use_planner(make_plan, pruned_fraction, warn_if_short)
 
 
 def pruned_model(model, pruning_schedule, options, plan):

@@ -86,6 +86,17 @@ def _schedule_attributes(schedule):
             int(config.get("frequency", 1)), float(final))
 
 
+def _schedule_holder(model):
+    """What holds the schedule and the step: the leader wrapper (tf_keras), the Keras 3 pruned
+    model itself, or None for a model that is not being pruned."""
+    if hasattr(model, "pruning_schedule") and hasattr(model, "pruning_step"):
+        return model  # a Keras 3 KerasPrunedModel
+    wrappers = collect_wrappers(model)
+    if not wrappers:
+        return None
+    return next((w for w in wrappers if w.leader), wrappers[0])
+
+
 def schedule_shortfall(model):
     """How far the schedule's last update (in the steps that ran) stayed below its target.
 
@@ -98,16 +109,15 @@ def schedule_shortfall(model):
       the last update, 0 if none ran), ``target``, ``begin_step``, ``end_step`` and
       ``frequency``.
     """
-    wrappers = collect_wrappers(model)
-    if not wrappers:
+    holder = _schedule_holder(model)
+    if holder is None:
         return None
-    leader = next((w for w in wrappers if w.leader), wrappers[0])
-    schedule = leader.pruning_schedule
+    schedule = holder.pruning_schedule
     if not isinstance(schedule, (pruning_schedule.PolynomialDecay,
                                  pruning_schedule.ConstantSparsity)):
         return None
     begin, end, frequency, target = _schedule_attributes(schedule)
-    step = int(leader.pruning_step.numpy())
+    step = int(holder.pruning_step.numpy())
     applied = 0.0
     if step >= begin:
         stop = step if end == -1 else min(step, end)
@@ -165,14 +175,18 @@ class UpdatePruningStep(pruning_callbacks.UpdatePruningStep):
 
 
 def _pruned_model(model):
-    """``model`` itself, or the ``PrunedModel`` inside a wrapper model such as a Distiller."""
-    if isinstance(model, PrunedModel):
+    """``model`` itself, or the ``PrunedModel`` inside a wrapper model such as a Distiller;
+    a Keras 3 ``KerasPrunedModel`` is its own."""
+    if isinstance(model, PrunedModel) or hasattr(model, "masks") and hasattr(model, "mask_plan"):
         return model
     return next((m for m in model.submodules if isinstance(m, PrunedModel)), None)
 
 
 class PruningProgress(keras.callbacks.Callback):
     """Prints (and logs to TensorBoard) how much is pruned after every epoch.
+
+    Works with either Keras: a Keras 3 pruned model's ``fit`` runs it through an adapter
+    (``works_with_keras3``).
 
     Each line: the pruned fraction (channels for filter pruning, connections for connection
     pruning), the channels kept and the MACs kept, relative to the dense model.
@@ -186,6 +200,8 @@ class PruningProgress(keras.callbacks.Callback):
     The values also go into Keras' epoch ``logs`` (``pruned_fraction``, ``macs_kept``), so
     ``History`` and ``CSVLogger`` record them.
     """
+
+    works_with_keras3 = True
 
     def __init__(self, log_dir=None, verbose=1):
         super().__init__()
