@@ -159,7 +159,7 @@ def test_sequential_model_prunes_and_shrinks():
 def test_keras3_models_are_refused_clearly_where_not_supported_yet(twins):
     _, modern = twins
     with pytest.raises(TypeError, match="Keras 3 models work with"):
-        tfsynapse.to_synaptic(modern)
+        tfsynapse.Distiller(modern, modern)
 
 
 ZOO_FAST = ("MobileNetV2", "ResNet50", "EfficientNetB0", "ConvNeXtTiny")
@@ -422,3 +422,42 @@ def test_keras3_progress_lines_and_the_short_schedule_warning(tmp_path, capsys):
         _small_keras3(), tfsynapse.PolynomialDecay(0.0, 0.5, 0, 1000, frequency=10)))
     with pytest.warns(UserWarning, match=r"applied .* sparsity, not its target 50.0%"):
         too_long.fit(x, y, epochs=1, batch_size=32, verbose=0)
+
+
+def test_keras3_synaptic_form_matches_tf_keras_and_round_trips(twins, tmp_path):
+    legacy, modern = twins
+    x = _x(legacy, 4, seed=7)
+    s_legacy, r_legacy = tfsynapse.to_synaptic(legacy, return_report=True)
+    s_modern, r_modern = tfsynapse.to_synaptic(modern, l1=1e-4, return_report=True)
+    assert (r_modern.converted, r_modern.folded, sorted(r_modern.kept)) == \
+        (r_legacy.converted, r_legacy.folded, sorted(r_legacy.kept))  # (the ops' names differ)
+    assert r_modern.converted
+    small = randomize_bn(_small_keras3(), negative_gammas=False)
+    folded, report = tfsynapse.to_synaptic(small, return_report=True)
+    assert report.folded == {"bn": ["b"]}  # the BN scale moved into b's strengths
+    x_small = _data(4)[0]
+    np.testing.assert_allclose(np.asarray(folded(x_small)), np.asarray(small(x_small)), atol=1e-4)
+    assert type(s_modern.get_layer("branch")).__name__ == "SynapticConv2D"
+    assert backends.backend_name(s_modern.get_layer("branch")) == "keras3"
+    np.testing.assert_allclose(np.asarray(s_modern(x)), np.asarray(modern(x)), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(s_modern(x)), np.asarray(s_legacy(x)), atol=1e-4)
+    assert s_modern.losses  # the L1 penalty on the strengths
+    path = str(tmp_path / "synaptic.keras")
+    s_modern.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(s_modern(x)), atol=1e-6)
+    back = tfsynapse.from_synaptic(loaded)
+    assert not any(type(layer).__name__ == "SynapticConv2D" for layer in back.layers)
+    np.testing.assert_allclose(np.asarray(back(x)), np.asarray(modern(x)), atol=1e-4)
+
+
+def test_keras3_synaptic_strength_pruning_of_the_synaptic_form():
+    x, y = _data()
+    synaptic = tfsynapse.to_synaptic(_small_keras3())
+    schedule = tfsynapse.fit_schedule(0.6, epochs=2, samples=len(x), batch_size=32)
+    pruned = _compile(tfsynapse.prune_synaptic(synaptic, schedule))
+    pruned.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    assert pruned.pruned_fraction() == pytest.approx(0.6, abs=0.02)
+    plain = tfsynapse.from_synaptic(tfsynapse.strip_pruning(pruned))
+    small = tfsynapse.shrink(plain)  # self-checked
+    assert tfsynapse.count_macs(small) <= tfsynapse.count_macs(plain)

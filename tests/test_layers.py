@@ -62,6 +62,23 @@ def test_non_homogeneous_activation_keeps_the_bn_scale():
     np.testing.assert_allclose(synaptic(x), model(x), rtol=1e-4, atol=1e-5)
 
 
+def test_negative_gammas_after_a_relu_producer_keep_the_bn_scale():
+    """Flipping a channel's sign upstream is exact only through a linear producer: with
+    Conv2D(activation='relu') -> BN(gamma < 0), -relu(z) != relu(-z), so the BN keeps its
+    scale (the fold used to change the outputs by 0.07 here)."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((10, 10, 1))
+    x = L.Conv2D(16, 3, activation="relu", name="a")(inputs)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.GlobalAveragePooling2D()(L.Conv2D(16, 3, activation="relu", name="b")(x))
+    model = randomize_bn(keras.Model(inputs, L.Dense(4, name="out")(x)))
+    assert np.any(model.get_layer("bn").gamma.numpy() < 0)
+    synaptic, report = tfsynapse.to_synaptic(model, return_report=True)
+    assert "relu" in report.kept["bn"] and not report.flipped
+    x = np.random.default_rng(0).normal(size=(4, 10, 10, 1)).astype("float32")
+    np.testing.assert_allclose(synaptic(x), model(x), rtol=1e-4, atol=1e-5)
+
+
 def test_l1_penalty_is_in_model_losses():
     synaptic = tfsynapse.to_synaptic(randomize_bn(relu_net()), l1=1e-3)
     strengths = [l.strength for l in synaptic.layers if isinstance(l, tfsynapse.SynapticConv2D)]

@@ -48,9 +48,10 @@ _KERAS3_MESSAGE = (
     "{what} is a Keras 3 object ({cls}), and this function works on tf_keras (Keras 2) models "
     "only so far. Keras 3 models work with dependency_groups, count_macs, count_params, "
     "prune_once and prune_synaptic (every criterion), strip_pruning, recalibrate_batchnorm, "
-    "sensitivity_analysis, PruningProgress, shrink, tflite_export.convert/verify and the CLI; "
-    "distillation, quantisation-aware training and to_synaptic take tf_keras models (build "
-    "the model with `import tf_keras as keras`, pip install tf-keras)."
+    "sensitivity_analysis, PruningProgress, to_synaptic/from_synaptic, shrink, "
+    "tflite_export.convert/verify and the CLI; distillation, ProximalL1 and quantisation-aware "
+    "training take tf_keras models (build the model with `import tf_keras as keras`, pip "
+    "install tf-keras)."
 )
 
 

@@ -16,12 +16,10 @@ import dataclasses
 
 import numpy as np
 
-from tfsynapse.backends.tf_keras import check_model, keras
+from tfsynapse.backends import backend_of
 from tfsynapse.graph import dependency_groups, replay, unwrap
 from tfsynapse.graph import rules as rules_lib
-from tfsynapse.layers.synaptic import SynapticConv2D, synaptic_weights_from_kernel
-
-L = keras.layers
+from tfsynapse.layers.synaptic import is_synaptic, synaptic_class, synaptic_weights_from_kernel
 
 
 @dataclasses.dataclass
@@ -53,8 +51,23 @@ def _homogeneous(layer):
     return rule is not None and rule.homogeneous(layer)
 
 
+def _builtin(layer, name):
+    """Whether ``layer`` is exactly Keras's own ``name`` class (either Keras)."""
+    try:
+        return backend_of(layer).class_path(layer) == name
+    except TypeError:  # a raw value, not a Keras object
+        return False
+
+
+def _linear(layer):
+    """Whether the layer's own activation is the identity (so -f(x) = f with negated weights)."""
+    fn = getattr(layer, "activation", None)
+    return fn is None or getattr(fn, "__name__", "") == "linear"
+
+
 def _convertible(layer):
-    return type(layer) is L.Conv2D and layer.groups == 1 and layer.data_format == "channels_last"
+    return (_builtin(layer, "Conv2D") and layer.groups == 1
+            and layer.data_format == "channels_last")
 
 
 def _bn_folds(graph, outputs):
@@ -69,7 +82,7 @@ def _bn_folds(graph, outputs):
     result = {}
     for lc in graph.calls:
         bn = unwrap(lc.call.layer)
-        if not isinstance(bn, L.BatchNormalization):
+        if not _builtin(bn, "BatchNormalization"):
             continue
         if bn.gamma is None:
             continue
@@ -99,18 +112,21 @@ def _bn_folds(graph, outputs):
         source = producer.get(lc.call.inputs[0]) if lc.call.inputs else None
         if reason is None and len(flips):
             src = unwrap(source.call.layer) if source is not None else None
-            if src is None or not (_convertible(src) or isinstance(src, SynapticConv2D)) or len(
+            if src is None or not (_convertible(src) or is_synaptic(src)) or len(
                     consumers.get(source.call.outputs[0], [])) != 1:
                 reason = "negative gammas, and the producer cannot be sign-flipped alone"
+            elif not _linear(src):
+                reason = (f"negative gammas, and the producer's activation "
+                          f"'{src.activation.__name__}' does not commute with a sign flip")
         result[bn] = (convs, reason, flips, unwrap(source.call.layer) if source is not None else None)
     return result
 
 
 def to_synaptic(model, l1=0.0, fold_batchnorm=True, return_report=False):
-    """Converts a tf_keras model with Conv2D (+ BatchNormalization) to the synaptic form.
+    """Converts a model with Conv2D (+ BatchNormalization) to the synaptic form.
 
     Args:
-      model: a built tf_keras functional or Sequential model (left untouched).
+      model: a built functional or Sequential model, tf_keras or Keras 3 (left untouched).
       l1: coefficient of an L1 penalty on all strengths added to the loss (0, the default,
         adds none). Prefer ``tfsynapse.ProximalL1(l1)`` as a ``fit`` callback: its proximal
         step gives exact zeros, where the loss penalty's subgradient only oscillates around
@@ -124,7 +140,8 @@ def to_synaptic(model, l1=0.0, fold_batchnorm=True, return_report=False):
     Raises:
       TypeError / ValueError: as ``check_model``; ``l1`` negative.
     """
-    check_model(model)
+    backend = backend_of(model)
+    backend.check_model(model)
     if l1 < 0:
         raise ValueError(f"l1 must be >= 0, got {l1}.")
     graph = dependency_groups(model)
@@ -148,16 +165,17 @@ def to_synaptic(model, l1=0.0, fold_batchnorm=True, return_report=False):
             sign[flips] = -1.0
             sign_out[source] = sign
             report.flipped[bn.name] = int(len(flips))
-    regularizer = keras.regularizers.L1(l1) if l1 > 0 else None
+    regularizer = backend.keras.regularizers.L1(l1) if l1 > 0 else None
+    synaptic = synaptic_class(model)
 
     def new_layer(layer):
         if _convertible(layer):
             config = layer.get_config()
             config.pop("groups", None)
             report.converted.append(layer.name)
-            return SynapticConv2D.from_config({**config, "strength_regularizer": regularizer})
+            return synaptic.from_config({**config, "strength_regularizer": regularizer})
         if layer in fold_bn:
-            return L.BatchNormalization.from_config({**layer.get_config(), "scale": False})
+            return type(layer).from_config({**layer.get_config(), "scale": False})
         return None
 
     def new_weights(old):
@@ -176,7 +194,7 @@ def to_synaptic(model, l1=0.0, fold_batchnorm=True, return_report=False):
             gamma, beta, mean, var = weights
             flip = np.where(gamma < 0, -1.0, 1.0).astype(gamma.dtype)
             return [beta / np.abs(gamma), mean * flip, var]
-        if isinstance(old, SynapticConv2D) and sign is not None:
+        if is_synaptic(old) and sign is not None:
             weights[0] = weights[0] * sign
             if old.use_bias:
                 weights[2] = weights[2] * sign
@@ -190,7 +208,7 @@ def from_synaptic(model):
     """Turns every SynapticConv2D back into a plain Conv2D with ``K = s * V / ||V||``.
 
     Args:
-      model: a built tf_keras model (left untouched).
+      model: a built tf_keras or Keras 3 model (left untouched).
 
     Returns:
       A new model without synaptic layers (BatchNormalizations keep ``scale=False``), ready
@@ -199,21 +217,22 @@ def from_synaptic(model):
     Raises:
       TypeError / ValueError: as ``check_model``.
     """
-    check_model(model)
+    backend = backend_of(model)
+    backend.check_model(model)
 
     def new_layer(layer):
-        if not isinstance(layer, SynapticConv2D):
+        if not is_synaptic(layer):
             return None
         config = layer.get_config()
         config.pop("strength_regularizer", None)
         config.pop("strength_initializer", None)
-        return L.Conv2D.from_config(config)
+        return backend.keras.layers.Conv2D.from_config(config)
 
     def new_weights(old):
-        if not isinstance(old, SynapticConv2D):
+        if not is_synaptic(old):
             return old.get_weights()
         rest = [old.bias.numpy()] if old.use_bias else []
-        return [old.effective_kernel().numpy(), *rest]
+        return [np.asarray(old.effective_kernel()), *rest]
 
     return _rebuild(model, new_layer, new_weights)
 
@@ -223,8 +242,12 @@ def _rebuild(model, new_layer, new_weights):
     and weights set from ``new_weights(old layer)``."""
     made = []
 
+    backend = backend_of(model)
+
     def make_layer(layer):
         layer = unwrap(layer)
+        if not backend.is_layer(layer):  # a raw operation: no weights, nothing to convert
+            return layer
         new = new_layer(layer)
         if new is None:
             new = type(layer).from_config(layer.get_config())

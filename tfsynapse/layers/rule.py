@@ -2,10 +2,11 @@
 
 from tfsynapse.graph.producer_rules import Producer
 from tfsynapse.graph.rules import register_rule
+from tfsynapse.backends.keras3_layers import SynapticConv2D as Keras3SynapticConv2D
 from tfsynapse.layers.synaptic import SynapticConv2D
 
 
-@register_rule(SynapticConv2D)
+@register_rule(SynapticConv2D, Keras3SynapticConv2D)
 class SynapticRule(Producer):
     """Like Conv2D, with the strengths ``s[i, j]`` as a second kernel-like weight."""
 

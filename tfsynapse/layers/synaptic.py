@@ -96,3 +96,19 @@ def synaptic_weights_from_kernel(kernel):
 
     strength = np.sqrt(np.sum(np.square(kernel), axis=(0, 1)) + EPSILON)
     return kernel.astype(np.float32), strength.astype(np.float32)
+
+
+def synaptic_class(model_or_layer):
+    """The SynapticConv2D class of the object's Keras (tf_keras or Keras 3)."""
+    from tfsynapse.backends import backend_name  # noqa: PLC0415
+
+    if backend_name(model_or_layer) == "keras3":
+        from tfsynapse.backends.keras3_layers import SynapticConv2D as Keras3Synaptic  # noqa: PLC0415
+
+        return Keras3Synaptic
+    return SynapticConv2D
+
+
+def is_synaptic(layer):
+    """Whether ``layer`` is a SynapticConv2D of either Keras."""
+    return type(layer).__name__ == "SynapticConv2D" and isinstance(layer, synaptic_class(layer))
