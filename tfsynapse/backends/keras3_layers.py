@@ -9,6 +9,8 @@ effective kernel. The weights are named and ordered as in the tf_keras layer
 
 import keras
 
+from tfsynapse.backends.synaptic_weights import add_synaptic_weights
+
 EPSILON = 1e-12
 
 
@@ -35,20 +37,7 @@ class SynapticConv2D(keras.layers.Conv2D):
         channels = int(input_shape[-1])
         self.input_spec = keras.layers.InputSpec(min_ndim=4, axes={-1: channels})
         self.compute_output_shape(input_shape)
-        self.direction = self.add_weight(
-            name="direction", shape=tuple(self.kernel_size) + (channels, self.filters),
-            initializer=self.kernel_initializer, constraint=self.kernel_constraint,
-            trainable=True, dtype=self.dtype)
-        self.strength = self.add_weight(
-            name="strength", shape=(channels, self.filters), initializer=self.strength_initializer,
-            regularizer=self.strength_regularizer, trainable=True, dtype=self.dtype)
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias", shape=(self.filters,), initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer, constraint=self.bias_constraint,
-                trainable=True, dtype=self.dtype)
-        else:
-            self.bias = None
+        add_synaptic_weights(self, channels)
         self.built = True
 
     def effective_kernel(self):

@@ -12,6 +12,7 @@ convolution has one connection per channel, so its "connections" are channels, w
 filter-level groups already prune.
 """
 
+from tfsynapse.backends.synaptic_weights import add_synaptic_weights
 from tfsynapse.backends.tf_keras import keras, prunable_layer, tf
 
 EPSILON = 1e-12
@@ -44,20 +45,7 @@ class SynapticConv2D(keras.layers.Conv2D, prunable_layer.PrunableLayer):
         input_shape = tf.TensorShape(input_shape)
         channels = self._get_input_channel(input_shape)
         self.compute_output_shape(input_shape)
-        self.direction = self.add_weight(
-            name="direction", shape=self.kernel_size + (channels, self.filters),
-            initializer=self.kernel_initializer, constraint=self.kernel_constraint,
-            trainable=True, dtype=self.dtype)
-        self.strength = self.add_weight(
-            name="strength", shape=(channels, self.filters), initializer=self.strength_initializer,
-            regularizer=self.strength_regularizer, trainable=True, dtype=self.dtype)
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias", shape=(self.filters,), initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer, constraint=self.bias_constraint,
-                trainable=True, dtype=self.dtype)
-        else:
-            self.bias = None
+        add_synaptic_weights(self, channels)
         self.input_spec = keras.layers.InputSpec(min_ndim=4, axes={self._get_channel_axis(): channels})
         self.built = True
 
