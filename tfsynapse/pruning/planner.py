@@ -28,6 +28,7 @@ import numpy as np
 from tfsynapse.backends import tf
 from tfsynapse.criteria import lowest_k_mask, ranks
 from tfsynapse.graph import unwrap
+from tfsynapse.pruning.reachability import reachability
 from tfsynapse.pruning.scoring import Scoring
 
 MASKED_ROLES = ("out", "in", "param")
@@ -172,62 +173,10 @@ class MaskPlan:
     def masked_weights(self):
         return [(e["layer"], e["index"], e["weight"], e["mask_shape"]) for e in self._weights]
 
-    # ------------------------------------------------------------ reachability (numpy)
     def reachability(self, sparsity):
-        """How much of ``sparsity`` the caps and ``round_to`` let this plan reach.
-
-        Units are filters of the planned groups (filter granularity) or connections of the
-        pruned convolutions (connection granularity); frozen groups are not counted.
-
-        Args:
-          sparsity: the target (a float in [0, 1)).
-
-        Returns:
-          A dict: ``requested`` and ``reachable`` unit counts, ``total`` units, ``capped``
-          (``[(name, wanted, cap)]`` of the groups/layers a cap stops, or the pool for global
-          scope), ``rounded`` (units lost to ``round_to``, layer scope only),
-          ``frozen_units`` (units in frozen groups) and ``one_unit_bound`` (True when every
-          binding cap is the one unit a group/layer always keeps, not max_pruning_ratio),
-          ``global_rounding_bound`` (the most units ``round_to`` can cost the global pool).
-        """
-        units = self.connection_layers if self.options.granularity == "connection" else self.groups
-        total = sum(u.n for u in units)
-        pooled = [u for u in units if self.options.scope == "global" and u.factor is None]
-        requested = reachable = rounded = 0
-        capped = []
-        one_unit_bound = True  # every cap that stops the target is the one-unit floor
-        rounding_bound = 0
-        for u in units:
-            if u in pooled:
-                continue
-            s = sparsity * u.factor if u.factor is not None else sparsity
-            want = int(np.floor(s * u.n + 0.5))
-            got = min(want, u.cap)
-            if got < want:
-                capped.append((_unit_name(u), want, u.cap))
-                one_unit_bound = one_unit_bound and u.cap == u.n - 1
-            kept = min(u.n, -(-(u.n - got) // u.round_to) * u.round_to)
-            rounded += got - (u.n - kept)
-            requested += want
-            reachable += u.n - kept
-        if pooled:
-            n = sum(u.n for u in pooled)
-            want = int(np.floor(sparsity * n + 0.5))
-            cap = sum(u.cap for u in pooled)
-            if cap < want:
-                capped.append(("all pooled units (scope='global')", want, cap))
-                one_unit_bound = one_unit_bound and cap == n - len(pooled)
-            requested += want
-            reachable += min(want, cap)
-            # Each pooled unit count is rounded after the global selection, which depends on
-            # the scores: only a bound is known before the masks are computed.
-            rounding_bound = min(min(want, cap), sum(u.round_to - 1 for u in pooled))
-        frozen_units = sum(g.size for g in self.graph.groups
-                           if g.name in self.frozen and self.options.granularity == "filter")
-        return {"requested": requested, "reachable": reachable, "total": total,
-                "capped": capped, "rounded": rounded, "frozen_units": frozen_units,
-                "one_unit_bound": bool(capped) and one_unit_bound,
-                "global_rounding_bound": rounding_bound}
+        """How much of ``sparsity`` the caps and ``round_to`` let this plan reach (see
+        ``tfsynapse.pruning.reachability.reachability``)."""
+        return reachability(self, sparsity)
 
     # ------------------------------------------------------------------- scoring (TF)
     # ------------------------------------------------------------------- selection (TF)
@@ -416,10 +365,6 @@ class MaskPlan:
 
     def _entry(self, slot):
         return self._entry_of.get((id(slot.layer), slot.weight_index))
-
-
-def _unit_name(unit):
-    return unit.layer.name if isinstance(unit, _ConnectionLayer) else unit.group.name
 
 
 def _moveaxis_np(array, axis):
