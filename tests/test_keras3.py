@@ -254,7 +254,7 @@ def test_keras3_prunes_during_fit_to_the_schedule_and_shrinks():
     pruned = _compile(tfsynapse.prune_synaptic(_small_keras3(), schedule, criterion="dscore",
                                                granularity="filter", scope="layer"))
     pruned.fit(x, y, epochs=3, batch_size=32, verbose=0)
-    assert int(pruned.pruning_step.numpy()) == 3 * 4 - 1
+    assert int(pruned.pruning_step.numpy()) == 3 * 4  # tfmot's count: the first step is 1
     keep = pruned.keep_plan()
     assert keep and all(k.mean() == 0.5 for k in keep.values())
     assert pruned.pruned_fraction() == pytest.approx(0.5)
@@ -279,7 +279,7 @@ def test_keras3_masks_at_the_first_step_are_prune_once_masks():
     exactly what prune_once zeroes (the same plan and criterion, either path)."""
     model = _small_keras3(seed=1)
     once = tfsynapse.prune_once(model, 0.5, criterion="l1")
-    pruned = _compile(tfsynapse.prune_synaptic(model, tfsynapse.ConstantSparsity(0.5, 0),
+    pruned = _compile(tfsynapse.prune_synaptic(model, tfsynapse.ConstantSparsity(0.5, 1),
                                                criterion="l1", granularity="filter",
                                                scope="layer"), lr=0.0)
     pruned.fit(*_data(32), epochs=1, batch_size=32, verbose=0)
@@ -298,12 +298,12 @@ def test_keras3_saved_mid_schedule_resumes_with_the_same_step_and_masks(tmp_path
     pruned.save(path)
     loaded = keras.saving.load_model(path)
     assert type(loaded).__name__ == "KerasPrunedModel"
-    assert int(loaded.pruning_step.numpy()) == int(pruned.pruning_step.numpy()) == 3
+    assert int(loaded.pruning_step.numpy()) == int(pruned.pruning_step.numpy()) == 4
     for a, b in zip(pruned.masks, loaded.masks):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert loaded.pruning_options.to_config() == pruned.pruning_options.to_config()
-    loaded.fit(x, y, epochs=1, batch_size=32, verbose=0)  # the schedule goes on from step 3
-    assert int(loaded.pruning_step.numpy()) == 7
+    loaded.fit(x, y, epochs=1, batch_size=32, verbose=0)  # the schedule goes on from step 4
+    assert int(loaded.pruning_step.numpy()) == 8
     assert 0.0 < 1 - np.mean(np.concatenate([m.numpy().ravel() for m in loaded.masks]))
 
 
@@ -387,7 +387,7 @@ MIRRORED = textwrap.dedent("""
             granularity="filter", scope="layer"))
     x, y = _data(32)
     pruned.fit(x, y, batch_size=8, epochs=2, verbose=0)
-    assert int(pruned.pruning_step.numpy()) == 7, pruned.pruning_step.numpy()
+    assert int(pruned.pruning_step.numpy()) == 8, pruned.pruning_step.numpy()
     for mask in pruned.masks:
         replicas = [v.numpy() for v in mask.value.values]
         assert len(replicas) == 2

@@ -348,3 +348,32 @@ def test_sparse_weight_encoding_shrinks_connection_pruned_models():
         assert verify(sparse, model, x)["max_abs_error"] < 1e-3
     with pytest.raises(ValueError, match="dynamic"):
         convert(model, "dynamic", sparse_weights=True)
+
+
+def _dead_se_model():
+    """An SE block whose reduce ReLU never fires (as pruning can leave one): its expand conv
+    outputs its bias and its sigmoid a constant for every input."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
+    se = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
+    se = keras.layers.Conv2D(2, 1, activation="relu", name="se_reduce")(se)
+    se = keras.layers.Conv2D(8, 1, activation="sigmoid", name="se_expand")(se)
+    x = keras.layers.Multiply()([x, se])
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x)))
+    reduce = model.get_layer("se_reduce")  # live weights, a bias no input overcomes
+    reduce.set_weights([reduce.kernel.numpy(), np.full(2, -100.0, np.float32)])
+    return model
+
+
+def test_int8_with_constant_activations_loads_in_xnnpack_and_says_so():
+    """A zero-width calibration range gave the dead ReLU's output a scale near 1e-8, so the
+    reduce convolution's requantisation multiplier (input scale x weight scale / output scale)
+    was far above the 256 XNNPACK accepts: "failed to create XNNPACK runtime" (the SE int8
+    failure of earlier reports)."""
+    model = _dead_se_model()
+    x = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype("float32")
+    with pytest.warns(UserWarning, match="constant over the calibration data"):
+        data = convert(model, quantize="int8", representative_dataset=x)
+    report = verify(data, model, x)  # loads with XNNPACK (the default delegate)
+    scale = float(np.abs(model.predict(x, verbose=0)).max())
+    assert report["max_abs_error"] < 0.05 * scale and report["top1_agreement"] >= 0.9

@@ -10,6 +10,7 @@ TensorFlow, LiteRT and this package are needed in the worker: no Keras classes, 
 layers convert there too.
 """
 
+import contextlib
 import json
 import os
 import pickle
@@ -117,7 +118,15 @@ def _convert(directory):
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         # The calibrator itself builds a tf.lite.Interpreter for dict (multi-input) samples.
         warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
-        data = converter.convert()
+        with _usable_ranges() as widened:
+            data = converter.convert()
+    if widened:
+        warnings.warn(
+            f"{len(widened)} activation tensor(s) were constant over the calibration data (e.g. "
+            f"{', '.join(widened[:3])}): channels that output the same value for every sample, "
+            "often a ReLU that pruning left dead. Their zero-width int8 ranges were widened so "
+            "that LiteRT's XNNPACK can run the model (the values are unchanged); such channels "
+            "can usually be pruned too.", stacklevel=2)
     try:
         data = add_keras_io(data, job["input_names"], job["output_names"])
     except Exception as err:  # noqa: BLE001 - a model the flatbuffer object API cannot repack
@@ -139,6 +148,33 @@ def _refuse_variables(interpreter):
         raise RuntimeError(
             f"the converted model reads TensorFlow variables ({', '.join(found)} ops) instead of "
             "holding its weights as constants; LiteRT would run it with uninitialised weights.")
+
+
+@contextlib.contextmanager
+def _usable_ranges():
+    """Widens zero-width calibration ranges between calibration and quantisation
+    (``tflite_export.ranges``); yields the list of widened tensor names, filled on exit."""
+    try:
+        from tensorflow.lite.python.optimize import calibrator  # noqa: PLC0415
+
+        original = calibrator.Calibrator.calibrate
+    except (ImportError, AttributeError):  # another TensorFlow: the load check still guards
+        yield []
+        return
+    from tflite_export.ranges import widen_constant_ranges  # noqa: PLC0415
+
+    widened = []
+
+    def calibrate(self, *args, **kwargs):
+        data, names = widen_constant_ranges(original(self, *args, **kwargs))
+        widened.extend(names)
+        return data
+
+    calibrator.Calibrator.calibrate = calibrate
+    try:
+        yield widened
+    finally:
+        calibrator.Calibrator.calibrate = original
 
 
 def _configure(tf, converter, job, directory):

@@ -74,9 +74,11 @@ class KerasPrunedModel(Functional):
             plan, options = _PLANNER["make"](self, options)
         self.mask_plan = plan
         self._options_config = options if isinstance(options, dict) else options.to_config()
+        # Counted as tfmot counts: the first training step is step 1, so a schedule behaves
+        # the same on both backends (ConstantSparsity(t, begin_step=1) prunes at the first).
         self.pruning_step = self.add_weight(
             shape=(), dtype="int64", trainable=False, name="pruning_step",
-            initializer=keras.initializers.Constant(-1))
+            initializer=keras.initializers.Constant(0))
         self.masks = [
             self.add_weight(shape=tuple(shape), dtype=weight.dtype, trainable=False,
                             initializer="ones", name=f"{layer.name}_{_short(weight)}_mask")
