@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 
+import tflite_export
 import tfsynapse
 from conftest import randomize_bn, zoo_cases, zoo_prune_and_shrink
 from tfsynapse import backends
@@ -159,7 +160,7 @@ def test_sequential_model_prunes_and_shrinks():
 def test_keras3_models_are_refused_clearly_where_not_supported_yet(twins):
     _, modern = twins
     with pytest.raises(TypeError, match="Keras 3 models work with"):
-        tfsynapse.Distiller(modern, modern)
+        tflite_export.quantize_aware(modern)
 
 
 ZOO_FAST = ("MobileNetV2", "ResNet50", "EfficientNetB0", "ConvNeXtTiny")
@@ -185,8 +186,6 @@ def shrunk_modern(twins):
 
 @pytest.mark.parametrize("quantize", [None, "float16", "dynamic", "int8"])
 def test_keras3_export_in_every_mode_matches_keras(shrunk_modern, quantize):
-    import tflite_export  # noqa: PLC0415
-
     x = _x(shrunk_modern, 16, seed=2)
     data = tflite_export.convert(shrunk_modern, quantize=quantize,
                                  representative_dataset=x if quantize == "int8" else None)
@@ -197,8 +196,6 @@ def test_keras3_export_in_every_mode_matches_keras(shrunk_modern, quantize):
 
 
 def test_keras3_dict_outputs_export_in_keras_order():
-    import tflite_export  # noqa: PLC0415
-
     a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
     model = keras.Model([a, b], {"y": keras.layers.Dense(2, name="d")(a),
                                  "z": keras.layers.Dense(1, name="e")(b)})
@@ -461,3 +458,35 @@ def test_keras3_synaptic_strength_pruning_of_the_synaptic_form():
     plain = tfsynapse.from_synaptic(tfsynapse.strip_pruning(pruned))
     small = tfsynapse.shrink(plain)  # self-checked
     assert tfsynapse.count_macs(small) <= tfsynapse.count_macs(plain)
+
+
+def test_keras3_distillation_trains_a_pruned_student_and_leaves_the_teacher():
+    x, y = _data()
+    teacher = _compile(_small_keras3(seed=3))
+    teacher.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    before = _weights(teacher)
+    schedule = tfsynapse.fit_schedule(0.5, epochs=2, samples=len(x), batch_size=32)
+    student = tfsynapse.prune_synaptic(_small_keras3(seed=4), schedule, criterion="l1",
+                                       granularity="filter", scope="layer")
+    distiller = tfsynapse.Distiller(student, teacher, temperature=2.0, alpha=0.7)
+    assert type(distiller).__name__ == "KerasDistiller" and distiller.student is student
+    distiller.compile(keras.optimizers.Adam(1e-2),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+    history = distiller.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    soft = history.history["distillation_loss"]
+    assert {"loss", "distillation_loss", "accuracy"} <= set(history.history)
+    assert soft[-1] < soft[0]  # the student moves towards the teacher
+    assert int(student.pruning_step.numpy()) == 8 and student.pruned_fraction() == 0.5
+    for key, value in _weights(teacher).items():  # the teacher never changes
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+    small = tfsynapse.shrink(tfsynapse.strip_pruning(student))
+    assert small.get_layer("a").filters == 8
+
+
+def test_keras3_distiller_refuses_mixed_keras(twins):
+    legacy, modern = twins
+    with pytest.raises(TypeError, match="same Keras"):
+        tfsynapse.Distiller(modern, legacy)
+    with pytest.raises(ValueError, match="same model"):
+        tfsynapse.Distiller(modern, modern)

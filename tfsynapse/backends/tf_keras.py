@@ -49,9 +49,9 @@ _KERAS3_MESSAGE = (
     "only so far. Keras 3 models work with dependency_groups, count_macs, count_params, "
     "prune_once and prune_synaptic (every criterion), strip_pruning, recalibrate_batchnorm, "
     "sensitivity_analysis, PruningProgress, to_synaptic/from_synaptic, shrink, "
-    "tflite_export.convert/verify and the CLI; distillation, ProximalL1 and quantisation-aware "
-    "training take tf_keras models (build the model with `import tf_keras as keras`, pip "
-    "install tf-keras)."
+    "tflite_export.convert/verify, Distiller (two Keras 3 models) and the CLI; ProximalL1 and "
+    "quantisation-aware training take tf_keras models (build the model with "
+    "`import tf_keras as keras`, pip install tf-keras)."
 )
 
 

@@ -17,10 +17,13 @@ distiller (the student is its first layer) and the schedule, masks, ``PruningSum
 import math
 import numbers
 
+from tfsynapse.backends import backend_name
+from tfsynapse.backends.distillation import (
+    require_hard_loss,
+    require_labels,
+    soft_targets_loss,
+)
 from tfsynapse.backends.tf_keras import check_model, keras, tf
-
-_EPSILON = 1e-7
-
 
 def _number(value, name, low, high, low_open):
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
@@ -28,6 +31,53 @@ def _number(value, name, low, high, low_open):
         interval = f"({low:g}, inf)" if low_open else f"[{low:g}, {high:g}]"
         raise ValueError(f"{name} must be a number in {interval}, got {value!r}.")
     return float(value)
+
+
+def check_pair(student, teacher):
+    """Refuses a student/teacher pair that cannot be distilled (either Keras).
+
+    Raises:
+      ValueError: the student is the teacher or shares weights with it; several outputs;
+        different output shapes.
+    """
+    if student is teacher:
+        raise ValueError("the student and the teacher are the same model; pass the dense "
+                         "model as teacher and the pruned one as student.")
+    teacher_ids = {id(v) for v in teacher.weights}
+    shared = [v.name for v in student.weights if id(v) in teacher_ids]
+    if shared:
+        raise ValueError(
+            f"the student shares {len(shared)} weights with the teacher (e.g. {shared[0]}), "
+            "so training it would change the teacher too (prune_synaptic wraps the layers of "
+            "the model it is given, as tfmot does). Prune a copy: base = "
+            "keras.models.clone_model(dense); base.set_weights(dense.get_weights()); "
+            "student = prune_synaptic(base, ...).")
+    if len(student.outputs) != 1 or len(teacher.outputs) != 1:
+        raise ValueError("Distiller needs single-output models (the class scores); got "
+                         f"{len(student.outputs)} student and {len(teacher.outputs)} teacher "
+                         "outputs.")
+    s_shape = tuple(student.outputs[0].shape[1:])
+    t_shape = tuple(teacher.outputs[0].shape[1:])
+    if s_shape != t_shape:
+        raise ValueError(f"the student's output shape {s_shape} differs from the teacher's "
+                         f"{t_shape}; both must score the same classes.")
+
+
+def _keras3_distiller(student, teacher, temperature=4.0, alpha=0.9, from_logits=True, **kwargs):
+    from tfsynapse.backends import backend_of  # noqa: PLC0415
+    from tfsynapse.backends.keras3_distill import KerasDistiller  # noqa: PLC0415
+
+    backend = backend_of(student)
+    backend.check_model(student, "the student")
+    if backend_name(teacher) != "keras3":
+        raise TypeError("the student is a Keras 3 model but the teacher is not: distil "
+                        "between two models of the same Keras.")
+    backend.check_model(teacher, "the teacher")
+    check_pair(student, teacher)
+    return KerasDistiller(
+        student, teacher, _number(temperature, "temperature", 0.0, math.inf, low_open=True),
+        _number(alpha, "alpha", 0.0, 1.0, low_open=False), bool(from_logits),
+        **kwargs)
 
 
 class Distiller(keras.Model):
@@ -43,10 +93,14 @@ class Distiller(keras.Model):
     distiller (whose ``save_weights`` needs the TF checkpoint format, not ``.h5``, when the two
     models have the same name).
 
+    Keras 3: ``Distiller(student, teacher)`` with two Keras 3 models returns a
+    ``KerasDistiller`` (``tfsynapse.backends.keras3_distill``): the same objective, logs and
+    arguments; a ``KerasPrunedModel`` student advances its own pruning step (no callback).
+
     Args:
-      student: the tf_keras model to train (from ``prune_synaptic``, stripped, shrunk or
+      student: the model to train (from ``prune_synaptic``, stripped, shrunk or
         dense), functional or Sequential, with one output.
-      teacher: the tf_keras model giving the soft targets (usually the dense model before
+      teacher: the model giving the soft targets (usually the dense model before
         pruning), with the student's output shape. It must not share weights with the
         student: ``prune_synaptic`` wraps the layers of the model it is given, so prune a
         copy of the teacher.
@@ -64,30 +118,15 @@ class Distiller(keras.Model):
         temperature is not positive; alpha is outside [0, 1].
     """
 
+    def __new__(cls, student=None, teacher=None, *args, **kwargs):
+        if backend_name(student) == "keras3":  # Keras 3: the same objective, its own trainer
+            return _keras3_distiller(student, teacher, *args, **kwargs)
+        return super().__new__(cls, student, teacher, *args, **kwargs)
+
     def __init__(self, student, teacher, temperature=4.0, alpha=0.9, from_logits=True, **kwargs):
         check_model(student, "the student")
         check_model(teacher, "the teacher")
-        if student is teacher:
-            raise ValueError("the student and the teacher are the same model; pass the dense "
-                             "model as teacher and the pruned one as student.")
-        teacher_ids = {id(v) for v in teacher.weights}
-        shared = [v.name for v in student.weights if id(v) in teacher_ids]
-        if shared:
-            raise ValueError(
-                f"the student shares {len(shared)} weights with the teacher (e.g. {shared[0]}), "
-                "so training it would change the teacher too (prune_synaptic wraps the layers of "
-                "the model it is given, as tfmot does). Prune a copy: base = "
-                "keras.models.clone_model(dense); base.set_weights(dense.get_weights()); "
-                "student = prune_synaptic(base, ...).")
-        if len(student.outputs) != 1 or len(teacher.outputs) != 1:
-            raise ValueError("Distiller needs single-output models (the class scores); got "
-                             f"{len(student.outputs)} student and {len(teacher.outputs)} teacher "
-                             "outputs.")
-        s_shape = tuple(student.outputs[0].shape[1:])
-        t_shape = tuple(teacher.outputs[0].shape[1:])
-        if s_shape != t_shape:
-            raise ValueError(f"the student's output shape {s_shape} differs from the teacher's "
-                             f"{t_shape}; both must score the same classes.")
+        check_pair(student, teacher)
         temperature = _number(temperature, "temperature", 0.0, math.inf, low_open=True)
         alpha = _number(alpha, "alpha", 0.0, 1.0, low_open=False)
         super().__init__(name=kwargs.pop("name", f"distiller_{student.name}"), **kwargs)
@@ -151,51 +190,21 @@ class Distiller(keras.Model):
         Raises:
           ValueError: no loss while alpha < 1.
         """
-        if loss is None and self._alpha < 1.0:
-            raise ValueError(f"compile needs the hard (label) loss when alpha < 1 (alpha is "
-                             f"{self._alpha:g}), e.g. loss=keras.losses."
-                             "SparseCategoricalCrossentropy(from_logits=True).")
+        require_hard_loss(loss, self._alpha)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def call(self, inputs, training=None):
         return self._student(inputs, training=training)
 
-    def _log_probabilities(self, outputs):
-        outputs = tf.cast(outputs, tf.float32)
-        if not self._from_logits:  # softmax(log p / T) is p^(1/T), renormalised
-            outputs = tf.math.log(tf.maximum(outputs, _EPSILON))
-        return tf.nn.log_softmax(outputs / self._temperature, axis=-1)
-
     def distillation_loss(self, teacher_outputs, student_outputs, sample_weight=None):
-        """``T^2 * KL(teacher || student)`` at temperature T, averaged over the batch.
-
-        Args:
-          teacher_outputs: the teacher's logits (or probabilities), ``[batch, ..., classes]``.
-          student_outputs: the student's, same shape.
-          sample_weight: optional per-sample weights, ``[batch]`` (or the outputs' shape
-            without the class axis); the weighted sum is divided by the number of samples,
-            as Keras losses do.
-
-        Returns:
-          A float32 scalar tensor.
-        """
-        log_t = self._log_probabilities(teacher_outputs)
-        log_s = self._log_probabilities(student_outputs)
-        kl = tf.reduce_sum(tf.exp(log_t) * (log_t - log_s), axis=-1)
-        if sample_weight is not None:
-            weights = tf.cast(sample_weight, kl.dtype)
-            if weights.shape.rank == kl.shape.rank + 1:
-                weights = tf.squeeze(weights, -1)
-            while weights.shape.rank < kl.shape.rank:
-                weights = weights[..., None]
-            kl = kl * weights
-        return tf.reduce_mean(kl) * self._temperature ** 2
+        """``T^2 * KL(teacher || student)`` at temperature T, averaged over the batch (see
+        ``soft_targets_loss``)."""
+        return soft_targets_loss(teacher_outputs, student_outputs, self._temperature,
+                                 self._from_logits, sample_weight)
 
     def _objective(self, x, y, sample_weight, training):
         """The total loss (scaled for distribution, for gradients) and the student's outputs."""
-        if y is None and self._alpha < 1.0:
-            raise ValueError(f"the data have no labels, but alpha={self._alpha:g} < 1 needs them "
-                             "for the hard loss; give (x, y) or use alpha=1.")
+        require_labels(y, self._alpha)
         teacher_outputs = tf.stop_gradient(self._teacher(x, training=False))
         outputs = self._student(x, training=training)
         soft = self.distillation_loss(teacher_outputs, outputs, sample_weight)
