@@ -9,7 +9,11 @@ effective kernel. The weights are named and ordered as in the tf_keras layer
 
 import keras
 
-from tfsynapse.backends.synaptic_weights import add_synaptic_weights
+from tfsynapse.backends.synaptic_weights import (
+    add_synaptic_weights,
+    set_strength_options,
+    strength_config,
+)
 
 EPSILON = 1e-12
 
@@ -28,10 +32,7 @@ class SynapticConv2D(keras.layers.Conv2D):
     def __init__(self, filters, kernel_size, strength_regularizer=None,
                  strength_initializer="ones", **kwargs):
         super().__init__(filters, kernel_size, **kwargs)
-        if self.groups != 1:
-            raise ValueError("SynapticConv2D does not support grouped convolutions (groups=1 only).")
-        self.strength_regularizer = keras.regularizers.get(strength_regularizer)
-        self.strength_initializer = keras.initializers.get(strength_initializer)
+        set_strength_options(self, keras, strength_regularizer, strength_initializer)
 
     def build(self, input_shape):
         channels = int(input_shape[-1])
@@ -59,9 +60,4 @@ class SynapticConv2D(keras.layers.Conv2D):
         keras.layers.Layer.load_own_variables(self, store)
 
     def get_config(self):
-        config = super().get_config()
-        config.update({
-            "strength_regularizer": keras.regularizers.serialize(self.strength_regularizer),
-            "strength_initializer": keras.initializers.serialize(self.strength_initializer),
-        })
-        return config
+        return strength_config(self, keras, super().get_config())

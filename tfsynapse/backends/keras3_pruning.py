@@ -5,8 +5,9 @@ tfmot cannot wrap Keras 3 layers, so the Keras 3 pruned model holds the pruning 
 and one mask variable per masked weight (the masks of the model's ``MaskPlan``, broadcastable
 to the weight). Its ``train_step`` advances the step, asks the schedule whether this step
 prunes, recomputes every mask then (all of them at once, as the tf_keras leader wrapper does),
-and multiplies the masked weights by their masks before the forward pass and after the
-optimizer's update, so a pruned unit is exactly zero whenever the model is evaluated or saved.
+and multiplies the masked weights by their masks after the optimizer's update (and right after
+a mask update, before the forward pass), so a pruned unit is exactly zero whenever the model is
+evaluated, saved or run forward.
 Under ``tf.distribute`` this happens once per step in cross-replica context.
 No callback is needed. The step and masks are variables of the model, so a ``.keras`` file saved
 mid-schedule resumes with the same step and masks.
@@ -97,17 +98,22 @@ class KerasPrunedModel(Functional):
             _assign(strategy, weight, lambda v, mask=mask: v * tf.cast(mask, v.dtype))
 
     def _advance(self, strategy):
-        """One training step's pruning: the step, the masks on a pruning step, the weights."""
+        """One training step's pruning: the step; on a pruning step, the masks and the weights.
+
+        Between steps the weights are already masked (``train_step`` masks them after every
+        optimizer update, and they are saved masked), so they need masking before the forward
+        pass only when the masks have just changed.
+        """
         _assign(strategy, self.pruning_step, lambda v: v + 1)
         should_prune, sparsity = self.pruning_schedule(tf.convert_to_tensor(self.pruning_step))
 
         def update():
             for mask, value in zip(self.masks, self.mask_plan.compute(sparsity)):
                 _assign(strategy, mask, lambda v, value=value: tf.cast(value, v.dtype))
+            self._mask_weights(strategy)
             return tf.constant(True)
 
         tf.cond(should_prune, update, lambda: tf.constant(False))
-        self._mask_weights(strategy)
 
     def train_step(self, data):
         # Under tf.distribute, the step, masks and weights change once, in cross-replica

@@ -1,5 +1,33 @@
-"""The weights of a SynapticConv2D, made the same way in either Keras (``add_weight`` has the
-same keywords in tf_keras and Keras 3), so both layers hold the same variables in one order."""
+"""What the two SynapticConv2D classes (tf_keras, Keras 3) share: their strength settings,
+config and weights, made the same way in either Keras (``add_weight``, ``regularizers`` and
+``initializers`` have the same API in both), so both layers hold the same variables in one
+order."""
+
+
+def set_strength_options(layer, keras, regularizer, initializer):
+    """Checks ``groups == 1`` and sets ``strength_regularizer`` / ``strength_initializer``.
+
+    Args:
+      layer: the SynapticConv2D being constructed (after ``Conv2D.__init__``).
+      keras: its Keras module (tf_keras or keras).
+      regularizer, initializer: the constructor's arguments.
+
+    Raises:
+      ValueError: a grouped convolution.
+    """
+    if layer.groups != 1:
+        raise ValueError("SynapticConv2D does not support grouped convolutions (groups=1 only).")
+    layer.strength_regularizer = keras.regularizers.get(regularizer)
+    layer.strength_initializer = keras.initializers.get(initializer)
+
+
+def strength_config(layer, keras, config):
+    """``config`` (the Conv2D config) with the strength settings added."""
+    config.update({
+        "strength_regularizer": keras.regularizers.serialize(layer.strength_regularizer),
+        "strength_initializer": keras.initializers.serialize(layer.strength_initializer),
+    })
+    return config
 
 
 def add_synaptic_weights(layer, channels):

@@ -12,7 +12,11 @@ convolution has one connection per channel, so its "connections" are channels, w
 filter-level groups already prune.
 """
 
-from tfsynapse.backends.synaptic_weights import add_synaptic_weights
+from tfsynapse.backends.synaptic_weights import (
+    add_synaptic_weights,
+    set_strength_options,
+    strength_config,
+)
 from tfsynapse.backends.tf_keras import keras, prunable_layer, tf
 
 EPSILON = 1e-12
@@ -36,10 +40,7 @@ class SynapticConv2D(keras.layers.Conv2D, prunable_layer.PrunableLayer):
     def __init__(self, filters, kernel_size, strength_regularizer=None,
                  strength_initializer="ones", **kwargs):
         super().__init__(filters, kernel_size, **kwargs)
-        if self.groups != 1:
-            raise ValueError("SynapticConv2D does not support grouped convolutions (groups=1 only).")
-        self.strength_regularizer = keras.regularizers.get(strength_regularizer)
-        self.strength_initializer = keras.initializers.get(strength_initializer)
+        set_strength_options(self, keras, strength_regularizer, strength_initializer)
 
     def build(self, input_shape):
         input_shape = tf.TensorShape(input_shape)
@@ -63,12 +64,7 @@ class SynapticConv2D(keras.layers.Conv2D, prunable_layer.PrunableLayer):
         return [self.strength]
 
     def get_config(self):
-        config = super().get_config()
-        config.update({
-            "strength_regularizer": keras.regularizers.serialize(self.strength_regularizer),
-            "strength_initializer": keras.initializers.serialize(self.strength_initializer),
-        })
-        return config
+        return strength_config(self, keras, super().get_config())
 
 
 def synaptic_weights_from_kernel(kernel):
