@@ -53,15 +53,16 @@ def tfmot_pruned(dense, sparsity):
     return prune.strip_pruning(wrapped)
 
 
-def _variants(ctx, name, size, cfg):
+def _variants(ctx, name, size, cfg, section):
     """The dense model and its pruned versions: ``{variant: (model, info)}``."""
     import tfsynapse
-    from tfsynapse.backends.tf_keras import keras
+    from tfsynapse import backends
 
+    keras = backends.get(cfg["backend"]).keras
     keras.utils.set_random_seed(0)
     dense = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
     dense_macs, dense_params = tfsynapse.count_macs(dense), tfsynapse.count_params(dense)
-    ctx.log(SECTION, f"{name} {size}x{size}: {dense_macs / 1e6:,.0f} M MACs, "
+    ctx.log(section, f"{name} {size}x{size}: {dense_macs / 1e6:,.0f} M MACs, "
                      f"{dense_params / 1e6:.2f} M params")
     variants = {"dense": (dense, {"kind": "dense", "sparsity": 0.0, "macs": dense_macs,
                                   "params": dense_params, "param_sparsity": 0.0})}
@@ -72,7 +73,7 @@ def _variants(ctx, name, size, cfg):
             "kind": "shrunk", "sparsity": ratio, "macs": report.macs_after,
             "params": report.params_after, "param_sparsity": report.param_reduction,
             "shrink_max_abs_error": report.max_abs_error})
-        ctx.log(SECTION, f"{name}: l1 {ratio:.0%} -> MACs / {dense_macs / report.macs_after:.2f}, "
+        ctx.log(section, f"{name}: l1 {ratio:.0%} -> MACs / {dense_macs / report.macs_after:.2f}, "
                          f"params -{report.param_reduction:.1%}")
         del pruned
     if not cfg["tfmot"]:
@@ -84,7 +85,7 @@ def _variants(ctx, name, size, cfg):
     zeroed = (_zero_count(sparse) - _zero_count(dense)) / dense_params
     variants["tfmot"] = (sparse, {"kind": "tfmot", "sparsity": target, "macs": dense_macs,
                                   "params": dense_params, "param_sparsity": zeroed})
-    ctx.log(SECTION, f"{name}: tfmot prune_low_magnitude at {target:.1%} -> {zeroed:.1%} of "
+    ctx.log(section, f"{name}: tfmot prune_low_magnitude at {target:.1%} -> {zeroed:.1%} of "
                      "parameters zero (nothing removed)")
     return variants
 
@@ -99,16 +100,19 @@ def _export(variants, precision, shape, cfg):
             for name, (model, _) in variants.items()}
 
 
-def run(ctx):
-    cfg = settings(ctx.quick)
+def run(ctx, backend="tf_keras", section=SECTION):
+    """Runs the section on models of ``backend`` ('tf_keras' or 'keras3': tfmot's row only on
+    tf_keras, which tfmot supports); ``section`` names it in logs and targets."""
+    cfg = dict(settings(ctx.quick), backend=backend)
+    cfg["tfmot"] = cfg["tfmot"] and backend == "tf_keras"
     rows, targets, timings = [], [], []
     for name, size in cfg["models"]:
-        variants = _variants(ctx, name, size, cfg)
+        variants = _variants(ctx, name, size, cfg, section)
         dense_macs = variants["dense"][1]["macs"]
         for precision in cfg["precisions"]:
             started = time.perf_counter()
             flatbuffers = _export(variants, precision, (size, size, 3), cfg)
-            ctx.log(SECTION, f"{name}: exported {len(flatbuffers)} {precision} models in "
+            ctx.log(section, f"{name}: exported {len(flatbuffers)} {precision} models in "
                              f"{time.perf_counter() - started:.0f}s")
             for threads in cfg["threads"]:
                 stats, runs = common.interleaved_latency(
@@ -139,12 +143,12 @@ def run(ctx):
                     if (info["kind"] == "shrunk" and precision == "fp32"
                             and abs(info["sparsity"] - TARGET_SPARSITY) < 1e-9 and name in TARGETS):
                         entry = common.target_entry(
-                            SECTION, f"{name} {size}px fp32 {threads} thread(s) l1 50%: "
+                            section, f"{name} {size}px fp32 {threads} thread(s) l1 50%: "
                                      "speedup / MAC factor", row["ratio"], TARGETS[name], ">=")
                         row["target"], row["status"] = entry["target"], entry["status"]
                         targets.append(entry)
                     rows.append(row)
-                ctx.log(SECTION, f"{name} {precision} {threads} thread(s): dense "
+                ctx.log(section, f"{name} {precision} {threads} thread(s): dense "
                                  f"{dense['median_ms']:.2f} ms; " + ", ".join(
                                      f"{r['variant']} x{r['speedup']:.2f} (MACs /{r['mac_factor']:.2f})"
                                      for r in rows[-(len(variants) - 1):]))
@@ -153,7 +157,7 @@ def run(ctx):
         common.release_memory()
     result = {"settings": _jsonable_settings(cfg), "rows": rows, "targets": targets,
               "timings": timings}
-    result["plots"] = [plot(result, ctx.path("speed.png"))]
+    result["plots"] = [plot(result, ctx.path(f"{section}.png"))]
     return result
 
 
