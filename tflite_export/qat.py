@@ -21,6 +21,7 @@ Save a QAT model with ``qat.save(...)`` and load it inside
 ``tfmot.quantization.keras.quantize_scope()``.
 """
 
+from tfsynapse.backends import backend_name
 from tfsynapse.backends.tf_keras import check_model, layers_of_type, pruning_wrapper, quantize_model
 
 QAT_WRAPPER_CLASSES = ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer")
@@ -30,11 +31,13 @@ def is_quantize_aware(model):
     """Whether ``model`` holds tfmot fake-quantisation layers (made by ``quantize_aware``).
 
     Args:
-      model: a tf_keras model.
+      model: a tf_keras or Keras 3 model (never quantisation-aware: tfmot cannot wrap Keras 3).
 
     Returns:
       A bool.
     """
+    if backend_name(model) != "tf_keras":
+        return False
     return any(type(layer).__name__ in QAT_WRAPPER_CLASSES for layer in model.submodules)
 
 

@@ -48,6 +48,7 @@ _EXPORTS = {
     "UpdatePruningStep": ("tfsynapse.pruning", "UpdatePruningStep"),
     "PruningProgress": ("tfsynapse.pruning", "PruningProgress"),
     "fit_schedule": ("tfsynapse.pruning", "fit_schedule"),
+    "mask_sparsity": ("tfsynapse.pruning", "mask_sparsity"),
     "PruningSummaries": ("tfsynapse.backends.tf_keras", "pruning_callbacks.PruningSummaries"),
 }
 

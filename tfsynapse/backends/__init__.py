@@ -21,7 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-__all__ = ["tf", "backend_of", "backend_name", "get", "is_framework_function", "unwrap", "NAMES"]
+__all__ = ["tf", "backend_of", "backend_name", "get", "is_framework_function", "unwrap",
+           "weight_name", "weight_path", "NAMES"]
 
 NAMES = ("tf_keras", "keras3")
 _MODULES = {"tf_keras": "tfsynapse.backends.tf_keras", "keras3": "tfsynapse.backends.keras3"}
@@ -41,6 +42,18 @@ def backend_name(obj):
         if module == "keras" or module.startswith("keras."):
             return "keras3"
     return None
+
+
+def weight_name(weight):
+    """A weight's own name without its layer or suffix: ``'kernel'`` in either Keras."""
+    return weight.name.split(":")[0].rsplit("/", 1)[-1]
+
+
+def weight_path(weight):
+    """``'layer/kernel'`` in either Keras: tf_keras names a weight ``'c3/kernel:0'``, Keras 3
+    names it ``'kernel'`` and keeps the layer in its ``path``."""
+    path = getattr(weight, "path", None)
+    return path if isinstance(path, str) and path else weight.name.split(":")[0]
 
 
 def is_framework_function(fn):

@@ -20,6 +20,7 @@ __all__ = [
     "output_names", "flat_outputs", "tf_variables", "io_structs", "single_input",
     "single_output", "is_symbolic", "new_input", "new_model", "class_path", "layers_of_type",
     "user_functions_scope", "is_framework_function", "half_precision_layers",
+    "learning_rate_of",
 ]
 
 
@@ -224,6 +225,17 @@ def user_functions_scope(model):
         if callable(fn) and hasattr(fn, "__name__") and not is_framework_function(fn):
             functions[fn.__name__] = fn
     return keras.saving.custom_object_scope(functions)
+
+
+def learning_rate_of(optimizer):
+    """The optimizer's learning rate: a variable, or a function of the step of the update just
+    taken (a schedule; Keras 3's ``optimizer.learning_rate`` would evaluate it at the next step)."""
+    rate = optimizer._learning_rate
+    if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+        return rate
+    if callable(rate) and not isinstance(rate, keras.Variable):  # a function of no argument
+        return lambda step: rate()
+    return rate
 
 
 def half_precision_layers(model):

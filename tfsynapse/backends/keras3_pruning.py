@@ -19,7 +19,7 @@ with ``use_planner``), so this module needs no import from above the backends.
 import keras
 from keras.src.models.functional import Functional
 
-from tfsynapse.backends import tf
+from tfsynapse.backends import tf, weight_name
 from tfsynapse.backends.keras3 import io_structs
 
 _PLANNER = {}
@@ -82,7 +82,7 @@ class KerasPrunedModel(Functional):
             initializer=keras.initializers.Constant(0))
         self.masks = [
             self.add_weight(shape=tuple(shape), dtype=weight.dtype, trainable=False,
-                            initializer="ones", name=f"{layer.name}_{_short(weight)}_mask")
+                            initializer="ones", name=f"{layer.name}_{weight_name(weight)}_mask")
             for layer, _, weight, shape in plan.masked_weights]
 
     def _masked(self):
@@ -134,9 +134,13 @@ class KerasPrunedModel(Functional):
         _PLANNER["warn"](self, "fit")
         return history
 
+    def mask_values(self):
+        """The current masks, as numpy arrays in ``mask_plan.masked_weights`` order."""
+        return [m.numpy() for m in self.masks]
+
     def keep_plan(self):
         """The units the current masks keep: ``{group id: bool array}`` (True = kept)."""
-        return self.mask_plan.keep_plan([m.numpy() for m in self.masks])
+        return self.mask_plan.keep_plan(self.mask_values())
 
     def pruned_fraction(self, keep=None):
         """The fraction of prunable channels (filter granularity; ``keep``: ``keep_plan()``
@@ -192,7 +196,9 @@ def _adapt(callback):
     raise ValueError(
         f"{type(callback).__name__} is not a Keras 3 callback. A Keras 3 pruned model advances "
         "its pruning step itself: it needs no UpdatePruningStep (a tf_keras callback); "
-        "tfsynapse.PruningProgress works with either Keras.")
+        "tfsynapse.PruningProgress works with either Keras (with log_dir= it also writes "
+        "per-layer sparsity to TensorBoard, as tfmot's PruningSummaries does on tf_keras), and "
+        "so does tfsynapse.ProximalL1.")
 
 
 def strip(model):
@@ -220,5 +226,3 @@ def _assign(strategy, variable, value_fn):
         strategy.extended.update(target, lambda v: v.assign(value_fn(v)), group=True)
 
 
-def _short(weight):
-    return weight.name.split("/")[-1].split(":")[0]

@@ -39,6 +39,7 @@ __all__ = [
     "user_functions_scope",
     "is_framework_function",
     "half_precision_layers",
+    "learning_rate_of",
     "unwrap",
     "has_pruning_wrappers",
     "refuse_pruning_wrappers",
@@ -48,10 +49,10 @@ _KERAS3_MESSAGE = (
     "{what} is a Keras 3 object ({cls}), and this function works on tf_keras (Keras 2) models "
     "only so far. Keras 3 models work with dependency_groups, count_macs, count_params, "
     "prune_once and prune_synaptic (every criterion), strip_pruning, recalibrate_batchnorm, "
-    "sensitivity_analysis, PruningProgress, to_synaptic/from_synaptic, shrink, "
-    "tflite_export.convert/verify, Distiller (two Keras 3 models) and the CLI; ProximalL1 and "
-    "quantisation-aware training take tf_keras models (build the model with "
-    "`import tf_keras as keras`, pip install tf-keras)."
+    "sensitivity_analysis, PruningProgress, ProximalL1, to_synaptic/from_synaptic, shrink, "
+    "tflite_export.convert/verify, Distiller (two Keras 3 models) and the CLI; "
+    "quantisation-aware training (tfmot's quantize_model) and tfmot's own callbacks take "
+    "tf_keras models (build the model with `import tf_keras as keras`, pip install tf-keras)."
 )
 
 
@@ -146,6 +147,12 @@ def user_functions_scope(model):
         if callable(fn) and hasattr(fn, "__name__") and not is_framework_function(fn):
             functions[fn.__name__] = fn
     return keras.utils.custom_object_scope(functions)
+
+
+def learning_rate_of(optimizer):
+    """The rate of the optimizer's last update: a variable (tf_keras keeps a schedule's current
+    rate in one), or a legacy optimizer's schedule, to call with that update's step."""
+    return optimizer.learning_rate
 
 
 def half_precision_layers(model):

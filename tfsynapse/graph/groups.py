@@ -5,7 +5,7 @@ import dataclasses
 
 import numpy as np
 
-from tfsynapse.backends import unwrap
+from tfsynapse.backends import unwrap, weight_name
 from tfsynapse.graph.rules import BatchNormRule
 
 ROLES = ("out", "in", "param", "stat")
@@ -40,18 +40,13 @@ class Slot:
 
     @property
     def weight_name(self):
-        return _short_name(self.weight)
+        return weight_name(self.weight)
 
     def __repr__(self):
         return (
             f"Slot({self.layer.name}.{self.weight_name}[axis {self.axis}], {self.role}, "
             f"{len(self.group_of) if self.group_of is not None else len(self.atoms)} positions)"
         )
-
-
-def _short_name(weight):
-    name = weight.name.split(":")[0]
-    return name.rsplit("/", 1)[-1]
 
 
 @dataclasses.dataclass

@@ -14,35 +14,47 @@ strength stays at zero exactly when ``|dL/ds| <= lambda`` in steady state, the o
 condition of ``L + lambda * sum |s|``; without it momentum would weaken the penalty tenfold
 at momentum 0.9. Train the L1 phase with SGD (momentum or not); with an adaptive optimizer
 (Adam, RMSprop, ...) the step is heuristic and the callback warns.
+
+Works with either Keras: it is a tf_keras callback, and Keras 3's ``fit`` calls a callback's
+hooks by name, so the same object serves a Keras 3 model (also inside a pruned model's fit).
 """
 
 import warnings
 
-from tfsynapse.backends.tf_keras import keras, layers_of_type, tf
+from tfsynapse import backends
+from tfsynapse.backends import tf
+from tfsynapse.backends.tf_keras import keras
 
-# The optimizers whose step is lr * gradient (plus momentum): the current and the legacy SGD.
-_SGD_CLASSES = (keras.optimizers.SGD, keras.optimizers.legacy.SGD)
+
+def _synaptic_layers(model):
+    from tfsynapse.layers.synaptic import synaptic_class  # noqa: PLC0415
+
+    return backends.backend_of(model).layers_of_type(model, synaptic_class(model))
 
 
 def synaptic_strengths(model):
     """The strength variables of every ``SynapticConv2D`` in ``model`` (wrappers included).
 
     Args:
-      model: a tf_keras model.
+      model: a tf_keras or Keras 3 model.
 
     Returns:
       A list of variables, each once.
     """
-    from tfsynapse.layers.synaptic import SynapticConv2D  # noqa: PLC0415
+    return [layer.strength for layer in _synaptic_layers(model) if layer.built]
 
-    return [layer.strength for layer in layers_of_type(model, SynapticConv2D) if layer.built]
+
+def _is_sgd(optimizer):
+    """Whether the optimizer's step is lr * gradient (plus momentum): SGD of either Keras,
+    the legacy one included, or a subclass."""
+    return any(cls.__name__ == "SGD" for cls in type(optimizer).__mro__)
 
 
 def strength_sparsity(model):
     """The fraction of synaptic strengths that are exactly zero.
 
     Args:
-      model: a tf_keras model with ``SynapticConv2D`` layers.
+      model: a tf_keras or Keras 3 model with ``SynapticConv2D`` layers.
 
     Returns:
       A float in [0, 1] (0.0 when there are no strengths).
@@ -75,6 +87,8 @@ class ProximalL1(keras.callbacks.Callback):
         no ``SynapticConv2D`` or its strengths also carry an L1 regularizer.
     """
 
+    works_with_keras3 = True  # a Keras 3 pruned model's fit takes it too
+
     def __init__(self, l1, momentum_correction=True):
         super().__init__()
         if isinstance(l1, bool) or not isinstance(l1, (int, float)) or not l1 > 0:
@@ -85,13 +99,11 @@ class ProximalL1(keras.callbacks.Callback):
         self._step = None
 
     def on_train_begin(self, logs=None):
-        from tfsynapse.layers.synaptic import SynapticConv2D  # noqa: PLC0415
-
         self._strengths = synaptic_strengths(self.model)
         if not self._strengths:
             raise ValueError("ProximalL1 found no SynapticConv2D layer in the model: convert it "
                              "first with tfsynapse.to_synaptic(model).")
-        doubled = [layer.name for layer in layers_of_type(self.model, SynapticConv2D)
+        doubled = [layer.name for layer in _synaptic_layers(self.model)
                    if layer.strength_regularizer is not None]
         if doubled:
             raise ValueError(
@@ -100,7 +112,7 @@ class ProximalL1(keras.callbacks.Callback):
                 "without l1= (or l1=0) when training with ProximalL1.")
         optimizer = self.model.optimizer
         factor = 1.0
-        if isinstance(optimizer, _SGD_CLASSES):
+        if _is_sgd(optimizer):
             momentum = float(getattr(optimizer, "momentum", 0.0) or 0.0)
             if self.momentum_correction and momentum > 0:
                 factor = 1.0 / (1.0 - momentum)
@@ -110,9 +122,10 @@ class ProximalL1(keras.callbacks.Callback):
                 "uses its base learning rate, but an adaptive optimizer rescales every "
                 "gradient, so lambda no longer balances the task loss as intended. Train the "
                 "L1 phase with keras.optimizers.SGD(momentum=0.9).", stacklevel=2)
-        self._step = self._make_step(optimizer, self.l1 * factor)
+        self._step = self._make_step(optimizer, self.l1 * factor,
+                                     backends.backend_of(self.model).learning_rate_of(optimizer))
 
-    def _make_step(self, optimizer, scale):
+    def _make_step(self, optimizer, scale, rate):
         strengths = self._strengths
         # Updates taken since the last proximal step: more than one when the model is
         # compiled with steps_per_execution > 1 (Keras then calls on_train_batch_end once per
@@ -125,9 +138,9 @@ class ProximalL1(keras.callbacks.Callback):
             iterations = tf.cast(optimizer.iterations, tf.int64)
             updates = tf.cast(tf.maximum(iterations - done, 0), tf.float32)
             done.assign(iterations)
-            lr = optimizer.learning_rate
+            lr = rate
             if callable(lr):  # a LearningRateSchedule: the rate of the update just taken
-                lr = lr(tf.maximum(optimizer.iterations - 1, 0))
+                lr = lr(tf.maximum(iterations - 1, 0))
             tau = tf.cast(lr, tf.float32) * scale * updates
             for s in strengths:
                 s.assign(tf.sign(s) * tf.nn.relu(tf.abs(s) - tf.cast(tau, s.dtype)))

@@ -19,6 +19,7 @@ from tfsynapse.pruning.progress import (
     PruningProgress,
     UpdatePruningStep,
     fit_schedule,
+    mask_sparsity,
     schedule_shortfall,
 )
 from tfsynapse.pruning.stats import connection_sparsity
@@ -32,7 +33,7 @@ from tfsynapse.pruning.wrapper import StructuredPruneWrapper
 
 __all__ = [
     "Distiller", "MaskPlan", "PrunedModel", "PruningProgress", "UpdatePruningStep",
-    "fit_schedule", "schedule_shortfall", "PruningOptions", "SensitivityTable", "StructuredPruneWrapper", "apply_masks",
+    "fit_schedule", "mask_sparsity", "schedule_shortfall", "PruningOptions", "SensitivityTable", "StructuredPruneWrapper", "apply_masks",
     "batchnorm_layers", "collect_wrappers", "connection_sparsity", "custom_objects", "prune_once",
     "prune_scope", "prune_synaptic",
     "plot_sensitivity", "ratios_from_sensitivity", "recalibrate_batchnorm", "register_criterion",

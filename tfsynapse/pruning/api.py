@@ -13,7 +13,7 @@ from tfsynapse.backends.tf_keras import (
     pruning_wrapper,
     user_functions_scope,
 )
-from tfsynapse.backends import backend_of, tf
+from tfsynapse.backends import backend_of, tf, weight_path
 from tfsynapse.graph import dependency_groups, replay
 from tfsynapse.pruning import keras3_fit
 from tfsynapse.pruning.batchnorm import recalibrate_batchnorm
@@ -227,7 +227,7 @@ def check_finite_weights(plan):
     Raises:
       ValueError: names the layers and weights holding NaN or inf.
     """
-    bad = sorted({f"{layer.name} ({weight.name})" for layer, _, weight, _ in plan.masked_weights
+    bad = sorted({f"{layer.name} ({weight_path(weight)})" for layer, _, weight, _ in plan.masked_weights
                   if tf.as_dtype(weight.dtype).is_floating and not np.all(np.isfinite(weight.numpy()))})
     if bad:
         raise ValueError(

@@ -124,9 +124,13 @@ class PrunedModel(keras.Model):
     def pruning_options(self):
         return self._pruning_options
 
+    def mask_values(self):
+        """The current masks, as numpy arrays in ``mask_plan.masked_weights`` order."""
+        return [v.numpy() for v in self._mask_vars]
+
     def keep_plan(self):
         """The units the current masks keep: ``{group id: bool array}`` (True = kept)."""
-        return self.mask_plan.keep_plan([v.numpy() for v in self._mask_vars])
+        return self.mask_plan.keep_plan(self.mask_values())
 
     def pruned_fraction(self, keep=None):
         """How much the current masks prune, in the plan's units.

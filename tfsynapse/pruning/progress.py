@@ -17,6 +17,7 @@ while it runs, and a warning when the target was never reached.
 import math
 import warnings
 
+from tfsynapse.backends import weight_name
 from tfsynapse.backends.tf_keras import keras, pruning_callbacks, pruning_schedule, tf
 from tfsynapse.graph import count_macs
 from tfsynapse.pruning.model import PrunedModel, collect_wrappers
@@ -182,6 +183,21 @@ def _pruned_model(model):
     return next((m for m in model.submodules if isinstance(m, PrunedModel)), None)
 
 
+def mask_sparsity(pruned):
+    """The fraction of each masked weight that its mask zeroes now.
+
+    Args:
+      pruned: a model from ``prune_synaptic`` (either Keras).
+
+    Returns:
+      ``{"<layer>/<weight>": fraction}`` in the plan's order (e.g. ``"conv1/kernel"``).
+    """
+    out = {}
+    for (layer, _, weight, _), mask in zip(pruned.mask_plan.masked_weights, pruned.mask_values()):
+        out[f"{layer.name}/{weight_name(weight)}"] = float(1.0 - mask.mean()) if mask.size else 0.0
+    return out
+
+
 class PruningProgress(keras.callbacks.Callback):
     """Prints (and logs to TensorBoard) how much is pruned after every epoch.
 
@@ -192,9 +208,11 @@ class PruningProgress(keras.callbacks.Callback):
     pruning), the channels kept and the MACs kept, relative to the dense model.
 
     Args:
-      log_dir: optional TensorBoard folder (e.g. the one given to ``PruningSummaries``); the
-        scalars ``pruning/pruned_fraction``, ``pruning/channels_kept`` and
-        ``pruning/macs_kept`` are written there per epoch.
+      log_dir: optional TensorBoard folder (e.g. the one given to tfmot's
+        ``PruningSummaries``); per epoch, the scalars ``pruning/pruned_fraction``,
+        ``pruning/channels_kept`` and ``pruning/macs_kept``, and per masked weight
+        ``sparsity/<layer>/<weight>`` (the fraction its mask zeroes: what
+        ``PruningSummaries`` shows per layer, on either Keras; tfmot's works on tf_keras only).
       verbose: 1 prints one line per epoch; 0 only logs (``logs`` and TensorBoard).
 
     The values also go into Keras' epoch ``logs`` (``pruned_fraction``, ``macs_kept``), so
@@ -245,6 +263,8 @@ class PruningProgress(keras.callbacks.Callback):
                 tf.summary.scalar("pruning/pruned_fraction", m["pruned_fraction"], step=epoch)
                 tf.summary.scalar("pruning/channels_kept", m["channels_kept"], step=epoch)
                 tf.summary.scalar("pruning/macs_kept", m["macs_kept"], step=epoch)
+                for name, value in mask_sparsity(_pruned_model(self.model)).items():
+                    tf.summary.scalar(f"sparsity/{name}", value, step=epoch)
             self._writer.flush()
 
     def on_train_end(self, logs=None):
@@ -253,5 +273,5 @@ class PruningProgress(keras.callbacks.Callback):
             self._writer = None
 
 
-__all__ = ["PruningProgress", "UpdatePruningStep", "fit_schedule", "schedule_shortfall",
-           "warn_if_short"]
+__all__ = ["PruningProgress", "UpdatePruningStep", "fit_schedule", "mask_sparsity",
+           "schedule_shortfall", "warn_if_short"]

@@ -9,6 +9,7 @@ assigns every wrapper's masks (cross-replica, under a distribution strategy). Ma
 weight's rank but size 1 on non-channel axes (``(1, 1, C_in, C_out)`` for a conv kernel).
 """
 
+from tfsynapse.backends import weight_name
 from tfsynapse.backends.tf_keras import keras, pruning_impl, pruning_wrapper, tf
 from tfsynapse.backends.tf_keras import pruning_schedule as pruning_schedule_lib
 
@@ -72,7 +73,7 @@ class StructuredPruneWrapper(pruning_wrapper.PruneLowMagnitude):
         for index, shape in self.masked:
             weight = weights[index]
             dtype = getattr(weight, "true_dtype", weight.dtype)
-            short = weight.name.split("/")[-1].split(":")[0]
+            short = weight_name(weight)
             mask = self.add_weight(f"{short}_mask", shape=shape, initializer="ones", dtype=dtype,
                                    trainable=False, aggregation=tf.VariableAggregation.MEAN)
             threshold = self.add_weight(f"{short}_threshold", shape=[], initializer="zeros", dtype=dtype,

@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from tfsynapse.backends import backend_of, tf
+from tfsynapse.backends import backend_of, tf, weight_path
 from tfsynapse.graph import count_macs, count_params, dependency_groups, kept_positions, replay, unwrap
 
 
@@ -249,7 +249,7 @@ def _self_check(model, new_model, rtol):
     after = [np.asarray(o) for o in _as_list(new_model(inputs, training=False))]
     if not all(np.all(np.isfinite(o)) for o in before + after):
         # NaN compares false with everything: a check that cannot see NaN must not pass.
-        bad = [w.name for w in model.weights if tf.as_dtype(w.dtype).is_floating
+        bad = [weight_path(w) for w in model.weights if tf.as_dtype(w.dtype).is_floating
                and not np.all(np.isfinite(w.numpy()))]
         raise ValueError(
             "shrink cannot verify the shrunk model: the outputs on a random batch hold NaN or "
