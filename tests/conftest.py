@@ -14,8 +14,63 @@ from tfsynapse.backends.tf_keras import keras  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _seed():
-    keras.utils.set_random_seed(0)
+    keras_of(_CURRENT["backend"]).utils.set_random_seed(0)  # (tf_keras's also seeds TF and numpy)
     yield
+
+
+def keras_of(backend):
+    """The Keras module of a backend name ('tf_keras' or 'keras3')."""
+    from tfsynapse import backends  # noqa: PLC0415
+
+    return backends.get(backend).keras
+
+
+@pytest.fixture(params=["tf_keras", "keras3"])
+def K(request):
+    """The Keras module of each backend in turn (tf_keras, then Keras 3): a test that builds
+    its models from ``K`` runs on both."""
+    module = keras_of(request.param)
+    module.utils.set_random_seed(0)
+    return module
+
+
+_CURRENT = {"backend": "tf_keras"}  # the backend the running test builds its models with
+
+
+@pytest.fixture
+def backend():
+    """The backend a test's shared models are built with: tf_keras, unless the test's module
+    runs on both (``both_backends``)."""
+    return _CURRENT["backend"]
+
+
+def both_backends(module_globals):
+    """An autouse fixture that runs every test of a module on both Keras, tf_keras then Keras 3.
+
+    Use it as ``backend = both_backends(globals())``: for each backend it rebinds the module's
+    ``keras`` (and ``L``, its layers) and overrides the ``backend`` fixture, so the module's
+    own model builders and the shared ``small_cnn``/``cnn`` build that Keras' models. It is
+    module-scoped (all tests on one backend, then on the other), so a module-scoped fixture
+    that asks for ``backend`` is built once per backend. A test that only makes sense on one
+    backend asks for ``backend`` and returns early, saying why.
+    """
+
+    @pytest.fixture(params=["tf_keras", "keras3"], autouse=True, scope="module")
+    def backend(request):
+        module = keras_of(request.param)
+        saved = {name: module_globals.get(name) for name in ("keras", "L")}
+        previous = _CURRENT["backend"]
+        _CURRENT["backend"] = request.param
+        module_globals["keras"] = module
+        if "L" in module_globals:
+            module_globals["L"] = module.layers
+        yield request.param
+        _CURRENT["backend"] = previous
+        for name, value in saved.items():
+            if value is not None:
+                module_globals[name] = value
+
+    return backend
 
 
 def randomize_bn(model, rng=None, negative_gammas=True):
@@ -41,16 +96,22 @@ def randomize_bn(model, rng=None, negative_gammas=True):
 
 
 def sequential_model(shape, *layers):
-    """A functional model applying ``layers`` in order to an input of ``shape``."""
-    inputs = keras.Input(shape)
+    """A functional model applying ``layers`` in order to an input of ``shape`` (in the Keras
+    of the layers)."""
+    from tfsynapse import backends  # noqa: PLC0415
+
+    K = keras_of(backends.backend_name(layers[0]) or "tf_keras") if layers else keras
+    inputs = K.Input(shape)
     x = inputs
     for layer in layers:
         x = layer(x)
-    return keras.Model(inputs, x)
+    return K.Model(inputs, x)
 
 
-def small_cnn(input_shape=(12, 12, 3), classes=5):
-    """Conv-BN-ReLU x2 with a residual add, a depthwise conv, GAP and a Dense head."""
+def small_cnn(input_shape=(12, 12, 3), classes=5, backend=None):
+    """Conv-BN-ReLU x2 with a residual add, a depthwise conv, GAP and a Dense head, in the
+    Keras of ``backend`` (default: the one the running test runs on)."""
+    keras = keras_of(backend or _CURRENT["backend"])
     inputs = keras.Input(input_shape)
     x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
     x = keras.layers.BatchNormalization(name="bn1")(x)
@@ -67,8 +128,8 @@ def small_cnn(input_shape=(12, 12, 3), classes=5):
 
 
 @pytest.fixture
-def cnn():
-    return randomize_bn(small_cnn())
+def cnn(backend):
+    return randomize_bn(small_cnn(backend=backend))
 
 
 def rand_inputs(model, n=4, seed=0):
@@ -89,6 +150,19 @@ def weights_by_name(model):
         inner = getattr(layer, "layer", layer)
         for w in inner.weights:
             out[f"{inner.name}/{w.name.split('/')[-1].split(':')[0]}"] = w.numpy()
+    return out
+
+
+def tensorboard_scalars(folder):
+    """``{tag: [value per step]}`` of every scalar in the event files under ``folder``."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in sorted(f for f in files if "tfevents" in f):
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
+                for value in event.summary.value:
+                    out.setdefault(value.tag, []).append(float(tf.make_ndarray(value.tensor)))
     return out
 
 

@@ -173,20 +173,21 @@ def test_explicit_per_layer_ratios_raise_the_default_cap():
 
 
 # --------------------------------------------------------------------------- proximal L1
-def _synaptic_net(l1=0.0):
-    inputs = keras.Input((8, 8, 2))
+def _synaptic_net(K, l1=0.0):
+    L = K.layers
+    inputs = K.Input((8, 8, 2))
     x = L.Conv2D(6, 3, padding="same", name="c1")(inputs)
     x = L.BatchNormalization(name="bn1")(x)
     x = L.ReLU()(x)
     x = L.Conv2D(6, 3, padding="same", name="c2")(x)
     x = L.GlobalAveragePooling2D()(x)
-    return tfsynapse.to_synaptic(keras.Model(inputs, L.Dense(3)(x)), l1=l1)
+    return tfsynapse.to_synaptic(K.Model(inputs, L.Dense(3)(x)), l1=l1)
 
 
-def test_proximal_step_is_exact_soft_thresholding():
-    model = _synaptic_net()
-    model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+def test_proximal_step_is_exact_soft_thresholding(K):
+    model = _synaptic_net(K)
+    model.compile(K.optimizers.SGD(0.1, momentum=0.9),
+                  K.losses.SparseCategoricalCrossentropy(from_logits=True))
     callback = tfsynapse.ProximalL1(0.02)
     callback.set_model(model)
     callback.on_train_begin()
@@ -212,9 +213,11 @@ def test_proximal_step_is_exact_soft_thresholding():
     for s, v in zip(strengths, values):
         np.testing.assert_allclose(s.numpy(), np.sign(v) * np.maximum(np.abs(v) - 3 * tau, 0),
                                    atol=1e-7)
-    # the legacy SGD is SGD too: momentum-corrected, no adaptive-optimizer warning
-    legacy = _synaptic_net()
-    legacy.compile(keras.optimizers.legacy.SGD(0.1, momentum=0.9), "mse")
+    # the legacy SGD (tf_keras) is SGD too: momentum-corrected, no adaptive-optimizer warning
+    if K.__name__ != "tf_keras":
+        return
+    legacy = _synaptic_net(K)
+    legacy.compile(K.optimizers.legacy.SGD(0.1, momentum=0.9), "mse")
     other = tfsynapse.ProximalL1(0.02)
     other.set_model(legacy)
     with warnings.catch_warnings():
@@ -222,15 +225,15 @@ def test_proximal_step_is_exact_soft_thresholding():
         other.on_train_begin()
 
 
-def test_proximal_training_gives_exact_zeros_growing_with_lambda():
+def test_proximal_training_gives_exact_zeros_growing_with_lambda(K):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 8, 8, 2)).astype("float32"), rng.integers(0, 3, 64)
     sparsities = []
     for l1 in (1e-3, 3e-2):
-        keras.utils.set_random_seed(0)
-        model = _synaptic_net()
-        model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        K.utils.set_random_seed(0)
+        model = _synaptic_net(K)
+        model.compile(K.optimizers.SGD(0.05, momentum=0.9),
+                      K.losses.SparseCategoricalCrossentropy(from_logits=True))
         history = model.fit(x, y, epochs=5, batch_size=4, verbose=0,
                             callbacks=[tfsynapse.ProximalL1(l1)])
         sparsities.append(tfsynapse.strength_sparsity(model))
@@ -238,20 +241,20 @@ def test_proximal_training_gives_exact_zeros_growing_with_lambda():
     assert sparsities[1] > sparsities[0] and sparsities[1] > 0.3, sparsities
 
 
-def test_proximal_errors_and_adaptive_optimizer_warning():
+def test_proximal_errors_and_adaptive_optimizer_warning(K):
     with pytest.raises(ValueError, match="positive"):
         tfsynapse.ProximalL1(0)
-    plain = keras.Sequential([keras.Input((4,)), L.Dense(2)])
+    plain = K.Sequential([K.Input((4,)), K.layers.Dense(2)])
     plain.compile("sgd", "mse")
     with pytest.raises(ValueError, match="to_synaptic"):
         plain.fit(np.zeros((4, 4)), np.zeros((4, 2)), verbose=0, callbacks=[tfsynapse.ProximalL1(1e-3)])
-    doubled = _synaptic_net(l1=1e-4)
-    doubled.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    doubled = _synaptic_net(K, l1=1e-4)
+    doubled.compile("sgd", K.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.raises(ValueError, match="also carry an L1 regularizer"):
         doubled.fit(np.zeros((4, 8, 8, 2)), np.zeros(4), verbose=0,
                     callbacks=[tfsynapse.ProximalL1(1e-3)])
-    adam = _synaptic_net()
-    adam.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    adam = _synaptic_net(K)
+    adam.compile("adam", K.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.warns(UserWarning, match="adaptive optimizer"):
         adam.fit(np.zeros((4, 8, 8, 2)), np.zeros(4), verbose=0, callbacks=[tfsynapse.ProximalL1(1e-3)])
 

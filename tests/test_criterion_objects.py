@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 
 import tfsynapse
-from conftest import randomize_bn, small_cnn, weights_by_name, zero_units
+from conftest import both_backends, randomize_bn, small_cnn, weights_by_name, zero_units
 from tfsynapse.cli import main
 from tfsynapse.criteria import registry
 from tfsynapse.backends.tf_keras import tf
+
+backend = both_backends(globals())  # every test runs on tf_keras and on Keras 3
 
 
 class ScaledMagnitude(tfsynapse.Criterion):

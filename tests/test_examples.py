@@ -14,8 +14,10 @@ LONG = os.environ.get("TFSYNAPSE_LONG") == "1"
 
 
 @pytest.mark.parametrize("criterion,extra", [
-    ("dscore", []), ("synaptic_strength", []),
-    pytest.param("dscore", ["--sensitivity", "--nodistill"], marks=[
+    pytest.param("dscore", [], id="dscore"),
+    pytest.param("synaptic_strength", [], id="synaptic"),
+    pytest.param("synaptic_strength", ["--backend=keras3"], id="synaptic-keras3"),
+    pytest.param("dscore", ["--sensitivity", "--nodistill"], id="sensitivity", marks=[
         pytest.mark.slow, pytest.mark.skipif(not LONG, reason="TFSYNAPSE_LONG=1 (3 minutes)")])])
 def test_quickstart_quick_run(tmp_path, criterion, extra):
     result = subprocess.run(
@@ -25,6 +27,7 @@ def test_quickstart_quick_run(tmp_path, criterion, extra):
     assert result.returncode == 0, result.stderr[-4000:]
     rows = json.loads((tmp_path / "results.json").read_text())
     assert rows["criterion"] == criterion and rows["distilled"] == ("--nodistill" not in extra)
+    assert rows["backend"] == ("keras3" if "--backend=keras3" in extra else "tf_keras")
     assert rows["macs_shrunk"] < rows["macs_dense"] and rows["params_shrunk"] < rows["params_dense"]
     assert rows["speedup_int8"] > 0 and rows["size_ratio_int8"] > 1.0
     assert 0.0 < rows["accuracy_control_keras"] <= 1.0 and 0.0 < rows["accuracy_dense_int8"] <= 1.0
@@ -36,7 +39,7 @@ def test_quickstart_quick_run(tmp_path, criterion, extra):
     if criterion == "synaptic_strength":
         assert (tmp_path / "strengths.png").exists()
         assert "of the strengths are exactly zero" in result.stdout
-    elif extra:
+    elif "--sensitivity" in extra:
         assert (tmp_path / "sensitivity.png").exists() and (tmp_path / "sensitivity.json").exists()
     assert "| accuracy (Keras) |" in result.stdout
     for noise in ("oneDNN", "cudart", "absl::InitializeLog", "fully_quantize", "XNNPACK"):

@@ -5,11 +5,12 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import sequential_model
+from conftest import both_backends, sequential_model
 from tfsynapse.backends.tf_keras import keras
 from tfsynapse.graph import UnsupportedLayerError, count_macs, count_params, dependency_groups
 
 L = keras.layers
+backend = both_backends(globals())  # every test runs on tf_keras and on Keras 3
 
 
 def members(group):
@@ -42,13 +43,14 @@ def test_conv_bn_conv_group_members():
     assert not out.prunable and "reaches a model output" in out.reasons
 
 
-def test_residual_add_couples_producers_and_depthwise(cnn):
+def test_residual_add_couples_producers_and_depthwise(cnn, backend):
     graph = dependency_groups(cnn)
     g = group_named(graph, "c1")
     assert g.size == 8 and g.prunable
     assert g.producers == ["c1", "c2"]
     assert g.consumers == ["c2", "c3"]
-    assert ("dw", "depthwise_kernel", "param") in members(g)
+    depthwise = "depthwise_kernel" if backend == "tf_keras" else "kernel"  # Keras 3's name
+    assert ("dw", depthwise, "param") in members(g)
     assert ("dw", "bias", "param") in members(g)
     assert ("bn2", "gamma", "param") in members(g)
     for m in g.members:
@@ -172,7 +174,7 @@ def test_unknown_layer_warns_and_freezes_or_raises_in_strict_mode():
 
 
 def test_nested_model_is_followed():
-    inner = keras.Sequential([L.Conv2D(4, 1, name="ic", input_shape=(6, 6, 3)),
+    inner = keras.Sequential([keras.Input((6, 6, 3)), L.Conv2D(4, 1, name="ic"),
                               L.BatchNormalization(name="ibn"), L.ReLU()], name="inner")
     inputs = keras.Input((6, 6, 3))
     out = L.Conv2D(2, 1, name="after")(inner(inputs))

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
+from conftest import tensorboard_scalars
 import tfsynapse
 from tfsynapse.backends.tf_keras import keras, pruning_callbacks
 from tfsynapse.datasets import load_digits
@@ -124,7 +125,12 @@ def test_progress_prints_logs_and_writes_tensorboard(digits, tmp_path, capsys):
                      r"\d+/\d+; MACs kept \d+\.\d%", out), out
     assert history.history["pruned_fraction"][-1] == pytest.approx(0.5, abs=0.01)
     assert 0 < history.history["macs_kept"][-1] <= 1
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
+    scalars = tensorboard_scalars(tmp_path)
+    assert scalars["pruning/pruned_fraction"][-1] == pytest.approx(0.5, abs=0.01)
+    per_weight = tfsynapse.mask_sparsity(pruned)  # connections: the kernels' masked fraction
+    assert per_weight and max(per_weight.values()) > 0.3
+    for name, value in per_weight.items():
+        assert scalars[f"sparsity/{name}"][-1] == pytest.approx(value, abs=1e-6), name
     plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     plain.compile("sgd", "mse")
     with pytest.raises(ValueError, match="prune_synaptic"):

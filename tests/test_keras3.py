@@ -18,7 +18,7 @@ import pytest
 
 import tflite_export
 import tfsynapse
-from conftest import randomize_bn, zoo_cases, zoo_prune_and_shrink
+from conftest import randomize_bn, tensorboard_scalars, zoo_cases, zoo_prune_and_shrink
 from tfsynapse import backends
 from tfsynapse.backends import tf
 from tfsynapse.backends.tf_keras import keras as tf_keras
@@ -414,7 +414,13 @@ def test_keras3_progress_lines_and_the_short_schedule_warning(tmp_path, capsys):
                callbacks=[tfsynapse.PruningProgress(log_dir=str(tmp_path / "tb"))])
     out = capsys.readouterr().out
     assert "pruning: epoch 2: 50.0% of prunable channels pruned" in out, out
-    assert os.listdir(tmp_path / "tb")  # the TensorBoard scalars were written
+    scalars = tensorboard_scalars(tmp_path / "tb")
+    assert scalars["pruning/pruned_fraction"][-1] == pytest.approx(0.5, abs=1e-6)
+    per_weight = tfsynapse.mask_sparsity(pruned)  # what tfmot's PruningSummaries shows
+    assert set(per_weight) >= {"a/kernel", "b/kernel"}
+    for name, value in per_weight.items():
+        assert scalars[f"sparsity/{name}"][-1] == pytest.approx(value, abs=1e-6), name
+    assert max(per_weight.values()) > 0.3
     too_long = _compile(tfsynapse.prune_synaptic(
         _small_keras3(), tfsynapse.PolynomialDecay(0.0, 0.5, 0, 1000, frequency=10)))
     with pytest.warns(UserWarning, match=r"applied .* sparsity, not its target 50.0%"):

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 import tfsynapse
-from conftest import rand_inputs, randomize_bn, small_cnn
+from conftest import both_backends, rand_inputs, randomize_bn, small_cnn
 from tfsynapse.backends.tf_keras import keras
+
+backend = both_backends(globals())  # every test runs on tf_keras and on Keras 3
 from tfsynapse.pruning.sensitivity import (
     SensitivityTable,
     plot_sensitivity,

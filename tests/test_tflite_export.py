@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
+from conftest import both_backends
 from tfsynapse.backends.tf_keras import keras, tf
 
 import tflite_export
@@ -13,6 +14,7 @@ from tflite_export import QUANTIZATION_MODES, benchmark, convert, inspect, predi
 from tflite_export.calibration import Calibration
 
 SHAPE = (12, 12, 3)
+backend = both_backends(globals())  # every test runs on tf_keras and on Keras 3
 
 
 def _calibration_data(n, seed):
@@ -24,7 +26,7 @@ def _calibration_data(n, seed):
 
 
 @pytest.fixture(scope="module")
-def cnn():
+def cnn(backend):
     """Input(12,12,3)->Conv->BN->ReLU->DWConv->Conv(1x1, 1024 weights)->GAP->Dense(5)->softmax."""
     keras.utils.set_random_seed(0)
     inputs = keras.Input(SHAPE, name="image")
