@@ -3,6 +3,7 @@
     python examples/quickstart.py                                # D-Score filter pruning
     python examples/quickstart.py --criterion=synaptic_strength  # the Synaptic Strength procedure
     python examples/quickstart.py --sensitivity                  # D-Score's per-group ratios
+    python examples/quickstart.py --backend=keras3               # the same on Keras 3
     python examples/quickstart.py --dataset=cifar10              # needs the internet (tfds)
 
 Offline by default: scikit-learn's handwritten digits, upsampled to 32x32. Steps:
@@ -21,6 +22,8 @@ Offline by default: scikit-learn's handwritten digits, upsampled to 32x32. Steps
      connections, fine-tuning with the masks kept; a channel dies once all its connections do;
 3. ``strip_pruning``, ``shrink`` (channels really removed);
 4. int8 TFLite export of the dense and the shrunk model, checked and timed in LiteRT.
+``--backend=keras3`` runs every step on a Keras 3 model (``import keras``; no tfmot: the pruned
+model advances its own pruning step, so ``fit`` needs no ``UpdatePruningStep``).
 Everything lands in ``--output_dir``: the .tflite files, results.json/results.md and plots.
 """
 
@@ -32,6 +35,9 @@ from absl import app, flags, logging
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 FLAGS = flags.FLAGS
+flags.DEFINE_enum("backend", "tf_keras", ["tf_keras", "keras3"],
+                  "Which Keras builds the models: tf_keras (Keras 2, pruning through tfmot) or "
+                  "keras3 (`import keras`, TensorFlow backend).")
 flags.DEFINE_enum("dataset", "digits", ["digits", "fashion_mnist", "cifar10"], "Training data.")
 flags.DEFINE_string("criterion", "dscore",
                     "A filter criterion (dscore, dstep, dstep_gm, fpgm, l1, l2, bn_scale, random) "
@@ -69,10 +75,16 @@ def load_data():
     return datasets.load_tfds("cifar10")
 
 
+def keras_module():
+    """The Keras chosen by ``--backend``."""
+    from tfsynapse import backends
+
+    return backends.get(FLAGS.backend).keras
+
+
 def compile_model(model, lr, sgd=False, decay_steps=None):
     """Adam (or SGD with momentum), the rate decaying to 0 over ``decay_steps`` when given."""
-    from tfsynapse.backends.tf_keras import keras
-
+    keras = keras_module()
     if decay_steps:
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps)
     optimizer = keras.optimizers.SGD(lr, momentum=0.9) if sgd else keras.optimizers.Adam(lr)
@@ -91,8 +103,7 @@ class History:
     """Per fine-tuning epoch: the pruned fraction and validation accuracy (for the plot)."""
 
     def __init__(self, pruned, x_val, y_val, measure):
-        from tfsynapse.backends.tf_keras import keras
-
+        keras = keras_module()
         history = self
         self.epochs, self.sparsity, self.accuracy = [], [], []
 
@@ -114,8 +125,10 @@ def fine_tune(pruned, teacher, train, val, epochs, lr, callbacks, sgd=False):
     student = (tfsynapse.Distiller(pruned, teacher, temperature=FLAGS.temperature,
                                    alpha=FLAGS.alpha) if FLAGS.distill else pruned)
     compile_model(student, lr, sgd=sgd, decay_steps=_steps(train, epochs))
+    # tfmot's wrappers need UpdatePruningStep; a Keras 3 pruned model counts its own steps
+    stepper = [tfsynapse.UpdatePruningStep()] if FLAGS.backend == "tf_keras" else []
     student.fit(*train, batch_size=FLAGS.batch_size, epochs=epochs, verbose=0,
-                callbacks=[tfsynapse.UpdatePruningStep()] + list(callbacks))
+                callbacks=stepper + list(callbacks))
 
 
 def synaptic_path(base, dense, train, val, steps_per_epoch, out):
@@ -245,8 +258,8 @@ def main(argv):
     import_tensorflow_quietly(not FLAGS.verbose)
     import tflite_export
     import tfsynapse
-    from tfsynapse.backends.tf_keras import keras
 
+    keras = keras_module()
     if FLAGS.quick:
         FLAGS.epochs, FLAGS.finetune_epochs = min(FLAGS.epochs, 2), min(FLAGS.finetune_epochs, 2)
     keras.utils.set_random_seed(FLAGS.seed)
@@ -256,12 +269,13 @@ def main(argv):
     cut = int(len(x_train) * 0.85)  # a validation split for sensitivity and monitoring
     train, val = (x_train[:cut], y_train[:cut]), (x_train[cut:], y_train[cut:])
     classes = int(max(y_train.max(), y_test.max()) + 1)
-    print(f"data: {FLAGS.dataset}, {len(train[0])} train / {len(val[0])} validation / "
+    print(f"{FLAGS.backend}; data: {FLAGS.dataset}, {len(train[0])} train / {len(val[0])} validation / "
           f"{len(x_test)} test images of shape {x_train.shape[1:]}")
 
     from tfsynapse.models import conv_bn_cnn
 
-    dense = compile_model(conv_bn_cnn(x_train.shape[1:], classes, name="quickstart_cnn"), 2e-3,
+    dense = compile_model(conv_bn_cnn(x_train.shape[1:], classes, name="quickstart_cnn",
+                                      backend=FLAGS.backend), 2e-3,
                           decay_steps=_steps(train, FLAGS.epochs))
     dense.fit(*train, batch_size=FLAGS.batch_size, epochs=FLAGS.epochs, verbose=0)
     dense_acc = accuracy(dense, x_test, y_test)
@@ -295,7 +309,7 @@ def main(argv):
             latency[name] = timing
         check = tflite_export.verify(files["shrunk"], small, x_test)
         rows = {
-            "dataset": FLAGS.dataset, "criterion": FLAGS.criterion,
+            "backend": FLAGS.backend, "dataset": FLAGS.dataset, "criterion": FLAGS.criterion,
             "method": ("synaptic strength, " if FLAGS.criterion == "synaptic_strength" else "") + (
                 f"{FLAGS.sparsity:.0%} of connections" if FLAGS.criterion == "synaptic_strength"
                 else "sensitivity ratios" if FLAGS.sensitivity else f"{FLAGS.ratio:.0%} of filters"),
@@ -379,7 +393,8 @@ def write_results(rows, out):
     table = "\n".join(lines)
     print("\n" + table)
     with open(os.path.join(out, "results.md"), "w") as handle:
-        handle.write(f"# quickstart: {rows['dataset']}, {rows['criterion']} ({rows['method']})"
+        handle.write(f"# quickstart: {rows['backend']}, {rows['dataset']}, {rows['criterion']} "
+                     f"({rows['method']})"
                      f"\n\n{table}\n")
     with open(os.path.join(out, "results.json"), "w") as handle:
         json.dump(rows, handle, indent=2)

@@ -1,9 +1,10 @@
 """Small reference models shared by the examples and the benchmarks."""
 
-from tfsynapse.backends.tf_keras import keras
+from tfsynapse import backends
 
 
-def conv_bn_cnn(input_shape, classes, widths=(32, 64, 64, 128), name="conv_bn_cnn"):
+def conv_bn_cnn(input_shape, classes, widths=(32, 64, 64, 128), name="conv_bn_cnn",
+                backend="tf_keras"):
     """A plain Conv-BN-ReLU classifier: the quickstart's and the benchmarks' network.
 
     Four 3x3 convolutions without bias, each followed by BatchNormalization (momentum 0.9, so
@@ -15,10 +16,15 @@ def conv_bn_cnn(input_shape, classes, widths=(32, 64, 64, 128), name="conv_bn_cn
       classes: the number of classes.
       widths: the four convolutions' filter counts.
       name: the model's name.
+      backend: ``'tf_keras'`` (Keras 2, for tfmot) or ``'keras3'`` (``import keras``).
 
     Returns:
-      A functional tf_keras model.
+      A functional model of that Keras.
+
+    Raises:
+      ValueError: an unknown backend.
     """
+    keras = backends.get(backend).keras
     L = keras.layers
     inputs = keras.Input(input_shape)
     x = inputs
