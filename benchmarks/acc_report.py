@@ -66,7 +66,8 @@ def summarize(result):
                     "oneshot_val": float(np.mean([r["oneshot_val"] for r in runs])),
                     "test": float(np.mean([r["test"] for r in runs])),
                     "vs_control": _pair(runs, "test", runs, "control_test")})
-    summary["flops_at"] = {c: {p: acc_filters.flops_at_drop(filt, c, p) for p in (0.5, 1.0)}
+    # keyed by str(points): the summary goes through JSON, which turns float keys into strings
+    summary["flops_at"] = {c: {str(p): acc_filters.flops_at_drop(filt, c, p) for p in (0.5, 1.0)}
                            for c in criteria if any(r["criterion"] == c for r in filt)}
     reference = [r for r in equal if r["criterion"] == "dscore"]
     summary["equal"] = [{
@@ -112,7 +113,7 @@ def verdicts(summary):
                                  f"{sparsity:.0%} of connections",
                         "evidence": fmt(cell["vs_kernel_norm"]),
                         "verdict": verdict(cell["vs_kernel_norm"], 0.0)})
-    best = (summary["flops_at"].get("dscore") or {}).get(0.5)
+    best = (summary["flops_at"].get("dscore") or {}).get("0.5")
     if "dscore" in summary["flops_at"]:
         run = next((f for f in summary["filter"] if best and f["criterion"] == "dscore"
                     and f["floor"] == best["floor"]), None)
@@ -140,7 +141,7 @@ def targets(result):
     highest = summary["highest_within"].get("synaptic_strength")
     entries.append(common.target_entry(SECTION, "SS connection sparsity within 0.5 pt of the "
                                        "control", highest or 0.0, 0.97, ">="))
-    best = (summary["flops_at"].get("dscore") or {}).get(0.5)
+    best = (summary["flops_at"].get("dscore") or {}).get("0.5")
     entries.append(common.target_entry(SECTION, "D-Score pipeline MAC reduction within 0.5 pt",
                                        best["mac_reduction"] if best else 0.0, 0.60, ">="))
     deploy = summary.get("deploy")
@@ -235,7 +236,7 @@ def markdown(result):
         common.md_table(["criterion", "MACs off within 0.5 pt (val)", "within 1 pt (val)"],
                         [[c] + [f"{v[p]['mac_reduction']:.1%} (floor {v[p]['floor'] * 100:g}; "
                                 f"test drop {v[p]['test_drop_points']:.2f} pt)"
-                                if v[p] else "none" for p in (0.5, 1.0)]
+                                if v[p] else "none" for p in ("0.5", "1.0")]
                          for c, v in summary["flops_at"].items()]), "",
         "Equal per-group ratios (D-Score's at the middle floor):", "",
         common.md_table(["criterion", "MACs off", "test acc", "vs control (pt)",
