@@ -40,6 +40,8 @@ _EXPORTS = {
     "Criterion": ("tfsynapse.criteria.registry", "Criterion"),
     "criteria_table": ("tfsynapse.criteria.registry", "table"),
     "sensitivity_analysis": ("tfsynapse.pruning", "sensitivity_analysis"),
+    "prune_to_budget": ("tfsynapse.pruning", "prune_to_budget"),
+    "BudgetReport": ("tfsynapse.pruning", "BudgetReport"),
     "strip_pruning": ("tfsynapse.pruning", "strip_pruning"),
     "ShrinkReport": ("tfsynapse.surgery", "ShrinkReport"),
     "shrink": ("tfsynapse.surgery", "shrink"),

@@ -4,7 +4,9 @@ Subcommands::
 
     tfsynapse inspect MODEL
     tfsynapse criteria
-    tfsynapse prune MODEL (--sparsity S | --ratios FILE.json) [--criterion C]
+    tfsynapse prune MODEL (--sparsity S | --ratios FILE.json | --target-macs N |
+                    --target-params N | --target-size BYTES [--quantize Q --calibration F])
+                    [--sensitivity TABLE.json] [--criterion C]
                     [--data X.npy[,Y.npy]] [--finetune-epochs N] -o OUT
     tfsynapse shrink MODEL [--round-to N] -o OUT
     tfsynapse export MODEL [--quantize {none,dynamic,float16,int8}] [--calibration FILE]
@@ -25,6 +27,7 @@ import math
 import sys
 import warnings
 
+from tfsynapse import cli_budget
 from tfsynapse.cli_args import (
     EXIT_USAGE,
     PROG,
@@ -89,6 +92,7 @@ def _cmd_prune(args):
     import tfsynapse  # noqa: PLC0415
     from tfsynapse import cli_finetune  # noqa: PLC0415
 
+    cli_budget.check(args)
     ratios = load_ratios(require_input(args.ratios, "ratios file")) if args.ratios else None
     check_output(args.output, model_format(args.output))
     x, y = load_data_pair(args.data) if args.data else (None, None)
@@ -101,11 +105,15 @@ def _cmd_prune(args):
                        f"{[list(t.shape) for t in model.outputs]}: give class ids (N,) or one-hot "
                        "(N, classes) for a single-output classifier")
     before = cli_finetune.accuracy(model, x, y) if labelled else None
-    pruned = tfsynapse.prune_once(
-        model, ratios if ratios is not None else args.sparsity, criterion=args.criterion,
-        granularity=args.granularity, scope=args.scope, round_to=args.round_to,
-        max_pruning_ratio=args.max_pruning_ratio, data=x)
-    target = f"ratios from {args.ratios}" if ratios is not None else f"sparsity {args.sparsity:g}"
+    if cli_budget.wanted(args):
+        pruned, target = cli_budget.prune(args, model, x)
+    else:
+        pruned = tfsynapse.prune_once(
+            model, ratios if ratios is not None else args.sparsity, criterion=args.criterion,
+            granularity=args.granularity, scope=args.scope, round_to=args.round_to,
+            max_pruning_ratio=args.max_pruning_ratio, data=x)
+        target = (f"ratios from {args.ratios}" if ratios is not None else
+                  f"sparsity {args.sparsity:g}")
     print(f"pruned in one shot with {args.criterion} ({args.granularity}, {args.scope}, "
           f"{target})")
     if x is not None:
@@ -264,6 +272,7 @@ def build_parser():
     target.add_argument("--sparsity", type=sparsity, help="fraction of units pruned, in [0, 1)")
     target.add_argument("--ratios", metavar="FILE.json",
                         help='JSON {"layer name": ratio} used instead of --sparsity')
+    cli_budget.add_arguments(p, target)
     p.add_argument("--criterion", default="l1",
                    help="importance criterion (default l1); 'tfsynapse criteria' lists them all "
                         "with the granularity each scores")

@@ -45,3 +45,34 @@ def max_ratio(text):
 def positive_int(text):
     """An integer >= 1 (round-to, threads, runs)."""
     return _checked(text, int, lambda v: v >= 1, "an integer >= 1")
+
+
+_COUNT_SUFFIXES = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+_BYTE_SUFFIXES = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10,
+                  "mib": 2**20, "gib": 2**30}
+
+
+def _with_suffix(text, suffixes, expected):
+    stripped = text.strip().lower().replace("_", "").replace(",", "")
+    number = stripped.rstrip("abcdefghijklmnopqrstuvwxyz")
+    suffix = stripped[len(number):]
+    if suffix not in suffixes:
+        raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
+    return _checked(number, float, lambda v: v > 0, expected) * suffixes[suffix]
+
+
+def amount(text):
+    """A positive count with an optional k/M/G suffix (MACs, parameters): '50M', '1.2e6'."""
+    return _with_suffix(text, _COUNT_SUFFIXES, "a positive number, optionally with k, M or G")
+
+
+def byte_size(text):
+    """A positive size in bytes with an optional unit: '2MB', '500kB', '1.5MiB', '300000'."""
+    return _with_suffix(text, _BYTE_SUFFIXES, "a positive size such as 2MB, 500kB or 1.5MiB")
+
+
+def milliseconds(text):
+    """A positive duration in milliseconds: '8ms' or '8'."""
+    stripped = text.strip().lower()
+    stripped = stripped[:-2] if stripped.endswith("ms") else stripped
+    return _checked(stripped, float, lambda v: v > 0, "a positive duration such as 8ms")

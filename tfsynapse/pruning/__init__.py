@@ -10,6 +10,7 @@ from tfsynapse.pruning.api import (
     prune_synaptic,
     strip_pruning,
 )
+from tfsynapse.pruning.budget import BudgetReport, prune_to_budget
 from tfsynapse.pruning.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from tfsynapse.pruning.distill import Distiller
 from tfsynapse.pruning.model import PrunedModel, collect_wrappers
@@ -32,10 +33,10 @@ from tfsynapse.pruning.sensitivity import (
 from tfsynapse.pruning.wrapper import StructuredPruneWrapper
 
 __all__ = [
-    "Distiller", "MaskPlan", "PrunedModel", "PruningProgress", "UpdatePruningStep",
+    "BudgetReport", "Distiller", "MaskPlan", "PrunedModel", "PruningProgress", "UpdatePruningStep",
     "fit_schedule", "mask_sparsity", "schedule_shortfall", "PruningOptions", "SensitivityTable", "StructuredPruneWrapper", "apply_masks",
     "batchnorm_layers", "collect_wrappers", "connection_sparsity", "custom_objects", "prune_once",
-    "prune_scope", "prune_synaptic",
+    "prune_scope", "prune_synaptic", "prune_to_budget",
     "plot_sensitivity", "ratios_from_sensitivity", "recalibrate_batchnorm", "register_criterion",
     "sensitivity_analysis", "strip_pruning",
 ]

@@ -1,0 +1,179 @@
+"""prune_to_budget: MAC, parameter and file-size budgets met from below, infeasible ones refused,
+sensitivity-guided allocation, and the command line's --target-* flags."""
+
+import json
+
+import numpy as np
+import pytest
+
+import tflite_export
+import tfsynapse
+from conftest import both_backends, rand_inputs, randomize_bn, small_cnn
+from tfsynapse.pruning.budget import BudgetSolver
+
+backend = both_backends(globals())  # every test runs on tf_keras and on Keras 3
+
+
+@pytest.fixture
+def model():
+    return randomize_bn(small_cnn(input_shape=(16, 16, 3)))
+
+
+def _solver(model, round_to=1):
+    from tfsynapse.pruning import MaskPlan, PruningOptions  # noqa: PLC0415
+
+    options = PruningOptions(criterion="l1", granularity="filter", scope="layer",
+                             round_to=round_to, final_sparsity=1.0)
+    return BudgetSolver(MaskPlan(tfsynapse.dependency_groups(model), options))
+
+
+def _kept(model):
+    small = tfsynapse.shrink(model)
+    return small, {name: small.get_layer(name).filters for name in ("c1", "c3")}
+
+
+@pytest.mark.parametrize("kind", ["macs", "params"])
+@pytest.mark.parametrize("fraction", [0.3, 0.6])
+def test_budgets_are_met_from_below_within_one_step(model, kind, fraction):
+    count = tfsynapse.count_macs if kind == "macs" else tfsynapse.count_params
+    budget = fraction * count(model)
+    pruned, report = tfsynapse.prune_to_budget(model, **{kind: budget}, return_report=True)
+    small, kept = _kept(pruned)
+    assert count(small) == report.measured == report.predicted <= budget
+    # a step less pruning breaks the budget: the solver stopped at the boundary
+    solver = _solver(model)
+    ratio, cost, _ = solver.uniform(kind, budget, 0.9)
+    assert cost == report.predicted and solver.cost([ratio - 2e-4] * len(solver.groups), kind) > budget
+    # the reported ratios reproduce the same model with prune_once
+    again = tfsynapse.prune_once(model, report.ratios, criterion="l1")
+    x = rand_inputs(model)
+    np.testing.assert_allclose(np.asarray(again(x)), np.asarray(pruned(x)), atol=1e-6)
+    assert report.kind == kind and report.dense == count(model) and report.budget == budget
+
+
+def test_round_to_is_kept_and_counted(model):
+    budget = 0.5 * tfsynapse.count_macs(model)
+    pruned, report = tfsynapse.prune_to_budget(model, macs=budget, round_to=4,
+                                               return_report=True)
+    small, kept = _kept(pruned)
+    assert all(k % 4 == 0 for k in kept.values()), kept
+    assert tfsynapse.count_macs(small) == report.predicted <= budget
+
+
+def test_unreachable_and_malformed_budgets_are_refused(model):
+    with pytest.raises(ValueError, match=r"cannot be met: the lowest reachable is [\d,]+"):
+        tfsynapse.prune_to_budget(model, macs=10)
+    with pytest.raises(ValueError, match="exactly one budget"):
+        tfsynapse.prune_to_budget(model)
+    with pytest.raises(ValueError, match="exactly one budget"):
+        tfsynapse.prune_to_budget(model, macs=1e6, params=1e4)
+    for bad in (0, -5, float("nan"), True, "1M"):
+        with pytest.raises(ValueError, match="positive number"):
+            tfsynapse.prune_to_budget(model, params=bad)
+    with pytest.raises(NotImplementedError, match="latency budgets"):
+        tfsynapse.prune_to_budget(model, latency_ms=8)
+    with pytest.raises(ValueError, match="only changes a size_bytes budget"):
+        tfsynapse.prune_to_budget(model, macs=1e5, quantize="int8")
+    with pytest.raises(ValueError, match="representative_dataset"):
+        tfsynapse.prune_to_budget(model, size_bytes=1e4, quantize="int8")
+    with pytest.raises(TypeError, match="SensitivityTable"):
+        tfsynapse.prune_to_budget(model, macs=1e5, sensitivity=[0.1])
+
+
+def test_a_budget_the_dense_model_meets_prunes_nothing(model):
+    pruned, report = tfsynapse.prune_to_budget(model, params=10 * model.count_params(),
+                                               return_report=True)
+    assert set(report.ratios.values()) == {0.0}
+    x = rand_inputs(model)
+    np.testing.assert_allclose(np.asarray(pruned(x)), np.asarray(model(x)), atol=1e-6)
+
+
+def _table(model, sensitive):
+    """A hand-made table: the ``sensitive`` group loses a lot at every ratio, the other none."""
+    graph = tfsynapse.dependency_groups(model)
+    rows = []
+    for group in graph.prunable_groups:
+        for ratio in np.arange(1, 10) / 10:
+            drop = 0.5 * ratio if group.name == sensitive else 0.001 * ratio
+            rows.append({"group": group.name, "producers": group.producers,
+                         "channels": group.size, "ratio": float(ratio),
+                         "pruned_channels": int(np.floor(ratio * group.size + 0.5)),
+                         "metric": 0.9 - drop, "macs": 0})
+    return tfsynapse.SensitivityTable(baseline=0.9, rows=rows, settings={"criterion": "l1"})
+
+
+def test_sensitivity_spends_the_budget_on_the_insensitive_group(model):
+    budget = 0.75 * tfsynapse.count_macs(model)
+    _, uniform = tfsynapse.prune_to_budget(model, macs=budget, return_report=True)
+    pruned, guided = tfsynapse.prune_to_budget(model, macs=budget, sensitivity=_table(model, "c3"),
+                                               return_report=True)
+    assert guided.allocation == "sensitivity" and uniform.allocation == "uniform"
+    assert guided.ratios["c3"] == 0.0 < guided.ratios["c1"]  # c3's curve is steep
+    assert uniform.ratios["c3"] > 0.0
+    assert tfsynapse.count_macs(tfsynapse.shrink(pruned)) <= budget
+    with pytest.warns(UserWarning, match="measured with criterion 'l1'"):
+        tfsynapse.prune_to_budget(model, macs=budget, sensitivity=_table(model, "c3"),
+                                  criterion="l2")
+    with pytest.raises(ValueError, match="largest ratio of its sensitivity curve"):
+        tfsynapse.prune_to_budget(model, macs=100, sensitivity=_table(model, "c3"))
+
+
+def test_an_evaluate_function_builds_the_table(model):
+    x = rand_inputs(model, 16)
+    reference = np.asarray(model(x))
+
+    def closeness(candidate):  # higher is better: minus the mean squared change of the logits
+        return -float(np.mean((np.asarray(candidate(x)) - reference) ** 2))
+
+    budget = 0.6 * tfsynapse.count_macs(model)
+    guided = tfsynapse.prune_to_budget(model, macs=budget, sensitivity=closeness)
+    uniform = tfsynapse.prune_to_budget(model, macs=budget)
+    assert closeness(guided) >= closeness(uniform)
+
+
+def test_file_size_budgets_are_measured_and_met(model, backend):
+    if backend == "keras3":
+        return  # conversion is the same on both (tests/test_tflite_export.py): once is enough
+    quantize = "int8"  # the least linear in parameters (int32 biases, per-channel scales)
+    calibration = rand_inputs(model, 8)
+    dense = len(tflite_export.convert(model, quantize=quantize,
+                                      representative_dataset=calibration))
+    budget = 0.8 * dense
+    pruned, report = tfsynapse.prune_to_budget(
+        model, size_bytes=budget, quantize=quantize, representative_dataset=calibration,
+        return_report=True)
+    size = len(tflite_export.convert(tfsynapse.shrink(pruned), quantize=quantize,
+                                     representative_dataset=calibration))
+    assert size == report.measured <= budget and report.dense == dense
+    with pytest.raises(ValueError, match=r"smallest reachable file is [\d,]+ bytes"):
+        tfsynapse.prune_to_budget(model, size_bytes=0.1 * dense, quantize=quantize,
+                                  representative_dataset=calibration)
+
+
+def test_the_command_line_prunes_to_a_budget(model, tmp_path, capsys, backend):
+    from tfsynapse.cli import main  # noqa: PLC0415
+
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    out = str(tmp_path / "pruned.keras")
+    budget = int(0.5 * tfsynapse.count_macs(model))
+    assert main(["prune", path, "--target-macs", f"{budget / 1000:g}k", "-o", out]) == 0
+    text = capsys.readouterr().out
+    assert f"budget {budget:,} MACs (uniform allocation)" in text, text
+    loaded = tfsynapse.backends.backend_of(model).load_model(out)
+    assert tfsynapse.count_macs(tfsynapse.shrink(loaded)) <= budget
+    table = str(tmp_path / "table.json")
+    _table(model, "c1").to_json(table)
+    assert main(["prune", path, "--target-macs", str(budget), "--sensitivity", table,
+                 "-o", out]) == 0
+    assert "(sensitivity allocation)" in capsys.readouterr().out
+    for argv, message in (
+            (["--target-macs", "1M", "--quantize", "int8"], "only changes a --target-size"),
+            (["--sparsity", "0.5", "--sensitivity", table], "--sensitivity needs a budget"),
+            (["--target-size", "2MB", "--quantize", "int8"], "needs --calibration"),
+            (["--target-latency", "8ms"], "not available yet")):
+        assert main(["prune", path, *argv, "-o", out]) == 1
+        assert message in capsys.readouterr().err
+    assert main(["prune", path, "--target-macs", "lots", "-o", out]) == 2  # a usage error
+    assert "k, M or G" in capsys.readouterr().err
+    assert json.loads(open(table).read())["baseline"] == 0.9

@@ -1,0 +1,414 @@
+"""Prune to a budget: the per-group ratios that bring a model under a MAC, parameter or file-size
+budget, then ``prune_once`` with them.
+
+The cost of a pruned model depends only on how many units each group keeps, not on which, so
+the solver counts without computing a single criterion score: ``BudgetSolver`` turns per-group
+ratios into kept-unit counts exactly as the planner does (rounding half up, the group's cap,
+``round_to``) and counts MACs and parameters over the dependency graph as ``shrink`` will leave
+them. Two allocations:
+
+* **uniform** (no sensitivity table): one ratio for every prunable group, the smallest that
+  meets the budget (bisection; cost never rises with the ratio). **(choice)** Uniform, not
+  cost-weighted: it is the ratio the D-Score paper and ``prune_once(model, r)`` use, it keeps
+  every layer's share of the width, and without accuracy information a cost-weighted
+  allocation would only prefer cutting the layers that cost most, which are often the ones
+  accuracy needs (the wide late layers of a classifier).
+* **sensitivity** (a ``SensitivityTable``): greedy, from every group unpruned: each move takes
+  one group to its next ratio in the table, and the move with the smallest accuracy lost per
+  unit of cost saved goes first (the accuracy lost read from the group's own curve, as the
+  paper's parallel pruning reads it), until the budget is met.
+
+File-size budgets are met by measurement: the dense model and then each candidate is shrunk
+and converted with ``tflite_export.convert`` in the requested precision, and the parameter
+target is lowered by what the file was over until the file fits.
+"""
+
+import dataclasses
+import math
+import warnings
+
+import numpy as np
+
+from tfsynapse.graph import count_macs, count_params
+
+KINDS = ("macs", "params", "size_bytes")
+
+
+@dataclasses.dataclass
+class BudgetReport:
+    """What ``prune_to_budget`` did.
+
+    Attributes:
+      kind: the budget's kind: ``'macs'``, ``'params'`` or ``'size_bytes'``.
+      budget: the budget, in its units.
+      dense: the dense model's cost, in the same units.
+      predicted: the pruned model's cost as counted over the graph (MACs, parameters; a
+        size budget is only measured, so this is the measured size).
+      measured: the cost measured on the shrunk model (MACs and parameters counted on it; a
+        size budget: the bytes of its converted file), or None when not measured.
+      allocation: ``'uniform'`` or ``'sensitivity'``.
+      ratios: ``{first producer layer: pruned fraction}`` per prunable group, ready for
+        ``prune_once(model, ratios)`` or ``prune_synaptic(..., layer_sparsity=ratios,
+        only_listed=True)``.
+      frozen: ``{group: reasons}`` of the groups never pruned.
+      steps: the solver's iterations (bisection steps, greedy moves, size corrections).
+    """
+
+    kind: str
+    budget: float
+    dense: float
+    predicted: float
+    measured: float
+    allocation: str
+    ratios: dict
+    frozen: dict
+    steps: int
+
+    @property
+    def layer_sparsity(self):
+        """The ratios, for ``prune_synaptic(layer_sparsity=..., only_listed=True)``."""
+        return dict(self.ratios)
+
+    def table(self):
+        """A plain-text summary: the budget, the costs and each group's ratio."""
+        unit = {"macs": "MACs", "params": "parameters", "size_bytes": "bytes"}[self.kind]
+        got = self.measured if self.measured is not None else self.predicted
+        lines = [f"budget {self.budget:,.0f} {unit} ({self.allocation} allocation): dense "
+                 f"{self.dense:,.0f}, pruned {got:,.0f} "
+                 f"({'measured' if self.measured is not None else 'predicted'}; "
+                 f"{got / self.budget:.1%} of the budget, {got / max(self.dense, 1):.1%} of dense)"]
+        width = max([len(n) for n in self.ratios] + [5])
+        lines += [f"  {name:<{width}}  {ratio:6.1%}" for name, ratio in self.ratios.items()]
+        return "\n".join(lines)
+
+
+class BudgetSolver:
+    """Per-group ratios -> kept-unit counts -> MACs and parameters, without scoring a unit.
+
+    Args:
+      plan: a ``MaskPlan`` of the model (filter granularity) with the options to prune by.
+    """
+
+    def __init__(self, plan):
+        self.plan = plan
+        self.graph = plan.graph
+        self.groups = list(plan.groups)
+        self.dense = {"macs": count_macs(self.graph), "params": count_params(self.graph)}
+
+    def kept(self, ratio, group_plan):
+        """Units the planner keeps of a group pruned at ``ratio`` (rounding, cap, round_to),
+        computed in float32 as the planner computes it, so the counts agree at every ratio."""
+        n = group_plan.n
+        k = int(np.floor(np.float32(ratio) * np.float32(n) + np.float32(0.5)))
+        k = min(max(k, 0), group_plan.cap)
+        kept = n - k
+        if group_plan.round_to > 1:
+            kept = min(n, -(-kept // group_plan.round_to) * group_plan.round_to)
+        return kept
+
+    def cost(self, ratios, kind):
+        """The MACs or parameters with ``ratios`` (one per planned group, in order)."""
+        keep = {p.group.id: np.arange(p.n) < self.kept(r, p) for p, r in zip(self.groups, ratios)}
+        counter = count_macs if kind == "macs" else count_params
+        return counter(self.graph, keep)
+
+    def uniform(self, kind, budget, max_ratio):
+        """The smallest single ratio whose cost is within ``budget``.
+
+        Returns:
+          ``(ratio, cost, steps)``; ``ratio`` is None when even ``max_ratio`` costs more.
+        """
+        lo, hi = 0.0, max_ratio
+        if self.cost([0.0] * len(self.groups), kind) <= budget:
+            return 0.0, self.cost([0.0] * len(self.groups), kind), 0
+        high_cost = self.cost([hi] * len(self.groups), kind)
+        if high_cost > budget:
+            return None, high_cost, 0
+        steps = 0
+        while hi - lo > 1e-4:  # the counts change in steps of 1/n; 1e-4 resolves n < 10,000
+            mid = (lo + hi) / 2
+            steps += 1
+            if self.cost([mid] * len(self.groups), kind) <= budget:
+                hi = mid
+            else:
+                lo = mid
+        return hi, self.cost([hi] * len(self.groups), kind), steps
+
+    def greedy(self, kind, budget, curves, baseline):
+        """Sensitivity-guided allocation (see the module docstring).
+
+        Args:
+          curves: ``{group name: (ratios, metrics)}`` from ``SensitivityTable.curves()``.
+          baseline: the table's unpruned metric.
+
+        Returns:
+          ``(ratios, cost, steps)``; ``ratios`` is None when every group at its table's
+          largest ratio still costs more than ``budget``.
+        """
+        steps_of = []
+        for p in self.groups:
+            ratios, metrics = curves.get(p.group.name, (np.array([]), np.array([])))
+            steps_of.append(list(zip(ratios.tolist(), metrics.tolist())))
+        position = [-1] * len(self.groups)  # index into the group's curve; -1: unpruned
+        current = [0.0] * len(self.groups)
+        cost = self.cost(current, kind)
+        moves = 0
+        while cost > budget:
+            best = None
+            for i, curve in enumerate(steps_of):
+                # the group's next ratio that prunes at least one more unit (a ratio that
+                # rounds to the same count saves nothing and is skipped)
+                for j in range(position[i] + 1, len(curve)):
+                    ratio, metric = curve[j]
+                    trial = list(current)
+                    trial[i] = ratio
+                    saved = cost - self.cost(trial, kind)
+                    if saved > 0:
+                        break
+                else:
+                    continue
+                before = baseline if position[i] < 0 else curve[position[i]][1]
+                lost = before - metric if math.isfinite(metric) else math.inf
+                key = (max(lost, 0.0) / saved, -saved)
+                if best is None or key < best[0]:
+                    best = (key, i, j, ratio, cost - saved)
+            if best is None:
+                return None, cost, moves
+            _, i, position[i], current[i], cost = best
+            moves += 1
+        return current, cost, moves
+
+
+_PRECISIONS = (None, "float16", "dynamic", "int8")
+
+
+def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_ms=None,
+                    quantize=None, representative_dataset=None, criterion="l1",
+                    sensitivity=None, round_to=1, max_pruning_ratio=None, ignored_layers=(),
+                    data=None, return_report=False, verbose=0):
+    """Prunes filters until the shrunk model fits a budget (one-shot, like ``prune_once``).
+
+    Give exactly one budget, in absolute units. The per-group ratios come from a uniform
+    ratio, or from ``sensitivity`` (see the module docstring); the returned model has the
+    pruned units zeroed, and ``shrink`` removes them.
+
+    Args:
+      model: a built functional or Sequential model, tf_keras or Keras 3 (left untouched).
+      macs: the most multiply-accumulates per sample the shrunk model may need.
+      params: the most parameters it may hold.
+      size_bytes: the largest ``.tflite`` file, converted with ``quantize``.
+      latency_ms: not built yet; raises ``NotImplementedError``.
+      quantize: the precision of a ``size_bytes`` budget: None (float32), 'float16',
+        'dynamic' or 'int8' (int8 needs ``representative_dataset``).
+      representative_dataset: calibration data for an int8 size budget.
+      criterion: the filter criterion that picks which units go, per group.
+      sensitivity: None (uniform ratio), a ``SensitivityTable`` of this model, or a function
+        ``evaluate(model) -> metric`` (higher is better) to build one with
+        ``sensitivity_analysis`` (recalibrated on ``data`` when given).
+      round_to: every pruned group keeps a multiple of this many units.
+      max_pruning_ratio: no group loses more than this fraction (default: the filter default).
+      ignored_layers: layer names whose groups are never pruned.
+      data: training images: BatchNormalization statistics of the pruned copy are
+        recalibrated on them (and the sensitivity trials, when ``sensitivity`` is a function).
+      return_report: also return a ``BudgetReport`` (the shrunk model is then measured).
+      verbose: 1 prints the solver's progress and the report.
+
+    Returns:
+      The pruned model (pruned units exactly zero), or ``(model, report)``.
+
+    Raises:
+      ValueError: no budget or more than one; a budget that is not a positive number; a
+        budget below what the frozen groups and the caps allow (the lowest reachable cost is
+        in the message); int8 without calibration data; an unknown precision.
+      NotImplementedError: ``latency_ms``.
+      TypeError: ``sensitivity`` is neither a table nor a function.
+    """
+    from tfsynapse.graph import dependency_groups  # noqa: PLC0415
+    from tfsynapse.pruning.api import prune_once  # noqa: PLC0415
+    from tfsynapse.pruning.options import PruningOptions  # noqa: PLC0415
+    from tfsynapse.pruning.planner import MaskPlan  # noqa: PLC0415
+
+    kind, budget = _the_budget(macs=macs, params=params, size_bytes=size_bytes,
+                               latency_ms=latency_ms)
+    if quantize not in _PRECISIONS:
+        raise ValueError(f"quantize must be one of None, 'float16', 'dynamic', 'int8'; got "
+                         f"{quantize!r}.")
+    if quantize is not None and kind != "size_bytes":
+        raise ValueError(f"quantize={quantize!r} only changes a size_bytes budget; {kind} do not "
+                         "depend on the precision.")
+    if kind == "size_bytes" and quantize == "int8" and representative_dataset is None:
+        raise ValueError("an int8 size budget converts the candidates to int8, which needs "
+                         "representative_dataset (a few hundred training samples).")
+    options = PruningOptions(criterion=criterion, granularity="filter", scope="layer",
+                             round_to=round_to, max_pruning_ratio=max_pruning_ratio,
+                             ignored_layers=tuple(ignored_layers), final_sparsity=1.0)
+    solver = BudgetSolver(MaskPlan(dependency_groups(model), options))
+    curves = _curves(model, sensitivity, criterion, data, solver)
+    say = print if verbose else (lambda *a, **k: None)
+
+    def solve(counted_kind, limit):
+        if curves is None:
+            ratio, cost, steps = solver.uniform(counted_kind, limit, options.max_pruning_ratio)
+            ratios = None if ratio is None else [ratio] * len(solver.groups)
+        else:
+            ratios, cost, steps = solver.greedy(counted_kind, limit, *curves)
+        if ratios is None:
+            raise ValueError(_unreachable(counted_kind, limit, cost, solver, options,
+                                          curves is not None))
+        return ratios, cost, steps
+
+    def pruned_with(ratios):
+        # the fraction each group really loses (rounding, cap and round_to applied): it
+        # reproduces the same counts in prune_once and reads as what happens
+        named = {p.group.producers[0]: (p.n - solver.kept(r, p)) / p.n
+                 for p, r in zip(solver.groups, ratios)}
+        with warnings.catch_warnings():  # the solver chose these counts knowing the rounding
+            warnings.filterwarnings("ignore", message=r".*round_to=\d+ keeps channel counts")
+            return named, prune_once(model, named, criterion=criterion, round_to=round_to,
+                                     max_pruning_ratio=options.max_pruning_ratio,
+                                     ignored_layers=ignored_layers, data=data)
+
+    if kind == "size_bytes":
+        floor_ratios = ([options.max_pruning_ratio] * len(solver.groups) if curves is None else
+                        [_last_ratio(curves[0], p.group.name) for p in solver.groups])
+        (named, pruned), predicted, sizes, steps = _fit_file(
+            solve, pruned_with, solver, model, budget, quantize, representative_dataset,
+            floor_ratios, say)
+        dense_cost, measured = sizes["dense"], sizes["pruned"]
+    else:
+        ratios, predicted, steps = solve(kind, budget)
+        say(f"prune_to_budget: {kind} {predicted:,} <= {budget:,.0f} after {steps} steps")
+        named, pruned = pruned_with(ratios)
+        dense_cost = solver.dense[kind]
+        measured = None
+        if return_report or verbose:
+            from tfsynapse.surgery import shrink  # noqa: PLC0415
+
+            small = shrink(pruned)
+            measured = (count_macs if kind == "macs" else count_params)(small)
+    if not (return_report or verbose):
+        return pruned
+    report = BudgetReport(kind=kind, budget=float(budget), dense=float(dense_cost),
+                          predicted=float(predicted),
+                          measured=None if measured is None else float(measured),
+                          allocation="uniform" if curves is None else "sensitivity",
+                          ratios=named, frozen=dict(solver.plan.frozen), steps=steps)
+    say(report.table())
+    return (pruned, report) if return_report else pruned
+
+
+def _the_budget(**budgets):
+    given = {k: v for k, v in budgets.items() if v is not None}
+    if len(given) != 1:
+        raise ValueError("give exactly one budget: macs=, params=, size_bytes= (or latency_ms=); "
+                         f"got {sorted(given) or 'none'}.")
+    (kind, value), = given.items()
+    if kind == "latency_ms":
+        raise NotImplementedError(
+            "latency budgets are not built yet (a measured LiteRT latency table comes next); "
+            "meanwhile give macs= (latency follows MACs closely for shrunk models: see "
+            "benchmarks/RESULTS.md, speed).")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+            or not math.isfinite(value):
+        raise ValueError(f"{kind} must be a positive number, got {value!r}.")
+    return kind, value
+
+
+def _curves(model, sensitivity, criterion, data, solver):
+    """``(curves, baseline)`` of a sensitivity table, or None for the uniform allocation."""
+    from tfsynapse.pruning.sensitivity import sensitivity_analysis  # noqa: PLC0415
+    from tfsynapse.pruning.sensitivity_table import SensitivityTable  # noqa: PLC0415
+
+    if sensitivity is None:
+        return None
+    if callable(sensitivity) and not isinstance(sensitivity, SensitivityTable):
+        sensitivity = sensitivity_analysis(model, sensitivity, criterion=criterion, step=0.1,
+                                           max_ratio=0.9, recalibration_data=data)
+    if not isinstance(sensitivity, SensitivityTable):
+        raise TypeError("sensitivity must be a SensitivityTable or a function evaluate(model) -> "
+                        f"metric, got {type(sensitivity).__name__}.")
+    table_criterion = sensitivity.settings.get("criterion")
+    if table_criterion not in (None, criterion):
+        warnings.warn(f"tfsynapse: the sensitivity table was measured with criterion "
+                      f"'{table_criterion}' and the model is pruned with '{criterion}': the "
+                      "curves may not describe the units that go.", stacklevel=3)
+    curves = sensitivity.curves()
+    missing = [p.group.name for p in solver.groups if p.group.name not in curves]
+    if missing:
+        warnings.warn(f"tfsynapse: the sensitivity table has no curve for {len(missing)} "
+                      f"prunable group(s) ({missing[:5]}): they stay unpruned. Was it measured "
+                      "on this model?", stacklevel=3)
+    return curves, float(sensitivity.baseline)
+
+
+def _last_ratio(curves, name):
+    ratios = curves.get(name, ([],))[0]
+    return float(ratios[-1]) if len(ratios) else 0.0
+
+
+def _unreachable(kind, limit, lowest, solver, options, by_sensitivity):
+    unit = {"macs": "MACs", "params": "parameters"}[kind]
+    where = ("at the largest ratio of its sensitivity curve" if by_sensitivity else
+             f"at max_pruning_ratio={options.max_pruning_ratio:g}")
+    return (f"the budget of {limit:,.0f} {unit} cannot be met: the lowest reachable is "
+            f"{lowest:,.0f} (dense {solver.dense[kind]:,}), with every prunable group {where} and "
+            f"{len(solver.plan.frozen)} group(s) frozen ({list(solver.plan.frozen)[:4]}). Raise "
+            "max_pruning_ratio, unfreeze groups (dependency_groups(model).summary() says why "
+            "they are frozen) or give a larger budget.")
+
+
+def _fit_file(solve, pruned_with, solver, model, budget, quantize, calibration, floor_ratios,
+              say):
+    """The least-pruned candidate whose converted shrunk file fits ``budget`` bytes.
+
+    Returns:
+      ``((named ratios, pruned model), predicted bytes, {"dense", "pruned"} measured bytes,
+      steps)``.
+
+    Raises:
+      ValueError: even ``floor_ratios`` (every group pruned as far as allowed) gives a larger
+        file than ``budget``.
+    """
+    import tflite_export  # noqa: PLC0415
+
+    from tfsynapse.surgery import shrink  # noqa: PLC0415
+
+    def size(m):
+        return len(tflite_export.convert(m, quantize=quantize, representative_dataset=calibration))
+
+    dense_bytes = size(model)
+    if dense_bytes <= budget:
+        return (pruned_with([0.0] * len(solver.groups)), dense_bytes,
+                {"dense": dense_bytes, "pruned": dense_bytes}, 0)
+    floor = pruned_with(floor_ratios)
+    floor_bytes = size(shrink(floor[1]))
+    if floor_bytes > budget:
+        raise ValueError(
+            f"the file budget of {budget:,.0f} bytes cannot be met with quantize={quantize!r}: "
+            f"the smallest reachable file is {floor_bytes:,} bytes (dense {dense_bytes:,}; every "
+            f"prunable group pruned as far as allowed, {len(solver.plan.frozen)} group(s) "
+            "frozen); the rest is the file's fixed part (operators, quantisation parameters). "
+            "Give a larger budget, a smaller precision, or raise max_pruning_ratio.")
+    # Regula falsi on (parameters, bytes): the largest candidate known to fit and the smallest
+    # known not to, a straight line between them, until no new parameter count lies between.
+    fits = (solver.cost(floor_ratios, "params"), floor_bytes, floor)
+    over = (solver.dense["params"], dense_bytes)
+    steps = 2
+    for _ in range(8):
+        slope = (over[1] - fits[1]) / max(over[0] - fits[0], 1)
+        target = fits[0] + (budget - fits[1]) / max(slope, 1e-9)
+        try:
+            ratios, params, moves = solve("params", target)
+        except ValueError:
+            break
+        if not fits[0] < params < over[0]:
+            break
+        steps += moves + 1
+        candidate = pruned_with(ratios)
+        measured = size(shrink(candidate[1]))
+        say(f"prune_to_budget: {params:,} parameters -> {measured:,} bytes (budget {budget:,.0f})")
+        if measured <= budget:
+            fits = (params, measured, candidate)
+        else:
+            over = (params, measured)
+    return fits[2], fits[1], {"dense": dense_bytes, "pruned": fits[1]}, steps
