@@ -9,7 +9,7 @@ import pytest
 import tflite_export
 import tfsynapse
 from conftest import both_backends, rand_inputs, randomize_bn, small_cnn
-from tfsynapse.pruning.budget import BudgetSolver
+from tfsynapse.pruning.budget_solver import BudgetSolver
 
 backend = both_backends(globals())  # every test runs on tf_keras and on Keras 3
 

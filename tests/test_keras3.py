@@ -163,6 +163,16 @@ def test_keras3_models_are_refused_clearly_where_not_supported_yet(twins):
         tflite_export.quantize_aware(modern)
 
 
+@pytest.mark.parametrize("other", ["jax", "torch"])
+def test_another_keras3_backend_is_refused_with_the_fix(twins, monkeypatch, other):
+    """JAX and PyTorch are not installed here, so the backend Keras reports is faked: what is
+    tested is tfsynapse's check, not a real JAX model."""
+    _, modern = twins
+    monkeypatch.setattr(keras.backend, "backend", lambda: other)
+    with pytest.raises(RuntimeError, match=f"the '{other}' backend; .*KERAS_BACKEND=tensorflow"):
+        tfsynapse.count_macs(modern)
+
+
 ZOO_FAST = ("MobileNetV2", "ResNet50", "EfficientNetB0", "ConvNeXtTiny")
 ZOO_ALL = sorted(name for name in dir(keras.applications)
                  if name[0].isupper() and callable(getattr(keras.applications, name)))

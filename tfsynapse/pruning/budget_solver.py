@@ -1,0 +1,110 @@
+"""The budget solver: per-group ratios -> the planner's kept counts -> MACs or parameters.
+
+What a pruned model costs depends only on how many units each group keeps, not on which, so
+``BudgetSolver`` searches ratios without scoring a unit: it rounds as the planner rounds and
+counts over the dependency graph as ``shrink`` will leave it. ``prune_to_budget``
+(``budget.py``) uses it; see ``docs/methods.md``, "Pruning to a budget".
+"""
+
+import math
+
+import numpy as np
+
+from tfsynapse.graph import count_macs, count_params
+
+
+class BudgetSolver:
+    """Per-group ratios -> kept-unit counts -> MACs and parameters, without scoring a unit.
+
+    Args:
+      plan: a ``MaskPlan`` of the model (filter granularity) with the options to prune by.
+    """
+
+    def __init__(self, plan):
+        self.plan = plan
+        self.graph = plan.graph
+        self.groups = list(plan.groups)
+        self.dense = {"macs": count_macs(self.graph), "params": count_params(self.graph)}
+
+    def kept(self, ratio, group_plan):
+        """Units the planner keeps of a group pruned at ``ratio`` (rounding, cap, round_to),
+        computed in float32 as the planner computes it, so the counts agree at every ratio."""
+        n = group_plan.n
+        k = int(np.floor(np.float32(ratio) * np.float32(n) + np.float32(0.5)))
+        k = min(max(k, 0), group_plan.cap)
+        kept = n - k
+        if group_plan.round_to > 1:
+            kept = min(n, -(-kept // group_plan.round_to) * group_plan.round_to)
+        return kept
+
+    def cost(self, ratios, kind):
+        """The MACs or parameters with ``ratios`` (one per planned group, in order)."""
+        keep = {p.group.id: np.arange(p.n) < self.kept(r, p) for p, r in zip(self.groups, ratios)}
+        counter = count_macs if kind == "macs" else count_params
+        return counter(self.graph, keep)
+
+    def uniform(self, kind, budget, max_ratio):
+        """The smallest single ratio whose cost is within ``budget``.
+
+        Returns:
+          ``(ratio, cost, steps)``; ``ratio`` is None when even ``max_ratio`` costs more.
+        """
+        lo, hi = 0.0, max_ratio
+        if self.cost([0.0] * len(self.groups), kind) <= budget:
+            return 0.0, self.cost([0.0] * len(self.groups), kind), 0
+        high_cost = self.cost([hi] * len(self.groups), kind)
+        if high_cost > budget:
+            return None, high_cost, 0
+        steps = 0
+        while hi - lo > 1e-4:  # the counts change in steps of 1/n; 1e-4 resolves n < 10,000
+            mid = (lo + hi) / 2
+            steps += 1
+            if self.cost([mid] * len(self.groups), kind) <= budget:
+                hi = mid
+            else:
+                lo = mid
+        return hi, self.cost([hi] * len(self.groups), kind), steps
+
+    def greedy(self, kind, budget, curves, baseline):
+        """Sensitivity-guided allocation (see the module docstring).
+
+        Args:
+          curves: ``{group name: (ratios, metrics)}`` from ``SensitivityTable.curves()``.
+          baseline: the table's unpruned metric.
+
+        Returns:
+          ``(ratios, cost, steps)``; ``ratios`` is None when every group at its table's
+          largest ratio still costs more than ``budget``.
+        """
+        steps_of = []
+        for p in self.groups:
+            ratios, metrics = curves.get(p.group.name, (np.array([]), np.array([])))
+            steps_of.append(list(zip(ratios.tolist(), metrics.tolist())))
+        position = [-1] * len(self.groups)  # index into the group's curve; -1: unpruned
+        current = [0.0] * len(self.groups)
+        cost = self.cost(current, kind)
+        moves = 0
+        while cost > budget:
+            best = None
+            for i, curve in enumerate(steps_of):
+                # the group's next ratio that prunes at least one more unit (a ratio that
+                # rounds to the same count saves nothing and is skipped)
+                for j in range(position[i] + 1, len(curve)):
+                    ratio, metric = curve[j]
+                    trial = list(current)
+                    trial[i] = ratio
+                    saved = cost - self.cost(trial, kind)
+                    if saved > 0:
+                        break
+                else:
+                    continue
+                before = baseline if position[i] < 0 else curve[position[i]][1]
+                lost = before - metric if math.isfinite(metric) else math.inf
+                key = (max(lost, 0.0) / saved, -saved)
+                if best is None or key < best[0]:
+                    best = (key, i, j, ratio, cost - saved)
+            if best is None:
+                return None, cost, moves
+            _, i, position[i], current[i], cost = best
+            moves += 1
+        return current, cost, moves
