@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick] [--only speed,speed_keras3,budget,overhead,accuracy,scale] [--output DIR]
+"""python -m benchmarks [--quick] [--only speed,speed_keras3,budget,budget_latency,overhead,accuracy,scale] [--output DIR]
 
 Runs the benchmark sections and writes ``results.json``, ``RESULTS.md`` and PNG plots into
 the output folder (default: this package's folder; with ``--quick``, a new temporary folder).
@@ -23,6 +23,7 @@ TITLES = {
     "speed": "Speed: latency vs MACs in LiteRT",
     "speed_keras3": "Speed on Keras 3: the same protocol on keras.applications models",
     "budget": "Budget: prune_to_budget meets MAC, parameter and file-size budgets",
+    "budget_latency": "Budget (latency): prune_to_budget against measured LiteRT latency",
     "overhead": "Overhead: training-step time while pruning",
     "accuracy": "Accuracy at compression: both papers' procedures against the equal-budget control",
     "scale": "Scale: pipeline time vs model depth",

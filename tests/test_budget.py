@@ -70,9 +70,13 @@ def test_unreachable_and_malformed_budgets_are_refused(model):
     for bad in (0, -5, float("nan"), True, "1M"):
         with pytest.raises(ValueError, match="positive number"):
             tfsynapse.prune_to_budget(model, params=bad)
-    with pytest.raises(NotImplementedError, match="latency budgets"):
-        tfsynapse.prune_to_budget(model, latency_ms=8)
-    with pytest.raises(ValueError, match="only changes a size_bytes budget"):
+    with pytest.raises(ValueError, match="threads and measure_latency only apply"):
+        tfsynapse.prune_to_budget(model, macs=1e5, threads=2)
+    with pytest.raises(ValueError, match="threads must be an integer"):
+        tfsynapse.prune_to_budget(model, latency_ms=1.0, threads=0)
+    with pytest.raises(TypeError, match="measure_latency must be a function"):
+        tfsynapse.prune_to_budget(model, latency_ms=1.0, measure_latency="adb")
+    with pytest.raises(ValueError, match="only changes a size_bytes or latency_ms budget"):
         tfsynapse.prune_to_budget(model, macs=1e5, quantize="int8")
     with pytest.raises(ValueError, match="representative_dataset"):
         tfsynapse.prune_to_budget(model, size_bytes=1e4, quantize="int8")
@@ -150,7 +154,7 @@ def test_file_size_budgets_are_measured_and_met(model, backend):
                                   representative_dataset=calibration)
 
 
-def test_the_command_line_prunes_to_a_budget(model, tmp_path, capsys, backend):
+def test_the_command_line_prunes_to_a_budget(model, tmp_path, capsys, monkeypatch):
     from tfsynapse.cli import main  # noqa: PLC0415
 
     path = str(tmp_path / "model.keras")
@@ -167,13 +171,65 @@ def test_the_command_line_prunes_to_a_budget(model, tmp_path, capsys, backend):
     assert main(["prune", path, "--target-macs", str(budget), "--sensitivity", table,
                  "-o", out]) == 0
     assert "(sensitivity allocation)" in capsys.readouterr().out
+    monkeypatch.setenv("TFSYNAPSE_CACHE", str(tmp_path / "cache"))
+    plot = str(tmp_path / "search.png")
+    assert main(["prune", path, "--target-latency", "10000ms", "--threads", "2", "--plot", plot,
+                 "-o", out]) == 0  # a budget the dense model meets: measured once, unpruned
+    text = capsys.readouterr().out
+    assert "budget 1e+04 ms (uniform allocation)" in text and f"wrote {plot}" in text, text
     for argv, message in (
             (["--target-macs", "1M", "--quantize", "int8"], "only changes a --target-size"),
             (["--sparsity", "0.5", "--sensitivity", table], "--sensitivity needs a budget"),
             (["--target-size", "2MB", "--quantize", "int8"], "needs --calibration"),
-            (["--target-latency", "8ms"], "not available yet")):
+            (["--target-macs", "1M", "--threads", "2"], "--threads needs --target-latency"),
+            (["--target-macs", "1M", "--plot", "p.png"], "only changes a --target-size")):
         assert main(["prune", path, *argv, "-o", out]) == 1
         assert message in capsys.readouterr().err
     assert main(["prune", path, "--target-macs", "lots", "-o", out]) == 2  # a usage error
     assert "k, M or G" in capsys.readouterr().err
     assert json.loads(open(table).read())["baseline"] == 0.9
+
+
+def _bytes_as_latency(flatbuffer, threads):
+    """A stand-in for a device: 'latency' proportional to the file size (deterministic)."""
+    return len(flatbuffer) / 1000.0 / threads
+
+
+def test_latency_budgets_search_measured_candidates(model, tmp_path, backend):
+    if backend == "keras3":
+        return  # the search is the file-size one (tested on both); conversion is shared
+    dense = _bytes_as_latency(tflite_export.convert(model), 1)
+    pruned, report = tfsynapse.prune_to_budget(model, latency_ms=0.8 * dense,
+                                               measure_latency=_bytes_as_latency,
+                                               return_report=True)
+    small = tfsynapse.shrink(pruned)
+    assert _bytes_as_latency(tflite_export.convert(small), 1) == report.measured <= 0.8 * dense
+    assert report.kind == "latency_ms" and report.dense == dense and len(report.points) >= 3
+    assert report.points[0][:2] == (tfsynapse.count_macs(model), dense)  # MACs, measured
+    path = report.plot(str(tmp_path / "search.png"))
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="returned -1"):
+        tfsynapse.prune_to_budget(model, latency_ms=1.0, measure_latency=lambda f, t: -1)
+    with pytest.raises(ValueError, match=r"cannot be met: the most-pruned model measures"):
+        tfsynapse.prune_to_budget(model, latency_ms=1e-6, measure_latency=_bytes_as_latency)
+
+
+def test_litert_latency_is_measured_here_and_cached_by_file_and_threads(model, tmp_path,
+                                                                        monkeypatch, backend):
+    if backend == "keras3":
+        return  # LiteRT timing does not depend on the Keras that built the model
+    from tfsynapse.pruning.budget_measured import LatencyCache  # noqa: PLC0415
+
+    monkeypatch.setenv("TFSYNAPSE_CACHE", str(tmp_path / "cache"))
+    _, report = tfsynapse.prune_to_budget(model, latency_ms=1e4, threads=2, return_report=True)
+    assert report.ratios and set(report.ratios.values()) == {0.0}  # dense fits: unpruned
+    entries = json.loads((tmp_path / "cache" / "latency.json").read_text())
+    (key, value), = entries.items()
+    flatbuffer = tflite_export.convert(model)
+    assert key == LatencyCache.key(flatbuffer, 2) != LatencyCache.key(flatbuffer, 1)
+    assert value == report.dense > 0
+    cache = LatencyCache()
+    assert cache.get(key) == value and cache.hits == 1
+    (tmp_path / "cache" / "latency.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="cannot be read"):
+        assert LatencyCache().get(key) is None

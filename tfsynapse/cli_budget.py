@@ -1,7 +1,8 @@
-"""``tfsynapse prune --target-macs/--target-params/--target-size``: prune to a budget.
+"""``tfsynapse prune --target-macs/--target-params/--target-size/--target-latency``.
 
 The command-line face of ``tfsynapse.prune_to_budget``: the budget flags, the precision and
-calibration of a file-size budget, an optional sensitivity table, and the report printed.
+calibration of a measured budget (file size, latency), the LiteRT threads, an optional
+sensitivity table, the progress and report printed, and a plot of the measured search.
 """
 
 from tfsynapse.cli_files import CliError, load_calibration, require_input
@@ -11,7 +12,7 @@ TARGET_FLAGS = ("target_macs", "target_params", "target_size", "target_latency")
 
 def add_arguments(parser, target_group):
     """Adds the budget flags to the ``prune`` parser (the budgets to its target group)."""
-    from tfsynapse.cli_args import amount, byte_size, milliseconds  # noqa: PLC0415
+    from tfsynapse.cli_args import amount, byte_size, milliseconds, positive_int  # noqa: PLC0415
 
     target_group.add_argument("--target-macs", type=amount, metavar="N",
                               help="prune until the shrunk model needs at most N MACs per "
@@ -22,11 +23,19 @@ def add_arguments(parser, target_group):
                               help="prune until its .tflite file (in --quantize precision) is "
                                    "at most this large (e.g. 2MB); converts and measures")
     target_group.add_argument("--target-latency", type=milliseconds, metavar="MS",
-                              help="not available yet (measured latency budgets come next)")
+                              help="prune until its .tflite (in --quantize precision) runs in at "
+                                   "most MS milliseconds in LiteRT here (median, batch 1, "
+                                   "--threads); converts and times each candidate")
+    parser.add_argument("--threads", type=positive_int, default=1, metavar="N",
+                        help="--target-latency: LiteRT threads (default 1)")
     parser.add_argument("--quantize", choices=("none", "dynamic", "float16", "int8"),
-                        default="none", help="--target-size: the precision of the file")
+                        default="none",
+                        help="--target-size/--target-latency: the precision of the file")
     parser.add_argument("--calibration", metavar="FILE.npy",
-                        help="--target-size with --quantize int8: representative inputs")
+                        help="--quantize int8: representative inputs")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="--target-size/--target-latency: plot predicted against measured "
+                             "for every candidate")
     parser.add_argument("--sensitivity", metavar="TABLE.json",
                         help="with a --target-*: a sensitivity table (SensitivityTable.to_json "
                              "of this model) to spend the budget where it costs least accuracy; "
@@ -40,27 +49,32 @@ def wanted(args):
 
 def check(args):
     """Refuses flags that only a budget uses when no budget is given, and the reverse."""
+    measured = getattr(args, "target_size", None) is not None or \
+        getattr(args, "target_latency", None) is not None
     if wanted(args):
-        if args.target_latency is not None:
-            raise CliError("--target-latency is not available yet: give --target-macs (latency "
-                           "follows MACs closely for shrunk models) or --target-size")
         if args.granularity != "filter" or args.scope != "layer":
             raise CliError("a --target-* budget prunes filters per group: drop --granularity "
                            "and --scope")
         quantize = None if args.quantize == "none" else args.quantize
-        if quantize is not None and args.target_size is None:
-            raise CliError("--quantize only changes a --target-size budget")
+        for flag, used, where in (
+                ("--quantize", quantize is not None, measured),
+                ("--plot", args.plot is not None, measured),
+                ("--threads", args.threads != 1, args.target_latency is not None)):
+            if used and not where:
+                raise CliError(f"{flag} only changes a --target-size or --target-latency budget"
+                               if flag != "--threads" else "--threads needs --target-latency")
         if quantize == "int8" and args.calibration is None:
-            raise CliError("--target-size with --quantize int8 needs --calibration FILE.npy")
+            raise CliError("--quantize int8 needs --calibration FILE.npy (representative inputs)")
         if args.calibration is not None and quantize != "int8":
-            raise CliError("--calibration is only used with --target-size and --quantize int8")
+            raise CliError("--calibration is only used with --quantize int8")
         return
     for flag, value in (("--quantize", args.quantize != "none"),
                         ("--calibration", args.calibration is not None),
-                        ("--sensitivity", args.sensitivity is not None)):
+                        ("--sensitivity", args.sensitivity is not None),
+                        ("--threads", args.threads != 1), ("--plot", args.plot is not None)):
         if value:
-            raise CliError(f"{flag} needs a budget: --target-macs, --target-params or "
-                           "--target-size")
+            raise CliError(f"{flag} needs a budget: --target-macs, --target-params, "
+                           "--target-size or --target-latency")
 
 
 def prune(args, model, x):
@@ -79,18 +93,23 @@ def prune(args, model, x):
         table = tfsynapse.SensitivityTable.from_json(require_input(args.sensitivity,
                                                                    "sensitivity table"))
     budget = {"macs": args.target_macs, "params": args.target_params,
-              "size_bytes": args.target_size}
+              "size_bytes": args.target_size, "latency_ms": args.target_latency}
     budget = {k: v for k, v in budget.items() if v is not None}
     print(f"pruning to a budget of {_describe(budget)} ({'sensitivity' if table else 'uniform'} "
-          "allocation; a file-size budget converts and measures each candidate)", flush=True)
-    pruned = tfsynapse.prune_to_budget(
-        model, **budget, quantize=quantize, representative_dataset=calibration,
+          "allocation; a file-size or latency budget converts and measures each candidate)",
+          flush=True)
+    extra = {"threads": args.threads} if "latency_ms" in budget else {}
+    pruned, report = tfsynapse.prune_to_budget(
+        model, **budget, **extra, quantize=quantize, representative_dataset=calibration,
         criterion=args.criterion, sensitivity=table, round_to=args.round_to,
-        max_pruning_ratio=args.max_pruning_ratio, data=x, verbose=1)  # progress and report
+        max_pruning_ratio=args.max_pruning_ratio, data=x, return_report=True,
+        verbose=1)  # progress lines and the report
+    if args.plot:
+        print(f"wrote {report.plot(args.plot)}")
     return pruned, f"budget {_describe(budget)}"
 
 
 def _describe(budget):
     (kind, value), = budget.items()
-    unit = {"macs": "MACs", "params": "parameters", "size_bytes": "bytes"}[kind]
-    return f"{value:,.0f} {unit}"
+    unit = {"macs": "MACs", "params": "parameters", "size_bytes": "bytes", "latency_ms": "ms"}[kind]
+    return f"{value:.4g} {unit}" if kind == "latency_ms" else f"{value:,.0f} {unit}"

@@ -1,5 +1,5 @@
-"""Prune to a budget: the per-group ratios that bring a model under a MAC, parameter or file-size
-budget, then ``prune_once`` with them.
+"""Prune to a budget: the per-group ratios that bring a model under a MAC, parameter, file-size
+or latency budget, then ``prune_once`` with them.
 
 The cost of a pruned model depends only on how many units each group keeps, not on which, so
 the solver counts without computing a single criterion score: ``BudgetSolver`` turns per-group
@@ -18,9 +18,9 @@ them. Two allocations:
   unit of cost saved goes first (the accuracy lost read from the group's own curve, as the
   paper's parallel pruning reads it), until the budget is met.
 
-File-size budgets are met by measurement: the dense model and then each candidate is shrunk
-and converted with ``tflite_export.convert`` in the requested precision, and the parameter
-target is lowered by what the file was over until the file fits.
+File-size and latency budgets are met by measurement (``budget_measured.py``): candidates are
+shrunk, converted in the requested precision and measured (bytes; LiteRT latency here or on a
+device), searching along parameters or MACs until the least-pruned candidate that fits.
 """
 
 import dataclasses
@@ -28,6 +28,7 @@ import math
 import warnings
 
 from tfsynapse.graph import count_macs, count_params
+from tfsynapse.pruning import budget_measured
 from tfsynapse.pruning.budget_solver import BudgetSolver
 
 
@@ -48,7 +49,10 @@ class BudgetReport:
         ``prune_once(model, ratios)`` or ``prune_synaptic(..., layer_sparsity=ratios,
         only_listed=True)``.
       frozen: ``{group: reasons}`` of the groups never pruned.
-      steps: the solver's iterations (bisection steps, greedy moves, size corrections).
+      steps: the solver's iterations (bisection steps, greedy moves, measured candidates).
+      points: for a measured budget (size, latency), every ``(counted cost, measured value,
+        predicted value)`` the search measured: parameters and bytes, or MACs and
+        milliseconds (``plot()`` draws predicted against measured).
     """
 
     kind: str
@@ -60,20 +64,30 @@ class BudgetReport:
     ratios: dict
     frozen: dict
     steps: int
+    points: list = dataclasses.field(default_factory=list)
 
     @property
     def layer_sparsity(self):
         """The ratios, for ``prune_synaptic(layer_sparsity=..., only_listed=True)``."""
         return dict(self.ratios)
 
+    def plot(self, path):
+        """Writes a PNG of the measured search (predicted vs measured); see ``plot_budget``."""
+        return budget_measured.plot_budget(self, path)
+
     def table(self):
         """A plain-text summary: the budget, the costs and each group's ratio."""
-        unit = {"macs": "MACs", "params": "parameters", "size_bytes": "bytes"}[self.kind]
+        unit = {"macs": "MACs", "params": "parameters", "size_bytes": "bytes",
+                "latency_ms": "ms"}[self.kind]
         got = self.measured if self.measured is not None else self.predicted
-        lines = [f"budget {self.budget:,.0f} {unit} ({self.allocation} allocation): dense "
-                 f"{self.dense:,.0f}, pruned {got:,.0f} "
+
+        def fmt(value):
+            return f"{value:.4g}" if self.kind == "latency_ms" else f"{value:,.0f}"
+
+        lines = [f"budget {fmt(self.budget)} {unit} ({self.allocation} allocation): dense "
+                 f"{fmt(self.dense)}, pruned {fmt(got)} "
                  f"({'measured' if self.measured is not None else 'predicted'}; "
-                 f"{got / self.budget:.1%} of the budget, {got / max(self.dense, 1):.1%} of dense)"]
+                 f"{got / self.budget:.1%} of the budget, {got / (self.dense or 1):.1%} of dense)"]
         width = max([len(n) for n in self.ratios] + [5])
         lines += [f"  {name:<{width}}  {ratio:6.1%}" for name, ratio in self.ratios.items()]
         return "\n".join(lines)
@@ -83,9 +97,9 @@ _PRECISIONS = (None, "float16", "dynamic", "int8")
 
 
 def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_ms=None,
-                    quantize=None, representative_dataset=None, criterion="l1",
+                    threads=1, quantize=None, representative_dataset=None, criterion="l1",
                     sensitivity=None, round_to=1, max_pruning_ratio=None, ignored_layers=(),
-                    data=None, return_report=False, verbose=0):
+                    data=None, measure_latency=None, return_report=False, verbose=0):
     """Prunes filters until the shrunk model fits a budget (one-shot, like ``prune_once``).
 
     Give exactly one budget, in absolute units. The per-group ratios come from a uniform
@@ -97,10 +111,12 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
       macs: the most multiply-accumulates per sample the shrunk model may need.
       params: the most parameters it may hold.
       size_bytes: the largest ``.tflite`` file, converted with ``quantize``.
-      latency_ms: not built yet; raises ``NotImplementedError``.
-      quantize: the precision of a ``size_bytes`` budget: None (float32), 'float16',
-        'dynamic' or 'int8' (int8 needs ``representative_dataset``).
-      representative_dataset: calibration data for an int8 size budget.
+      latency_ms: the largest LiteRT latency (median, batch 1) of the converted model, measured
+        on this machine with ``threads`` (or by ``measure_latency``).
+      threads: LiteRT threads of a latency budget.
+      quantize: the precision of a ``size_bytes`` or ``latency_ms`` budget: None (float32),
+        'float16', 'dynamic' or 'int8' (int8 needs ``representative_dataset``).
+      representative_dataset: calibration data for int8.
       criterion: the filter criterion that picks which units go, per group.
       sensitivity: None (uniform ratio), a ``SensitivityTable`` of this model, or a function
         ``evaluate(model) -> metric`` (higher is better) to build one with
@@ -110,6 +126,9 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
       ignored_layers: layer names whose groups are never pruned.
       data: training images: BatchNormalization statistics of the pruned copy are
         recalibrated on them (and the sensitivity trials, when ``sensitivity`` is a function).
+      measure_latency: optional ``fn(tflite_bytes, threads) -> ms`` that measures latency
+        elsewhere, e.g. on an Android device over adb (docs/methods.md); default: LiteRT here,
+        cached on disk (``TFSYNAPSE_CACHE``).
       return_report: also return a ``BudgetReport`` (the shrunk model is then measured).
       verbose: 1 prints the solver's progress and the report.
 
@@ -120,7 +139,6 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
       ValueError: no budget or more than one; a budget that is not a positive number; a
         budget below what the frozen groups and the caps allow (the lowest reachable cost is
         in the message); int8 without calibration data; an unknown precision.
-      NotImplementedError: ``latency_ms``.
       TypeError: ``sensitivity`` is neither a table nor a function.
     """
     from tfsynapse.graph import dependency_groups  # noqa: PLC0415
@@ -133,12 +151,20 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
     if quantize not in _PRECISIONS:
         raise ValueError(f"quantize must be one of None, 'float16', 'dynamic', 'int8'; got "
                          f"{quantize!r}.")
-    if quantize is not None and kind != "size_bytes":
-        raise ValueError(f"quantize={quantize!r} only changes a size_bytes budget; {kind} do not "
-                         "depend on the precision.")
-    if kind == "size_bytes" and quantize == "int8" and representative_dataset is None:
-        raise ValueError("an int8 size budget converts the candidates to int8, which needs "
+    measured_kind = kind in ("size_bytes", "latency_ms")
+    if quantize is not None and not measured_kind:
+        raise ValueError(f"quantize={quantize!r} only changes a size_bytes or latency_ms "
+                         f"budget; {kind} do not depend on the precision.")
+    if measured_kind and quantize == "int8" and representative_dataset is None:
+        raise ValueError(f"an int8 {kind} budget converts the candidates to int8, which needs "
                          "representative_dataset (a few hundred training samples).")
+    if (threads != 1 or measure_latency is not None) and kind != "latency_ms":
+        raise ValueError("threads and measure_latency only apply to a latency_ms budget.")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}.")
+    if measure_latency is not None and not callable(measure_latency):
+        raise TypeError("measure_latency must be a function (tflite_bytes, threads) -> ms, got "
+                        f"{type(measure_latency).__name__}.")
     options = PruningOptions(criterion=criterion, granularity="filter", scope="layer",
                              round_to=round_to, max_pruning_ratio=max_pruning_ratio,
                              ignored_layers=tuple(ignored_layers), final_sparsity=1.0)
@@ -168,13 +194,19 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
                                      max_pruning_ratio=options.max_pruning_ratio,
                                      ignored_layers=ignored_layers, data=data)
 
-    if kind == "size_bytes":
+    points = []
+    if kind in ("size_bytes", "latency_ms"):
         floor_ratios = ([options.max_pruning_ratio] * len(solver.groups) if curves is None else
                         [_last_ratio(curves[0], p.group.name) for p in solver.groups])
-        (named, pruned), predicted, sizes, steps = _fit_file(
-            solve, pruned_with, solver, model, budget, quantize, representative_dataset,
-            floor_ratios, say)
-        dense_cost, measured = sizes["dense"], sizes["pruned"]
+        if kind == "size_bytes":
+            measure, axis = budget_measured.file_size(quantize, representative_dataset), "params"
+        else:
+            measure, axis = budget_measured.latency(
+                quantize, representative_dataset, threads, measure_latency), "macs"
+        (named, pruned), measured, dense_cost, points, steps = budget_measured.fit_measured(
+            solve, pruned_with, solver, model, budget, measure, axis, floor_ratios,
+            "bytes" if kind == "size_bytes" else "ms", say)
+        predicted = measured
     else:
         ratios, predicted, steps = solve(kind, budget)
         say(f"prune_to_budget: {kind} {predicted:,} <= {budget:,.0f} after {steps} steps")
@@ -192,7 +224,8 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
                           predicted=float(predicted),
                           measured=None if measured is None else float(measured),
                           allocation="uniform" if curves is None else "sensitivity",
-                          ratios=named, frozen=dict(solver.plan.frozen), steps=steps)
+                          ratios=named, frozen=dict(solver.plan.frozen), steps=steps,
+                          points=points)
     say(report.table())
     return (pruned, report) if return_report else pruned
 
@@ -200,14 +233,9 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
 def _the_budget(**budgets):
     given = {k: v for k, v in budgets.items() if v is not None}
     if len(given) != 1:
-        raise ValueError("give exactly one budget: macs=, params=, size_bytes= (or latency_ms=); "
+        raise ValueError("give exactly one budget: macs=, params=, size_bytes= or latency_ms=; "
                          f"got {sorted(given) or 'none'}.")
     (kind, value), = given.items()
-    if kind == "latency_ms":
-        raise NotImplementedError(
-            "latency budgets are not built yet (a measured LiteRT latency table comes next); "
-            "meanwhile give macs= (latency follows MACs closely for shrunk models: see "
-            "benchmarks/RESULTS.md, speed).")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
             or not math.isfinite(value):
         raise ValueError(f"{kind} must be a positive number, got {value!r}.")
@@ -255,60 +283,3 @@ def _unreachable(kind, limit, lowest, solver, options, by_sensitivity):
             f"{len(solver.plan.frozen)} group(s) frozen ({list(solver.plan.frozen)[:4]}). Raise "
             "max_pruning_ratio, unfreeze groups (dependency_groups(model).summary() says why "
             "they are frozen) or give a larger budget.")
-
-
-def _fit_file(solve, pruned_with, solver, model, budget, quantize, calibration, floor_ratios,
-              say):
-    """The least-pruned candidate whose converted shrunk file fits ``budget`` bytes.
-
-    Returns:
-      ``((named ratios, pruned model), predicted bytes, {"dense", "pruned"} measured bytes,
-      steps)``.
-
-    Raises:
-      ValueError: even ``floor_ratios`` (every group pruned as far as allowed) gives a larger
-        file than ``budget``.
-    """
-    import tflite_export  # noqa: PLC0415
-
-    from tfsynapse.surgery import shrink  # noqa: PLC0415
-
-    def size(m):
-        return len(tflite_export.convert(m, quantize=quantize, representative_dataset=calibration))
-
-    dense_bytes = size(model)
-    if dense_bytes <= budget:
-        return (pruned_with([0.0] * len(solver.groups)), dense_bytes,
-                {"dense": dense_bytes, "pruned": dense_bytes}, 0)
-    floor = pruned_with(floor_ratios)
-    floor_bytes = size(shrink(floor[1]))
-    if floor_bytes > budget:
-        raise ValueError(
-            f"the file budget of {budget:,.0f} bytes cannot be met with quantize={quantize!r}: "
-            f"the smallest reachable file is {floor_bytes:,} bytes (dense {dense_bytes:,}; every "
-            f"prunable group pruned as far as allowed, {len(solver.plan.frozen)} group(s) "
-            "frozen); the rest is the file's fixed part (operators, quantisation parameters). "
-            "Give a larger budget, a smaller precision, or raise max_pruning_ratio.")
-    # Regula falsi on (parameters, bytes): the largest candidate known to fit and the smallest
-    # known not to, a straight line between them, until no new parameter count lies between.
-    fits = (solver.cost(floor_ratios, "params"), floor_bytes, floor)
-    over = (solver.dense["params"], dense_bytes)
-    steps = 2
-    for _ in range(8):
-        slope = (over[1] - fits[1]) / max(over[0] - fits[0], 1)
-        target = fits[0] + (budget - fits[1]) / max(slope, 1e-9)
-        try:
-            ratios, params, moves = solve("params", target)
-        except ValueError:
-            break
-        if not fits[0] < params < over[0]:
-            break
-        steps += moves + 1
-        candidate = pruned_with(ratios)
-        measured = size(shrink(candidate[1]))
-        say(f"prune_to_budget: {params:,} parameters -> {measured:,} bytes (budget {budget:,.0f})")
-        if measured <= budget:
-            fits = (params, measured, candidate)
-        else:
-            over = (params, measured)
-    return fits[2], fits[1], {"dense": dense_bytes, "pruned": fits[1]}, steps

@@ -1,0 +1,251 @@
+"""Budgets that are measured, not counted: the ``.tflite`` file size and the LiteRT latency.
+
+Both are searched the same way (``fit_measured``): the dense model and the most-pruned
+candidate are converted and measured first (an error names the smallest reachable value when
+even that is over the budget), then regula falsi on (counted cost, measured value) between the
+largest candidate known to fit and the smallest known not to: a straight line through the two,
+the counted cost where it crosses the budget, solved, pruned, shrunk, converted and measured,
+until no new candidate lies between them (at most 8 rounds). The counted cost is parameters for
+a file size and MACs for latency. The least-pruned candidate measured to fit is returned.
+
+Latency is LiteRT's median on this machine (``tflite_export.benchmark``, ``threads``), cached
+on disk by the converted file's SHA-256 and the thread count (so a new shape, precision or
+width is a new key and nothing stale is reused), or whatever a ``measure_latency(tflite_bytes,
+threads) -> ms`` function returns: e.g. LiteRT's ``benchmark_model`` on an Android phone over
+adb (see docs/methods.md), never cached.
+"""
+
+import hashlib
+import json
+import os
+import statistics
+import warnings
+
+from tfsynapse.fileio import atomic_write
+
+_ROUNDS = 8
+
+
+def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor_ratios, what,
+                 say):
+    """The least-pruned candidate whose measured value fits ``budget``.
+
+    Args:
+      solve: ``solve(kind, limit) -> (ratios, cost, steps)`` (raises ValueError below reach).
+      pruned_with: ``pruned_with(ratios) -> (named ratios, pruned model)``.
+      solver: the ``BudgetSolver``.
+      model: the dense model.
+      budget: the largest acceptable measured value.
+      measure: ``measure(model) -> float`` (converts and measures a model).
+      axis: the counted cost the search moves along: ``'params'`` or ``'macs'``.
+      floor_ratios: the ratios of the most-pruned candidate.
+      what: how to name the measured value in messages (e.g. ``'bytes'``, ``'ms'``).
+      say: a print function for progress.
+
+    Returns:
+      ``((named ratios, pruned model), measured value, dense measured value, points, steps)``;
+      ``points`` lists every ``(counted cost, measured value, predicted value)`` measured (the
+      prediction: the straight line the candidate was chosen from; the dense model's and the
+      most-pruned one's are their measurements).
+
+    Raises:
+      ValueError: even the most-pruned candidate measures over ``budget``.
+    """
+    from tfsynapse.surgery import shrink  # noqa: PLC0415
+
+    dense_value = measure(model)
+    points = [(solver.dense[axis], dense_value, dense_value)]
+    say(f"prune_to_budget: dense {solver.dense[axis]:,} {axis} -> {dense_value:,.4g} {what} "
+        f"(budget {budget:,.4g})")
+    if dense_value <= budget:
+        return pruned_with([0.0] * len(solver.groups)), dense_value, dense_value, points, 0
+    floor = pruned_with(floor_ratios)
+    floor_cost = solver.cost(floor_ratios, axis)
+    floor_value = measure(shrink(floor[1]))
+    points.append((floor_cost, floor_value, floor_value))
+    say(f"prune_to_budget: most pruned {floor_cost:,} {axis} -> {floor_value:,.4g} {what}")
+    if floor_value > budget:
+        raise ValueError(
+            f"the budget of {budget:,.4g} {what} cannot be met: the most-pruned model measures "
+            f"{floor_value:,.4g} {what} (dense {dense_value:,.4g}; every prunable group pruned "
+            f"as far as allowed, {len(solver.plan.frozen)} group(s) frozen); what remains is "
+            "the part pruning does not touch (frozen layers, per-operator costs, a file's "
+            "fixed part). Give a larger budget, another precision, or raise max_pruning_ratio.")
+    fits = (floor_cost, floor_value, floor)
+    over = (solver.dense[axis], dense_value)
+    steps = 2
+    for _ in range(_ROUNDS):
+        slope = (over[1] - fits[1]) / max(over[0] - fits[0], 1)
+        target = fits[0] + (budget - fits[1]) / max(slope, 1e-12)
+        try:
+            ratios, cost, moves = solve(axis, target)
+        except ValueError:
+            break
+        if not fits[0] < cost < over[0]:
+            break
+        steps += moves + 1
+        candidate = pruned_with(ratios)
+        value = measure(shrink(candidate[1]))
+        points.append((cost, value, fits[1] + slope * (cost - fits[0])))
+        say(f"prune_to_budget: {cost:,} {axis} -> {value:,.4g} {what} (budget {budget:,.4g})")
+        if value <= budget:
+            fits = (cost, value, candidate)
+        else:
+            over = (cost, value)
+    return fits[2], fits[1], dense_value, points, steps
+
+
+def file_size(quantize, calibration):
+    """``measure(model) -> bytes`` of the model converted in ``quantize`` precision."""
+    import tflite_export  # noqa: PLC0415
+
+    def measure(model):
+        return float(len(tflite_export.convert(model, quantize=quantize,
+                                               representative_dataset=calibration)))
+
+    return measure
+
+
+def latency(quantize, calibration, threads, measure_latency=None, cache=None, runs=30):
+    """``measure(model) -> ms``: converted in ``quantize`` precision, timed with ``threads``.
+
+    Args:
+      quantize, calibration: the conversion (``tflite_export.convert``).
+      threads: LiteRT threads.
+      measure_latency: optional ``fn(tflite_bytes, threads) -> ms`` that measures elsewhere
+        (an Android device); its values are not cached.
+      cache: a ``LatencyCache`` (default: the one under ``TFSYNAPSE_CACHE`` or ~/.cache).
+      runs: timed invocations per round (three rounds, the median of their medians).
+    """
+    import tflite_export  # noqa: PLC0415
+
+    cache = cache if cache is not None else LatencyCache()
+
+    def measure(model):
+        flatbuffer = tflite_export.convert(model, quantize=quantize,
+                                           representative_dataset=calibration)
+        if measure_latency is not None:
+            value = float(measure_latency(flatbuffer, threads))
+            if not value > 0:
+                raise ValueError(f"measure_latency returned {value!r}; it must return the "
+                                 "latency in milliseconds, a positive number.")
+            return value
+        key = LatencyCache.key(flatbuffer, threads)
+        value = cache.get(key)
+        if value is None:
+            value = statistics.median(
+                tflite_export.benchmark(flatbuffer, num_threads=threads, runs=runs)["median_ms"]
+                for _ in range(3))
+            cache.put(key, value)
+        return value
+
+    return measure
+
+
+class LatencyCache:
+    """Measured LiteRT latencies on disk: ``{sha256 of the .tflite:threads: ms}`` in JSON.
+
+    Args:
+      path: the JSON file (default ``$TFSYNAPSE_CACHE/latency.json``, else
+        ``~/.cache/tfsynapse/latency.json``).
+    """
+
+    def __init__(self, path=None):
+        if path is None:
+            folder = os.environ.get("TFSYNAPSE_CACHE") or os.path.join(
+                os.path.expanduser("~"), ".cache", "tfsynapse")
+            path = os.path.join(folder, "latency.json")
+        self.path = path
+        self.hits = 0
+        self.misses = 0
+        self._warned = False
+
+    @staticmethod
+    def key(flatbuffer, threads):
+        """The entry of a converted model timed with ``threads`` (its bytes decide: a new
+        shape, precision or width is a new key)."""
+        return f"{hashlib.sha256(flatbuffer).hexdigest()}:{int(threads)}"
+
+    def _entries(self):
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                entries = json.load(handle)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as err:
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"tfsynapse: the latency cache {self.path} cannot be read ({err}); "
+                              "measuring again (it is rewritten on the next measurement).",
+                              stacklevel=3)
+            return {}
+        return entries if isinstance(entries, dict) else {}
+
+    def get(self, key):
+        """The cached latency in ms, or None."""
+        value = self._entries().get(key)
+        if isinstance(value, (int, float)) and value > 0:
+            self.hits += 1
+            return float(value)
+        self.misses += 1
+        return None
+
+    def put(self, key, value):
+        """Stores a latency (atomically; a cache that cannot be written is skipped)."""
+        entries = self._entries()
+        entries[key] = float(value)
+        data = json.dumps(entries, indent=0, sort_keys=True).encode()
+        try:
+            atomic_write(self.path, lambda handle: handle.write(data))
+        except OSError as err:
+            if not self._warned:
+                self._warned = True
+                warnings.warn(f"tfsynapse: the latency cache {self.path} cannot be written "
+                              f"({err}); latencies are measured again next time. Set "
+                              "TFSYNAPSE_CACHE to a writable folder.", stacklevel=2)
+
+
+def plot_budget(report, path):
+    """Plots a measured budget's search: predicted against measured value per candidate.
+
+    Args:
+      report: a ``BudgetReport`` of a ``size_bytes`` or ``latency_ms`` budget.
+      path: the PNG file to write (atomically).
+
+    Returns:
+      ``path``.
+
+    Raises:
+      ValueError: the report has no measured points (a MAC or parameter budget).
+      ImportError: matplotlib is not installed.
+    """
+    if not report.points:
+        raise ValueError(f"a {report.kind} budget is counted, not measured: nothing to plot.")
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+        from matplotlib.figure import Figure  # noqa: PLC0415
+    except ImportError as err:
+        raise ImportError("plotting needs matplotlib: pip install matplotlib.") from err
+    unit = "ms" if report.kind == "latency_ms" else "bytes"
+    fig = Figure(figsize=(6, 4.5), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    predicted = [p[2] for p in report.points]
+    measured = [p[1] for p in report.points]
+    top = max(predicted + measured) * 1.05
+    ax.plot([0, top], [0, top], "k--", linewidth=1, label="measured = predicted")
+    ax.axhline(report.budget, color="tab:red", linewidth=1, label=f"budget {report.budget:,.4g}")
+    ax.scatter(predicted, measured, s=30, label="candidates (in search order)")
+    for i, (x, y) in enumerate(zip(predicted, measured)):
+        ax.annotate(str(i), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if report.measured is not None:
+        ax.scatter([p[2] for p in report.points if p[1] == report.measured][:1],
+                   [report.measured], s=90, facecolors="none", edgecolors="tab:green",
+                   label="returned")
+    ax.set_xlabel(f"predicted {unit}")
+    ax.set_ylabel(f"measured {unit}")
+    ax.set_title(f"prune_to_budget: {report.kind}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", bbox_inches="tight"))
+    return path
