@@ -49,21 +49,22 @@ class BudgetSolver:
         Returns:
           ``(ratio, cost, steps)``; ``ratio`` is None when even ``max_ratio`` costs more.
         """
+        if self.dense[kind] <= budget:  # ratio 0 keeps every unit: the dense count
+            return 0.0, self.dense[kind], 0
         lo, hi = 0.0, max_ratio
-        if self.cost([0.0] * len(self.groups), kind) <= budget:
-            return 0.0, self.cost([0.0] * len(self.groups), kind), 0
-        high_cost = self.cost([hi] * len(self.groups), kind)
-        if high_cost > budget:
-            return None, high_cost, 0
+        hi_cost = self.cost([hi] * len(self.groups), kind)
+        if hi_cost > budget:
+            return None, hi_cost, 0
         steps = 0
         while hi - lo > 1e-4:  # the counts change in steps of 1/n; 1e-4 resolves n < 10,000
             mid = (lo + hi) / 2
             steps += 1
-            if self.cost([mid] * len(self.groups), kind) <= budget:
-                hi = mid
+            cost = self.cost([mid] * len(self.groups), kind)
+            if cost <= budget:
+                hi, hi_cost = mid, cost
             else:
                 lo = mid
-        return hi, self.cost([hi] * len(self.groups), kind), steps
+        return hi, hi_cost, steps
 
     def greedy(self, kind, budget, curves, baseline):
         """Sensitivity-guided allocation (see the module docstring).
