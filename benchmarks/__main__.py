@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick] [--only speed,speed_keras3,budget,budget_latency,overhead,accuracy,scale] [--output DIR]
+"""python -m benchmarks [--quick] [--only speed,speed_keras3,budget,budget_latency,budget_alloc,overhead,accuracy,scale] [--output DIR]
 
 Runs the benchmark sections and writes ``results.json``, ``RESULTS.md`` and PNG plots into
 the output folder (default: this package's folder; with ``--quick``, a new temporary folder).
@@ -24,6 +24,7 @@ TITLES = {
     "speed_keras3": "Speed on Keras 3: the same protocol on keras.applications models",
     "budget": "Budget: prune_to_budget meets MAC, parameter and file-size budgets",
     "budget_latency": "Budget (latency): prune_to_budget against measured LiteRT latency",
+    "budget_alloc": "Budget (allocation): sensitivity-guided vs uniform ratios at equal latency",
     "overhead": "Overhead: training-step time while pruning",
     "accuracy": "Accuracy at compression: both papers' procedures against the equal-budget control",
     "scale": "Scale: pipeline time vs model depth",

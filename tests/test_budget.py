@@ -122,6 +122,24 @@ def test_sensitivity_spends_the_budget_on_the_insensitive_group(model):
         tfsynapse.prune_to_budget(model, macs=100, sensitivity=_table(model, "c3"))
 
 
+def test_the_greedy_last_move_goes_only_as_far_as_the_budget_needs(model):
+    """A coarse curve (one step to 90%) must not overshoot: the last group moved stops at the
+    smallest ratio that meets the budget, one unit less pruned is over it."""
+    solver = _solver(model)
+    names = [p.group.name for p in solver.groups]
+    curves = {name: (np.array([0.9]), np.array([0.9 - (0.5 if name == "c3" else 0.001)]))
+              for name in names}
+    budget = 0.9 * solver.dense["macs"]
+    ratios, cost, _ = solver.greedy("macs", budget, curves, 0.9)
+    assert cost <= budget
+    moved = [i for i, r in enumerate(ratios) if r > 0]
+    assert len(moved) == 1 and ratios[moved[0]] < 0.9
+    i = moved[0]
+    one_less = list(ratios)
+    one_less[i] -= 1.0 / solver.groups[i].n
+    assert solver.cost(one_less, "macs") > budget
+
+
 def test_an_evaluate_function_builds_the_table(model):
     x = rand_inputs(model, 16)
     reference = np.asarray(model(x))

@@ -84,7 +84,7 @@ class BudgetSolver:
         position = [-1] * len(self.groups)  # index into the group's curve; -1: unpruned
         current = [0.0] * len(self.groups)
         cost = self.cost(current, kind)
-        moves = 0
+        moves, last = 0, None
         while cost > budget:
             best = None
             for i, curve in enumerate(steps_of):
@@ -106,6 +106,27 @@ class BudgetSolver:
                     best = (key, i, j, ratio, cost - saved)
             if best is None:
                 return None, cost, moves
+            last = (best[1], current[best[1]])
             _, i, position[i], current[i], cost = best
             moves += 1
+        if last is not None:  # the last move may overshoot: go only as far as the budget needs
+            cost, steps = self._shorten(last[0], last[1], current, kind, budget, cost)
+            moves += steps
         return current, cost, moves
+
+    def _shorten(self, i, start, ratios, kind, budget, cost):
+        """Bisects group ``i``'s ratio between ``start`` (over budget) and ``ratios[i]``
+        (within it) to the smallest that meets ``budget``; ``ratios`` is updated in place.
+        The accuracy lost in between is the curve's straight line, never more than the move's."""
+        lo, steps = start, 0
+        while ratios[i] - lo > 1e-4:
+            mid = (lo + ratios[i]) / 2
+            trial = list(ratios)
+            trial[i] = mid
+            steps += 1
+            trial_cost = self.cost(trial, kind)
+            if trial_cost <= budget:
+                ratios[i], cost = mid, trial_cost
+            else:
+                lo = mid
+        return cost, steps

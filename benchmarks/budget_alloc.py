@@ -1,0 +1,170 @@
+"""Budget (allocation): at equal measured latency, does sensitivity-guided allocation keep more
+accuracy than one uniform ratio?
+
+The accuracy benchmark's model and data (the VGG-style CNN on Fashion-MNIST, its three cached
+dense seeds, its recipe and stage cache). Per seed and latency budget (a fraction of the dense
+model's measured fp32 LiteRT latency, 1 thread):
+
+* ``uniform``: ``prune_to_budget(latency_ms=budget)`` with one ratio for every group;
+* ``guided``: the same budget with ``sensitivity=`` the seed's 'l1' sensitivity table (measured
+  on the validation split, BatchNormalization recalibrated in every trial; the accuracy
+  benchmark's own table);
+
+both with criterion 'l1' and BatchNormalization recalibrated on training images; then the
+accuracy benchmark's fine-tuning (``ft_epochs``, pruned channels kept at zero), shrink, test.
+The claim is read from the paired difference guided - uniform over the seeds (95% CI); both
+arms' shrunk models are also re-timed interleaved, to show they run equally fast.
+"""
+
+import statistics
+
+import numpy as np
+
+from benchmarks import acc_filters, acc_stats, common
+
+SECTION = "budget_alloc"
+
+
+def settings(quick):
+    # quick mode's digits model runs in ~15 microseconds, below what LiteRT timing resolves:
+    # its smoke run uses a MAC budget instead
+    return {"budget": "macs" if quick else "latency_ms", "fractions": (0.5,) if quick else (0.3, 0.5),
+            "threads": 1, "retime_rounds": 5}
+
+
+def _dense_cost(run, seed, dense, kind, threads):
+    from tfsynapse.graph import count_macs
+    from tfsynapse.pruning import budget_measured
+
+    if kind == "macs":
+        return count_macs(dense)
+
+    def compute():
+        return {"ms": budget_measured.latency(None, None, threads)(dense)}
+
+    return run.cache.result(f"{run.arch}/seed{seed}/latency_dense_t{threads}", compute)["ms"]
+
+
+def _arm(run, seed, dense, arm, kind, budget, fraction, threads):
+    """``prune_to_budget`` for one arm (its report cached), then the accuracy pipeline."""
+    import tfsynapse
+
+    table = acc_filters.sensitivity(run, seed, "l1") if arm == "guided" else None
+
+    def compute():
+        _, report = tfsynapse.prune_to_budget(
+            dense, **{kind: budget}, **({"threads": threads} if kind == "latency_ms" else {}),
+            criterion="l1", sensitivity=table, data=acc_filters._recalibration(run),  # noqa: SLF001
+            return_report=True)
+        return {"ratios": report.ratios, "measured": report.measured,
+                "candidates": len(report.points), "points": report.points}
+
+    found = run.cache.result(f"{run.arch}/seed{seed}/budget/{arm}/{kind}{fraction:g}", compute)
+    numbers = acc_filters.pipeline(run, seed, "l1", found["ratios"], f"budget-{arm}-{fraction:g}")
+    return {**found, **numbers}
+
+
+def _retime(dense, rows, threads, rounds):
+    """Interleaved LiteRT medians of both arms' shrunk models (fresh, not the cache)."""
+    import tflite_export
+    import tfsynapse
+
+    files = {}
+    for row in rows:
+        pruned = tfsynapse.prune_once(dense, row["ratios"], criterion="l1")
+        files[row["arm"]] = tflite_export.convert(tfsynapse.shrink(pruned))
+    times = {arm: [] for arm in files}
+    for _ in range(rounds):
+        for arm, flatbuffer in files.items():
+            times[arm].append(tflite_export.benchmark(flatbuffer, num_threads=threads,
+                                                      runs=50)["median_ms"])
+    return {arm: statistics.median(values) for arm, values in times.items()}
+
+
+def run(ctx):
+    from benchmarks import accuracy
+
+    cfg = settings(ctx.quick)
+    run_ = accuracy.Run(ctx, accuracy.settings(ctx.quick), accuracy.cache_folder(ctx))
+    rows = []
+    for seed in run_.cfg["seeds"]:
+        dense = run_.dense(seed)
+        control = run_.control_numbers(seed, "ft")
+        dense_cost = _dense_cost(run_, seed, dense, cfg["budget"], cfg["threads"])
+        for fraction in cfg["fractions"]:
+            budget = fraction * dense_cost
+            pair = []
+            for arm in ("uniform", "guided"):
+                numbers = _arm(run_, seed, dense, arm, cfg["budget"], budget, fraction,
+                               cfg["threads"])
+                pair.append({"seed": seed, "fraction": fraction, "arm": arm,
+                             "dense": dense_cost, "budget": budget,
+                             "control_test": control["test"], "control_val": control["val"],
+                             **numbers})
+            again = _retime(dense, pair, cfg["threads"], cfg["retime_rounds"])
+            for row in pair:
+                row["retimed_ms"] = again[row["arm"]]
+                ctx.log(SECTION, f"seed {seed} {fraction:.0%} {row['arm']}: "
+                                 f"{row['measured']:.4g} / {budget:.4g} {cfg['budget']} (again "
+                                 f"{row['retimed_ms']:.3f}), MACs -{row['mac_reduction']:.1%}, "
+                                 f"test {row['test']:.2%} (control {control['test']:.2%})")
+            rows += pair
+        common.release_memory()
+    result = {"settings": {**cfg, "seeds": list(run_.cfg["seeds"]),
+                           "ft_epochs": run_.cfg["ft_epochs"]}, "rows": rows}
+    result["summary"] = summarize(rows)
+    result["plots"] = []
+    result["targets"] = [
+        common.target_entry(SECTION, f"guided - uniform test accuracy at {s['fraction']:.0%} "
+                                     "of dense latency (points, CI low)",
+                            s["test"]["low"], 0.0, ">") for s in result["summary"]]
+    return result
+
+
+def summarize(rows):
+    """Per budget fraction: paired guided - uniform differences over seeds."""
+    out = []
+    for fraction in sorted({r["fraction"] for r in rows}):
+        pairs = {}
+        for r in rows:
+            if r["fraction"] == fraction:
+                pairs.setdefault(r["seed"], {})[r["arm"]] = r
+        both = [p for _, p in sorted(pairs.items()) if {"uniform", "guided"} <= set(p)]
+        pick = {arm: {key: [p[arm][key] for p in both] for key in
+                      ("test", "val", "mac_reduction", "retimed_ms", "measured")}
+                for arm in ("uniform", "guided")}
+        out.append({"fraction": fraction, "n": len(both),
+                    "test": acc_stats.paired(pick["guided"]["test"], pick["uniform"]["test"]),
+                    "val": acc_stats.paired(pick["guided"]["val"], pick["uniform"]["val"]),
+                    "time_ratio": float(np.mean(np.divide(pick["guided"]["retimed_ms"],
+                                                          pick["uniform"]["retimed_ms"]))),
+                    "mac_reduction": {arm: float(np.mean(pick[arm]["mac_reduction"]))
+                                      for arm in pick}})
+    return out
+
+
+def markdown(result):
+    lines = [
+        "The accuracy benchmark's VGG on Fashion-MNIST (its cached dense seeds), pruned by "
+        "`prune_to_budget(latency_ms=fraction x dense)` (fp32, 1 thread, criterion `l1`) with "
+        "one uniform ratio or guided by the seed's `l1` sensitivity table (validation split), "
+        f"then fine-tuned {result['settings']['ft_epochs']} epochs with the pruned channels kept "
+        "at zero, shrunk and tested once. control = the dense model trained as many extra "
+        "epochs. searched = the latency the search measured; again = both arms re-timed "
+        "interleaved.", ""]
+    unit = "MACs" if result["settings"]["budget"] == "macs" else "ms"
+    headers = ["seed", "budget", "arm", f"budget {unit}", f"searched {unit}", "again ms", "MACs removed",
+               "val", "test", "control test"]
+    table = [[r["seed"], f"{r['fraction']:.0%}", r["arm"], f"{r['budget']:.4g}",
+              f"{r['measured']:.4g}", f"{r['retimed_ms']:.3f}", f"{r['mac_reduction']:.1%}",
+              f"{r['val']:.2%}", f"{r['test']:.2%}", f"{r['control_test']:.2%}"]
+             for r in result["rows"]]
+    lines += [common.md_table(headers, table), ""]
+    headers = ["budget", "seeds", "guided - uniform, test (points, 95% CI)", "verdict",
+               "guided - uniform, val", "time guided / uniform", "MACs removed (uniform, guided)"]
+    table = [[f"{s['fraction']:.0%}", s["n"], acc_stats.fmt(s["test"]),
+              acc_stats.verdict(s["test"]), acc_stats.fmt(s["val"]), f"{s['time_ratio']:.3f}",
+              f"{s['mac_reduction']['uniform']:.1%}, {s['mac_reduction']['guided']:.1%}"]
+             for s in result["summary"]]
+    lines.append(common.md_table(headers, table))
+    return "\n".join(lines)
