@@ -1,16 +1,28 @@
 """Budget (latency): does ``prune_to_budget(latency_ms=...)`` land within [0.90, 1.00] x budget?
 
-The model (``tf_keras.applications``, random weights, criterion 'l1', ``round_to=8``, uniform
-allocation) is pruned to latency budgets at 30/50/70% of its measured dense LiteRT latency, in
-fp32 and int8, at 1 and 2 threads. Per row: the latency the search measured for the returned
-model over the budget, and an independent re-measurement of the same file (fresh rounds, not
-the cache) over the budget: timing noise on a shared 2-core machine moves the second.
-Only MobileNetV2 runs here so far: a ResNet50 224 row converts ~8 candidates of ~30 s and times
-each at ~0.3 s per run (~1.5 hours for its 12 rows on this host).
+The model (``tf_keras.applications``, random weights, criterion 'l1', uniform allocation,
+``round_to=None``: the channel multiple is measured per precision and threads) is pruned to
+latency budgets at fractions of its measured dense LiteRT latency, in fp32 and int8, at 1 and
+2 threads. Per row: the latency the search measured for the returned model over the budget,
+and an independent re-measurement of the same file (fresh rounds, not the cache) over the
+budget: timing noise on a shared 2-core machine moves the second.
+
+Two analyses of where latency does not follow MACs (issue #16, item 5), from the same runs:
+* alignment: the multiples 1/4/8/16 the search timed (ms per MAC; as speedup / MAC reduction
+  against the dense model);
+* fixed share: a least-squares line ms = a + b x MACs through every candidate a row measured;
+  a / dense ms is the part of the latency pruning cannot remove (per-operator costs, the frozen
+  stem and head), which caps speedup / MAC reduction below 1 as pruning deepens.
+The latency cache is a fresh folder under the output, so every run measures anew.
+ResNet50 runs the 50% budget at 1 thread only: a ResNet50 224 row converts ~8 candidates of
+~30 s (int8 more) and times each at ~0.3 s per run on this host.
 """
 
+import os
 import statistics
 import time
+
+import numpy as np
 
 from benchmarks import common
 
@@ -20,10 +32,12 @@ LOW, HIGH = 0.90, 1.00
 
 def settings(quick):
     if quick:
-        return {"models": [("MobileNetV2", 64)], "fractions": (0.5,), "precisions": ("fp32",),
-                "threads": (1,), "calibration_batches": 4}
-    return {"models": [("MobileNetV2", 224)], "fractions": (0.3, 0.5, 0.7),
-            "precisions": ("fp32", "int8"), "threads": (1, 2), "calibration_batches": 8}
+        return {"models": [("MobileNetV2", 64, (0.5,), (1,))], "precisions": ("fp32",),
+                "calibration_batches": 4}
+    # (model, input size, budget fractions of dense, thread counts)
+    return {"models": [("MobileNetV2", 224, (0.3, 0.5, 0.7), (1, 2)),
+                       ("ResNet50", 224, (0.5,), (1,))],
+            "precisions": ("fp32", "int8"), "calibration_batches": 8}
 
 
 def _remeasure(model, quantize, calibration, threads):
@@ -37,54 +51,83 @@ def _remeasure(model, quantize, calibration, threads):
 
 
 def run(ctx):
-    import tfsynapse
-    from tfsynapse.backends.tf_keras import keras
-    from tfsynapse.pruning import budget_measured
-
     cfg = settings(ctx.quick)
-    rows = []
-    cache = budget_measured.LatencyCache(ctx.path("latency_cache.json"))
-    for name, size in cfg["models"]:
-        keras.utils.set_random_seed(0)
-        dense = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
-        calibration = common.calibration_batches((size, size, 3), cfg["calibration_batches"])
-        for precision in cfg["precisions"]:
-            quantize = "int8" if precision == "int8" else None
-            data = calibration if quantize else None
-            for threads in cfg["threads"]:
-                dense_ms = budget_measured.latency(quantize, data, threads, cache=cache)(dense)
-                for fraction in cfg["fractions"]:
-                    budget = fraction * dense_ms
-                    started = time.perf_counter()
-                    pruned, report = tfsynapse.prune_to_budget(
-                        dense, latency_ms=budget, threads=threads, quantize=quantize,
-                        representative_dataset=data, round_to=8, return_report=True)
-                    seconds = time.perf_counter() - started
-                    again = _remeasure(pruned, quantize, data, threads)
-                    row = {"model": name, "input": size, "precision": precision,
-                           "threads": threads, "fraction": fraction, "dense_ms": dense_ms,
-                           "budget_ms": budget, "measured_ms": report.measured,
-                           "ratio": report.measured / budget, "remeasured_ms": again,
-                           "remeasured_ratio": again / budget, "candidates": len(report.points),
-                           "seconds": seconds, "points": report.points}
-                    rows.append(row)
-                    ctx.log(SECTION, f"{name} {precision} {threads} thr {fraction:.0%}: "
-                                     f"{report.measured:.3f} / {budget:.3f} ms = "
-                                     f"{row['ratio']:.3f} (again {row['remeasured_ratio']:.3f}; "
-                                     f"{row['candidates']} candidates, {seconds:.0f}s)")
-                    del pruned
-        del dense
-        common.release_memory()
+    before = os.environ.get("TFSYNAPSE_CACHE")
+    os.environ["TFSYNAPSE_CACHE"] = ctx.path("latency_cache")  # measured anew every run
+    try:
+        rows = [row for model in cfg["models"] for row in _model_rows(ctx, cfg, *model)]
+    finally:
+        if before is None:
+            os.environ.pop("TFSYNAPSE_CACHE", None)
+        else:
+            os.environ["TFSYNAPSE_CACHE"] = before
     within = sum(LOW <= r["ratio"] <= HIGH for r in rows) / len(rows)
     again = sum(LOW <= r["remeasured_ratio"] <= HIGH for r in rows) / len(rows)
     targets = [
         common.target_entry(SECTION, f"latency within [{LOW:.2f}, {HIGH:.2f}] x budget as "
                                      "measured by the search (fraction of rows)", within, 1.0, ">="),
         common.target_entry(SECTION, "the same, re-measured (fraction of rows)", again, 1.0, ">=")]
-    result = {"settings": {k: ([list(m) for m in v] if k == "models" else v)
+    result = {"settings": {k: ([[list(x) if isinstance(x, tuple) else x for x in m] for m in v]
+                               if k == "models" else v)
                            for k, v in cfg.items()}, "rows": rows, "targets": targets}
     result["plots"] = [plot(result, ctx.path("budget_latency.png"))]
     return result
+
+
+def _model_rows(ctx, cfg, name, size, fractions, thread_counts):
+    import tfsynapse
+    from tfsynapse.backends.tf_keras import keras
+    from tfsynapse.pruning import budget_measured
+
+    rows = []
+    keras.utils.set_random_seed(0)
+    dense = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
+    dense_macs = tfsynapse.count_macs(dense)
+    calibration = common.calibration_batches((size, size, 3), cfg["calibration_batches"])
+    for precision in cfg["precisions"]:
+        quantize = "int8" if precision == "int8" else None
+        data = calibration if quantize else None
+        for threads in thread_counts:
+            dense_ms = budget_measured.latency(quantize, data, threads)(dense)
+            for fraction in fractions:
+                budget = fraction * dense_ms
+                started = time.perf_counter()
+                pruned, report = tfsynapse.prune_to_budget(
+                    dense, latency_ms=budget, threads=threads, quantize=quantize,
+                    representative_dataset=data, return_report=True)
+                seconds = time.perf_counter() - started
+                again = _remeasure(pruned, quantize, data, threads)
+                row = {"model": name, "input": size, "precision": precision,
+                       "threads": threads, "fraction": fraction, "dense_ms": dense_ms,
+                       "dense_macs": dense_macs, "budget_ms": budget,
+                       "measured_ms": report.measured, "ratio": report.measured / budget,
+                       "remeasured_ms": again, "remeasured_ratio": again / budget,
+                       "round_to": report.round_to,
+                       "alignment": {str(m): list(v) for m, v in report.alignment.items()},
+                       "fixed_share": fixed_share(report.points, dense_ms),
+                       "candidates": len(report.points), "seconds": seconds,
+                       "points": report.points}
+                rows.append(row)
+                ctx.log(SECTION, f"{name} {precision} {threads} thr {fraction:.0%}: "
+                                 f"{report.measured:.3f} / {budget:.3f} ms = "
+                                 f"{row['ratio']:.3f} (again {row['remeasured_ratio']:.3f}; "
+                                 f"round_to={report.round_to}, {row['candidates']} candidates, "
+                                 f"{seconds:.0f}s)")
+                del pruned
+    del dense
+    common.release_memory()
+    return rows
+
+
+def fixed_share(points, dense_ms):
+    """The intercept of a least-squares line ms = a + b x MACs through a search's measured
+    candidates, over the dense latency (None with fewer than three candidates)."""
+    if len(points) < 3:
+        return None
+    macs = np.array([p[0] for p in points], float)
+    ms = np.array([p[1] for p in points], float)
+    slope, intercept = np.polyfit(macs, ms, 1)
+    return float(intercept / dense_ms)
 
 
 def plot(result, path):
@@ -113,16 +156,48 @@ def plot(result, path):
 
 def markdown(result):
     lines = [
-        "`prune_to_budget(latency_ms=...)` (uniform allocation, criterion `l1`, `round_to=8`): "
-        "every candidate shrunk, converted and timed in LiteRT (median of 3 rounds of 30 runs, "
-        "cached by file and threads); measured = the search's value for the returned model, "
-        f"again = a fresh re-measurement of the same file. Target: [{LOW:.2f}, {HIGH:.2f}] x "
-        "budget.", ""]
+        "`prune_to_budget(latency_ms=...)` (uniform allocation, criterion `l1`, `round_to=None`: "
+        "the channel multiple measured per precision and threads): every candidate shrunk, "
+        "converted and timed in LiteRT (median of 3 rounds of 30 runs, cached by file and "
+        "threads); measured = the search's value for the returned model, again = a fresh "
+        f"re-measurement of the same file. Target: [{LOW:.2f}, {HIGH:.2f}] x budget.", ""]
     headers = ["model", "precision", "threads", "budget (% of dense)", "dense ms", "budget ms",
-               "measured ms", "measured / budget", "again / budget", "candidates", "seconds"]
+               "measured ms", "measured / budget", "again / budget", "round_to", "candidates",
+               "seconds"]
     table = [[f"{r['model']} {r['input']}px", r["precision"], r["threads"],
               f"{r['fraction']:.0%}", f"{r['dense_ms']:.3f}", f"{r['budget_ms']:.3f}",
               f"{r['measured_ms']:.3f}", f"{r['ratio']:.3f}", f"{r['remeasured_ratio']:.3f}",
-              r["candidates"], f"{r['seconds']:.0f}"] for r in result["rows"]]
+              r.get("round_to", 8), r["candidates"], f"{r['seconds']:.0f}"]
+             for r in result["rows"]]
     lines.append(common.md_table(headers, table))
+    aligned = [r for r in result["rows"] if r.get("alignment")]
+    if aligned:
+        lines += ["", "Alignment, as the search timed it (the first budget of each model, "
+                  "precision and threads; later budgets reuse the choice): speedup / MAC "
+                  "reduction of each multiple against the dense model (1.00 = latency falls "
+                  "as much as MACs); the chosen multiple in bold.", ""]
+        multiples = sorted({int(m) for r in aligned for m in r["alignment"]})
+        headers = ["model", "precision", "threads", "MACs removed (round_to=1)"] + [
+            f"round_to={m}" for m in multiples]
+        table = []
+        for r in aligned:
+            cells = []
+            for m in multiples:
+                macs, ms, _ = r["alignment"][str(m)]
+                value = (r["dense_ms"] / ms) / (r["dense_macs"] / macs)
+                cells.append(f"**{value:.2f}**" if m == r["round_to"] else f"{value:.2f}")
+            table.append([f"{r['model']} {r['input']}px", r["precision"], r["threads"],
+                          f"{1 - min(v[0] for v in r['alignment'].values()) / r['dense_macs']:.0%}"]
+                         + cells)
+        lines.append(common.md_table(headers, table))
+    shares = [r for r in result["rows"] if r.get("fixed_share") is not None]
+    if shares:
+        lines += ["", "Fixed share: the intercept of ms = a + b x MACs over each search's "
+                  "candidates, as a fraction of the dense latency (what pruning cannot remove; "
+                  "with a fixed share f, a model with k times fewer MACs can at best run "
+                  "1 / (f + (1 - f) / k) times faster).", ""]
+        headers = ["model", "precision", "threads", "budget", "fixed share"]
+        lines.append(common.md_table(headers, [
+            [f"{r['model']} {r['input']}px", r["precision"], r["threads"], f"{r['fraction']:.0%}",
+             f"{r['fixed_share']:.3f}"] for r in shares]))
     return "\n".join(lines)

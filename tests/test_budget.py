@@ -181,20 +181,20 @@ def test_the_command_line_prunes_to_a_budget(model, tmp_path, capsys, monkeypatc
     budget = int(0.5 * tfsynapse.count_macs(model))
     assert main(["prune", path, "--target-macs", f"{budget / 1000:g}k", "-o", out]) == 0
     text = capsys.readouterr().out
-    assert f"budget {budget:,} MACs (uniform allocation)" in text, text
+    assert f"budget {budget:,} MACs (uniform allocation, round_to=1)" in text, text
     loaded = tfsynapse.backends.backend_of(model).load_model(out)
     assert tfsynapse.count_macs(tfsynapse.shrink(loaded)) <= budget
     table = str(tmp_path / "table.json")
     _table(model, "c1").to_json(table)
     assert main(["prune", path, "--target-macs", str(budget), "--sensitivity", table,
                  "-o", out]) == 0
-    assert "(sensitivity allocation)" in capsys.readouterr().out
+    assert "(sensitivity allocation, round_to=1)" in capsys.readouterr().out
     monkeypatch.setenv("TFSYNAPSE_CACHE", str(tmp_path / "cache"))
     plot = str(tmp_path / "search.png")
     assert main(["prune", path, "--target-latency", "10000ms", "--threads", "2", "--plot", plot,
                  "-o", out]) == 0  # a budget the dense model meets: measured once, unpruned
     text = capsys.readouterr().out
-    assert "budget 1e+04 ms (uniform allocation)" in text and f"wrote {plot}" in text, text
+    assert "budget 1e+04 ms (uniform allocation, round_to=1)" in text and f"wrote {plot}" in text, text
     for argv, message in (
             (["--target-macs", "1M", "--quantize", "int8"], "only changes a --target-size"),
             (["--sparsity", "0.5", "--sensitivity", table], "--sensitivity needs a budget"),
@@ -251,3 +251,82 @@ def test_litert_latency_is_measured_here_and_cached_by_file_and_threads(model, t
     (tmp_path / "cache" / "latency.json").write_text("{not json")
     with pytest.warns(UserWarning, match="cannot be read"):
         assert LatencyCache().get(key) is None
+
+
+def test_round_to_none_measures_the_fastest_multiple_per_mac(model, tmp_path, backend):
+    """choose_round_to: the multiple with the lowest ms per MAC, a larger one only when it is
+    `margin` better; the choice is cached and reused without timing again."""
+    if backend == "keras3":
+        return  # the choice only reads counts and times: nothing Keras-specific
+    from tfsynapse.pruning import budget_alignment  # noqa: PLC0415
+    from tfsynapse.pruning.budget_measured import LatencyCache  # noqa: PLC0415
+
+    def widths(small):
+        return [layer.filters for layer in small.layers if getattr(layer, "filters", None)]
+
+    def timer(bonus16):  # a stand-in machine: widths that are not multiples of 4 cost 1.5x
+        def time_files(files):
+            calls.append(sorted(files))
+            return {m: tfsynapse.count_macs(small) * 1e-6
+                    * (1.5 if any(w % 4 for w in widths(small)) else 1.0)
+                    * (1.0 - bonus16 if m == 16 else 1.0) for m, small in files.items()}
+        return time_files
+
+    calls = []
+    choose = budget_alignment.choose_round_to
+    chosen, table = choose(model, 0.4, lambda small: small, timer(0.0), None, "k", print)
+    assert chosen == 4 and sorted(table) == [1, 4, 8, 16]
+    assert table[1][2] == pytest.approx(1.5 * table[4][2])  # ms per MAC, penalised
+    assert choose(model, 0.4, lambda s: s, timer(0.02), None, "k", print)[0] == 4  # < margin
+    assert choose(model, 0.4, lambda s: s, timer(0.05), None, "k", print)[0] == 16
+    cache = LatencyCache(str(tmp_path / "latency.json"))
+    assert choose(model, 0.4, lambda s: s, timer(0.0), cache, "dense:1", print)[0] == 4
+    calls.clear()
+    assert choose(model, 0.4, lambda s: s, timer(0.05), cache, "dense:1", print) == (4, {})
+    assert not calls  # cached: nothing timed again
+
+
+def test_a_latency_budget_with_round_to_none_keeps_the_measured_multiple(model, backend):
+    if backend == "keras3":
+        return  # the search is shared with the file-size one (tested on both)
+    dense = _bytes_as_latency(tflite_export.convert(model), 1)
+    pruned, report = tfsynapse.prune_to_budget(model, latency_ms=0.8 * dense,
+                                               measure_latency=_bytes_as_latency,
+                                               return_report=True)
+    assert report.round_to in (1, 4, 8, 16) and sorted(report.alignment) == [1, 4, 8, 16]
+    assert f"round_to={report.round_to}" in report.table()
+    dense_widths = {lay.name: lay.filters for lay in model.layers if getattr(lay, "filters", None)}
+    small = tfsynapse.shrink(pruned)
+    for layer in small.layers:
+        if getattr(layer, "filters", None) and layer.filters < dense_widths[layer.name]:
+            assert layer.filters % report.round_to == 0, (layer.name, layer.filters)
+    with pytest.raises(ValueError, match="round_to must be an integer >= 1 or None"):
+        tfsynapse.prune_to_budget(model, macs=1e5, round_to=0)
+
+
+def test_the_measured_search_bisects_when_the_line_lands_on_its_own_bracket(monkeypatch):
+    """Coarse configurations (costs 40, 60, 75, 100) and a convex latency curve: the straight
+    line's crossing solves to the candidate already known to fit; the bracket's middle then
+    finds 75, which fits too (without the fallback the search stopped at 60)."""
+    import types  # noqa: PLC0415
+
+    from tfsynapse import surgery  # noqa: PLC0415
+    from tfsynapse.pruning import budget_measured  # noqa: PLC0415
+
+    monkeypatch.setattr(surgery, "shrink", lambda model: model)
+    configs = (40, 60, 75, 100)
+
+    def solve(axis, limit):
+        below = [c for c in configs if c <= limit]
+        if not below:
+            raise ValueError("below reach")
+        return [max(below)], max(below), 1
+
+    solver = types.SimpleNamespace(dense={"macs": 100}, groups=[None],
+                                   cost=lambda ratios, axis: ratios[0],
+                                   plan=types.SimpleNamespace(frozen={}))
+    (named, model), value, dense, points, _ = budget_measured.fit_measured(
+        solve, lambda ratios: ({"g": ratios[0]}, ratios[0]), solver, 100, 5.0,
+        lambda cost: 10.0 * (cost / 100) ** 3, "macs", [40], "ms", print)
+    assert model == 75 and value == pytest.approx(4.21875) and dense == 10.0
+    assert [p[0] for p in points] == [100, 40, 60, 75]

@@ -110,7 +110,7 @@ def _cmd_prune(args):
     else:
         pruned = tfsynapse.prune_once(
             model, ratios if ratios is not None else args.sparsity, criterion=args.criterion,
-            granularity=args.granularity, scope=args.scope, round_to=args.round_to,
+            granularity=args.granularity, scope=args.scope, round_to=args.round_to or 1,
             max_pruning_ratio=args.max_pruning_ratio, data=x)
         target = (f"ratios from {args.ratios}" if ratios is not None else
                   f"sparsity {args.sparsity:g}")
@@ -140,7 +140,7 @@ def _cmd_prune(args):
                   "fine-tune before shipping (--finetune-epochs N)", file=sys.stderr)
     save_model(pruned, args.output)
     print(f"saved {args.output}")
-    _print_estimate(pruned, args.round_to)
+    _print_estimate(pruned, args.round_to or 1)
     return 0
 
 
@@ -278,8 +278,9 @@ def build_parser():
                         "with the granularity each scores")
     p.add_argument("--granularity", choices=GRANULARITY_CHOICES, default="filter")
     p.add_argument("--scope", choices=SCOPE_CHOICES, default="layer")
-    p.add_argument("--round-to", type=positive_int, default=1, metavar="N",
-                   help="keep channel counts multiples of N (default 1)")
+    p.add_argument("--round-to", type=positive_int, default=None, metavar="N",
+                   help="keep channel counts multiples of N (default 1; with --target-latency, "
+                        "measured: the multiple of 1, 4, 8 or 16 fastest per MAC here)")
     p.add_argument("--max-pruning-ratio", type=max_ratio, default=None, metavar="R",
                    help="the largest fraction of any group/layer pruned (default 0.9 for "
                         "filters, 0.99 for connections)")

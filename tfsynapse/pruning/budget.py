@@ -53,6 +53,10 @@ class BudgetReport:
       points: for a measured budget (size, latency), every ``(counted cost, measured value,
         predicted value)`` the search measured: parameters and bytes, or MACs and
         milliseconds (``plot()`` draws predicted against measured).
+      round_to: the channel multiple every pruned group keeps (given, or measured for a
+        latency budget with ``round_to=None``).
+      alignment: with a measured ``round_to``: ``{multiple: (MACs, ms, ms per MAC)}`` of the
+        candidates timed (empty when given, or when the choice came from the cache).
     """
 
     kind: str
@@ -65,6 +69,8 @@ class BudgetReport:
     frozen: dict
     steps: int
     points: list = dataclasses.field(default_factory=list)
+    round_to: int = 1
+    alignment: dict = dataclasses.field(default_factory=dict)
 
     @property
     def layer_sparsity(self):
@@ -84,7 +90,8 @@ class BudgetReport:
         def fmt(value):
             return f"{value:.4g}" if self.kind == "latency_ms" else f"{value:,.0f}"
 
-        lines = [f"budget {fmt(self.budget)} {unit} ({self.allocation} allocation): dense "
+        lines = [f"budget {fmt(self.budget)} {unit} ({self.allocation} allocation, "
+                 f"round_to={self.round_to}): dense "
                  f"{fmt(self.dense)}, pruned {fmt(got)} "
                  f"({'measured' if self.measured is not None else 'predicted'}; "
                  f"{got / self.budget:.1%} of the budget, {got / (self.dense or 1):.1%} of dense)"]
@@ -98,7 +105,7 @@ _PRECISIONS = (None, "float16", "dynamic", "int8")
 
 def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_ms=None,
                     threads=1, quantize=None, representative_dataset=None, criterion="l1",
-                    sensitivity=None, round_to=1, max_pruning_ratio=None, ignored_layers=(),
+                    sensitivity=None, round_to=None, max_pruning_ratio=None, ignored_layers=(),
                     data=None, measure_latency=None, return_report=False, verbose=0):
     """Prunes filters until the shrunk model fits a budget (one-shot, like ``prune_once``).
 
@@ -121,7 +128,10 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
       sensitivity: None (uniform ratio), a ``SensitivityTable`` of this model, or a function
         ``evaluate(model) -> metric`` (higher is better) to build one with
         ``sensitivity_analysis`` (recalibrated on ``data`` when given).
-      round_to: every pruned group keeps a multiple of this many units.
+      round_to: every pruned group keeps a multiple of this many units. None (default): 1
+        for MAC, parameter and file-size budgets; for a latency budget, the multiple of 1, 4,
+        8 or 16 measured fastest per MAC in this precision and thread count
+        (``budget_alignment``; cached beside the latencies).
       max_pruning_ratio: no group loses more than this fraction (default: the filter default).
       ignored_layers: layer names whose groups are never pruned.
       data: training images: BatchNormalization statistics of the pruned copy are
@@ -165,12 +175,29 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
     if measure_latency is not None and not callable(measure_latency):
         raise TypeError("measure_latency must be a function (tflite_bytes, threads) -> ms, got "
                         f"{type(measure_latency).__name__}.")
-    options = PruningOptions(criterion=criterion, granularity="filter", scope="layer",
-                             round_to=round_to, max_pruning_ratio=max_pruning_ratio,
-                             ignored_layers=tuple(ignored_layers), final_sparsity=1.0)
-    solver = BudgetSolver(MaskPlan(dependency_groups(model), options))
-    curves = _curves(model, sensitivity, criterion, data, solver)
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)
+                                 or round_to < 1):
+        raise ValueError(f"round_to must be an integer >= 1 or None, got {round_to!r}.")
     say = print if verbose else (lambda *a, **k: None)
+    graph = dependency_groups(model)
+
+    def solver_for(multiple):
+        options = PruningOptions(criterion=criterion, granularity="filter", scope="layer",
+                                 round_to=multiple, max_pruning_ratio=max_pruning_ratio,
+                                 ignored_layers=tuple(ignored_layers), final_sparsity=1.0)
+        return options, BudgetSolver(MaskPlan(graph, options))
+
+    options, solver = solver_for(round_to or 1)
+    meter, alignment = None, {}
+    if kind == "latency_ms":
+        meter = budget_measured.latency(quantize, representative_dataset, threads,
+                                        measure_latency)
+        if round_to is None:
+            round_to, alignment = _measured_round_to(model, budget, meter, solver, options, say)
+            if round_to != 1:
+                options, solver = solver_for(round_to)
+    round_to = round_to or 1  # counted and file-size budgets: alignment buys nothing
+    curves = _curves(model, sensitivity, criterion, data, solver)
 
     def solve(counted_kind, limit):
         if curves is None:
@@ -201,8 +228,7 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
         if kind == "size_bytes":
             measure, axis = budget_measured.file_size(quantize, representative_dataset), "params"
         else:
-            measure, axis = budget_measured.latency(
-                quantize, representative_dataset, threads, measure_latency), "macs"
+            measure, axis = meter, "macs"
         (named, pruned), measured, dense_cost, points, steps = budget_measured.fit_measured(
             solve, pruned_with, solver, model, budget, measure, axis, floor_ratios,
             "bytes" if kind == "size_bytes" else "ms", say)
@@ -225,9 +251,25 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
                           measured=None if measured is None else float(measured),
                           allocation="uniform" if curves is None else "sensitivity",
                           ratios=named, frozen=dict(solver.plan.frozen), steps=steps,
-                          points=points)
+                          points=points, round_to=round_to, alignment=alignment)
     say(report.table())
     return (pruned, report) if return_report else pruned
+
+
+def _measured_round_to(model, budget, meter, solver, options, say):
+    """``round_to=None`` with a latency budget: the multiple measured fastest per MAC at the
+    uniform ratio the budget suggests (``budget_alignment``); 1 when the dense model fits."""
+    from tfsynapse.pruning import budget_alignment  # noqa: PLC0415
+
+    dense_ms = meter(model)
+    if dense_ms <= budget:
+        return 1, {}
+    top = options.max_pruning_ratio
+    ratio = solver.uniform("macs", solver.dense["macs"] * budget / dense_ms, top)[0]
+    ratio = min(max(ratio if ratio is not None else top, 0.05), top)
+    return budget_alignment.choose_round_to(
+        model, ratio, meter.convert, budget_alignment.interleaved(meter.time_file),
+        meter.cache, meter.last_key, say)
 
 
 def _the_budget(**budgets):

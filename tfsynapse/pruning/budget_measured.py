@@ -4,8 +4,9 @@ Both are searched the same way (``fit_measured``): the dense model and the most-
 candidate are converted and measured first (an error names the smallest reachable value when
 even that is over the budget), then regula falsi on (counted cost, measured value) between the
 largest candidate known to fit and the smallest known not to: a straight line through the two,
-the counted cost where it crosses the budget, solved, pruned, shrunk, converted and measured,
-until no new candidate lies between them (at most 8 rounds). The counted cost is parameters for
+the counted cost where it crosses the budget, solved, pruned, shrunk, converted and measured
+(when the crossing solves to a bracket end, the bracket's middle, then its top), until no new
+candidate lies between them (at most 8 rounds). The counted cost is parameters for
 a file size and MACs for latency. The least-pruned candidate measured to fit is returned.
 
 Latency is LiteRT's median on this machine (``tflite_export.benchmark``, ``threads``), cached
@@ -77,12 +78,11 @@ def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor
     for _ in range(_ROUNDS):
         slope = (over[1] - fits[1]) / max(over[0] - fits[0], 1)
         target = fits[0] + (budget - fits[1]) / max(slope, 1e-12)
-        try:
-            ratios, cost, moves = solve(axis, target)
-        except ValueError:
+        found = _inside(solve, axis, fits[0], over[0],
+                        (target, (fits[0] + over[0]) / 2, over[0] - 1))
+        if found is None:  # no configuration lies between the two: the bracket is closed
             break
-        if not fits[0] < cost < over[0]:
-            break
+        ratios, cost, moves = found
         steps += moves + 1
         candidate = pruned_with(ratios)
         value = measure(shrink(candidate[1]))
@@ -93,6 +93,23 @@ def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor
         else:
             over = (cost, value)
     return fits[2], fits[1], dense_value, points, steps
+
+
+def _inside(solve, axis, low, high, limits):
+    """The first ``solve(axis, limit)`` whose cost lies strictly between ``low`` and ``high``.
+
+    The straight line's crossing comes first; when the configurations are coarse (a large
+    ``round_to``, a greedy step) it can land on the bracket's own end, so the bracket's middle
+    (bisection) and its top are tried next. None when none of them is inside.
+    """
+    for limit in limits:
+        try:
+            ratios, cost, moves = solve(axis, limit)
+        except ValueError:
+            continue
+        if low < cost < high:
+            return ratios, cost, moves
+    return None
 
 
 def file_size(quantize, calibration):
@@ -116,30 +133,59 @@ def latency(quantize, calibration, threads, measure_latency=None, cache=None, ru
         (an Android device); its values are not cached.
       cache: a ``LatencyCache`` (default: the one under ``TFSYNAPSE_CACHE`` or ~/.cache).
       runs: timed invocations per round (three rounds, the median of their medians).
+
+    Returns:
+      A ``LatencyMeter`` (call it with a model).
     """
-    import tflite_export  # noqa: PLC0415
+    return LatencyMeter(quantize, calibration, threads, measure_latency, cache, runs)
 
-    cache = cache if cache is not None else LatencyCache()
 
-    def measure(model):
-        flatbuffer = tflite_export.convert(model, quantize=quantize,
-                                           representative_dataset=calibration)
-        if measure_latency is not None:
-            value = float(measure_latency(flatbuffer, threads))
+class LatencyMeter:
+    """Converts models and times them: ``meter(model) -> ms`` (cached), and its parts.
+
+    Attributes:
+      cache: the ``LatencyCache`` of LiteRT timings here (None with ``measure_latency``).
+      last_key: the cache key of the file ``meter(model)`` converted last.
+    """
+
+    def __init__(self, quantize, calibration, threads, measure_latency=None, cache=None,
+                 runs=30):
+        self.quantize, self.calibration, self.threads = quantize, calibration, threads
+        self.measure_latency, self.runs = measure_latency, runs
+        self.cache = None if measure_latency is not None else (
+            cache if cache is not None else LatencyCache())
+        self.last_key = None
+
+    def convert(self, model):
+        """The model's ``.tflite`` bytes in the meter's precision."""
+        import tflite_export  # noqa: PLC0415
+
+        return tflite_export.convert(model, quantize=self.quantize,
+                                     representative_dataset=self.calibration)
+
+    def time_file(self, flatbuffer):
+        """One fresh measurement of a converted file, in ms (never cached)."""
+        import tflite_export  # noqa: PLC0415
+
+        if self.measure_latency is not None:
+            value = float(self.measure_latency(flatbuffer, self.threads))
             if not value > 0:
                 raise ValueError(f"measure_latency returned {value!r}; it must return the "
                                  "latency in milliseconds, a positive number.")
             return value
-        key = LatencyCache.key(flatbuffer, threads)
-        value = cache.get(key)
-        if value is None:
-            value = statistics.median(
-                tflite_export.benchmark(flatbuffer, num_threads=threads, runs=runs)["median_ms"]
-                for _ in range(3))
-            cache.put(key, value)
-        return value
+        return tflite_export.benchmark(flatbuffer, num_threads=self.threads,
+                                       runs=self.runs)["median_ms"]
 
-    return measure
+    def __call__(self, model):
+        flatbuffer = self.convert(model)
+        self.last_key = LatencyCache.key(flatbuffer, self.threads)
+        if self.cache is None:
+            return self.time_file(flatbuffer)
+        value = self.cache.get(self.last_key)
+        if value is None:
+            value = statistics.median(self.time_file(flatbuffer) for _ in range(3))
+            self.cache.put(self.last_key, value)
+        return value
 
 
 class LatencyCache:

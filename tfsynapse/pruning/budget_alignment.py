@@ -1,0 +1,81 @@
+"""Channel alignment for a latency budget, chosen from measurements (``round_to=None``).
+
+LiteRT's XNNPACK kernels compute channels in tiles (their width depends on the precision and
+the CPU), so a layer of 61 channels can cost what one of 64 costs, and the best multiple on one
+machine and precision is not the best on another. Instead of a fixed ``round_to=8``,
+``choose_round_to`` prunes the model once per candidate multiple (1, 4, 8, 16) at the uniform
+ratio the budget suggests, shrinks, converts in the budget's precision and times the candidates
+interleaved (LiteRT here, or the device's ``measure_latency``); the multiple with the lowest
+measured milliseconds per remaining MAC wins, a larger multiple only when it is at least
+``margin`` (3%) better than every smaller one, since a finer multiple meets a budget more
+tightly. The choice is cached with the latencies (key: the dense file's SHA-256, which fixes the
+model and precision, and the threads), so later searches on the same model, precision and
+machine do not measure again, whatever their budget.
+"""
+
+import statistics
+
+CANDIDATES = (1, 4, 8, 16)
+MARGIN = 0.03
+
+
+def choose_round_to(model, ratio, convert, time_files, cache, dense_key, say,
+                    candidates=CANDIDATES, margin=MARGIN):
+    """The channel multiple with the lowest measured ms per MAC at ``ratio``.
+
+    Args:
+      model: the dense model.
+      ratio: the uniform ratio every candidate is pruned at (the budget's estimate).
+      convert: ``convert(model) -> tflite bytes`` in the budget's precision.
+      time_files: ``time_files({name: tflite bytes}) -> {name: ms}`` (interleaved timing).
+      cache: a ``LatencyCache`` (the choice and its table are stored in it) or None.
+      dense_key: the dense file's cache key (``LatencyCache.key``): one choice per model
+        file (model and precision) and thread count.
+      say: a print function for progress.
+      candidates: the multiples to try.
+      margin: how much faster per MAC a larger multiple must be to be chosen.
+
+    Returns:
+      ``(round_to, table)``: the chosen multiple and ``{multiple: (MACs, ms, ms per MAC)}``
+      (empty when the choice came from the cache).
+    """
+    from tfsynapse.graph import count_macs  # noqa: PLC0415
+    from tfsynapse.pruning.api import prune_once  # noqa: PLC0415
+    from tfsynapse.surgery import shrink  # noqa: PLC0415
+
+    key = f"round_to:{dense_key}"
+    if cache is not None:
+        known = cache.get(key)
+        if known is not None:
+            say(f"prune_to_budget: round_to={int(known)} (measured before; cache {cache.path})")
+            return int(known), {}
+    files, macs = {}, {}
+    for multiple in candidates:
+        small = shrink(prune_once(model, ratio, criterion="l1", round_to=multiple))
+        macs[multiple] = count_macs(small)
+        files[multiple] = convert(small)
+    times = time_files(files)
+    table = {m: (macs[m], times[m], times[m] / max(macs[m], 1)) for m in candidates}
+    chosen = candidates[0]
+    for multiple in candidates[1:]:
+        if table[multiple][2] < (1.0 - margin) * table[chosen][2]:
+            chosen = multiple
+    say("prune_to_budget: alignment at ratio {:.2f}: {}; round_to={}".format(
+        ratio, ", ".join(f"{m}: {t[1]:.4g} ms / {t[0] / 1e6:.4g} MMACs" for m, t in
+                         table.items()), chosen))
+    if cache is not None:
+        cache.put(key, float(chosen))
+    return chosen, table
+
+
+def interleaved(measure_file, rounds=3):
+    """``time_files`` from ``measure_file(tflite) -> ms``: every file once per round, rounds
+    interleaved (slow drifts of a shared machine hit every candidate alike), median per file."""
+    def time_files(files):
+        times = {name: [] for name in files}
+        for _ in range(rounds):
+            for name, flatbuffer in files.items():
+                times[name].append(measure_file(flatbuffer))
+        return {name: statistics.median(values) for name, values in times.items()}
+
+    return time_files
