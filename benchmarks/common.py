@@ -165,9 +165,12 @@ def mean_std(values):
 
 
 def verdict(value, target, op):
-    """'PASS' or 'MISS' of ``value op target`` (op is '>=' or '<=')."""
-    ok = value >= target if op == ">=" else value <= target
-    return "PASS" if ok else "MISS"
+    """'PASS' or 'MISS' of ``value op target`` (op: '>=', '<=', '>' or '<'; NaN misses)."""
+    checks = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b,
+              ">": lambda a, b: a > b, "<": lambda a, b: a < b}
+    if op not in checks:
+        raise ValueError(f"unknown comparison {op!r}; use one of {sorted(checks)}.")
+    return "PASS" if checks[op](value, target) else "MISS"
 
 
 def target_entry(section, name, value, target, op):

@@ -33,6 +33,17 @@ def test_the_committed_results_render_again_from_their_json(tmp_path):
     assert "The section failed" not in text
 
 
+def test_targets_compare_in_the_direction_they_name():
+    from benchmarks.common import verdict  # noqa: PLC0415
+
+    assert verdict(-0.8, 0.0, ">") == "MISS" and verdict(0.1, 0.0, ">") == "PASS"
+    assert verdict(0.0, 0.0, ">") == "MISS" and verdict(0.0, 0.0, ">=") == "PASS"
+    assert verdict(1.2, 1.0, "<=") == "MISS" and verdict(0.9, 1.0, "<") == "PASS"
+    assert verdict(float("nan"), 0.0, ">=") == "MISS"
+    with pytest.raises(ValueError, match="unknown comparison"):
+        verdict(1.0, 0.0, "=>")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("TFSYNAPSE_LONG") != "1", reason="TFSYNAPSE_LONG=1 (5 minutes)")
 def test_quick_mode_writes_every_section(tmp_path):
