@@ -218,7 +218,7 @@ def test_latency_budgets_search_measured_candidates(model, tmp_path, backend):
         return  # the search is the file-size one (tested on both); conversion is shared
     dense = _bytes_as_latency(tflite_export.convert(model), 1)
     pruned, report = tfsynapse.prune_to_budget(model, latency_ms=0.8 * dense,
-                                               measure_latency=_bytes_as_latency,
+                                               measure_latency=_bytes_as_latency, round_to=1,
                                                return_report=True)
     small = tfsynapse.shrink(pruned)
     assert _bytes_as_latency(tflite_export.convert(small), 1) == report.measured <= 0.8 * dense
@@ -229,7 +229,8 @@ def test_latency_budgets_search_measured_candidates(model, tmp_path, backend):
     with pytest.raises(ValueError, match="returned -1"):
         tfsynapse.prune_to_budget(model, latency_ms=1.0, measure_latency=lambda f, t: -1)
     with pytest.raises(ValueError, match=r"cannot be met: the most-pruned model measures"):
-        tfsynapse.prune_to_budget(model, latency_ms=1e-6, measure_latency=_bytes_as_latency)
+        tfsynapse.prune_to_budget(model, latency_ms=1e-6, measure_latency=_bytes_as_latency,
+                                  round_to=1)
 
 
 def test_litert_latency_is_measured_here_and_cached_by_file_and_threads(model, tmp_path,

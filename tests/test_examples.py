@@ -15,11 +15,13 @@ LONG = os.environ.get("TFSYNAPSE_LONG") == "1"
 
 @pytest.mark.parametrize("criterion,extra", [
     pytest.param("dscore", [], id="dscore"),
-    # the Synaptic Strength path runs here on Keras 3; on tf_keras its steps have unit tests
-    # (test_layers, test_accuracy_tools) and the whole run is in long mode (CI's 25 minutes)
+    # the Synaptic Strength path's steps have unit tests on both Keras (test_layers,
+    # test_accuracy_tools, test_keras3) and README's Keras 3 lines run in test_journey; the
+    # whole quickstart runs are in long mode (CI's 25 minutes)
     pytest.param("synaptic_strength", [], id="synaptic", marks=[
         pytest.mark.slow, pytest.mark.skipif(not LONG, reason="TFSYNAPSE_LONG=1 (2 minutes)")]),
-    pytest.param("synaptic_strength", ["--backend=keras3"], id="synaptic-keras3"),
+    pytest.param("synaptic_strength", ["--backend=keras3"], id="synaptic-keras3", marks=[
+        pytest.mark.slow, pytest.mark.skipif(not LONG, reason="TFSYNAPSE_LONG=1 (2 minutes)")]),
     pytest.param("dscore", ["--sensitivity", "--nodistill"], id="sensitivity", marks=[
         pytest.mark.slow, pytest.mark.skipif(not LONG, reason="TFSYNAPSE_LONG=1 (3 minutes)")])])
 def test_quickstart_quick_run(tmp_path, criterion, extra):
