@@ -16,8 +16,6 @@ The claim is read from the paired difference guided - uniform over the seeds (95
 arms' shrunk models are also re-timed interleaved, to show they run equally fast.
 """
 
-import statistics
-
 import numpy as np
 
 from benchmarks import acc_filters, acc_stats, common
@@ -70,17 +68,14 @@ def _retime(dense, rows, threads, rounds):
     """Interleaved LiteRT medians of both arms' shrunk models (fresh, not the cache)."""
     import tflite_export
     import tfsynapse
+    from tfsynapse.pruning import budget_alignment
 
-    files = {}
-    for row in rows:
-        pruned = tfsynapse.prune_once(dense, row["ratios"], criterion="l1")
-        files[row["arm"]] = tflite_export.convert(tfsynapse.shrink(pruned))
-    times = {arm: [] for arm in files}
-    for _ in range(rounds):
-        for arm, flatbuffer in files.items():
-            times[arm].append(tflite_export.benchmark(flatbuffer, num_threads=threads,
-                                                      runs=50)["median_ms"])
-    return {arm: statistics.median(values) for arm, values in times.items()}
+    files = {row["arm"]: tflite_export.convert(tfsynapse.shrink(
+        tfsynapse.prune_once(dense, row["ratios"], criterion="l1"))) for row in rows}
+    time_files = budget_alignment.interleaved(
+        lambda flatbuffer: tflite_export.benchmark(flatbuffer, num_threads=threads,
+                                                   runs=50)["median_ms"], rounds)
+    return time_files(files)
 
 
 def run(ctx):

@@ -6,9 +6,9 @@ machine and precision is not the best on another. Instead of a fixed ``round_to=
 ``choose_round_to`` prunes the model once per candidate multiple (1, 4, 8, 16) at the uniform
 ratio the budget suggests, shrinks, converts in the budget's precision and times the candidates
 interleaved (LiteRT here, or the device's ``measure_latency``); the multiple with the lowest
-measured milliseconds per remaining MAC wins, a larger multiple only when it is at least
-``margin`` (3%) better than every smaller one, since a finer multiple meets a budget more
-tightly. The choice is cached with the latencies (key: the dense file's SHA-256, which fixes the
+measured milliseconds per remaining MAC wins, going up the list: a larger multiple replaces
+the one chosen so far only when it is at least ``margin`` (3%) better per MAC, since a finer
+multiple meets a budget more tightly. The choice is cached with the latencies (key: the dense file's SHA-256, which fixes the
 model and precision, and the threads), so later searches on the same model, precision and
 machine do not measure again, whatever their budget.
 """
@@ -28,12 +28,12 @@ def choose_round_to(model, ratio, convert, time_files, cache, dense_key, say,
       ratio: the uniform ratio every candidate is pruned at (the budget's estimate).
       convert: ``convert(model) -> tflite bytes`` in the budget's precision.
       time_files: ``time_files({name: tflite bytes}) -> {name: ms}`` (interleaved timing).
-      cache: a ``LatencyCache`` (the choice and its table are stored in it) or None.
+      cache: a ``LatencyCache`` (the choice is stored in it) or None.
       dense_key: the dense file's cache key (``LatencyCache.key``): one choice per model
         file (model and precision) and thread count.
       say: a print function for progress.
       candidates: the multiples to try.
-      margin: how much faster per MAC a larger multiple must be to be chosen.
+      margin: how much faster per MAC than the multiple chosen so far a larger one must be.
 
     Returns:
       ``(round_to, table)``: the chosen multiple and ``{multiple: (MACs, ms, ms per MAC)}``
