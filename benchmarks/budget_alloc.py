@@ -56,10 +56,18 @@ def _arm(run, seed, dense, arm, kind, budget, fraction, threads):
             dense, **{kind: budget}, **({"threads": threads} if kind == "latency_ms" else {}),
             criterion="l1", sensitivity=table, data=acc_filters._recalibration(run),  # noqa: SLF001
             round_to=1, return_report=True)  # both arms at the same (finest) alignment
+        model = report.latency_model
         return {"ratios": report.ratios, "measured": report.measured,
-                "candidates": len(report.points), "points": report.points}
+                "candidates": len(report.points), "points": report.points,
+                "latency_model": None if model is None else
+                {"coefficients": list(model.coefficients), "error": model.error,
+                 "probes": [list(p) for p in model.probes]}}
 
-    found = run.cache.result(f"{run.arch}/seed{seed}/budget/{arm}/{kind}{fraction:g}", compute)
+    # the guided arm spends a fitted latency model's predicted ms since 2026-12-01 (before:
+    # MACs); its new key keeps the MAC-greedy result of the earlier run in the cache
+    version = "-latency-model" if arm == "guided" and kind == "latency_ms" else ""
+    found = run.cache.result(f"{run.arch}/seed{seed}/budget/{arm}{version}/{kind}{fraction:g}",
+                             compute)
     numbers = acc_filters.pipeline(run, seed, "l1", found["ratios"], f"budget-{arm}-{fraction:g}")
     return {**found, **numbers}
 

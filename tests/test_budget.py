@@ -273,8 +273,12 @@ def test_round_to_none_measures_the_fastest_multiple_per_mac(model, tmp_path, ba
                     * (1.0 - bonus16 if m == 16 else 1.0) for m, small in files.items()}
         return time_files
 
+    def choose(model, *args):
+        return budget_alignment.choose_round_to(
+            lambda r, m: tfsynapse.shrink(tfsynapse.prune_once(model, r, criterion="l1",
+                                                               round_to=m)), *args)
+
     calls = []
-    choose = budget_alignment.choose_round_to
     chosen, table = choose(model, 0.4, lambda small: small, timer(0.0), None, "k", print)
     assert chosen == 4 and sorted(table) == [1, 4, 8, 16]
     assert table[1][2] == pytest.approx(1.5 * table[4][2])  # ms per MAC, penalised
@@ -331,3 +335,81 @@ def test_the_measured_search_bisects_when_the_line_lands_on_its_own_bracket(monk
         lambda cost: 10.0 * (cost / 100) ** 3, "macs", [40], "ms", print)
     assert model == 75 and value == pytest.approx(4.21875) and dense == 10.0
     assert [p[0] for p in points] == [100, 40, 60, 75]
+
+
+def test_activation_counts_of_a_plan_equal_the_shrunk_models(model, backend):
+    """count_activations with a plan counts what the shrunk model has (the latency model's
+    memory term), as count_macs does."""
+    solver = _solver(model)
+    ratios = [0.25 + 0.25 * i for i in range(len(solver.groups))]
+    named = {p.group.producers[0]: (p.n - solver.kept(r, p)) / p.n
+             for p, r in zip(solver.groups, ratios)}
+    small = tfsynapse.shrink(tfsynapse.prune_once(model, named, criterion="l1"))
+    macs, elements = solver.counts(ratios)
+    assert (macs, elements) == (tfsynapse.count_macs(small),
+                                tfsynapse.graph.count_activations(small))
+    assert elements < tfsynapse.graph.count_activations(model)
+
+
+def _machine(fixed, per_mac, per_element, noise=None):
+    """A stand-in machine whose latency is a known function of a model's counts."""
+    calls = []
+
+    def time_files(files):
+        calls.append(sorted(files))
+        out = {}
+        for name, small in files.items():
+            ms = (fixed + per_mac * tfsynapse.count_macs(small)
+                  + per_element * tfsynapse.graph.count_activations(small))
+            out[name] = ms * (noise(name) if noise else 1.0)
+        return out
+
+    return time_files, calls
+
+
+def test_the_latency_model_recovers_the_machine_and_is_cached(model, tmp_path, backend):
+    if backend == "keras3":
+        return  # only counts and a stand-in clock: nothing Keras-specific
+    from tfsynapse.pruning import budget_latency_model  # noqa: PLC0415
+    from tfsynapse.pruning.budget_measured import LatencyCache  # noqa: PLC0415
+
+    solver = _solver(model)
+
+    def shaped(ratios):
+        named = {p.group.producers[0]: (p.n - solver.kept(r, p)) / p.n
+                 for p, r in zip(solver.groups, ratios)}
+        return tfsynapse.shrink(tfsynapse.prune_once(model, named, criterion="l1"))
+
+    truth = (0.2, 3e-6, 4e-5)
+    time_files, calls = _machine(*truth)
+    cache = LatencyCache(str(tmp_path / "latency.json"))
+    fitted = budget_latency_model.fit(solver, 0.5, shaped, lambda m: m, time_files, cache,
+                                      "dense:1", print)
+    np.testing.assert_allclose(fitted.coefficients, truth, rtol=1e-6)
+    assert fitted.error < 1e-9 and len(fitted.probes) == 3 + len(solver.groups)
+    again = budget_latency_model.fit(solver, 0.5, shaped, lambda m: m, time_files, cache,
+                                     "dense:1", print)
+    assert len(calls) == 1 and again.coefficients == pytest.approx(truth)  # cached
+    # a machine whose time falls with more activations: that feature is dropped, not negative
+    time_files, _ = _machine(0.2, 3e-6, -1e-6)
+    dropped = budget_latency_model.fit(solver, 0.5, shaped, lambda m: m, time_files)
+    assert dropped.coefficients[2] == 0.0 and min(dropped.coefficients) >= 0.0
+    noisy, _ = _machine(*truth, noise=lambda name: 1.5 if "uniform" in name else 1.0)
+    with pytest.warns(UserWarning, match="latency model fits its .* probes only within"):
+        budget_latency_model.fit(solver, 0.5, shaped, lambda m: m, noisy)
+
+
+def test_a_guided_latency_budget_spends_predicted_milliseconds(model, backend):
+    if backend == "keras3":
+        return  # the search is shared with the file-size one (tested on both)
+    dense = _bytes_as_latency(tflite_export.convert(model), 1)
+    pruned, report = tfsynapse.prune_to_budget(
+        model, latency_ms=0.8 * dense, measure_latency=_bytes_as_latency, round_to=1,
+        sensitivity=_table(model, "c3"), return_report=True)
+    assert report.allocation == "sensitivity" and report.latency_model is not None
+    assert report.measured <= 0.8 * dense
+    assert _bytes_as_latency(tflite_export.convert(tfsynapse.shrink(pruned)), 1) == \
+        report.measured
+    assert report.points[0][0] == pytest.approx(report.latency_model.predict(
+        tfsynapse.count_macs(model), tfsynapse.graph.count_activations(model)))
+    assert "latency model: ms = " in report.table()

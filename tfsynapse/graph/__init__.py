@@ -10,7 +10,7 @@ from tfsynapse.backends import unwrap
 from tfsynapse.graph.builder import UnsupportedLayerError, dependency_groups
 from tfsynapse.graph.groups import DependencyGraph, Group, Member, Slot
 from tfsynapse.graph.channels import ChannelMap
-from tfsynapse.graph.counting import count_macs, count_params, kept_positions
+from tfsynapse.graph.counting import count_activations, count_macs, count_params, kept_positions
 from tfsynapse.graph.producer_rules import Producer
 from tfsynapse.graph.rules import (
     Elementwise,
@@ -24,7 +24,7 @@ from tfsynapse.graph.walk import flatten_calls, replay
 
 __all__ = [
     "ChannelMap", "DependencyGraph", "Elementwise", "Freeze", "Group", "Member", "PassThrough",
-    "Producer", "Rule", "Slot", "UnsupportedLayerError", "count_macs", "count_params",
-    "dependency_groups", "flatten_calls", "kept_positions", "register_rule", "replay", "rule_for",
-    "unwrap",
+    "Producer", "Rule", "Slot", "UnsupportedLayerError", "count_activations", "count_macs",
+    "count_params", "dependency_groups", "flatten_calls", "kept_positions", "register_rule",
+    "replay", "rule_for", "unwrap",
 ]

@@ -1,4 +1,4 @@
-"""Multiply-accumulate and parameter counts, before or after a pruning plan.
+"""Multiply-accumulate, parameter and activation counts, before or after a pruning plan.
 
 MACs follow published model tables: convolutions, depthwise/separable convolutions,
 transposed convolutions and dense layers only (batch size 1; BN, activations, pooling, adds
@@ -105,5 +105,51 @@ def count_params(model, keep=None, per_layer=False):
         for i, w in enumerate(getattr(layer, "weights", ())):
             n += int(np.prod(shapes.get((id(layer), i), list(w.shape)), dtype=np.int64))
         table[layer.name] = n
+    total = int(sum(table.values()))
+    return (total, table) if per_layer else total
+
+
+def count_activations(model, keep=None, per_layer=False):
+    """Counts the activation elements the compute layers read and write (batch 1).
+
+    A convolution at full resolution moves far more data per MAC than one at 7x7: this count
+    is the memory-traffic term of the latency model that guides a sensitivity allocation
+    under a latency budget (``budget_latency_model``). Every call of a layer that has MACs
+    (convolutions, depthwise, dense) counts its first input and its output, each as its
+    spatial size times the channels the plan keeps (the fraction kept of the layer's input
+    and output channel slots; a depthwise layer's channels pass through).
+
+    Args:
+      model: a built model, or a ``DependencyGraph`` of one.
+      keep: optional pruning plan, ``{group_id: bool array over units}``.
+      per_layer: also return a ``{layer name: elements}`` dict.
+
+    Returns:
+      The total elements (int), or ``(total, per_layer_dict)``.
+    """
+    graph = _graph(model)
+    fractions = {}  # id(layer) -> (input channels kept, output channels kept), as fractions
+    for slot in graph.slots:
+        if slot.role not in ("in", "out", "param"):
+            continue
+        positions = kept_positions(slot, keep)
+        kept = float(positions.mean()) if positions.size else 1.0
+        into, out = fractions.get(id(slot.layer), (None, None))
+        if slot.role in ("in", "param") and into is None:
+            into = kept
+        if slot.role in ("out", "param") and out is None:
+            out = kept
+        fractions[id(slot.layer)] = (into, out)
+    zero = lambda weight: list(weight.shape)  # noqa: E731 - only whether MACs are non-zero
+    table = {}
+    for lc in graph.calls:
+        layer = unwrap(lc.call.layer)
+        in_shape, out_shape = lc.call.input_shapes[0], lc.call.output_shapes[0]
+        if not lc.rule.macs(layer, in_shape, out_shape, zero):
+            continue
+        into, out = fractions.get(id(layer), (None, None))
+        elements = (np.prod(in_shape[1:], dtype=np.float64) * (1.0 if into is None else into)
+                    + np.prod(out_shape[1:], dtype=np.float64) * (1.0 if out is None else out))
+        table[layer.name] = table.get(layer.name, 0) + int(round(elements))
     total = int(sum(table.values()))
     return (total, table) if per_layer else total

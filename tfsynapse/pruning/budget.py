@@ -16,7 +16,10 @@ them. Two allocations:
 * **sensitivity** (a ``SensitivityTable``): greedy, from every group unpruned: each move takes
   one group to its next ratio in the table, and the move with the smallest accuracy lost per
   unit of cost saved goes first (the accuracy lost read from the group's own curve, as the
-  paper's parallel pruning reads it), until the budget is met.
+  paper's parallel pruning reads it), until the budget is met. Under a latency budget the
+  cost is a latency model fitted to measured probes (``budget_latency_model``: fixed ms, ms
+  per MAC, ms per activation element), not MACs: a layer at full resolution saves more time
+  than its MACs say.
 
 File-size and latency budgets are met by measurement (``budget_measured.py``): candidates are
 shrunk, converted in the requested precision and measured (bytes; LiteRT latency here or on a
@@ -57,6 +60,9 @@ class BudgetReport:
         latency budget with ``round_to=None``).
       alignment: with a measured ``round_to``: ``{multiple: (MACs, ms, ms per MAC)}`` of the
         candidates timed (empty when given, or when the choice came from the cache).
+      latency_model: a latency budget with ``sensitivity``: the fitted ``LatencyModel`` whose
+        predicted ms the guided allocation spent (``points`` then count predicted ms, not
+        MACs); None otherwise.
     """
 
     kind: str
@@ -71,6 +77,7 @@ class BudgetReport:
     points: list = dataclasses.field(default_factory=list)
     round_to: int = 1
     alignment: dict = dataclasses.field(default_factory=dict)
+    latency_model: object = None
 
     @property
     def layer_sparsity(self):
@@ -95,6 +102,8 @@ class BudgetReport:
                  f"{fmt(self.dense)}, pruned {fmt(got)} "
                  f"({'measured' if self.measured is not None else 'predicted'}; "
                  f"{got / self.budget:.1%} of the budget, {got / (self.dense or 1):.1%} of dense)"]
+        if self.latency_model is not None:
+            lines.append(f"  latency model: {self.latency_model.describe()}")
         width = max([len(n) for n in self.ratios] + [5])
         lines += [f"  {name:<{width}}  {ratio:6.1%}" for name, ratio in self.ratios.items()]
         return "\n".join(lines)
@@ -188,16 +197,47 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
         return options, BudgetSolver(MaskPlan(graph, options))
 
     options, solver = solver_for(round_to or 1)
-    meter, alignment = None, {}
+
+    def named_ratios(ratios):
+        # the fraction each group really loses (rounding, cap and round_to applied): it
+        # reproduces the same counts in prune_once and reads as what happens
+        return {p.group.producers[0]: (p.n - solver.kept(r, p)) / p.n
+                for p, r in zip(solver.groups, ratios)}
+
+    def prune_at(ratios, multiple, by=criterion, recalibrate=data):
+        with warnings.catch_warnings():  # the solver chose these counts knowing the rounding
+            warnings.filterwarnings("ignore", message=r".*round_to=\d+ keeps channel counts")
+            return prune_once(model, ratios, criterion=by, round_to=multiple,
+                              max_pruning_ratio=options.max_pruning_ratio,
+                              ignored_layers=ignored_layers, data=recalibrate)
+
+    def shaped(ratios, multiple):  # a probe to time: only its widths matter
+        from tfsynapse.surgery import shrink  # noqa: PLC0415
+
+        return shrink(prune_at(ratios, multiple, by="l1", recalibrate=None))
+
+    meter, alignment, estimate = None, {}, None
     if kind == "latency_ms":
         meter = budget_measured.latency(quantize, representative_dataset, threads,
                                         measure_latency)
-        if round_to is None:
-            round_to, alignment = _measured_round_to(model, budget, meter, solver, options, say)
+        estimate, dense_key = _uniform_estimate(model, budget, meter, solver, options)
+        if round_to is None and estimate is not None:
+            from tfsynapse.pruning import budget_alignment  # noqa: PLC0415
+
+            round_to, alignment = budget_alignment.choose_round_to(
+                shaped, estimate, meter.convert, budget_alignment.interleaved(meter.time_file),
+                meter.cache, dense_key, say)
             if round_to != 1:
                 options, solver = solver_for(round_to)
     round_to = round_to or 1  # counted and file-size budgets: alignment buys nothing
     curves = _curves(model, sensitivity, criterion, data, solver)
+    if kind == "latency_ms" and curves is not None and estimate is not None:
+        from tfsynapse.pruning import budget_alignment, budget_latency_model  # noqa: PLC0415
+
+        solver.use_latency_model(budget_latency_model.fit(
+            solver, estimate, lambda ratios: shaped(named_ratios(ratios), round_to),
+            meter.convert, budget_alignment.interleaved(meter.time_file), meter.cache,
+            dense_key, say))
 
     def solve(counted_kind, limit):
         if curves is None:
@@ -211,15 +251,8 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
         return ratios, cost, steps
 
     def pruned_with(ratios):
-        # the fraction each group really loses (rounding, cap and round_to applied): it
-        # reproduces the same counts in prune_once and reads as what happens
-        named = {p.group.producers[0]: (p.n - solver.kept(r, p)) / p.n
-                 for p, r in zip(solver.groups, ratios)}
-        with warnings.catch_warnings():  # the solver chose these counts knowing the rounding
-            warnings.filterwarnings("ignore", message=r".*round_to=\d+ keeps channel counts")
-            return named, prune_once(model, named, criterion=criterion, round_to=round_to,
-                                     max_pruning_ratio=options.max_pruning_ratio,
-                                     ignored_layers=ignored_layers, data=data)
+        named = named_ratios(ratios)
+        return named, prune_at(named, round_to)
 
     points = []
     if kind in ("size_bytes", "latency_ms"):
@@ -228,7 +261,7 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
         if kind == "size_bytes":
             measure, axis = budget_measured.file_size(quantize, representative_dataset), "params"
         else:
-            measure, axis = meter, "macs"
+            measure, axis = meter, "macs" if solver.latency_model is None else "latency"
         (named, pruned), measured, dense_cost, points, steps = budget_measured.fit_measured(
             solve, pruned_with, solver, model, budget, measure, axis, floor_ratios,
             "bytes" if kind == "size_bytes" else "ms", say)
@@ -251,25 +284,22 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
                           measured=None if measured is None else float(measured),
                           allocation="uniform" if curves is None else "sensitivity",
                           ratios=named, frozen=dict(solver.plan.frozen), steps=steps,
-                          points=points, round_to=round_to, alignment=alignment)
+                          points=points, round_to=round_to, alignment=alignment,
+                          latency_model=solver.latency_model)
     say(report.table())
     return (pruned, report) if return_report else pruned
 
 
-def _measured_round_to(model, budget, meter, solver, options, say):
-    """``round_to=None`` with a latency budget: the multiple measured fastest per MAC at the
-    uniform ratio the budget suggests (``budget_alignment``); 1 when the dense model fits."""
-    from tfsynapse.pruning import budget_alignment  # noqa: PLC0415
-
+def _uniform_estimate(model, budget, meter, solver, options):
+    """``(ratio, dense key)``: the uniform ratio a latency budget suggests (the dense MACs
+    scaled by budget / dense ms, as a ratio), None when the dense model fits; the dense
+    file's cache key names the model, precision and threads for the measured choices."""
     dense_ms = meter(model)
     if dense_ms <= budget:
-        return 1, {}
+        return None, meter.last_key
     top = options.max_pruning_ratio
     ratio = solver.uniform("macs", solver.dense["macs"] * budget / dense_ms, top)[0]
-    ratio = min(max(ratio if ratio is not None else top, 0.05), top)
-    return budget_alignment.choose_round_to(
-        model, ratio, meter.convert, budget_alignment.interleaved(meter.time_file),
-        meter.cache, meter.last_key, say)
+    return min(max(ratio if ratio is not None else top, 0.05), top), meter.last_key
 
 
 def _the_budget(**budgets):

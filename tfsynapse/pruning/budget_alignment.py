@@ -8,9 +8,10 @@ ratio the budget suggests, shrinks, converts in the budget's precision and times
 interleaved (LiteRT here, or the device's ``measure_latency``); the multiple with the lowest
 measured milliseconds per remaining MAC wins, going up the list: a larger multiple replaces
 the one chosen so far only when it is at least ``margin`` (3%) better per MAC, since a finer
-multiple meets a budget more tightly. The choice is cached with the latencies (key: the dense file's SHA-256, which fixes the
-model and precision, and the threads), so later searches on the same model, precision and
-machine do not measure again, whatever their budget.
+multiple meets a budget more tightly. The choice is cached with the latencies (key: the dense
+file's SHA-256, which fixes the model and precision, and the threads), so later searches on the
+same model, precision and machine do not measure again, whatever their budget. The candidates
+are pruned with the caller's frozen layers and cap.
 """
 
 import statistics
@@ -19,12 +20,13 @@ CANDIDATES = (1, 4, 8, 16)
 MARGIN = 0.03
 
 
-def choose_round_to(model, ratio, convert, time_files, cache, dense_key, say,
+def choose_round_to(shaped, ratio, convert, time_files, cache, dense_key, say,
                     candidates=CANDIDATES, margin=MARGIN):
     """The channel multiple with the lowest measured ms per MAC at ``ratio``.
 
     Args:
-      model: the dense model.
+      shaped: ``shaped(ratio, multiple) -> shrunk model``: the dense model pruned at one
+        ratio keeping multiples of ``multiple`` (with the caller's frozen layers and cap).
       ratio: the uniform ratio every candidate is pruned at (the budget's estimate).
       convert: ``convert(model) -> tflite bytes`` in the budget's precision.
       time_files: ``time_files({name: tflite bytes}) -> {name: ms}`` (interleaved timing).
@@ -40,8 +42,6 @@ def choose_round_to(model, ratio, convert, time_files, cache, dense_key, say,
       (empty when the choice came from the cache).
     """
     from tfsynapse.graph import count_macs  # noqa: PLC0415
-    from tfsynapse.pruning.api import prune_once  # noqa: PLC0415
-    from tfsynapse.surgery import shrink  # noqa: PLC0415
 
     key = f"round_to:{dense_key}"
     if cache is not None:
@@ -51,7 +51,7 @@ def choose_round_to(model, ratio, convert, time_files, cache, dense_key, say,
             return int(known), {}
     files, macs = {}, {}
     for multiple in candidates:
-        small = shrink(prune_once(model, ratio, criterion="l1", round_to=multiple))
+        small = shaped(ratio, multiple)
         macs[multiple] = count_macs(small)
         files[multiple] = convert(small)
     times = time_files(files)

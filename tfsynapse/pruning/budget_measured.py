@@ -7,7 +7,8 @@ largest candidate known to fit and the smallest known not to: a straight line th
 the counted cost where it crosses the budget, solved, pruned, shrunk, converted and measured
 (when the crossing solves to a bracket end, the bracket's middle, then its top), until no new
 candidate lies between them (at most 8 rounds). The counted cost is parameters for
-a file size and MACs for latency. The least-pruned candidate measured to fit is returned.
+a file size and MACs for latency (a sensitivity-guided latency search: the fitted latency
+model's predicted ms, ``budget_latency_model``). The least-pruned candidate measured to fit is returned.
 
 Latency is LiteRT's median on this machine (``tflite_export.benchmark``, ``threads``), cached
 on disk by the converted file's SHA-256 and the thread count (so a new shape, precision or
@@ -38,7 +39,8 @@ def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor
       model: the dense model.
       budget: the largest acceptable measured value.
       measure: ``measure(model) -> float`` (converts and measures a model).
-      axis: the counted cost the search moves along: ``'params'`` or ``'macs'``.
+      axis: the counted cost the search moves along: ``'params'``, ``'macs'`` or
+        ``'latency'`` (the solver's fitted latency model, in predicted ms).
       floor_ratios: the ratios of the most-pruned candidate.
       what: how to name the measured value in messages (e.g. ``'bytes'``, ``'ms'``).
       say: a print function for progress.
@@ -56,15 +58,15 @@ def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor
 
     dense_value = measure(model)
     points = [(solver.dense[axis], dense_value, dense_value)]
-    say(f"prune_to_budget: dense {solver.dense[axis]:,} {axis} -> {dense_value:,.4g} {what} "
-        f"(budget {budget:,.4g})")
+    say(f"prune_to_budget: dense {_count(solver.dense[axis], axis)} -> {dense_value:,.4g} "
+        f"{what} (budget {budget:,.4g})")
     if dense_value <= budget:
         return pruned_with([0.0] * len(solver.groups)), dense_value, dense_value, points, 0
     floor = pruned_with(floor_ratios)
     floor_cost = solver.cost(floor_ratios, axis)
     floor_value = measure(shrink(floor[1]))
     points.append((floor_cost, floor_value, floor_value))
-    say(f"prune_to_budget: most pruned {floor_cost:,} {axis} -> {floor_value:,.4g} {what}")
+    say(f"prune_to_budget: most pruned {_count(floor_cost, axis)} -> {floor_value:,.4g} {what}")
     if floor_value > budget:
         raise ValueError(
             f"the budget of {budget:,.4g} {what} cannot be met: the most-pruned model measures "
@@ -87,12 +89,18 @@ def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor
         candidate = pruned_with(ratios)
         value = measure(shrink(candidate[1]))
         points.append((cost, value, fits[1] + slope * (cost - fits[0])))
-        say(f"prune_to_budget: {cost:,} {axis} -> {value:,.4g} {what} (budget {budget:,.4g})")
+        say(f"prune_to_budget: {_count(cost, axis)} -> {value:,.4g} {what} (budget "
+            f"{budget:,.4g})")
         if value <= budget:
             fits = (cost, value, candidate)
         else:
             over = (cost, value)
     return fits[2], fits[1], dense_value, points, steps
+
+
+def _count(cost, axis):
+    """A counted cost for progress lines: ``1,234 macs`` or ``1.234 predicted ms``."""
+    return f"{cost:.4g} predicted ms" if axis == "latency" else f"{cost:,} {axis}"
 
 
 def _inside(solve, axis, low, high, limits):
@@ -230,16 +238,26 @@ class LatencyCache:
     def get(self, key):
         """The cached latency in ms, or None."""
         value = self._entries().get(key)
-        if isinstance(value, (int, float)) and value > 0:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
             self.hits += 1
             return float(value)
         self.misses += 1
         return None
 
+    def get_values(self, key):
+        """A cached list of numbers (a fitted latency model's coefficients), or None."""
+        value = self._entries().get(key)
+        if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+            self.hits += 1
+            return [float(v) for v in value]
+        self.misses += 1
+        return None
+
     def put(self, key, value):
-        """Stores a latency (atomically; a cache that cannot be written is skipped)."""
+        """Stores a latency, or a list of numbers (atomically; a cache that cannot be written
+        is skipped)."""
         entries = self._entries()
-        entries[key] = float(value)
+        entries[key] = [float(v) for v in value] if isinstance(value, list) else float(value)
         data = json.dumps(entries, indent=0, sort_keys=True).encode()
         try:
             atomic_write(self.path, lambda handle: handle.write(data))

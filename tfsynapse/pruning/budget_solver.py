@@ -1,4 +1,5 @@
-"""The budget solver: per-group ratios -> the planner's kept counts -> MACs or parameters.
+"""The budget solver: per-group ratios -> the planner's kept counts -> MACs, parameters or
+predicted latency.
 
 What a pruned model costs depends only on how many units each group keeps, not on which, so
 ``BudgetSolver`` searches ratios without scoring a unit: it rounds as the planner rounds and
@@ -10,7 +11,7 @@ import math
 
 import numpy as np
 
-from tfsynapse.graph import count_macs, count_params
+from tfsynapse.graph import count_activations, count_macs, count_params
 
 
 class BudgetSolver:
@@ -18,6 +19,11 @@ class BudgetSolver:
 
     Args:
       plan: a ``MaskPlan`` of the model (filter granularity) with the options to prune by.
+
+    Attributes:
+      dense: ``{kind: the unpruned model's cost}``.
+      latency_model: a ``LatencyModel`` once ``use_latency_model`` attached one; then
+        ``cost(ratios, 'latency')`` is its prediction in ms.
     """
 
     def __init__(self, plan):
@@ -25,6 +31,12 @@ class BudgetSolver:
         self.graph = plan.graph
         self.groups = list(plan.groups)
         self.dense = {"macs": count_macs(self.graph), "params": count_params(self.graph)}
+        self.latency_model = None
+
+    def use_latency_model(self, latency_model):
+        """Attaches a fitted ``LatencyModel``: the ``'latency'`` cost becomes available."""
+        self.latency_model = latency_model
+        self.dense["latency"] = self.cost([0.0] * len(self.groups), "latency")
 
     def kept(self, ratio, group_plan):
         """Units the planner keeps of a group pruned at ``ratio`` (rounding, cap, round_to),
@@ -37,11 +49,24 @@ class BudgetSolver:
             kept = min(n, -(-kept // group_plan.round_to) * group_plan.round_to)
         return kept
 
+    def _keep(self, ratios):
+        return {p.group.id: np.arange(p.n) < self.kept(r, p) for p, r in zip(self.groups, ratios)}
+
+    def counts(self, ratios):
+        """``(MACs, activation elements)`` with ``ratios``: the latency model's inputs."""
+        keep = self._keep(ratios)
+        return count_macs(self.graph, keep), count_activations(self.graph, keep)
+
     def cost(self, ratios, kind):
-        """The MACs or parameters with ``ratios`` (one per planned group, in order)."""
-        keep = {p.group.id: np.arange(p.n) < self.kept(r, p) for p, r in zip(self.groups, ratios)}
+        """The MACs, parameters or predicted ms (``'latency'``) with ``ratios`` (one per
+        planned group, in order)."""
+        if kind == "latency":
+            if self.latency_model is None:
+                raise ValueError("the 'latency' cost needs a fitted latency model "
+                                 "(use_latency_model).")
+            return self.latency_model.predict(*self.counts(ratios))
         counter = count_macs if kind == "macs" else count_params
-        return counter(self.graph, keep)
+        return counter(self.graph, self._keep(ratios))
 
     def uniform(self, kind, budget, max_ratio):
         """The smallest single ratio whose cost is within ``budget``.
