@@ -347,11 +347,15 @@ def _last_ratio(curves, name):
 
 
 def _unreachable(kind, limit, lowest, solver, options, by_sensitivity):
-    unit = {"macs": "MACs", "params": "parameters"}[kind]
+    unit = {"macs": "MACs", "params": "parameters", "latency": "predicted ms"}[kind]
+
+    def fmt(value):
+        return f"{value:.4g}" if kind == "latency" else f"{value:,.0f}"
+
     where = ("at the largest ratio of its sensitivity curve" if by_sensitivity else
              f"at max_pruning_ratio={options.max_pruning_ratio:g}")
-    return (f"the budget of {limit:,.0f} {unit} cannot be met: the lowest reachable is "
-            f"{lowest:,.0f} (dense {solver.dense[kind]:,}), with every prunable group {where} and "
-            f"{len(solver.plan.frozen)} group(s) frozen ({list(solver.plan.frozen)[:4]}). Raise "
-            "max_pruning_ratio, unfreeze groups (dependency_groups(model).summary() says why "
-            "they are frozen) or give a larger budget.")
+    return (f"the budget of {fmt(limit)} {unit} cannot be met: the lowest reachable is "
+            f"{fmt(lowest)} (dense {fmt(solver.dense[kind])}), with every prunable group {where} "
+            f"and {len(solver.plan.frozen)} group(s) frozen ({list(solver.plan.frozen)[:4]}). "
+            "Raise max_pruning_ratio, unfreeze groups (dependency_groups(model).summary() says "
+            "why they are frozen) or give a larger budget.")
