@@ -40,10 +40,18 @@ def test_budgets_are_met_from_below_within_one_step(model, kind, fraction):
     pruned, report = tfsynapse.prune_to_budget(model, **{kind: budget}, return_report=True)
     small, kept = _kept(pruned)
     assert count(small) == report.measured == report.predicted <= budget
-    # a step less pruning breaks the budget: the solver stopped at the boundary
+    # a step less pruning breaks the budget: the solver stopped at the boundary (the uniform
+    # ratio, then each group one step back while the budget allowed)
     solver = _solver(model)
-    ratio, cost, _ = solver.uniform(kind, budget, 0.9)
-    assert cost == report.predicted and solver.cost([ratio - 2e-4] * len(solver.groups), kind) > budget
+    ratio, uniform_cost, _ = solver.uniform(kind, budget, 0.9)
+    assert solver.cost([ratio - 2e-4] * len(solver.groups), kind) > budget >= uniform_cost
+    ratios, cost, _ = solver.uniform_filled(kind, budget, 0.9)
+    assert cost == report.predicted
+    for i, plan in enumerate(solver.groups):
+        if ratios[i] == ratio and solver.one_step_back(ratio, plan) is not None:
+            trial = list(ratios)
+            trial[i] = solver.one_step_back(ratio, plan)
+            assert solver.cost(trial, kind) > budget
     # the reported ratios reproduce the same model with prune_once
     again = tfsynapse.prune_once(model, report.ratios, criterion="l1")
     x = rand_inputs(model)
@@ -413,3 +421,24 @@ def test_a_guided_latency_budget_spends_predicted_milliseconds(model, backend):
     assert report.points[0][0] == pytest.approx(report.latency_model.predict(
         tfsynapse.count_macs(model), tfsynapse.graph.count_activations(model)))
     assert "latency model: ms = " in report.table()
+
+
+def test_uniform_ratios_fill_the_gap_between_coarse_configurations(model, backend):
+    """With round_to=4 neighbouring uniform configurations are a whole step of every group
+    apart; groups take back one step while the budget allows, never more than one."""
+    if backend == "keras3":
+        return  # counts only: nothing Keras-specific
+    solver = _solver(model, round_to=4)
+    gained = 0
+    for fraction in np.linspace(0.3, 0.95, 14):
+        budget = fraction * solver.dense["macs"]
+        ratio, uniform_cost, _ = solver.uniform("macs", budget, 0.9)
+        ratios, cost, _ = solver.uniform_filled("macs", budget, 0.9)
+        if ratio is None:  # below reach at max_ratio: refused by both
+            assert ratios is None and cost == uniform_cost > budget
+            continue
+        assert uniform_cost <= cost <= budget
+        for plan, r in zip(solver.groups, ratios):
+            assert solver.kept(r, plan) - solver.kept(ratio, plan) in (0, 4)
+        gained += cost > uniform_cost
+    assert gained  # some budget fell between two uniform configurations

@@ -8,7 +8,9 @@ ratios into kept-unit counts exactly as the planner does (rounding half up, the 
 them. Two allocations:
 
 * **uniform** (no sensitivity table): one ratio for every prunable group, the smallest that
-  meets the budget (bisection; cost never rises with the ratio). **(choice)** Uniform, not
+  meets the budget (bisection; cost never rises with the ratio); then every pruned group may
+  keep one rounding step more while the budget allows (largest cost first), so a coarse
+  ``round_to`` does not miss a budget by a step of every group. **(choice)** Uniform, not
   cost-weighted: it is the ratio the D-Score paper and ``prune_once(model, r)`` use, it keeps
   every layer's share of the width, and without accuracy information a cost-weighted
   allocation would only prefer cutting the layers that cost most, which are often the ones
@@ -241,8 +243,8 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
 
     def solve(counted_kind, limit):
         if curves is None:
-            ratio, cost, steps = solver.uniform(counted_kind, limit, options.max_pruning_ratio)
-            ratios = None if ratio is None else [ratio] * len(solver.groups)
+            ratios, cost, steps = solver.uniform_filled(counted_kind, limit,
+                                                        options.max_pruning_ratio)
         else:
             ratios, cost, steps = solver.greedy(counted_kind, limit, *curves)
         if ratios is None:

@@ -91,6 +91,49 @@ class BudgetSolver:
                 lo = mid
         return hi, hi_cost, steps
 
+    def uniform_filled(self, kind, budget, max_ratio):
+        """``uniform``, then each group keeps one rounding step more while the budget allows.
+
+        Between two neighbouring uniform configurations the gap can be wide (groups of equal
+        width cross a multiple of ``round_to`` at the same ratio), so one ratio can miss a
+        budget by a step of every group. From the uniform ratio, every pruned group is offered
+        one more kept step (``round_to`` units), the largest cost first (first fit
+        decreasing), and takes it if the cost stays within the budget: the kept counts then
+        differ from the uniform ones by at most one step per group.
+
+        Returns:
+          ``(ratios, cost, steps)``, one ratio per group; ``ratios`` is None when even
+          ``max_ratio`` costs more.
+        """
+        ratio, cost, steps = self.uniform(kind, budget, max_ratio)
+        if ratio is None:
+            return None, cost, steps
+        ratios = [ratio] * len(self.groups)
+        grows = []
+        for i, plan in enumerate(self.groups):
+            back = self.one_step_back(ratio, plan)
+            if back is not None:
+                trial = list(ratios)
+                trial[i] = back
+                grows.append((self.cost(trial, kind) - cost, i, back))
+                steps += 1
+        for _, i, back in sorted(grows, reverse=True):
+            trial = list(ratios)
+            trial[i] = back
+            trial_cost = self.cost(trial, kind)
+            steps += 1
+            if trial_cost <= budget:
+                ratios, cost = trial, trial_cost
+        return ratios, cost, steps
+
+    def one_step_back(self, ratio, group_plan):
+        """The ratio at which a group keeps one rounding step (``round_to`` units) more than
+        at ``ratio``; None when it keeps every unit there."""
+        n, kept = group_plan.n, self.kept(ratio, group_plan)
+        if kept >= n:
+            return None
+        return (n - min(n, kept + max(group_plan.round_to, 1))) / n
+
     def greedy(self, kind, budget, curves, baseline):
         """Sensitivity-guided allocation (see the module docstring).
 
