@@ -13,14 +13,19 @@ Two analyses of where latency does not follow MACs (issue #16, item 5), from the
 * fixed share: a least-squares line ms = a + b x MACs through every candidate a row measured;
   a / dense ms is the part of the latency pruning cannot remove (per-operator costs, the frozen
   stem and head), which caps speedup / MAC reduction below 1 as pruning deepens.
-The latency cache is a fresh folder under the output, so every run measures anew.
-ResNet50 224 is not in the default run: one row converts ~10 candidates of ~30-60 s, times
-each at ~0.3 s per run and first times four alignments (~17 minutes fp32, ~25 int8 on this
-host); add ``("ResNet50", 224, (0.3, 0.5, 0.7), (1, 2))`` to ``models`` for them.
+Every finished row is stored in ``budget_latency_rows/`` beside the results (with the commit
+it was measured at) and reused by the next run, so a run resumes where the last one stopped
+and rows can be added one at a time: delete a row's file to measure it again. The latency
+cache is a folder under the output (``latency_cache``). ResNet50 224 rows are slow: one
+converts ~10 candidates of ~30-60 s, times each at ~0.3 s per run and first times four
+alignments (~17 minutes fp32, ~25 int8 on this host); the default run has its 50% rows at 1
+thread.
 """
 
+import json
 import os
 import statistics
+import subprocess
 import time
 
 import numpy as np
@@ -36,7 +41,8 @@ def settings(quick):
         return {"models": [("MobileNetV2", 64, (0.5,), (1,))], "precisions": ("fp32",),
                 "calibration_batches": 4}
     # (model, input size, budget fractions of dense, thread counts)
-    return {"models": [("MobileNetV2", 224, (0.3, 0.5, 0.7), (1, 2))],
+    return {"models": [("MobileNetV2", 224, (0.3, 0.5, 0.7), (1, 2)),
+                       ("ResNet50", 224, (0.5,), (1,))],
             "precisions": ("fp32", "int8"), "calibration_batches": 8}
 
 
@@ -79,17 +85,30 @@ def _model_rows(ctx, cfg, name, size, fractions, thread_counts):
     from tfsynapse.backends.tf_keras import keras
     from tfsynapse.pruning import budget_measured
 
-    rows = []
-    keras.utils.set_random_seed(0)
-    dense = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
-    dense_macs = tfsynapse.count_macs(dense)
-    calibration = common.calibration_batches((size, size, 3), cfg["calibration_batches"])
+    rows, dense = [], None
     for precision in cfg["precisions"]:
         quantize = "int8" if precision == "int8" else None
-        data = calibration if quantize else None
         for threads in thread_counts:
-            dense_ms = budget_measured.latency(quantize, data, threads)(dense)
+            dense_ms = None
             for fraction in fractions:
+                path = ctx.path(os.path.join(
+                    "budget_latency_rows", f"{name}{size}_{precision}_t{threads}_{fraction:g}.json"))
+                if os.path.exists(path):
+                    with open(path, encoding="utf-8") as handle:
+                        rows.append(json.load(handle))
+                    ctx.log(SECTION, f"{name} {precision} {threads} thr {fraction:.0%}: stored "
+                                     f"row (measured at {rows[-1].get('commit', '?')})")
+                    continue
+                if dense is None:
+                    keras.utils.set_random_seed(0)
+                    dense = getattr(keras.applications, name)(weights=None,
+                                                              input_shape=(size, size, 3))
+                    dense_macs = tfsynapse.count_macs(dense)
+                    calibration = common.calibration_batches((size, size, 3),
+                                                             cfg["calibration_batches"])
+                data = calibration if quantize else None
+                if dense_ms is None:
+                    dense_ms = budget_measured.latency(quantize, data, threads)(dense)
                 budget = fraction * dense_ms
                 started = time.perf_counter()
                 pruned, report = tfsynapse.prune_to_budget(
@@ -106,8 +125,11 @@ def _model_rows(ctx, cfg, name, size, fractions, thread_counts):
                        "alignment": {str(m): list(v) for m, v in report.alignment.items()},
                        "fixed_share": fixed_share(report.points, dense_ms),
                        "candidates": len(report.points), "seconds": seconds,
-                       "points": report.points}
+                       "points": report.points, "commit": _commit()}
                 rows.append(row)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w", encoding="utf-8") as handle:
+                    json.dump(row, handle, indent=1)
                 ctx.log(SECTION, f"{name} {precision} {threads} thr {fraction:.0%}: "
                                  f"{report.measured:.3f} / {budget:.3f} ms = "
                                  f"{row['ratio']:.3f} (again {row['remeasured_ratio']:.3f}; "
@@ -117,6 +139,15 @@ def _model_rows(ctx, cfg, name, size, fractions, thread_counts):
     del dense
     common.release_memory()
     return rows
+
+
+def _commit():
+    """The short commit the code was at (rows keep it: a stored row may be older)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=os.path.dirname(__file__)).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def fixed_share(points, dense_ms):
@@ -163,12 +194,12 @@ def markdown(result):
         f"re-measurement of the same file. Target: [{LOW:.2f}, {HIGH:.2f}] x budget.", ""]
     headers = ["model", "precision", "threads", "budget (% of dense)", "dense ms", "budget ms",
                "measured ms", "measured / budget", "again / budget", "round_to", "candidates",
-               "seconds"]
+               "seconds", "measured at"]
     table = [[f"{r['model']} {r['input']}px", r["precision"], r["threads"],
               f"{r['fraction']:.0%}", f"{r['dense_ms']:.3f}", f"{r['budget_ms']:.3f}",
               f"{r['measured_ms']:.3f}", f"{r['ratio']:.3f}", f"{r['remeasured_ratio']:.3f}",
-              r.get("round_to", 8), r["candidates"], f"{r['seconds']:.0f}"]
-             for r in result["rows"]]
+              r.get("round_to", 8), r["candidates"], f"{r['seconds']:.0f}",
+              r.get("commit", "?")] for r in result["rows"]]
     lines.append(common.md_table(headers, table))
     aligned = [r for r in result["rows"] if r.get("alignment")]
     if aligned:
