@@ -208,6 +208,9 @@ def test_the_command_line_prunes_to_a_budget(model, tmp_path, capsys, monkeypatc
             (["--sparsity", "0.5", "--sensitivity", table], "--sensitivity needs a budget"),
             (["--target-size", "2MB", "--quantize", "int8"], "needs --calibration"),
             (["--target-macs", "1M", "--threads", "2"], "--threads needs --target-latency"),
+            (["--target-macs", "1M", "--adb"], "--adb needs --target-latency"),
+            (["--sparsity", "0.5", "--measure-command", "x {tflite}"], "needs a budget"),
+            (["--target-latency", "1ms", "--measure-command", "x"], "must contain {tflite}"),
             (["--target-macs", "1M", "--plot", "p.png"], "only changes a --target-size")):
         assert main(["prune", path, *argv, "-o", out]) == 1
         assert message in capsys.readouterr().err

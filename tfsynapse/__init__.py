@@ -42,6 +42,8 @@ _EXPORTS = {
     "sensitivity_analysis": ("tfsynapse.pruning", "sensitivity_analysis"),
     "prune_to_budget": ("tfsynapse.pruning", "prune_to_budget"),
     "BudgetReport": ("tfsynapse.pruning", "BudgetReport"),
+    "adb_latency": ("tfsynapse.pruning.device_latency", "adb_latency"),
+    "command_latency": ("tfsynapse.pruning.device_latency", "command_latency"),
     "strip_pruning": ("tfsynapse.pruning", "strip_pruning"),
     "ShrinkReport": ("tfsynapse.surgery", "ShrinkReport"),
     "shrink": ("tfsynapse.surgery", "shrink"),

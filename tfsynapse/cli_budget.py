@@ -1,8 +1,9 @@
 """``tfsynapse prune --target-macs/--target-params/--target-size/--target-latency``.
 
 The command-line face of ``tfsynapse.prune_to_budget``: the budget flags, the precision and
-calibration of a measured budget (file size, latency), the LiteRT threads, an optional
-sensitivity table, the progress and report printed, and a plot of the measured search.
+calibration of a measured budget (file size, latency), the LiteRT threads, where latency is
+measured (here, a phone over adb, or a command of yours), an optional sensitivity table, the
+progress and report printed, and a plot of the measured search.
 """
 
 from tfsynapse.cli_files import CliError, load_calibration, require_input
@@ -33,6 +34,13 @@ def add_arguments(parser, target_group):
                         help="--target-size/--target-latency: the precision of the file")
     parser.add_argument("--calibration", metavar="FILE.npy",
                         help="--quantize int8: representative inputs")
+    device = parser.add_mutually_exclusive_group()
+    device.add_argument("--adb", action="store_true",
+                        help="--target-latency: time each candidate on the Android phone adb "
+                             "sees (LiteRT's benchmark_model, pushed to /data/local/tmp/)")
+    device.add_argument("--measure-command", metavar="CMD",
+                        help="--target-latency: time each candidate with CMD ({tflite} and "
+                             "{threads} filled in; its last printed line: the ms)")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="--target-size/--target-latency: plot predicted against measured "
                              "for every candidate")
@@ -59,10 +67,14 @@ def check(args):
         for flag, used, where in (
                 ("--quantize", quantize is not None, measured),
                 ("--plot", args.plot is not None, measured),
-                ("--threads", args.threads != 1, args.target_latency is not None)):
+                ("--threads", args.threads != 1, args.target_latency is not None),
+                ("--adb", args.adb, args.target_latency is not None),
+                ("--measure-command", args.measure_command is not None,
+                 args.target_latency is not None)):
             if used and not where:
                 raise CliError(f"{flag} only changes a --target-size or --target-latency budget"
-                               if flag != "--threads" else "--threads needs --target-latency")
+                               if flag in ("--quantize", "--plot") else
+                               f"{flag} needs --target-latency")
         if quantize == "int8" and args.calibration is None:
             raise CliError("--quantize int8 needs --calibration FILE.npy (representative inputs)")
         if args.calibration is not None and quantize != "int8":
@@ -71,7 +83,9 @@ def check(args):
     for flag, value in (("--quantize", args.quantize != "none"),
                         ("--calibration", args.calibration is not None),
                         ("--sensitivity", args.sensitivity is not None),
-                        ("--threads", args.threads != 1), ("--plot", args.plot is not None)):
+                        ("--threads", args.threads != 1), ("--plot", args.plot is not None),
+                        ("--adb", args.adb),
+                        ("--measure-command", args.measure_command is not None)):
         if value:
             raise CliError(f"{flag} needs a budget: --target-macs, --target-params, "
                            "--target-size or --target-latency")
@@ -99,6 +113,14 @@ def prune(args, model, x):
           "allocation; a file-size or latency budget converts and measures each candidate)",
           flush=True)
     extra = {"threads": args.threads} if "latency_ms" in budget else {}
+    if args.adb or args.measure_command:
+        from tfsynapse.pruning import device_latency  # noqa: PLC0415
+
+        try:
+            extra["measure_latency"] = (device_latency.adb_latency() if args.adb else
+                                        device_latency.command_latency(args.measure_command))
+        except ValueError as err:
+            raise CliError(str(err)) from None
     pruned, report = tfsynapse.prune_to_budget(
         model, **budget, **extra, quantize=quantize, representative_dataset=calibration,
         criterion=args.criterion, sensitivity=table, round_to=args.round_to,
