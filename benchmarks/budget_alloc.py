@@ -171,8 +171,9 @@ def markdown(result):
                   "elements`, fitted to its probes): " + "; ".join(
                       f"seed {seed}: {m['coefficients'][0]:.3g} ms + "
                       f"{m['coefficients'][1] * 1e6:.3g} ms/MMAC + "
-                      f"{m['coefficients'][2] * 1e6:.3g} ms/M elements, max error "
-                      f"{m['error']:.1%}" for seed, m in fits) + ".", ""]
+                      f"{m['coefficients'][2] * 1e6:.3g} ms/M elements, " + (
+                          "from the cache" if m["error"] is None else
+                          f"max error {m['error']:.1%}") for seed, m in fits) + ".", ""]
     headers = ["budget", "seeds", "guided - uniform, test (points, 95% CI)", "verdict",
                "guided - uniform, val", "time guided / uniform", "MACs removed (uniform, guided)"]
     table = [[f"{s['fraction']:.0%}", s["n"], acc_stats.fmt(s["test"]),
