@@ -5,8 +5,9 @@ allocation) is pruned to MAC and parameter budgets at 30/50/70% of dense and to 
 budget (float32 and int8 ``.tflite``) at 50% of the dense file, then shrunk (and converted) and
 measured. Per row: the measured cost over the budget (at most 1.0: met from below) and the cost
 of one step less pruning (the solver's uniform ratio lowered to the next unit count) over the
-budget (above 1.0: no less-pruned model of the same allocation fits, i.e. within one rounding
-step). Latency budgets are not built yet.
+budget (above 1.0: no less-pruned uniform model fits, i.e. within one rounding step; the
+returned model lies between the two, groups having kept one more step each while the budget
+allowed). Latency budgets: ``budget_latency``.
 """
 
 import time
@@ -107,7 +108,8 @@ def markdown(result):
         "measured: MACs and parameters counted on the shrunk model, file sizes of the converted "
         "shrunk model. measured / budget <= 1 is a budget met from below; one step less = the "
         "cost of the next less-pruned uniform configuration / budget (> 1: within one rounding "
-        "step). Latency budgets are not built yet.", ""]
+        "step; the search then lets groups keep one more step each while the budget allows, "
+        "which is how measured lands between the two). Latency budgets: `budget_latency`.", ""]
     headers = ["model", "budget", "% of dense", "budget value", "measured", "measured / budget",
                "one step less / budget", "seconds"]
     table = [[f"{r['model']} {r['input']}px", r["kind"], f"{r['fraction']:.0%}",
