@@ -15,7 +15,9 @@ Two analyses of where latency does not follow MACs (issue #16, item 5), from the
   stem and head), which caps speedup / MAC reduction below 1 as pruning deepens.
 Every finished row is stored in ``budget_latency_rows/`` beside the results (with the commit
 it was measured at) and reused by the next run, so a run resumes where the last one stopped
-and rows can be added one at a time: delete a row's file to measure it again. The latency
+and rows can be added one at a time: delete a row's file to measure it again.
+``TFSYNAPSE_BENCH_STORED_ONLY=1`` renders the stored rows without measuring the missing ones
+(they are listed as not measured). The latency
 cache is a folder under the output (``latency_cache``). ResNet50 224 rows are slow: one
 converts ~10 candidates of ~30-60 s, times each at ~0.3 s per run and first times four
 alignments (~17 minutes fp32, ~25 int8 on this host); the default run has its 50% rows at 1
@@ -60,8 +62,10 @@ def run(ctx):
     cfg = settings(ctx.quick)
     before = os.environ.get("TFSYNAPSE_CACHE")
     os.environ["TFSYNAPSE_CACHE"] = ctx.path("latency_cache")  # measured anew every run
+    missing = []
     try:
-        rows = [row for model in cfg["models"] for row in _model_rows(ctx, cfg, *model)]
+        rows = [row for model in cfg["models"]
+                for row in _model_rows(ctx, cfg, *model, missing=missing)]
     finally:
         if before is None:
             os.environ.pop("TFSYNAPSE_CACHE", None)
@@ -75,12 +79,13 @@ def run(ctx):
         common.target_entry(SECTION, "the same, re-measured (fraction of rows)", again, 1.0, ">=")]
     result = {"settings": {k: ([[list(x) if isinstance(x, tuple) else x for x in m] for m in v]
                                if k == "models" else v)
-                           for k, v in cfg.items()}, "rows": rows, "targets": targets}
+                           for k, v in cfg.items()}, "rows": rows, "targets": targets,
+              "missing": missing}
     result["plots"] = [plot(result, ctx.path("budget_latency.png"))]
     return result
 
 
-def _model_rows(ctx, cfg, name, size, fractions, thread_counts):
+def _model_rows(ctx, cfg, name, size, fractions, thread_counts, missing):
     import tfsynapse
     from tfsynapse.backends.tf_keras import keras
     from tfsynapse.pruning import budget_measured
@@ -98,6 +103,11 @@ def _model_rows(ctx, cfg, name, size, fractions, thread_counts):
                         rows.append(json.load(handle))
                     ctx.log(SECTION, f"{name} {precision} {threads} thr {fraction:.0%}: stored "
                                      f"row (measured at {rows[-1].get('commit', '?')})")
+                    continue
+                if os.environ.get("TFSYNAPSE_BENCH_STORED_ONLY") == "1":
+                    missing.append(f"{name} {size}px {precision} {threads} thr {fraction:.0%}")
+                    ctx.log(SECTION, f"{missing[-1]}: not stored, not measured "
+                                     "(TFSYNAPSE_BENCH_STORED_ONLY=1)")
                     continue
                 if dense is None:
                     keras.utils.set_random_seed(0)
@@ -201,6 +211,9 @@ def markdown(result):
               r.get("round_to", 8), r["candidates"], f"{r['seconds']:.0f}",
               r.get("commit", "?")] for r in result["rows"]]
     lines.append(common.md_table(headers, table))
+    if result.get("missing"):
+        lines += ["", "Not measured yet (the run rendered its stored rows only): "
+                  + ", ".join(result["missing"]) + "."]
     aligned = [r for r in result["rows"] if r.get("alignment")]
     if aligned:
         lines += ["", "Alignment, as the search timed it (the first budget of each model, "
