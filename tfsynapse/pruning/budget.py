@@ -222,7 +222,11 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
     if kind == "latency_ms":
         meter = budget_measured.latency(quantize, representative_dataset, threads,
                                         measure_latency)
-        estimate, dense_key = _uniform_estimate(model, budget, meter, solver, options)
+        # the budget's uniform ratio: where alignment and the latency model probe (a device's
+        # measure_latency is not cached, so the dense model is not timed for nothing)
+        estimate, dense_key = (
+            _uniform_estimate(model, budget, meter, solver, options)
+            if round_to is None or sensitivity is not None else (None, None))
         if round_to is None and estimate is not None:
             from tfsynapse.pruning import budget_alignment  # noqa: PLC0415
 
