@@ -23,10 +23,11 @@ FLOOR = 0.02  # the D-Score pipeline's tightest floor in (b)
 CRITERION = "dscore"
 
 
-def robust_run(run):
-    """``run`` on the ResNet-20-style net: same data, settings and cache (keys by arch)."""
+def robust_run(run, arch=ARCH):
+    """``run`` on another architecture (by default the ResNet-20-style net): same data,
+    settings and cache (keys by arch)."""
     other = copy.copy(run)
-    other.arch = ARCH
+    other.arch = arch
     return other
 
 

@@ -1,10 +1,11 @@
 """Budget (allocation): at equal measured latency, does sensitivity-guided allocation keep more
 accuracy than one uniform ratio?
 
-The accuracy benchmark's model and data (the VGG-style CNN on Fashion-MNIST, its three cached
-dense seeds, its recipe and stage cache). Per seed and latency budget (a fraction of the dense
-model's measured fp32 LiteRT latency, 1 thread; ``round_to=None`` in both arms: the channel
-multiple measured fastest per MAC, the same for both since it is cached per model):
+The accuracy benchmark's models and data (the VGG-style CNN on Fashion-MNIST and the
+ResNet-20-style net of its robustness check, three dense seeds each, its recipe and stage
+cache). Per model, seed and latency budget (a fraction of the dense model's measured fp32
+LiteRT latency, 1 thread; ``round_to=None`` in both arms: the reachable channel multiple
+measured fastest per MAC, the same for both since it is measured once per model):
 
 * ``uniform``: ``prune_to_budget(latency_ms=budget)`` with one ratio for every group;
 * ``guided``: the same budget with ``sensitivity=`` the seed's 'l1' sensitivity table (measured
@@ -14,22 +15,31 @@ multiple measured fastest per MAC, the same for both since it is cached per mode
 both with criterion 'l1' and BatchNormalization recalibrated on training images; then the
 accuracy benchmark's fine-tuning (``ft_epochs``, pruned channels kept at zero), shrink, test.
 The claim is read from the paired difference guided - uniform over the seeds (95% CI); both
-arms' shrunk models are also re-timed interleaved, to show they run equally fast.
+arms' shrunk models are also re-timed interleaved, to show they run equally fast. Beside it,
+``accuracy_by_macs`` asks how much of the fine-tuned accuracy the MAC reduction alone explains
+over every allocation the accuracy cache holds for the model.
 """
+
+import glob
+import os
 
 import numpy as np
 
-from benchmarks import acc_filters, acc_stats, common
+from benchmarks import acc_filters, acc_robust, acc_stats, common
 
 SECTION = "budget_alloc"
+RESNET_FRACTION = 0.4
 
 
 def settings(quick):
     # quick mode's digits model runs in ~15 microseconds, below what LiteRT timing resolves:
     # its smoke run uses a MAC budget instead
-    # one budget in full mode: 30% of the dense latency, where the allocation has the most to
-    # decide; each arm's fine-tuning takes ~7 minutes on this host
-    return {"budget": "macs" if quick else "latency_ms", "fractions": (0.5,) if quick else (0.3,),
+    # full mode: the VGG at 30% of the dense latency, where the allocation has the most to
+    # decide (each arm's fine-tuning takes ~7 minutes on this host); the ResNet-20-style net of
+    # the robustness check at RESNET_FRACTION (its residual groups and inner convolutions
+    # differ in sensitivity far more than the VGG's five layers)
+    return {"budget": "macs" if quick else "latency_ms",
+            "models": {"vgg": (0.5,)} if quick else {"vgg": (0.3,), "resnet20": (RESNET_FRACTION,)},
             "threads": 1, "retime_rounds": 5, "round_to": None}
 
 
@@ -65,9 +75,10 @@ def _arm(run, seed, dense, arm, kind, budget, fraction, threads):
                  "probes": [list(p) for p in model.probes]}}
 
     # 2026-12-01, second run: measured alignment in both arms and the guided arm spending the
-    # latency model (the first run's keys, round_to=1 and MACs, stay in the cache)
-    found = run.cache.result(f"{run.arch}/seed{seed}/budget-aligned/{arm}/{kind}{fraction:g}",
-                             compute)
+    # latency model (the first run's keys, round_to=1 and MACs, stay in the cache); 2026-12-02:
+    # the uniform arm searched again with the filled uniform configurations (uniform_filled)
+    stage = "budget-filled" if arm == "uniform" else "budget-aligned"
+    found = run.cache.result(f"{run.arch}/seed{seed}/{stage}/{arm}/{kind}{fraction:g}", compute)
     numbers = acc_filters.pipeline(run, seed, "l1", found["ratios"], f"budget-{arm}-{fraction:g}")
     return {**found, **numbers}
 
@@ -90,55 +101,101 @@ def run(ctx):
     from benchmarks import accuracy
 
     cfg = settings(ctx.quick)
-    run_ = accuracy.Run(ctx, accuracy.settings(ctx.quick), accuracy.cache_folder(ctx))
+    vgg = accuracy.Run(ctx, accuracy.settings(ctx.quick), accuracy.cache_folder(ctx))
     rows = []
-    for seed in run_.cfg["seeds"]:
-        dense = run_.dense(seed)
-        control = run_.control_numbers(seed, "ft")
-        dense_cost = _dense_cost(run_, seed, dense, cfg["budget"], cfg["threads"])
-        for fraction in cfg["fractions"]:
-            budget = fraction * dense_cost
-            pair = []
-            for arm in ("uniform", "guided"):
-                numbers = _arm(run_, seed, dense, arm, cfg["budget"], budget, fraction,
-                               cfg["threads"])
-                pair.append({"seed": seed, "fraction": fraction, "arm": arm,
-                             "dense": dense_cost, "budget": budget,
-                             "control_test": control["test"], "control_val": control["val"],
-                             **numbers})
-            again = _retime(dense, pair, cfg["threads"], cfg["retime_rounds"])
-            for row in pair:
-                row["retimed_ms"] = again[row["arm"]]
-                ctx.log(SECTION, f"seed {seed} {fraction:.0%} {row['arm']}: "
-                                 f"{row['measured']:.4g} / {budget:.4g} {cfg['budget']} (again "
-                                 f"{row['retimed_ms']:.3f}), MACs -{row['mac_reduction']:.1%}, "
-                                 f"test {row['test']:.2%} (control {control['test']:.2%})")
-            rows += pair
-        common.release_memory()
-    result = {"settings": {**cfg, "seeds": list(run_.cfg["seeds"]),
-                           "ft_epochs": run_.cfg["ft_epochs"]}, "rows": rows}
+    for arch, fractions in cfg["models"].items():
+        run_ = vgg if arch == vgg.arch else acc_robust.robust_run(vgg, arch)
+        for seed in run_.cfg["seeds"]:
+            rows += _seed(ctx, cfg, run_, seed, fractions)
+            common.release_memory()
+    result = {"settings": {**cfg, "models": {a: list(f) for a, f in cfg["models"].items()},
+                           "seeds": list(vgg.cfg["seeds"]), "ft_epochs": vgg.cfg["ft_epochs"]},
+              "rows": rows}
     result["summary"] = summarize(rows)
+    result["accuracy_by_macs"] = {arch: accuracy_by_macs(vgg.cache.folder, arch)
+                                  for arch in cfg["models"]}
     result["plots"] = []
     result["targets"] = [
-        common.target_entry(SECTION, f"guided - uniform test accuracy at {s['fraction']:.0%} "
-                                     "of dense latency (points, CI low)",
+        common.target_entry(SECTION, f"{s['arch']}: guided - uniform test accuracy at "
+                                     f"{s['fraction']:.0%} of dense latency (points, CI low)",
                             s["test"]["low"], 0.0, ">") for s in result["summary"]]
     return result
 
 
+def _seed(ctx, cfg, run_, seed, fractions):
+    """Both arms of one seed of ``run_``'s model at every budget fraction."""
+    dense = run_.dense(seed)
+    control = run_.control_numbers(seed, "ft")
+    dense_cost = _dense_cost(run_, seed, dense, cfg["budget"], cfg["threads"])
+    rows = []
+    for fraction in fractions:
+        budget = fraction * dense_cost
+        pair = []
+        for arm in ("uniform", "guided"):
+            numbers = _arm(run_, seed, dense, arm, cfg["budget"], budget, fraction,
+                           cfg["threads"])
+            pair.append({"arch": run_.arch, "seed": seed, "fraction": fraction, "arm": arm,
+                         "dense": dense_cost, "budget": budget,
+                         "control_test": control["test"], "control_val": control["val"],
+                         **numbers})
+        again = _retime(dense, pair, cfg["threads"], cfg["retime_rounds"])
+        for row in pair:
+            row["retimed_ms"] = again[row["arm"]]
+            ctx.log(SECTION, f"{run_.arch} seed {seed} {fraction:.0%} {row['arm']}: "
+                             f"{row['measured']:.4g} / {budget:.4g} {cfg['budget']} (again "
+                             f"{row['retimed_ms']:.3f}), MACs -{row['mac_reduction']:.1%}, "
+                             f"test {row['test']:.2%} (control {control['test']:.2%})")
+        rows += pair
+    return rows
+
+
+def accuracy_by_macs(folder, arch):
+    """How much of the fine-tuned test accuracy the MAC reduction alone explains.
+
+    Every fine-tuned 'l1' filter pipeline of ``arch`` in the accuracy cache (equal ratios,
+    sensitivity floors, both budget arms, every run: allocations that differ) is fitted per seed
+    by a quadratic in its MAC reduction. A residual near zero says where the channels went did
+    not matter, only how many MACs: at equal latency an allocation can then win only by removing
+    fewer MACs. Returns ``{"n", "seeds", "residual_sd", "max_residual"}`` (points), or None with
+    fewer than 4 pipelines for every seed.
+    """
+    import json
+
+    by_seed = {}
+    for path in glob.glob(os.path.join(folder, f"{arch}__seed*__filter__l1__*.json")):
+        with open(path) as handle:
+            numbers = json.load(handle)
+        seed = os.path.basename(path).split("__")[1]
+        by_seed.setdefault(seed, []).append((numbers["mac_reduction"], numbers["test"]))
+    residuals, dof = [], 0
+    for points in by_seed.values():
+        if len(points) < 4:
+            continue
+        x, y = np.array(points).T
+        fit = np.polyval(np.polyfit(x, y, 2), x)
+        residuals += list(100 * (y - fit))
+        dof += len(points) - 3
+    if not dof:
+        return None
+    return {"n": len(residuals), "seeds": len(by_seed),
+            "residual_sd": float(np.sqrt(np.sum(np.square(residuals)) / dof)),
+            "max_residual": float(np.max(np.abs(residuals)))}
+
+
 def summarize(rows):
-    """Per budget fraction: paired guided - uniform differences over seeds."""
+    """Per model and budget fraction: paired guided - uniform differences over seeds."""
     out = []
-    for fraction in sorted({r["fraction"] for r in rows}):
+    for arch, fraction in sorted({(r.get("arch", "vgg"), r["fraction"]) for r in rows},
+                                 key=lambda key: (key[0] != "vgg", key)):
         pairs = {}
         for r in rows:
-            if r["fraction"] == fraction:
+            if (r.get("arch", "vgg"), r["fraction"]) == (arch, fraction):
                 pairs.setdefault(r["seed"], {})[r["arm"]] = r
         both = [p for _, p in sorted(pairs.items()) if {"uniform", "guided"} <= set(p)]
         pick = {arm: {key: [p[arm][key] for p in both] for key in
                       ("test", "val", "mac_reduction", "retimed_ms", "measured")}
                 for arm in ("uniform", "guided")}
-        out.append({"fraction": fraction, "n": len(both),
+        out.append({"arch": arch, "fraction": fraction, "n": len(both),
                     "test": acc_stats.paired(pick["guided"]["test"], pick["uniform"]["test"]),
                     "val": acc_stats.paired(pick["guided"]["val"], pick["uniform"]["val"]),
                     "time_ratio": float(np.mean(np.divide(pick["guided"]["retimed_ms"],
@@ -150,7 +207,8 @@ def summarize(rows):
 
 def markdown(result):
     lines = [
-        "The accuracy benchmark's VGG on Fashion-MNIST (its cached dense seeds), pruned by "
+        "The accuracy benchmark's models on Fashion-MNIST (its VGG and the ResNet-20-style net of "
+        "its robustness check; their cached dense seeds), pruned by "
         "`prune_to_budget(latency_ms=fraction x dense)` (fp32, 1 thread, criterion `l1`) with "
         "one uniform ratio or guided by the seed's `l1` sensitivity table (validation split), "
         f"then fine-tuned {result['settings']['ft_epochs']} epochs with the pruned channels kept "
@@ -158,27 +216,37 @@ def markdown(result):
         "epochs. searched = the latency the search measured; again = both arms re-timed "
         "interleaved.", ""]
     unit = "MACs" if result["settings"]["budget"] == "macs" else "ms"
-    headers = ["seed", "budget", "arm", "round_to", f"budget {unit}", f"searched {unit}",
+    headers = ["model", "seed", "budget", "arm", "round_to", f"budget {unit}", f"searched {unit}",
                "again ms", "MACs removed", "val", "test", "control test"]
-    table = [[r["seed"], f"{r['fraction']:.0%}", r["arm"], r.get("round_to", 1),
+    table = [[r.get("arch", "vgg"), r["seed"], f"{r['fraction']:.0%}", r["arm"], r.get("round_to", 1),
               f"{r['budget']:.4g}", f"{r['measured']:.4g}", f"{r['retimed_ms']:.3f}",
               f"{r['mac_reduction']:.1%}", f"{r['val']:.2%}", f"{r['test']:.2%}",
               f"{r['control_test']:.2%}"] for r in result["rows"]]
     lines += [common.md_table(headers, table), ""]
-    fits = [(r["seed"], r["latency_model"]) for r in result["rows"] if r.get("latency_model")]
+    fits = [(f"{r.get('arch', 'vgg')} seed {r['seed']}", r["latency_model"])
+            for r in result["rows"] if r.get("latency_model")]
     if fits:
         lines += ["The guided arm's latency model (`ms = fixed + a x MACs + b x activation "
                   "elements`, fitted to its probes): " + "; ".join(
-                      f"seed {seed}: {m['coefficients'][0]:.3g} ms + "
+                      f"{seed}: {m['coefficients'][0]:.3g} ms + "
                       f"{m['coefficients'][1] * 1e6:.3g} ms/MMAC + "
                       f"{m['coefficients'][2] * 1e6:.3g} ms/M elements, " + (
                           "from the cache" if m["error"] is None else
                           f"max error {m['error']:.1%}") for seed, m in fits) + ".", ""]
-    headers = ["budget", "seeds", "guided - uniform, test (points, 95% CI)", "verdict",
+    headers = ["model", "budget", "seeds", "guided - uniform, test (points, 95% CI)", "verdict",
                "guided - uniform, val", "time guided / uniform", "MACs removed (uniform, guided)"]
-    table = [[f"{s['fraction']:.0%}", s["n"], acc_stats.fmt(s["test"]),
+    table = [[s.get("arch", "vgg"), f"{s['fraction']:.0%}", s["n"], acc_stats.fmt(s["test"]),
               acc_stats.verdict(s["test"]), acc_stats.fmt(s["val"]), f"{s['time_ratio']:.3f}",
               f"{s['mac_reduction']['uniform']:.1%}, {s['mac_reduction']['guided']:.1%}"]
              for s in result["summary"]]
     lines.append(common.md_table(headers, table))
+    for arch, fit in result.get("accuracy_by_macs", {}).items():
+        if fit:
+            lines += ["", f"What {arch}'s accuracy follows: over its {fit['n']} fine-tuned `l1` "
+                      "pipelines in the accuracy cache (equal ratios, sensitivity floors, both "
+                      "budget arms of every run), a quadratic in the MAC reduction per seed "
+                      f"leaves a residual SD of {fit['residual_sd']:.2f} point (largest "
+                      f"{fit['max_residual']:.2f}). The smaller it is beside the arms' "
+                      "difference, the less where the channels went mattered beside how many "
+                      "MACs went."]
     return "\n".join(lines)

@@ -132,7 +132,9 @@ def _model_rows(ctx, cfg, name, size, fractions, thread_counts, missing):
                        "measured_ms": report.measured, "ratio": report.measured / budget,
                        "remeasured_ms": again, "remeasured_ratio": again / budget,
                        "round_to": report.round_to,
-                       "alignment": {str(m): list(v) for m, v in report.alignment.items()},
+                       # the probes' MACs and ms when timed by this search (not cached)
+                       "alignment": {str(m): list(v) for m, v in report.alignment.items()
+                                     if v[0] is not None},
                        "fixed_share": fixed_share(report.points, dense_ms),
                        "candidates": len(report.points), "seconds": seconds,
                        "points": report.points, "commit": _commit()}

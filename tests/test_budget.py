@@ -284,10 +284,10 @@ def test_round_to_none_measures_the_fastest_multiple_per_mac(model, tmp_path, ba
                     * (1.0 - bonus16 if m == 16 else 1.0) for m, small in files.items()}
         return time_files
 
-    def choose(model, *args):
+    def choose(model, *args, **kwargs):
         return budget_alignment.choose_round_to(
             lambda r, m: tfsynapse.shrink(tfsynapse.prune_once(model, r, criterion="l1",
-                                                               round_to=m)), *args)
+                                                               round_to=m)), *args, **kwargs)
 
     calls = []
     chosen, table = choose(model, 0.4, lambda small: small, timer(0.0), None, "k", print)
@@ -298,8 +298,36 @@ def test_round_to_none_measures_the_fastest_multiple_per_mac(model, tmp_path, ba
     cache = LatencyCache(str(tmp_path / "latency.json"))
     assert choose(model, 0.4, lambda s: s, timer(0.0), cache, "dense:1", print)[0] == 4
     calls.clear()
-    assert choose(model, 0.4, lambda s: s, timer(0.05), cache, "dense:1", print) == (4, {})
-    assert not calls  # cached: nothing timed again
+    chosen, cached = choose(model, 0.4, lambda s: s, timer(0.05), cache, "dense:1", print)
+    assert chosen == 4 and not calls  # cached: nothing timed again
+    assert {m: v[2] for m, v in cached.items()} == pytest.approx({m: v[2] for m, v in
+                                                                 table.items()})
+    # a multiple that cannot reach the budget does not compete, measured now or cached
+    def not_16(multiple):
+        return multiple != 16, "keeps too many MACs"
+
+    assert choose(model, 0.4, lambda s: s, timer(0.05), None, "k", print, reachable=not_16)[0] == 4
+    cache = LatencyCache(str(tmp_path / "other.json"))
+    assert choose(model, 0.4, lambda s: s, timer(0.05), cache, "dense:1", print)[0] == 16
+    assert choose(model, 0.4, lambda s: s, timer(0.05), cache, "dense:1", print,
+                  reachable=not_16)[0] == 4
+
+
+def test_round_to_none_never_picks_a_multiple_that_cannot_meet_the_budget(model, capsys, backend):
+    """A machine where larger models run faster per MAC makes round_to=16 (nothing of this
+    model's 8- and 12-channel groups can go) the fastest per MAC; the budget stays reachable."""
+    if backend == "keras3":
+        return  # the choice only reads counts and times: nothing Keras-specific
+
+    def sublinear(flatbuffer, threads):
+        return (len(flatbuffer) / 1000.0) ** 0.5 / threads
+
+    dense = sublinear(tflite_export.convert(model), 1)
+    _, report = tfsynapse.prune_to_budget(model, latency_ms=0.8 * dense, verbose=True,
+                                          measure_latency=sublinear, return_report=True)
+    assert report.alignment[16][2] < report.alignment[1][2]  # 16 measured fastest per MAC
+    assert report.round_to < 16 and report.measured <= 0.8 * dense
+    assert "round_to=16 left out: its most pruned configuration keeps" in capsys.readouterr().out
 
 
 def test_a_latency_budget_with_round_to_none_keeps_the_measured_multiple(model, backend):
@@ -353,8 +381,7 @@ def test_activation_counts_of_a_plan_equal_the_shrunk_models(model, backend):
     memory term), as count_macs does."""
     solver = _solver(model)
     ratios = [0.25 + 0.25 * i for i in range(len(solver.groups))]
-    named = {p.group.producers[0]: (p.n - solver.kept(r, p)) / p.n
-             for p, r in zip(solver.groups, ratios)}
+    named = solver.named_ratios(ratios)
     small = tfsynapse.shrink(tfsynapse.prune_once(model, named, criterion="l1"))
     macs, elements = solver.counts(ratios)
     assert (macs, elements) == (tfsynapse.count_macs(small),
@@ -387,9 +414,8 @@ def test_the_latency_model_recovers_the_machine_and_is_cached(model, tmp_path, b
     solver = _solver(model)
 
     def shaped(ratios):
-        named = {p.group.producers[0]: (p.n - solver.kept(r, p)) / p.n
-                 for p, r in zip(solver.groups, ratios)}
-        return tfsynapse.shrink(tfsynapse.prune_once(model, named, criterion="l1"))
+        return tfsynapse.shrink(tfsynapse.prune_once(model, solver.named_ratios(ratios),
+                                                     criterion="l1"))
 
     truth = (0.2, 3e-6, 4e-5)
     time_files, calls = _machine(*truth)

@@ -200,12 +200,6 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
 
     options, solver = solver_for(round_to or 1)
 
-    def named_ratios(ratios):
-        # the fraction each group really loses (rounding, cap and round_to applied): it
-        # reproduces the same counts in prune_once and reads as what happens
-        return {p.group.producers[0]: (p.n - solver.kept(r, p)) / p.n
-                for p, r in zip(solver.groups, ratios)}
-
     def prune_at(ratios, multiple, by=criterion, recalibrate=data):
         with warnings.catch_warnings():  # the solver chose these counts knowing the rounding
             warnings.filterwarnings("ignore", message=r".*round_to=\d+ keeps channel counts")
@@ -224,15 +218,15 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
                                         measure_latency)
         # the budget's uniform ratio: where alignment and the latency model probe (a device's
         # measure_latency is not cached, so the dense model is not timed for nothing)
-        estimate, dense_key = (
+        estimate, dense_key, mac_target = (
             _uniform_estimate(model, budget, meter, solver, options)
-            if round_to is None or sensitivity is not None else (None, None))
+            if round_to is None or sensitivity is not None else (None, None, None))
         if round_to is None and estimate is not None:
             from tfsynapse.pruning import budget_alignment  # noqa: PLC0415
 
             round_to, alignment = budget_alignment.choose_round_to(
                 shaped, estimate, meter.convert, budget_alignment.interleaved(meter.time_file),
-                meter.cache, dense_key, say)
+                meter.cache, dense_key, say, reachable=_reachable(solver_for, mac_target))
             if round_to != 1:
                 options, solver = solver_for(round_to)
     round_to = round_to or 1  # counted and file-size budgets: alignment buys nothing
@@ -241,7 +235,7 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
         from tfsynapse.pruning import budget_alignment, budget_latency_model  # noqa: PLC0415
 
         solver.use_latency_model(budget_latency_model.fit(
-            solver, estimate, lambda ratios: shaped(named_ratios(ratios), round_to),
+            solver, estimate, lambda ratios: shaped(solver.named_ratios(ratios), round_to),
             meter.convert, budget_alignment.interleaved(meter.time_file), meter.cache,
             dense_key, say))
 
@@ -257,7 +251,7 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
         return ratios, cost, steps
 
     def pruned_with(ratios):
-        named = named_ratios(ratios)
+        named = solver.named_ratios(ratios)
         return named, prune_at(named, round_to)
 
     points = []
@@ -297,15 +291,30 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
 
 
 def _uniform_estimate(model, budget, meter, solver, options):
-    """``(ratio, dense key)``: the uniform ratio a latency budget suggests (the dense MACs
-    scaled by budget / dense ms, as a ratio), None when the dense model fits; the dense
-    file's cache key names the model, precision and threads for the measured choices."""
+    """``(ratio, dense key, MAC target)``: the uniform ratio a latency budget suggests (the
+    dense MACs scaled by budget / dense ms, as a ratio; None when the dense model fits), the
+    dense file's cache key (it names the model, precision and threads for the measured
+    choices) and the scaled MACs."""
     dense_ms = meter(model)
+    target = solver.dense["macs"] * budget / dense_ms
     if dense_ms <= budget:
-        return None, meter.last_key
+        return None, meter.last_key, target
     top = options.max_pruning_ratio
-    ratio = solver.uniform("macs", solver.dense["macs"] * budget / dense_ms, top)[0]
-    return min(max(ratio if ratio is not None else top, 0.05), top), meter.last_key
+    ratio = solver.uniform("macs", target, top)[0]
+    return min(max(ratio if ratio is not None else top, 0.05), top), meter.last_key, target
+
+
+def _reachable(solver_for, mac_target):
+    """``reachable(multiple) -> (ok, reason)``: whether pruning every group to its cap in
+    multiples of ``multiple`` gets below the budget's estimated MACs."""
+    def reachable(multiple):
+        options, solver = solver_for(multiple)
+        floor = solver.cost([options.max_pruning_ratio] * len(solver.groups), "macs")
+        return floor <= mac_target, (
+            f"its most pruned configuration keeps {floor / 1e6:.4g} MMACs, above the "
+            f"{mac_target / 1e6:.4g} MMACs the budget allows (dense MACs x budget / dense ms)")
+
+    return reachable
 
 
 def _the_budget(**budgets):

@@ -8,10 +8,15 @@ ratio the budget suggests, shrinks, converts in the budget's precision and times
 interleaved (LiteRT here, or the device's ``measure_latency``); the multiple with the lowest
 measured milliseconds per remaining MAC wins, going up the list: a larger multiple replaces
 the one chosen so far only when it is at least ``margin`` (3%) better per MAC, since a finer
-multiple meets a budget more tightly. The choice is cached with the latencies (key: the dense
-file's SHA-256, which fixes the model and precision, and the threads), so later searches on the
-same model, precision and machine do not measure again, whatever their budget. The candidates
-are pruned with the caller's frozen layers and cap.
+multiple meets a budget more tightly. Only multiples that can reach the budget compete: a
+multiple whose most pruned configuration (every group at its cap) keeps more MACs than the
+budget allows (estimated as dense MACs x budget / dense ms) is left out, since it would make
+the budget unreachable (a 16-channel layer cannot be pruned at ``round_to=16``). The
+measurements are cached with the latencies (key: the dense file's SHA-256, which fixes the
+model and precision, and the threads), so later searches on the same model, precision and
+machine do not measure again, whatever their budget; the choice among the reachable
+multiples is made per budget. The candidates are pruned with the caller's frozen layers and
+cap.
 """
 
 import statistics
@@ -21,7 +26,7 @@ MARGIN = 0.03
 
 
 def choose_round_to(shaped, ratio, convert, time_files, cache, dense_key, say,
-                    candidates=CANDIDATES, margin=MARGIN):
+                    candidates=CANDIDATES, margin=MARGIN, reachable=None):
     """The channel multiple with the lowest measured ms per MAC at ``ratio``.
 
     Args:
@@ -30,41 +35,48 @@ def choose_round_to(shaped, ratio, convert, time_files, cache, dense_key, say,
       ratio: the uniform ratio every candidate is pruned at (the budget's estimate).
       convert: ``convert(model) -> tflite bytes`` in the budget's precision.
       time_files: ``time_files({name: tflite bytes}) -> {name: ms}`` (interleaved timing).
-      cache: a ``LatencyCache`` (the choice is stored in it) or None.
-      dense_key: the dense file's cache key (``LatencyCache.key``): one choice per model
-        file (model and precision) and thread count.
+      cache: a ``LatencyCache`` (the measurements are stored in it) or None.
+      dense_key: the dense file's cache key (``LatencyCache.key``): one measurement per
+        model file (model and precision) and thread count.
       say: a print function for progress.
-      candidates: the multiples to try.
+      candidates: the multiples to try (the first is always eligible).
       margin: how much faster per MAC than the multiple chosen so far a larger one must be.
+      reachable: ``reachable(multiple) -> (bool, reason)`` or None (every multiple competes).
 
     Returns:
       ``(round_to, table)``: the chosen multiple and ``{multiple: (MACs, ms, ms per MAC)}``
-      (empty when the choice came from the cache).
+      (MACs and ms are None when the measurements came from the cache).
     """
     from tfsynapse.graph import count_macs  # noqa: PLC0415
 
-    key = f"round_to:{dense_key}"
-    if cache is not None:
-        known = cache.get(key)
-        if known is not None:
-            say(f"prune_to_budget: round_to={int(known)} (measured before; cache {cache.path})")
-            return int(known), {}
-    files, macs = {}, {}
-    for multiple in candidates:
-        small = shaped(ratio, multiple)
-        macs[multiple] = count_macs(small)
-        files[multiple] = convert(small)
-    times = time_files(files)
-    table = {m: (macs[m], times[m], times[m] / max(macs[m], 1)) for m in candidates}
+    key = f"alignment:{dense_key}"
+    known = cache.get_values(key) if cache is not None else None
+    if known is not None and len(known) == 2 * len(candidates):
+        table = {int(m): (None, None, v) for m, v in zip(known[::2], known[1::2])}
+        say(f"prune_to_budget: alignment measured before (cache {cache.path})")
+    else:
+        files, macs = {}, {}
+        for multiple in candidates:
+            small = shaped(ratio, multiple)
+            macs[multiple] = count_macs(small)
+            files[multiple] = convert(small)
+        times = time_files(files)
+        table = {m: (macs[m], times[m], times[m] / max(macs[m], 1)) for m in candidates}
+        say("prune_to_budget: alignment at ratio {:.2f}: {}".format(ratio, ", ".join(
+            f"{m}: {t[1]:.4g} ms / {t[0] / 1e6:.4g} MMACs" for m, t in table.items())))
+        if cache is not None:
+            cache.put(key, [v for m in candidates for v in (m, table[m][2])])
     chosen = candidates[0]
     for multiple in candidates[1:]:
+        if multiple not in table:
+            continue
+        ok, reason = reachable(multiple) if reachable is not None else (True, "")
+        if not ok:
+            say(f"prune_to_budget: round_to={multiple} left out: {reason}")
+            continue
         if table[multiple][2] < (1.0 - margin) * table[chosen][2]:
             chosen = multiple
-    say("prune_to_budget: alignment at ratio {:.2f}: {}; round_to={}".format(
-        ratio, ", ".join(f"{m}: {t[1]:.4g} ms / {t[0] / 1e6:.4g} MMACs" for m, t in
-                         table.items()), chosen))
-    if cache is not None:
-        cache.put(key, float(chosen))
+    say(f"prune_to_budget: round_to={chosen}")
     return chosen, table
 
 

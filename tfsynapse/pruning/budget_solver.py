@@ -49,6 +49,12 @@ class BudgetSolver:
             kept = min(n, -(-kept // group_plan.round_to) * group_plan.round_to)
         return kept
 
+    def named_ratios(self, ratios):
+        """``{producer layer: fraction it really loses}`` for ``ratios`` (rounding, cap and
+        round_to applied): ``prune_once`` with it keeps exactly the solver's counts."""
+        return {p.group.producers[0]: (p.n - self.kept(r, p)) / p.n
+                for p, r in zip(self.groups, ratios)}
+
     def _keep(self, ratios):
         return {p.group.id: np.arange(p.n) < self.kept(r, p) for p, r in zip(self.groups, ratios)}
 
