@@ -75,9 +75,10 @@ def _arm(run, seed, dense, arm, kind, budget, fraction, threads):
 
     # 2026-12-01, second run: measured alignment in both arms and the guided arm spending the
     # latency model (the first run's keys, round_to=1 and MACs, stay in the cache); 2026-12-02:
-    # the uniform arm searched again with the filled uniform configurations (uniform_filled)
-    stage = "budget-filled" if arm == "uniform" else "budget-aligned"
-    found = run.cache.result(f"{run.arch}/seed{seed}/{stage}/{arm}/{kind}{fraction:g}", compute)
+    # both arms searched again, each filling what a coarse round_to leaves (uniform_filled,
+    # the greedy's give-back)
+    found = run.cache.result(f"{run.arch}/seed{seed}/budget-filled/{arm}/{kind}{fraction:g}",
+                             compute)
     numbers = acc_filters.pipeline(run, seed, "l1", found["ratios"], f"budget-{arm}-{fraction:g}")
     return {**found, **numbers}
 

@@ -148,6 +148,34 @@ def test_the_greedy_last_move_goes_only_as_far_as_the_budget_needs(model):
     assert solver.cost(one_less, "macs") > budget
 
 
+def test_the_greedy_gives_back_the_rounding_steps_the_budget_still_allows(model):
+    """With round_to=2 a move cannot stop part way (the bisection's ratios round to whole
+    steps), so the greedy can end a step under the budget; after the give-back no group can
+    keep one more step within it."""
+    solver = _solver(model, round_to=2)
+    curves = {p.group.name: (np.array([0.25, 0.5, 0.75]),
+                             np.array([0.5, 0.3, 0.1] if p.group.name == "c1" else
+                                      [0.89, 0.85, 0.6])) for p in solver.groups}
+
+    def slack(fraction):  # groups that could still keep one more step within the budget
+        budget = fraction * solver.dense["macs"]
+        ratios, cost, _ = solver.greedy("macs", budget, curves, 0.9)
+        assert cost <= budget
+        free = []
+        for i, plan in enumerate(solver.groups):
+            back = solver.one_step_back(ratios[i], plan)
+            trial = list(ratios)
+            trial[i] = back
+            if back is not None and solver.cost(trial, "macs") <= budget:
+                free.append(plan.group.name)
+        return free
+
+    fractions = (0.45, 0.55, 0.65, 0.75, 0.85)
+    assert all(not slack(f) for f in fractions)
+    solver._give_back = lambda ratios, kind, budget, cost, *_: (cost, 0)  # noqa: SLF001
+    assert any(slack(f) for f in fractions)  # without it some budget is left unspent
+
+
 def test_an_evaluate_function_builds_the_table(model):
     x = rand_inputs(model, 16)
     reference = np.asarray(model(x))

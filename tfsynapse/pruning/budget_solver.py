@@ -141,7 +141,10 @@ class BudgetSolver:
         return (n - min(n, kept + max(group_plan.round_to, 1))) / n
 
     def greedy(self, kind, budget, curves, baseline):
-        """Sensitivity-guided allocation (see the module docstring).
+        """Sensitivity-guided allocation (see ``docs/methods.md``): from every group unpruned,
+        repeatedly take the next curve step that loses the least metric per unit of cost saved
+        until the cost is within ``budget``; the last move stops as soon as the budget is met,
+        then rounding steps are given back while it still holds (``_give_back``).
 
         Args:
           curves: ``{group name: (ratios, metrics)}`` from ``SensitivityTable.curves()``.
@@ -186,7 +189,39 @@ class BudgetSolver:
         if last is not None:  # the last move may overshoot: go only as far as the budget needs
             cost, steps = self._shorten(last[0], last[1], current, kind, budget, cost)
             moves += steps
-        return current, cost, moves
+        cost, steps = self._give_back(current, kind, budget, cost, steps_of, baseline)
+        return current, cost, moves + steps
+
+    def _give_back(self, ratios, kind, budget, cost, steps_of, baseline):
+        """After the greedy: kept rounding steps are given back while the budget allows, the
+        most metric regained per unit of cost first; ``ratios`` is updated in place.
+
+        With a coarse ``round_to`` the last move cannot stop part way (a 64-unit group moves
+        by 16), so the greedy can end well below the budget; this spends what is left."""
+        def lost(i, ratio):  # the curve's straight line between its points, 0 at ratio 0
+            points = [(r, m) for r, m in steps_of[i] if math.isfinite(m)]
+            return baseline - float(np.interp(ratio, [0.0] + [r for r, _ in points],
+                                              [baseline] + [m for _, m in points]))
+
+        steps = 0
+        while True:
+            best = None
+            for i, plan in enumerate(self.groups):
+                back = self.one_step_back(ratios[i], plan)
+                if back is None:
+                    continue
+                trial = list(ratios)
+                trial[i] = back
+                trial_cost = self.cost(trial, kind)
+                steps += 1
+                if trial_cost > budget:
+                    continue
+                key = (lost(i, ratios[i]) - lost(i, back)) / max(trial_cost - cost, 1e-12)
+                if best is None or key > best[0]:
+                    best = (key, i, back, trial_cost)
+            if best is None:
+                return cost, steps
+            _, i, ratios[i], cost = best
 
     def _shorten(self, i, start, ratios, kind, budget, cost):
         """Bisects group ``i``'s ratio between ``start`` (over budget) and ``ratios[i]``
