@@ -198,10 +198,13 @@ class BudgetSolver:
 
         With a coarse ``round_to`` the last move cannot stop part way (a 64-unit group moves
         by 16), so the greedy can end well below the budget; this spends what is left."""
-        def lost(i, ratio):  # the curve's straight line between its points, 0 at ratio 0
-            points = [(r, m) for r, m in steps_of[i] if math.isfinite(m)]
-            return baseline - float(np.interp(ratio, [0.0] + [r for r, _ in points],
-                                              [baseline] + [m for _, m in points]))
+        lines = []  # per group: the curve's points (finite metrics), from ratio 0 at baseline
+        for steps in steps_of:
+            finite = [(r, m) for r, m in steps if math.isfinite(m)]
+            lines.append(([0.0] + [r for r, _ in finite], [baseline] + [m for _, m in finite]))
+
+        def lost(i, ratio):  # the curve's straight line between its points
+            return baseline - float(np.interp(ratio, *lines[i]))
 
         steps = 0
         while True:
