@@ -2,6 +2,7 @@
 sensitivity-guided allocation, and the command line's --target-* flags."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -397,11 +398,47 @@ def test_the_measured_search_bisects_when_the_line_lands_on_its_own_bracket(monk
     solver = types.SimpleNamespace(dense={"macs": 100}, groups=[None],
                                    cost=lambda ratios, axis: ratios[0],
                                    plan=types.SimpleNamespace(frozen={}))
-    (named, model), value, dense, points, _ = budget_measured.fit_measured(
-        solve, lambda ratios: ({"g": ratios[0]}, ratios[0]), solver, 100, 5.0,
-        lambda cost: 10.0 * (cost / 100) ** 3, "macs", [40], "ms", print)
+    with pytest.warns(UserWarning, match="84% of the budget"):  # 75 and 100: nothing between
+        (named, model), value, dense, points, _ = budget_measured.fit_measured(
+            solve, lambda ratios: ({"g": ratios[0]}, ratios[0]), solver, 100, 5.0,
+            lambda cost: 10.0 * (cost / 100) ** 3, "macs", [40], "ms", print)
     assert model == 75 and value == pytest.approx(4.21875) and dense == 10.0
     assert [p[0] for p in points] == [100, 40, 60, 75]
+
+
+def test_a_measured_result_far_below_its_budget_is_reported(monkeypatch):
+    """Two configurations only (costs 40 and 100): the 40 one fits at 13% of the budget and
+    nothing lies between, so the search warns with both measurements instead of returning a
+    model that wastes most of the budget silently."""
+    import types  # noqa: PLC0415
+
+    from tfsynapse import surgery  # noqa: PLC0415
+    from tfsynapse.pruning import budget_measured  # noqa: PLC0415
+
+    monkeypatch.setattr(surgery, "shrink", lambda model: model)
+
+    def solve(axis, limit):
+        if limit < 40:
+            raise ValueError("below reach")
+        return ([100], 100, 1) if limit >= 100 else ([40], 40, 1)
+
+    solver = types.SimpleNamespace(dense={"macs": 100}, groups=[None],
+                                   cost=lambda ratios, axis: ratios[0],
+                                   plan=types.SimpleNamespace(frozen={}))
+
+    def search(budget):
+        return budget_measured.fit_measured(
+            solve, lambda ratios: ({"g": ratios[0]}, ratios[0]), solver, 100, budget,
+            lambda cost: 10.0 * (cost / 100) ** 3, "macs", [40], "ms", lambda *a: None)
+
+    with pytest.warns(UserWarning, match=r"measuring 0.64 ms, 13% of the budget of 5: the "
+                      r"closest configuration it found over the budget measured 10 ms \(200%\), "
+                      r"and none lies between \(40 macs vs 100 macs\)"):
+        (_, model), value, _, _, _ = search(5.0)
+    assert model == 40 and value == pytest.approx(0.64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # within 0.9 of the budget: nothing to report
+        assert search(0.7)[1] == pytest.approx(0.64)
 
 
 def test_activation_counts_of_a_plan_equal_the_shrunk_models(model, backend):

@@ -26,6 +26,7 @@ import warnings
 from tfsynapse.fileio import atomic_write
 
 _ROUNDS = 8
+FAR_BELOW = 0.9  # a result measuring under this fraction of its budget is reported (a warning)
 
 
 def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor_ratios, what,
@@ -76,13 +77,14 @@ def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor
             "fixed part). Give a larger budget, another precision, or raise max_pruning_ratio.")
     fits = (floor_cost, floor_value, floor)
     over = (solver.dense[axis], dense_value)
-    steps = 2
+    steps, closed = 2, False
     for _ in range(_ROUNDS):
         slope = (over[1] - fits[1]) / max(over[0] - fits[0], 1)
         target = fits[0] + (budget - fits[1]) / max(slope, 1e-12)
         found = _inside(solve, axis, fits[0], over[0],
                         (target, (fits[0] + over[0]) / 2, over[0] - 1))
         if found is None:  # no configuration lies between the two: the bracket is closed
+            closed = True
             break
         ratios, cost, moves = found
         steps += moves + 1
@@ -95,6 +97,16 @@ def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor
             fits = (cost, value, candidate)
         else:
             over = (cost, value)
+    if fits[1] < FAR_BELOW * budget:
+        warnings.warn(
+            f"tfsynapse: prune_to_budget returns a model measuring {fits[1]:,.4g} {what}, "
+            f"{fits[1] / budget:.0%} of the budget of {budget:,.4g}: the closest configuration "
+            f"it found over the budget measured {over[1]:,.4g} {what} "
+            f"({over[1] / budget:.0%}), " + (
+                "and none lies between" if closed else f"and {_ROUNDS} rounds did not close in")
+            + f" ({_count(fits[0], axis)} vs {_count(over[0], axis)}). Configurations are "
+            "coarse here (round_to, or the steps of the sensitivity table); a finer round_to or "
+            "the uniform allocation may get closer to the budget.", stacklevel=3)
     return fits[2], fits[1], dense_value, points, steps
 
 
