@@ -38,7 +38,8 @@ def ratios_tag(ratios):
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-def _recalibration(run):
+def recalibration_images(run):
+    """The training images BatchNormalization is recalibrated on (``recalibration_images``)."""
     x = run.data["train"][0]
     return x[: run.cfg["recalibration_images"]]
 
@@ -53,7 +54,7 @@ def sensitivity(run, seed, criterion):
         table = tfsynapse.sensitivity_analysis(
             model, lambda m: S.accuracy(m, *val), criterion=criterion, step=run.cfg["step"],
             max_ratio=run.cfg["max_ratio"], verbose=0,
-            recalibration_data=_recalibration(run),
+            recalibration_data=recalibration_images(run),
             recalibration_steps=run.cfg["recalibration_steps"])
         return table.to_dict()
 
@@ -70,7 +71,7 @@ def oneshot(run, seed, criterion):
         ratio = run.cfg["oneshot_ratio"]
         stale = tfsynapse.prune_once(dense, ratio, criterion=criterion, seed=seed)
         fresh = tfsynapse.prune_once(dense, ratio, criterion=criterion, seed=seed,
-                                     data=_recalibration(run),
+                                     data=recalibration_images(run),
                                      recalibration_steps=run.cfg["recalibration_steps"])
         return {"ratio": ratio, "test_stale": S.accuracy(stale, *run.data["test"]),
                 "test_recalibrated": S.accuracy(fresh, *run.data["test"])}
@@ -87,7 +88,7 @@ def pipeline(run, seed, criterion, ratios, tag):
         dense = run.dense(seed)
         keras.utils.set_random_seed(seed)
         one = tfsynapse.prune_once(dense, ratios, criterion=criterion, seed=seed,
-                                   data=_recalibration(run),
+                                   data=recalibration_images(run),
                                    recalibration_steps=run.cfg["recalibration_steps"])
         numbers = {"oneshot_val": S.accuracy(one, *run.data["val"])}
         top = max(ratios.values(), default=0.0)

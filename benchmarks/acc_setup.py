@@ -210,6 +210,18 @@ class StageCache:
         with open(info) as handle:
             return json.load(handle)
 
+    def matching(self, prefix):
+        """``{key: numbers}`` of every stored stage whose key starts with ``prefix``."""
+        import glob  # noqa: PLC0415
+
+        head = os.path.join(self.folder, prefix.replace("/", "__"))
+        found = {}
+        for path in sorted(glob.glob(glob.escape(head) + "*.json")):
+            key = os.path.basename(path)[: -len(".json")].replace("__", "/")
+            with open(path) as handle:
+                found[key] = json.load(handle)
+        return found
+
     def model(self, key, build, train, weights=True):
         """The model of stage ``key``: loaded when cached, else built, trained and stored.
 
