@@ -214,7 +214,7 @@ class StageCache:
         """``{key: numbers}`` of every stored stage whose key starts with ``prefix``."""
         import glob  # noqa: PLC0415
 
-        head = os.path.join(self.folder, prefix.replace("/", "__"))
+        head = self._paths(prefix)[1][: -len(".json")]
         found = {}
         for path in sorted(glob.glob(glob.escape(head) + "*.json")):
             key = os.path.basename(path)[: -len(".json")].replace("__", "/")

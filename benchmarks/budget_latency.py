@@ -20,7 +20,7 @@ and rows can be added one at a time: delete a row's file to measure it again.
 (they are listed as not measured). The latency
 cache is a folder under the output (``latency_cache``). ResNet50 224 rows are slow: one
 converts ~10 candidates of ~30-60 s, times each at ~0.3 s per run and first times four
-alignments (7-10 minutes a row on this host); the default run has the issue's 30/50/70% rows
+alignments (5-10 minutes a row on this host); the default run has the issue's 30/50/70% rows
 at 1 and 2 threads (measure them over several runs: each row is stored when it finishes).
 """
 
