@@ -406,6 +406,40 @@ def test_the_measured_search_bisects_when_the_line_lands_on_its_own_bracket(monk
     assert [p[0] for p in points] == [100, 40, 60, 75]
 
 
+@pytest.mark.parametrize("configs,power,budget,path", [
+    ((0.4, 0.6, 0.75, 1.0), 1, 0.8, [1.0, 0.4, 0.75]),  # the line's crossing, then closed
+    ((0.4, 0.99, 1.0), 4, 0.97, [1.0, 0.4, 0.99])])  # only the bracket's top is inside
+def test_the_measured_search_steps_in_predicted_ms_on_the_latency_axis(monkeypatch, configs,
+                                                                       power, budget, path):
+    """A guided latency search moves along predicted ms (fractions of a millisecond): the
+    straight line's slope and the bracket's top must use that axis's step, not one MAC (before,
+    a 0.6 ms bracket counted as 1 ms and the top was tried 1 ms below, out of reach)."""
+    import types  # noqa: PLC0415
+
+    from tfsynapse import surgery  # noqa: PLC0415
+    from tfsynapse.pruning import budget_measured  # noqa: PLC0415
+
+    monkeypatch.setattr(surgery, "shrink", lambda model: model)
+
+    def solve(axis, limit):
+        assert axis == "latency"
+        below = [c for c in configs if c <= limit]
+        if not below:
+            raise ValueError("below reach")
+        return [max(below)], max(below), 1
+
+    solver = types.SimpleNamespace(dense={"latency": 1.0}, groups=[None],
+                                   cost=lambda ratios, axis: ratios[0],
+                                   plan=types.SimpleNamespace(frozen={}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # each returns a model within 0.9 of its budget
+        (_, model), value, _, points, _ = budget_measured.fit_measured(
+            solve, lambda ratios: ({"g": ratios[0]}, ratios[0]), solver, 1.0, budget,
+            lambda cost: cost ** power, "latency", [0.4], "ms", lambda *a: None)
+    assert [p[0] for p in points] == path and model == path[-1]
+    assert value == pytest.approx(path[-1] ** power)
+
+
 def test_a_measured_result_far_below_its_budget_is_reported(monkeypatch):
     """Two configurations only (costs 40 and 100): the 40 one fits at 13% of the budget and
     nothing lies between, so the search warns with both measurements instead of returning a

@@ -77,12 +77,14 @@ def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor
             "fixed part). Give a larger budget, another precision, or raise max_pruning_ratio.")
     fits = (floor_cost, floor_value, floor)
     over = (solver.dense[axis], dense_value)
+    # the axis's smallest step: one MAC or parameter; predicted ms are continuous
+    unit = 1e-9 * over[0] if axis == "latency" else 1
     steps, closed = 2, False
     for _ in range(_ROUNDS):
-        slope = (over[1] - fits[1]) / max(over[0] - fits[0], 1)
+        slope = (over[1] - fits[1]) / max(over[0] - fits[0], unit)
         target = fits[0] + (budget - fits[1]) / max(slope, 1e-12)
         found = _inside(solve, axis, fits[0], over[0],
-                        (target, (fits[0] + over[0]) / 2, over[0] - 1))
+                        (target, (fits[0] + over[0]) / 2, over[0] - unit))
         if found is None:  # no configuration lies between the two: the bracket is closed
             closed = True
             break
