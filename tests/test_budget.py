@@ -93,12 +93,39 @@ def test_unreachable_and_malformed_budgets_are_refused(model):
         tfsynapse.prune_to_budget(model, macs=1e5, sensitivity=[0.1])
 
 
-def test_a_budget_the_dense_model_meets_prunes_nothing(model):
-    pruned, report = tfsynapse.prune_to_budget(model, params=10 * model.count_params(),
-                                               return_report=True)
-    assert set(report.ratios.values()) == {0.0}
+@pytest.mark.parametrize("kind", ["params", "size_bytes"])
+def test_a_budget_the_dense_model_meets_prunes_nothing(model, kind):
+    """Nothing pruned is said, and the copy is not recalibrated either (its randomized BN
+    statistics would move on ``data``)."""
+    budget = 10 * (model.count_params() if kind == "params" else
+                   len(tflite_export.convert(model)))
     x = rand_inputs(model)
+    with pytest.warns(UserWarning, match=f"already meets the {kind} budget.*nothing was pruned"):
+        pruned, report = tfsynapse.prune_to_budget(model, **{kind: budget}, data=x,
+                                                   return_report=True)
+    assert set(report.ratios.values()) == {0.0}
     np.testing.assert_allclose(np.asarray(pruned(x)), np.asarray(model(x)), atol=1e-6)
+
+
+def test_only_the_returned_model_is_recalibrated(model, monkeypatch, backend):
+    """A measured search prunes several candidates; their sizes do not depend on the BN
+    statistics, so only the returned model is recalibrated on ``data`` (once)."""
+    if backend == "keras3":
+        return  # which models are recalibrated does not depend on the Keras
+    from tfsynapse.pruning import api, batchnorm  # noqa: PLC0415
+
+    calls = []
+    recalibrate = batchnorm.recalibrate_batchnorm
+    for module in (api, batchnorm):  # prune_once's and prune_to_budget's
+        monkeypatch.setattr(module, "recalibrate_batchnorm",
+                            lambda *a, **k: calls.append(1) or recalibrate(*a, **k))
+    x = rand_inputs(model, n=64)
+    budget = 0.5 * len(tflite_export.convert(model))
+    pruned, report = tfsynapse.prune_to_budget(model, size_bytes=budget, data=x,
+                                               return_report=True)
+    assert len(report.points) >= 3 and calls == [1]
+    again = tfsynapse.prune_once(model, report.ratios, criterion="l1", data=x)
+    np.testing.assert_allclose(np.asarray(again(x)), np.asarray(pruned(x)), atol=1e-5)
 
 
 def _table(model, sensitive):
@@ -248,6 +275,25 @@ def test_the_command_line_prunes_to_a_budget(model, tmp_path, capsys, monkeypatc
     assert json.loads(open(table).read())["baseline"] == 0.9
 
 
+def test_the_command_line_reads_size_and_parameter_budgets(model, tmp_path, capsys, backend):
+    if backend == "keras3":
+        return  # the flags are read alike for both Keras (the MAC flag runs on both above)
+    from tfsynapse.cli import main  # noqa: PLC0415
+
+    path, out = str(tmp_path / "model.keras"), str(tmp_path / "pruned.keras")
+    model.save(path)
+    size = 0.6 * len(tflite_export.convert(model))  # a kB size budget and a k parameter one
+    params = int(0.5 * tfsynapse.count_params(model))
+    for flag, value, budget, measured in (
+            ("--target-size", f"{size / 1000:.3f}kB", size,
+             lambda m: len(tflite_export.convert(m))),
+            ("--target-params", f"{params / 1000:g}k", params, tfsynapse.count_params)):
+        assert main(["prune", path, flag, value, "-o", out]) == 0, flag
+        assert f"budget {round(budget):,}" in capsys.readouterr().out
+        small = tfsynapse.shrink(tfsynapse.backends.backend_of(model).load_model(out))
+        assert measured(small) <= budget, flag
+
+
 def _bytes_as_latency(flatbuffer, threads):
     """A stand-in for a device: 'latency' proportional to the file size (deterministic)."""
     return len(flatbuffer) / 1000.0 / threads
@@ -289,6 +335,15 @@ def test_litert_latency_is_measured_here_and_cached_by_file_and_threads(model, t
     assert value == report.dense > 0
     cache = LatencyCache()
     assert cache.get(key) == value and cache.hits == 1
+    # another machine (CPU, cores, LiteRT) sharing the cache folder does not reuse the timing
+    from tfsynapse.pruning import budget_measured  # noqa: PLC0415
+
+    timed = []  # a device: nothing on disk, but one search times the same file once
+    device = budget_measured.latency(None, None, 2, lambda f, t: timed.append(t) or 1.5)
+    assert device(model) == device(model) == 1.5 and timed == [2] and device.cache is None
+    monkeypatch.setattr(budget_measured, "machine_tag", lambda: "another machine")
+    assert LatencyCache.key(flatbuffer, 2) != key and cache.get(LatencyCache.key(flatbuffer, 2)) \
+        is None
     (tmp_path / "cache" / "latency.json").write_text("{not json")
     with pytest.warns(UserWarning, match="cannot be read"):
         assert LatencyCache().get(key) is None

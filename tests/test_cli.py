@@ -382,3 +382,27 @@ def test_export_sparse_weights(models, tmp_path, capsys):
     code, _, err = run(capsys, "export", models["keras"], "--quantize", "dynamic",
                        "--sparse-weights", "-o", tmp_path / "d.tflite")
     assert_one_line_error(code, err, "sparse-weights")
+
+
+@pytest.mark.parametrize("parse,text,value", [
+    ("byte_size", "2MB", 2_000_000), ("byte_size", "1.5MiB", 1.5 * 2**20),
+    ("byte_size", "500kB", 500_000), ("byte_size", "300000", 300_000),
+    ("amount", "1.5M", 1_500_000), ("amount", "50k", 50_000), ("amount", "1.2e6", 1_200_000),
+    ("milliseconds", "8ms", 8.0), ("milliseconds", "8 ms", 8.0), ("milliseconds", "8", 8.0)])
+def test_budget_quantities_are_read_in_their_units(parse, text, value):
+    """--target-size's MB are 10^6 bytes (MiB: 2^20), counts take k/M/G, a bare latency is ms."""
+    from tfsynapse import cli_args  # noqa: PLC0415
+
+    assert getattr(cli_args, parse)(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("parse,text", [("byte_size", "2MBs"), ("byte_size", "-1MB"),
+                                        ("amount", "5 apples"), ("milliseconds", "8s"),
+                                        ("milliseconds", "0ms")])
+def test_budget_quantities_refuse_what_they_cannot_read(parse, text):
+    import argparse  # noqa: PLC0415
+
+    from tfsynapse import cli_args  # noqa: PLC0415
+
+    with pytest.raises(argparse.ArgumentTypeError, match="must be a positive"):
+        getattr(cli_args, parse)(text)

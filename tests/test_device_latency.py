@@ -46,8 +46,10 @@ def test_adb_latency_pushes_benchmarks_and_reads_the_average(tmp_path):
     assert "--num_threads=2" in shell and "--num_runs=20" in shell
     (tmp_path / "failing").mkdir()
     failing, _ = _fake_adb(tmp_path / "failing", fail="error: no devices/emulators found")
-    with pytest.raises(RuntimeError, match="no devices/emulators found"):
+    with pytest.raises(RuntimeError, match="no devices/emulators found") as failed:
         device_latency.adb_latency(adb=failing)(b"x", 1)
+    # the command line prints an error's first line: the device's own words must be on it
+    assert "no devices/emulators found" in str(failed.value).splitlines()[0]
     with pytest.raises(RuntimeError, match="was not found: install the Android platform"):
         device_latency.adb_latency(adb=str(tmp_path / "no-adb"))(b"x", 1)
 
@@ -64,6 +66,15 @@ def test_a_measure_command_reads_milliseconds_from_its_last_line(tmp_path):
             f"{sys.executable} -c \"import sys; sys.exit(3)\" {{tflite}}")(b"x", 1)
     with pytest.raises(ValueError, match="must contain {tflite}"):
         device_latency.command_latency("echo 1")
+    with pytest.raises(RuntimeError, match=r"exit 127\): 'bm: not found'. The program was "
+                                           r"not found: for --adb, push LiteRT's benchmark"):
+        device_latency.command_latency(f"{sys.executable} -c \"import sys; sys.stderr.write("
+                                       "'bm: not found'); sys.exit(127)\" {tflite}")(b"x", 1)
+    with pytest.raises(RuntimeError, match="its last line was 'fast'"):
+        device_latency.command_latency(f"{sys.executable} -c \"print('fast')\" {{tflite}}")(
+            b"x", 1)
+    with pytest.raises(ValueError, match="2 threads were asked for, but the measure command"):
+        device_latency.command_latency("echo 1 {tflite}")(b"x", 2)
 
 
 def test_the_command_line_times_candidates_with_a_measure_command(tmp_path, capsys):
@@ -78,6 +89,9 @@ def test_the_command_line_times_candidates_with_a_measure_command(tmp_path, caps
     dense = len(tflite_export.convert(model)) / 1000
     command = f"{sys.executable} -c \"import os, sys; print(os.path.getsize(sys.argv[1]) / " \
               "1000)\" {tflite}"
+    assert main(["prune", path, "--target-latency", f"{0.8 * dense:.4f}ms", "--round-to", "1",
+                 "--threads", "2", "--measure-command", command, "-o", out]) == 1
+    assert "--threads 2 is not passed on" in capsys.readouterr().err
     assert main(["prune", path, "--target-latency", f"{0.8 * dense:.4f}ms", "--round-to", "1",
                  "--measure-command", command, "-o", out]) == 0
     text = capsys.readouterr().out

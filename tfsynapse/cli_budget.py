@@ -22,7 +22,8 @@ def add_arguments(parser, target_group):
                               help="prune until it holds at most N parameters (e.g. 1.5M)")
     target_group.add_argument("--target-size", type=byte_size, metavar="BYTES",
                               help="prune until its .tflite file (in --quantize precision) is "
-                                   "at most this large (e.g. 2MB); converts and measures")
+                                   "at most this large (e.g. 2MB: 2,000,000 bytes; 1.5MiB: "
+                                   "1.5 x 2^20); converts and measures")
     target_group.add_argument("--target-latency", type=milliseconds, metavar="MS",
                               help="prune until its .tflite (in --quantize precision) runs in at "
                                    "most MS milliseconds in LiteRT here (median, batch 1, "
@@ -37,7 +38,8 @@ def add_arguments(parser, target_group):
     device = parser.add_mutually_exclusive_group()
     device.add_argument("--adb", action="store_true",
                         help="--target-latency: time each candidate on the Android phone adb "
-                             "sees (LiteRT's benchmark_model, pushed to /data/local/tmp/)")
+                             "sees with LiteRT's benchmark_model (push it to /data/local/tmp/ "
+                             "and chmod +x it first)")
     device.add_argument("--measure-command", metavar="CMD",
                         help="--target-latency: time each candidate with CMD ({tflite} and "
                              "{threads} filled in; its last printed line: the ms)")
@@ -75,6 +77,10 @@ def check(args):
                 raise CliError(f"{flag} only changes a --target-size or --target-latency budget"
                                if flag in ("--quantize", "--plot") else
                                f"{flag} needs --target-latency")
+        if args.measure_command and args.threads != 1 and "{threads}" not in \
+                args.measure_command:
+            raise CliError(f"--threads {args.threads} is not passed on: the --measure-command "
+                           "has no {threads}; add it, or drop --threads")
         if quantize == "int8" and args.calibration is None:
             raise CliError("--quantize int8 needs --calibration FILE.npy (representative inputs)")
         if args.calibration is not None and quantize != "int8":

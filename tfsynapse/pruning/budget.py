@@ -28,87 +28,13 @@ shrunk, converted in the requested precision and measured (bytes; LiteRT latency
 device), searching along parameters or MACs until the least-pruned candidate that fits.
 """
 
-import dataclasses
 import math
 import warnings
 
 from tfsynapse.graph import count_macs, count_params
 from tfsynapse.pruning import budget_measured
+from tfsynapse.pruning.budget_report import BudgetReport
 from tfsynapse.pruning.budget_solver import BudgetSolver
-
-
-@dataclasses.dataclass
-class BudgetReport:
-    """What ``prune_to_budget`` did.
-
-    Attributes:
-      kind: the budget's kind: ``'macs'``, ``'params'`` or ``'size_bytes'``.
-      budget: the budget, in its units.
-      dense: the dense model's cost, in the same units.
-      predicted: the pruned model's cost as counted over the graph (MACs, parameters; a
-        size budget is only measured, so this is the measured size).
-      measured: the cost measured on the shrunk model (MACs and parameters counted on it; a
-        size budget: the bytes of its converted file), or None when not measured.
-      allocation: ``'uniform'`` or ``'sensitivity'``.
-      ratios: ``{first producer layer: pruned fraction}`` per prunable group, ready for
-        ``prune_once(model, ratios)`` or ``prune_synaptic(..., layer_sparsity=ratios,
-        only_listed=True)``.
-      frozen: ``{group: reasons}`` of the groups never pruned.
-      steps: the solver's iterations (bisection steps, greedy moves, measured candidates).
-      points: for a measured budget (size, latency), every ``(counted cost, measured value,
-        predicted value)`` the search measured: parameters and bytes, or MACs and
-        milliseconds (``plot()`` draws predicted against measured).
-      round_to: the channel multiple every pruned group keeps (given, or measured for a
-        latency budget with ``round_to=None``).
-      alignment: with a measured ``round_to``: ``{multiple: (MACs, ms, ms per MAC)}`` of the
-        candidates timed (empty when given, or when the choice came from the cache).
-      latency_model: a latency budget with ``sensitivity``: the fitted ``LatencyModel`` whose
-        predicted ms the guided allocation spent (``points`` then count predicted ms, not
-        MACs); None otherwise.
-    """
-
-    kind: str
-    budget: float
-    dense: float
-    predicted: float
-    measured: float
-    allocation: str
-    ratios: dict
-    frozen: dict
-    steps: int
-    points: list = dataclasses.field(default_factory=list)
-    round_to: int = 1
-    alignment: dict = dataclasses.field(default_factory=dict)
-    latency_model: object = None
-
-    @property
-    def layer_sparsity(self):
-        """The ratios, for ``prune_synaptic(layer_sparsity=..., only_listed=True)``."""
-        return dict(self.ratios)
-
-    def plot(self, path):
-        """Writes a PNG of the measured search (predicted vs measured); see ``plot_budget``."""
-        return budget_measured.plot_budget(self, path)
-
-    def table(self):
-        """A plain-text summary: the budget, the costs and each group's ratio."""
-        unit = {"macs": "MACs", "params": "parameters", "size_bytes": "bytes",
-                "latency_ms": "ms"}[self.kind]
-        got = self.measured if self.measured is not None else self.predicted
-
-        def fmt(value):
-            return f"{value:.4g}" if self.kind == "latency_ms" else f"{value:,.0f}"
-
-        lines = [f"budget {fmt(self.budget)} {unit} ({self.allocation} allocation, "
-                 f"round_to={self.round_to}): dense "
-                 f"{fmt(self.dense)}, pruned {fmt(got)} "
-                 f"({'measured' if self.measured is not None else 'predicted'}; "
-                 f"{got / self.budget:.1%} of the budget, {got / (self.dense or 1):.1%} of dense)"]
-        if self.latency_model is not None:
-            lines.append(f"  latency model: {self.latency_model.describe()}")
-        width = max([len(n) for n in self.ratios] + [5])
-        lines += [f"  {name:<{width}}  {ratio:6.1%}" for name, ratio in self.ratios.items()]
-        return "\n".join(lines)
 
 
 _PRECISIONS = (None, "float16", "dynamic", "int8")
@@ -145,8 +71,10 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
         (``budget_alignment``; cached beside the latencies).
       max_pruning_ratio: no group loses more than this fraction (default: the filter default).
       ignored_layers: layer names whose groups are never pruned.
-      data: training images: BatchNormalization statistics of the pruned copy are
-        recalibrated on them (and the sensitivity trials, when ``sensitivity`` is a function).
+      data: training images: BatchNormalization statistics of the returned model are
+        recalibrated on them (50 batches; the measured candidates are not, their size and
+        latency do not depend on it), and the sensitivity trials when ``sensitivity`` is a
+        function.
       measure_latency: optional ``fn(tflite_bytes, threads) -> ms`` that measures latency
         elsewhere, e.g. on an Android device over adb (docs/methods.md); default: LiteRT here,
         cached on disk (``TFSYNAPSE_CACHE``).
@@ -159,8 +87,18 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
     Raises:
       ValueError: no budget or more than one; a budget that is not a positive number; a
         budget below what the frozen groups and the caps allow (the lowest reachable cost is
-        in the message); int8 without calibration data; an unknown precision.
-      TypeError: ``sensitivity`` is neither a table nor a function.
+        in the message); int8 without calibration data; an unknown precision, or a precision
+        with a MAC or parameter budget; ``threads`` or ``measure_latency`` without a latency
+        budget; ``threads`` or ``round_to`` not an integer >= 1; ``measure_latency``
+        returning anything but a positive number.
+      TypeError: ``sensitivity`` is neither a table nor a function; ``measure_latency`` is
+        not callable.
+      RuntimeError: a device measurement failed (``adb_latency``, ``command_latency``).
+
+    Warns:
+      UserWarning: the dense model already meets the budget (nothing pruned); a measured
+        result under 0.9 of its budget (the closest candidate over it is named); a poor
+        latency-model fit.
     """
     from tfsynapse.graph import dependency_groups  # noqa: PLC0415
     from tfsynapse.pruning.api import prune_once  # noqa: PLC0415
@@ -200,17 +138,17 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
 
     options, solver = solver_for(round_to or 1)
 
-    def prune_at(ratios, multiple, by=criterion, recalibrate=data):
+    def prune_at(ratios, multiple, by=criterion):  # not recalibrated: see _recalibrated
         with warnings.catch_warnings():  # the solver chose these counts knowing the rounding
             warnings.filterwarnings("ignore", message=r".*round_to=\d+ keeps channel counts")
             return prune_once(model, ratios, criterion=by, round_to=multiple,
                               max_pruning_ratio=options.max_pruning_ratio,
-                              ignored_layers=ignored_layers, data=recalibrate)
+                              ignored_layers=ignored_layers)
 
     def shaped(ratios, multiple):  # a probe to time: only its widths matter
         from tfsynapse.surgery import shrink  # noqa: PLC0415
 
-        return shrink(prune_at(ratios, multiple, by="l1", recalibrate=None))
+        return shrink(prune_at(ratios, multiple, by="l1"))
 
     meter, alignment, estimate = None, {}, None
     if kind == "latency_ms":
@@ -254,7 +192,7 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
         named = solver.named_ratios(ratios)
         return named, prune_at(named, round_to)
 
-    points = []
+    points, measured = [], None
     if kind in ("size_bytes", "latency_ms"):
         floor_ratios = ([options.max_pruning_ratio] * len(solver.groups) if curves is None else
                         [_last_ratio(curves[0], p.group.name) for p in solver.groups])
@@ -269,14 +207,12 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
     else:
         ratios, predicted, steps = solve(kind, budget)
         say(f"prune_to_budget: {kind} {predicted:,} <= {budget:,.0f} after {steps} steps")
-        named, pruned = pruned_with(ratios)
-        dense_cost = solver.dense[kind]
-        measured = None
-        if return_report or verbose:
-            from tfsynapse.surgery import shrink  # noqa: PLC0415
+        (named, pruned), dense_cost = pruned_with(ratios), solver.dense[kind]
+    pruned = _recalibrated(pruned, named, data, kind, budget)
+    if kind in ("macs", "params") and (return_report or verbose):
+        from tfsynapse.surgery import shrink  # noqa: PLC0415
 
-            small = shrink(pruned)
-            measured = (count_macs if kind == "macs" else count_params)(small)
+        measured = (count_macs if kind == "macs" else count_params)(shrink(pruned))
     if not (return_report or verbose):
         return pruned
     report = BudgetReport(kind=kind, budget=float(budget), dense=float(dense_cost),
@@ -288,6 +224,21 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
                           latency_model=solver.latency_model)
     say(report.table())
     return (pruned, report) if return_report else pruned
+
+
+def _recalibrated(pruned, named, data, kind, budget):
+    """The returned model: its BatchNormalization statistics recalibrated on ``data`` (only
+    this one; the measured candidates' sizes and latencies do not depend on them). A budget the
+    dense model already meets prunes nothing: a warning, and the copy is left as it was."""
+    from tfsynapse.pruning.batchnorm import recalibrate_batchnorm  # noqa: PLC0415
+
+    if not any(named.values()):
+        warnings.warn(f"tfsynapse: the dense model already meets the {kind} budget of "
+                      f"{budget:,.4g}: nothing was pruned (the model is returned unchanged).",
+                      stacklevel=3)
+    elif data is not None:
+        recalibrate_batchnorm(pruned, data, steps=50)
+    return pruned
 
 
 def _uniform_estimate(model, budget, meter, solver, options):

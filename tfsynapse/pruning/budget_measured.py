@@ -11,15 +11,18 @@ a file size and MACs for latency (a sensitivity-guided latency search: the fitte
 model's predicted ms, ``budget_latency_model``). The least-pruned candidate measured to fit is returned.
 
 Latency is LiteRT's median on this machine (``tflite_export.benchmark``, ``threads``), cached
-on disk by the converted file's SHA-256 and the thread count (so a new shape, precision or
-width is a new key and nothing stale is reused), or whatever a ``measure_latency(tflite_bytes,
+on disk by the converted file's SHA-256, the thread count and the machine (``machine_tag``:
+CPU model, core count, architecture and LiteRT version), so a new shape, precision, width or
+host is a new key and nothing stale is reused; or whatever a ``measure_latency(tflite_bytes,
 threads) -> ms`` function returns: e.g. LiteRT's ``benchmark_model`` on an Android phone over
-adb (see docs/methods.md), never cached.
+adb (see docs/methods.md), not cached on disk (a file is timed once per call).
 """
 
+import functools
 import hashlib
 import json
 import os
+import platform
 import statistics
 import warnings
 
@@ -177,6 +180,7 @@ class LatencyMeter:
         self.cache = None if measure_latency is not None else (
             cache if cache is not None else LatencyCache())
         self.last_key = None
+        self._timed = {}  # a device's timings, for this meter's life (the dense model twice)
 
     def convert(self, model):
         """The model's ``.tflite`` bytes in the meter's precision."""
@@ -199,10 +203,14 @@ class LatencyMeter:
                                        runs=self.runs)["median_ms"]
 
     def __call__(self, model):
+        """The model's latency in ms: converted, then timed (three rounds, their median; a
+        device's single timing), or read from the cache."""
         flatbuffer = self.convert(model)
         self.last_key = LatencyCache.key(flatbuffer, self.threads)
         if self.cache is None:
-            return self.time_file(flatbuffer)
+            if self.last_key not in self._timed:
+                self._timed[self.last_key] = self.time_file(flatbuffer)
+            return self._timed[self.last_key]
         value = self.cache.get(self.last_key)
         if value is None:
             value = statistics.median(self.time_file(flatbuffer) for _ in range(3))
@@ -230,9 +238,17 @@ class LatencyCache:
 
     @staticmethod
     def key(flatbuffer, threads):
-        """The entry of a converted model timed with ``threads`` (its bytes decide: a new
-        shape, precision or width is a new key)."""
-        return f"{hashlib.sha256(flatbuffer).hexdigest()}:{int(threads)}"
+        """The entry of a converted model timed with ``threads`` on this machine.
+
+        Args:
+          flatbuffer: the ``.tflite`` bytes (they decide: a new shape, precision or width is a
+            new key).
+          threads: LiteRT threads.
+
+        Returns:
+          ``'<sha256>:<threads>:<machine_tag()>'``.
+        """
+        return f"{hashlib.sha256(flatbuffer).hexdigest()}:{int(threads)}:{machine_tag()}"
 
     def _entries(self):
         try:
@@ -281,6 +297,28 @@ class LatencyCache:
                 warnings.warn(f"tfsynapse: the latency cache {self.path} cannot be written "
                               f"({err}); latencies are measured again next time. Set "
                               "TFSYNAPSE_CACHE to a writable folder.", stacklevel=2)
+
+
+@functools.lru_cache(maxsize=1)
+def machine_tag():
+    """A short hash naming the machine LiteRT times on: CPU model, core count, architecture
+    and LiteRT version (not the host name, which changes with every container). A cache
+    directory shared between machines then never reuses another machine's timings."""
+    import importlib.metadata  # noqa: PLC0415
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        litert = importlib.metadata.version("ai-edge-litert")
+    except importlib.metadata.PackageNotFoundError:
+        litert = "none"
+    text = f"{cpu}|{os.cpu_count()}|{platform.machine()}|{litert}"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def plot_budget(report, path):

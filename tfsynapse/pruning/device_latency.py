@@ -52,8 +52,9 @@ def adb_latency(binary="/data/local/tmp/benchmark_model", runs=50, adb="adb", ti
                        "--use_xnnpack=true"], timeout)
         found = _AVERAGE.findall(output)
         if not found:
-            raise RuntimeError("benchmark_model printed no 'Inference (avg):' line; its output "
-                               f"ends with:\n{output[-800:]}")
+            raise RuntimeError("benchmark_model printed no 'Inference (avg):' line (its last: "
+                               f"{_last_line(output)!r}); its output ends with:\n"
+                               f"{output[-800:]}")
         return float(found[-1]) / 1000.0  # microseconds -> ms
 
     return measure
@@ -71,14 +72,20 @@ def command_latency(template, timeout=600):
       ``fn(tflite_bytes, threads) -> ms``.
 
     Raises:
-      ValueError: the template lacks ``{tflite}``.
+      ValueError: the template lacks ``{tflite}``; (when called) threads other than 1 with no
+        ``{threads}`` in the template to pass them on.
       (when called) RuntimeError: the command fails or its last line is not a number.
     """
     if "{tflite}" not in template:
         raise ValueError(f"the measure command must contain {{tflite}} (the candidate's file), "
                          f"got {template!r}.")
+    has_threads = "{threads}" in template
 
     def measure(flatbuffer, threads):
+        if threads != 1 and not has_threads:
+            raise ValueError(f"{threads} threads were asked for, but the measure command "
+                             f"{template!r} has no {{threads}} to pass them on: add it, or "
+                             "measure with 1 thread.")
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "candidate.tflite")
             with open(path, "wb") as handle:
@@ -91,7 +98,8 @@ def command_latency(template, timeout=600):
             return float(lines[-1])
         except (IndexError, ValueError):
             raise RuntimeError(f"the measure command {line!r} must print the latency in ms on "
-                               f"its last line; it printed:\n{output[-800:]}") from None
+                               f"its last line; its last line was {_last_line(output)!r}. It "
+                               f"printed:\n{output[-800:]}") from None
 
     return measure
 
@@ -108,6 +116,19 @@ def _run(command, timeout, shell=False):
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"'{shown}' took more than {timeout} s.") from None
     if done.returncode != 0:
-        raise RuntimeError(f"'{shown}' failed (exit {done.returncode}):\n"
-                           f"{(done.stderr or done.stdout)[-800:]}")
+        output = done.stderr or done.stdout
+        hint = (" The program was not found: for --adb, push LiteRT's benchmark_model (the "
+                "prebuilt Android binary) to /data/local/tmp/ and chmod +x it; for a measure "
+                "command, check its path." if done.returncode == 127 or "not found" in output
+                else "")
+        raise RuntimeError(f"'{shown}' failed (exit {done.returncode}): "
+                           f"{_last_line(output)!r}.{hint}\nIts output ends with:\n"
+                           f"{output[-800:]}")
     return done.stdout
+
+
+def _last_line(output):
+    """The last non-empty line of a command's output (the first line of an error shows it:
+    the command line prints only an error's first line)."""
+    lines = [text.strip() for text in (output or "").splitlines() if text.strip()]
+    return lines[-1][:300] if lines else "no output"
