@@ -278,18 +278,20 @@ def test_the_command_line_prunes_to_a_budget(model, tmp_path, capsys, monkeypatc
 def test_the_command_line_reads_size_and_parameter_budgets(model, tmp_path, capsys, backend):
     if backend == "keras3":
         return  # the flags are read alike for both Keras (the MAC flag runs on both above)
+    from tfsynapse import cli_args  # noqa: PLC0415
     from tfsynapse.cli import main  # noqa: PLC0415
 
     path, out = str(tmp_path / "model.keras"), str(tmp_path / "pruned.keras")
     model.save(path)
     size = 0.6 * len(tflite_export.convert(model))  # a kB size budget and a k parameter one
     params = int(0.5 * tfsynapse.count_params(model))
-    for flag, value, budget, measured in (
-            ("--target-size", f"{size / 1000:.3f}kB", size,
+    for flag, value, parse, measured in (
+            ("--target-size", f"{size / 1000:.3f}kB", cli_args.byte_size,
              lambda m: len(tflite_export.convert(m))),
-            ("--target-params", f"{params / 1000:g}k", params, tfsynapse.count_params)):
+            ("--target-params", f"{params / 1000}k", cli_args.amount, tfsynapse.count_params)):
         assert main(["prune", path, flag, value, "-o", out]) == 0, flag
-        assert f"budget {round(budget):,}" in capsys.readouterr().out
+        budget = parse(value)
+        assert f"budget {budget:,.0f}" in capsys.readouterr().out
         small = tfsynapse.shrink(tfsynapse.backends.backend_of(model).load_model(out))
         assert measured(small) <= budget, flag
 
@@ -335,12 +337,12 @@ def test_litert_latency_is_measured_here_and_cached_by_file_and_threads(model, t
     assert value == report.dense > 0
     cache = LatencyCache()
     assert cache.get(key) == value and cache.hits == 1
-    # another machine (CPU, cores, LiteRT) sharing the cache folder does not reuse the timing
     from tfsynapse.pruning import budget_measured  # noqa: PLC0415
 
     timed = []  # a device: nothing on disk, but one search times the same file once
     device = budget_measured.latency(None, None, 2, lambda f, t: timed.append(t) or 1.5)
     assert device(model) == device(model) == 1.5 and timed == [2] and device.cache is None
+    # another machine (CPU, cores, LiteRT) sharing the cache folder does not reuse the timing
     monkeypatch.setattr(budget_measured, "machine_tag", lambda: "another machine")
     assert LatencyCache.key(flatbuffer, 2) != key and cache.get(LatencyCache.key(flatbuffer, 2)) \
         is None

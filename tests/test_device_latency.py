@@ -50,6 +50,7 @@ def test_adb_latency_pushes_benchmarks_and_reads_the_average(tmp_path):
         device_latency.adb_latency(adb=failing)(b"x", 1)
     # the command line prints an error's first line: the device's own words must be on it
     assert "no devices/emulators found" in str(failed.value).splitlines()[0]
+    assert "push LiteRT's benchmark_model" not in str(failed.value)  # adb ran: no install hint
     with pytest.raises(RuntimeError, match="was not found: install the Android platform"):
         device_latency.adb_latency(adb=str(tmp_path / "no-adb"))(b"x", 1)
 
@@ -67,7 +68,8 @@ def test_a_measure_command_reads_milliseconds_from_its_last_line(tmp_path):
     with pytest.raises(ValueError, match="must contain {tflite}"):
         device_latency.command_latency("echo 1")
     with pytest.raises(RuntimeError, match=r"exit 127\): 'bm: not found'. The program was "
-                                           r"not found: for --adb, push LiteRT's benchmark"):
+                                           r"not found or cannot run \(exit 126/127\): for "
+                                           r"--adb, push LiteRT's benchmark"):
         device_latency.command_latency(f"{sys.executable} -c \"import sys; sys.stderr.write("
                                        "'bm: not found'); sys.exit(127)\" {tflite}")(b"x", 1)
     with pytest.raises(RuntimeError, match="its last line was 'fast'"):

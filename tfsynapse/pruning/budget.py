@@ -154,8 +154,8 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
     if kind == "latency_ms":
         meter = budget_measured.latency(quantize, representative_dataset, threads,
                                         measure_latency)
-        # the budget's uniform ratio: where alignment and the latency model probe (a device's
-        # measure_latency is not cached, so the dense model is not timed for nothing)
+        # the budget's uniform ratio: where alignment and the latency model probe (only
+        # needed for those: an explicit round_to without sensitivity goes straight to search)
         estimate, dense_key, mac_target = (
             _uniform_estimate(model, budget, meter, solver, options)
             if round_to is None or sensitivity is not None else (None, None, None))
@@ -233,8 +233,9 @@ def _recalibrated(pruned, named, data, kind, budget):
     from tfsynapse.pruning.batchnorm import recalibrate_batchnorm  # noqa: PLC0415
 
     if not any(named.values()):
+        shown = f"{budget:.4g} ms" if kind == "latency_ms" else f"{budget:,.0f}"
         warnings.warn(f"tfsynapse: the dense model already meets the {kind} budget of "
-                      f"{budget:,.4g}: nothing was pruned (the model is returned unchanged).",
+                      f"{shown}: nothing was pruned (the model is returned unchanged).",
                       stacklevel=3)
     elif data is not None:
         recalibrate_batchnorm(pruned, data, steps=50)

@@ -37,7 +37,7 @@ def choose_round_to(shaped, ratio, convert, time_files, cache, dense_key, say,
       time_files: ``time_files({name: tflite bytes}) -> {name: ms}`` (interleaved timing).
       cache: a ``LatencyCache`` (the measurements are stored in it) or None.
       dense_key: the dense file's cache key (``LatencyCache.key``): one measurement per
-        model file (model and precision) and thread count.
+        model file (model and precision), thread count and machine.
       say: a print function for progress.
       candidates: the multiples to try (the first is always eligible).
       margin: how much faster per MAC than the multiple chosen so far a larger one must be.

@@ -15,7 +15,7 @@ non-negative coefficients (``elements``: the activation elements the compute lay
 write, ``count_activations``). Both counts follow the plan exactly, interactions between a
 layer's input and output groups included, so the model predicts any allocation without
 another measurement. The fit is cached with the latencies (key: the dense file's SHA-256,
-threads and ``round_to``); a poor fit (a probe off by more than ``WARN_ERROR``) is a warning
+threads, machine and ``round_to``); a poor fit (a probe off by more than ``WARN_ERROR``) is a warning
 with the numbers. The measured search still has the last word on the total: the model only
 ranks the moves.
 """

@@ -155,7 +155,8 @@ def latency(quantize, calibration, threads, measure_latency=None, cache=None, ru
       quantize, calibration: the conversion (``tflite_export.convert``).
       threads: LiteRT threads.
       measure_latency: optional ``fn(tflite_bytes, threads) -> ms`` that measures elsewhere
-        (an Android device); its values are not cached.
+        (an Android device); its values are not cached on disk (each file is timed once per
+        meter).
       cache: a ``LatencyCache`` (default: the one under ``TFSYNAPSE_CACHE`` or ~/.cache).
       runs: timed invocations per round (three rounds, the median of their medians).
 
@@ -219,7 +220,8 @@ class LatencyMeter:
 
 
 class LatencyCache:
-    """Measured LiteRT latencies on disk: ``{sha256 of the .tflite:threads: ms}`` in JSON.
+    """Measured LiteRT latencies on disk: ``{sha256 of the .tflite:threads:machine: ms}`` in
+    JSON (``key``).
 
     Args:
       path: the JSON file (default ``$TFSYNAPSE_CACHE/latency.json``, else
@@ -301,23 +303,32 @@ class LatencyCache:
 
 @functools.lru_cache(maxsize=1)
 def machine_tag():
-    """A short hash naming the machine LiteRT times on: CPU model, core count, architecture
-    and LiteRT version (not the host name, which changes with every container). A cache
-    directory shared between machines then never reuses another machine's timings."""
+    """A short hash naming the machine LiteRT times on: CPU model (ARM: implementer, part and
+    board), the cores this process may use, architecture and LiteRT version (not the host
+    name, which changes with every container). A cache directory shared between machines then
+    never reuses another machine's timings.
+
+    Returns:
+      12 hex digits.
+    """
     import importlib.metadata  # noqa: PLC0415
 
-    cpu = platform.processor()
+    fields = {}  # x86: "model name"; ARM: "CPU implementer", "CPU part", "Hardware"
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle
-                        if line.startswith("model name")), cpu)
+            for line in handle:
+                name, _, value = line.partition(":")
+                if name.strip() in ("model name", "CPU implementer", "CPU part", "Hardware"):
+                    fields.setdefault(name.strip(), value.strip())
     except OSError:
         pass
+    cpu = "|".join(fields[k] for k in sorted(fields)) or platform.processor()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         litert = importlib.metadata.version("ai-edge-litert")
     except importlib.metadata.PackageNotFoundError:
         litert = "none"
-    text = f"{cpu}|{os.cpu_count()}|{platform.machine()}|{litert}"
+    text = f"{cpu}|{cores}|{platform.machine()}|{litert}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -117,10 +117,10 @@ def _run(command, timeout, shell=False):
         raise RuntimeError(f"'{shown}' took more than {timeout} s.") from None
     if done.returncode != 0:
         output = done.stderr or done.stdout
-        hint = (" The program was not found: for --adb, push LiteRT's benchmark_model (the "
-                "prebuilt Android binary) to /data/local/tmp/ and chmod +x it; for a measure "
-                "command, check its path." if done.returncode == 127 or "not found" in output
-                else "")
+        hint = (" The program was not found or cannot run (exit 126/127): for --adb, push "
+                "LiteRT's benchmark_model (the prebuilt Android binary) to /data/local/tmp/ "
+                "and chmod +x it; for a measure command, check its path and permissions."
+                if done.returncode in (126, 127) else "")
         raise RuntimeError(f"'{shown}' failed (exit {done.returncode}): "
                            f"{_last_line(output)!r}.{hint}\nIts output ends with:\n"
                            f"{output[-800:]}")
