@@ -20,6 +20,15 @@ def model():
     return randomize_bn(small_cnn(input_shape=(16, 16, 3)))
 
 
+@pytest.fixture
+def fake_files(monkeypatch):
+    """``tflite_export.convert`` replaced by 4 bytes per parameter: the latency searches below
+    test the search, not the converter (real conversions: the file-size, LiteRT-cache,
+    alignment and command-line tests), in a fraction of the time."""
+    monkeypatch.setattr(tflite_export, "convert",
+                        lambda model, **kwargs: bytes(4 * tfsynapse.count_params(model)))
+
+
 def _solver(model, round_to=1):
     from tfsynapse.pruning import MaskPlan, PruningOptions  # noqa: PLC0415
 
@@ -93,16 +102,13 @@ def test_unreachable_and_malformed_budgets_are_refused(model):
         tfsynapse.prune_to_budget(model, macs=1e5, sensitivity=[0.1])
 
 
-@pytest.mark.parametrize("kind", ["params", "size_bytes"])
-def test_a_budget_the_dense_model_meets_prunes_nothing(model, kind):
+def test_a_budget_the_dense_model_meets_prunes_nothing(model):
     """Nothing pruned is said, and the copy is not recalibrated either (its randomized BN
-    statistics would move on ``data``)."""
-    budget = 10 * (model.count_params() if kind == "params" else
-                   len(tflite_export.convert(model)))
+    statistics would move on ``data``; a measured budget's path: the LiteRT cache test)."""
     x = rand_inputs(model)
-    with pytest.warns(UserWarning, match=f"already meets the {kind} budget.*nothing was pruned"):
-        pruned, report = tfsynapse.prune_to_budget(model, **{kind: budget}, data=x,
-                                                   return_report=True)
+    with pytest.warns(UserWarning, match="already meets the params budget.*nothing was pruned"):
+        pruned, report = tfsynapse.prune_to_budget(model, params=10 * model.count_params(),
+                                                   data=x, return_report=True)
     assert set(report.ratios.values()) == {0.0}
     np.testing.assert_allclose(np.asarray(pruned(x)), np.asarray(model(x)), atol=1e-6)
 
@@ -112,15 +118,18 @@ def test_only_the_returned_model_is_recalibrated(model, monkeypatch, backend):
     statistics, so only the returned model is recalibrated on ``data`` (once)."""
     if backend == "keras3":
         return  # which models are recalibrated does not depend on the Keras
-    from tfsynapse.pruning import api, batchnorm  # noqa: PLC0415
+    from tfsynapse.pruning import api, batchnorm, budget_measured  # noqa: PLC0415
 
     calls = []
     recalibrate = batchnorm.recalibrate_batchnorm
     for module in (api, batchnorm):  # prune_once's and prune_to_budget's
         monkeypatch.setattr(module, "recalibrate_batchnorm",
                             lambda *a, **k: calls.append(1) or recalibrate(*a, **k))
+    # a "file size" proportional to the parameters: the same search, no conversions
+    monkeypatch.setattr(budget_measured, "file_size",
+                        lambda quantize, calibration: lambda m: float(tfsynapse.count_params(m)))
     x = rand_inputs(model, n=64)
-    budget = 0.5 * len(tflite_export.convert(model))
+    budget = 0.5 * tfsynapse.count_params(model)
     pruned, report = tfsynapse.prune_to_budget(model, size_bytes=budget, data=x,
                                                return_report=True)
     assert len(report.points) >= 3 and calls == [1]
@@ -258,7 +267,8 @@ def test_the_command_line_prunes_to_a_budget(model, tmp_path, capsys, monkeypatc
     assert main(["prune", path, "--target-latency", "10000ms", "--threads", "2", "--plot", plot,
                  "-o", out]) == 0  # a budget the dense model meets: measured once, unpruned
     text = capsys.readouterr().out
-    assert "budget 1e+04 ms (uniform allocation, round_to=1)" in text and f"wrote {plot}" in text, text
+    assert "budget 1e+04 ms (uniform allocation, round_to=1)" in text, text
+    assert f"wrote {plot}" in text, text
     for argv, message in (
             (["--target-macs", "1M", "--quantize", "int8"], "only changes a --target-size"),
             (["--sparsity", "0.5", "--sensitivity", table], "--sensitivity needs a budget"),
@@ -275,7 +285,7 @@ def test_the_command_line_prunes_to_a_budget(model, tmp_path, capsys, monkeypatc
     assert json.loads(open(table).read())["baseline"] == 0.9
 
 
-def test_the_command_line_reads_size_and_parameter_budgets(model, tmp_path, capsys, backend):
+def test_the_command_line_prunes_to_a_file_size(model, tmp_path, capsys, backend):
     if backend == "keras3":
         return  # the flags are read alike for both Keras (the MAC flag runs on both above)
     from tfsynapse import cli_args  # noqa: PLC0415
@@ -283,17 +293,13 @@ def test_the_command_line_reads_size_and_parameter_budgets(model, tmp_path, caps
 
     path, out = str(tmp_path / "model.keras"), str(tmp_path / "pruned.keras")
     model.save(path)
-    size = 0.6 * len(tflite_export.convert(model))  # a kB size budget and a k parameter one
-    params = int(0.5 * tfsynapse.count_params(model))
-    for flag, value, parse, measured in (
-            ("--target-size", f"{size / 1000:.3f}kB", cli_args.byte_size,
-             lambda m: len(tflite_export.convert(m))),
-            ("--target-params", f"{params / 1000}k", cli_args.amount, tfsynapse.count_params)):
-        assert main(["prune", path, flag, value, "-o", out]) == 0, flag
-        budget = parse(value)
-        assert f"budget {budget:,.0f}" in capsys.readouterr().out
-        small = tfsynapse.shrink(tfsynapse.backends.backend_of(model).load_model(out))
-        assert measured(small) <= budget, flag
+    # --target-params is read and counted as --target-macs is; its units: test_cli
+    value = f"{0.6 * len(tflite_export.convert(model)) / 1000:.3f}kB"
+    assert main(["prune", path, "--target-size", value, "-o", out]) == 0
+    budget = cli_args.byte_size(value)
+    assert f"budget {budget:,.0f} bytes" in capsys.readouterr().out
+    small = tfsynapse.shrink(tfsynapse.backends.backend_of(model).load_model(out))
+    assert len(tflite_export.convert(small)) <= budget
 
 
 def _bytes_as_latency(flatbuffer, threads):
@@ -301,7 +307,7 @@ def _bytes_as_latency(flatbuffer, threads):
     return len(flatbuffer) / 1000.0 / threads
 
 
-def test_latency_budgets_search_measured_candidates(model, tmp_path, backend):
+def test_latency_budgets_search_measured_candidates(model, tmp_path, backend, fake_files):
     if backend == "keras3":
         return  # the search is the file-size one (tested on both); conversion is shared
     dense = _bytes_as_latency(tflite_export.convert(model), 1)
@@ -328,8 +334,12 @@ def test_litert_latency_is_measured_here_and_cached_by_file_and_threads(model, t
     from tfsynapse.pruning.budget_measured import LatencyCache  # noqa: PLC0415
 
     monkeypatch.setenv("TFSYNAPSE_CACHE", str(tmp_path / "cache"))
-    _, report = tfsynapse.prune_to_budget(model, latency_ms=1e4, threads=2, return_report=True)
+    x = rand_inputs(model)
+    with pytest.warns(UserWarning, match="already meets the latency_ms budget of 1e\\+04 ms"):
+        pruned, report = tfsynapse.prune_to_budget(model, latency_ms=1e4, threads=2, data=x,
+                                                   return_report=True)
     assert report.ratios and set(report.ratios.values()) == {0.0}  # dense fits: unpruned
+    np.testing.assert_allclose(np.asarray(pruned(x)), np.asarray(model(x)), atol=1e-6)
     entries = json.loads((tmp_path / "cache" / "latency.json").read_text())
     (key, value), = entries.items()
     flatbuffer = tflite_export.convert(model)
@@ -399,7 +409,8 @@ def test_round_to_none_measures_the_fastest_multiple_per_mac(model, tmp_path, ba
                   reachable=not_16)[0] == 4
 
 
-def test_round_to_none_never_picks_a_multiple_that_cannot_meet_the_budget(model, capsys, backend):
+def test_round_to_none_never_picks_a_multiple_that_cannot_meet_the_budget(model, capsys, backend,
+                                                                          fake_files):
     """A machine where larger models run faster per MAC makes round_to=16 (nothing of this
     model's 8- and 12-channel groups can go) the fastest per MAC; the budget stays reachable."""
     if backend == "keras3":
@@ -416,7 +427,8 @@ def test_round_to_none_never_picks_a_multiple_that_cannot_meet_the_budget(model,
     assert "round_to=16 left out: its most pruned configuration keeps" in capsys.readouterr().out
 
 
-def test_a_latency_budget_with_round_to_none_keeps_the_measured_multiple(model, backend):
+def test_a_latency_budget_with_round_to_none_keeps_the_measured_multiple(model, backend,
+                                                                         fake_files):
     if backend == "keras3":
         return  # the search is shared with the file-size one (tested on both)
     dense = _bytes_as_latency(tflite_export.convert(model), 1)
@@ -592,7 +604,7 @@ def test_the_latency_model_recovers_the_machine_and_is_cached(model, tmp_path, b
         budget_latency_model.fit(solver, 0.5, shaped, lambda m: m, noisy)
 
 
-def test_a_guided_latency_budget_spends_predicted_milliseconds(model, backend):
+def test_a_guided_latency_budget_spends_predicted_milliseconds(model, backend, fake_files):
     if backend == "keras3":
         return  # the search is shared with the file-size one (tested on both)
     dense = _bytes_as_latency(tflite_export.convert(model), 1)

@@ -194,10 +194,14 @@ def test_saved_models_load_without_prune_scope(tmp_path):
     assert any(type(layer).__name__ == "SynapticConv2D" for layer in loaded.layers)
 
 
-def test_readme_command_line_block_runs_as_written(digits, tmp_path):
+def test_readme_command_line_block_runs_as_written(digits, tmp_path, monkeypatch):
+    """The first line runs through the installed ``tfsynapse`` script; the others in-process
+    (``cli.main`` with the same words), sparing a TensorFlow import per line."""
     import shlex
     import subprocess
     import sys
+
+    from tfsynapse import cli
 
     with open(os.path.join(ROOT, "README.md")) as handle:
         blocks = re.findall(r"```bash\n(.*?)```", handle.read(), flags=re.S)
@@ -209,11 +213,16 @@ def test_readme_command_line_block_runs_as_written(digits, tmp_path):
     np.save(tmp_path / "y.npy", y[:128])
     np.save(tmp_path / "calib.npy", x[:32])
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    for line in block.strip().splitlines():
+    monkeypatch.chdir(tmp_path)
+    for i, line in enumerate(block.strip().splitlines()):
         command = shlex.split(line, comments=True)
-        result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                                timeout=300, check=False)
-        assert result.returncode == 0, (line, result.stderr[-2000:])
+        assert command[0] == "tfsynapse", line
+        if i == 0:
+            result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True,
+                                    text=True, timeout=300, check=False)
+            assert result.returncode == 0, (line, result.stderr[-2000:])
+        else:
+            assert cli.main(command[1:]) == 0, line
     for name in ("pruned.keras", "small.keras", "model.tflite"):
         assert (tmp_path / name).stat().st_size > 0, name
 
