@@ -446,31 +446,39 @@ def test_a_latency_budget_with_round_to_none_keeps_the_measured_multiple(model, 
         tfsynapse.prune_to_budget(model, macs=1e5, round_to=0)
 
 
-def test_the_measured_search_bisects_when_the_line_lands_on_its_own_bracket(monkeypatch):
-    """Coarse configurations (costs 40, 60, 75, 100) and a convex latency curve: the straight
-    line's crossing solves to the candidate already known to fit; the bracket's middle then
-    finds 75, which fits too (without the fallback the search stopped at 60)."""
+def _stand_in_search(monkeypatch, configs, axis, budget, measure):
+    """``fit_measured`` over stand-in configurations: each is its own counted cost on
+    ``axis`` (the largest is the dense model, the smallest the most pruned), ``measure(cost)``
+    its measured value; no model is pruned, shrunk or converted."""
     import types  # noqa: PLC0415
 
     from tfsynapse import surgery  # noqa: PLC0415
     from tfsynapse.pruning import budget_measured  # noqa: PLC0415
 
     monkeypatch.setattr(surgery, "shrink", lambda model: model)
-    configs = (40, 60, 75, 100)
 
-    def solve(axis, limit):
+    def solve(kind, limit):
+        assert kind == axis
         below = [c for c in configs if c <= limit]
         if not below:
             raise ValueError("below reach")
         return [max(below)], max(below), 1
 
-    solver = types.SimpleNamespace(dense={"macs": 100}, groups=[None],
-                                   cost=lambda ratios, axis: ratios[0],
+    solver = types.SimpleNamespace(dense={axis: max(configs)}, groups=[None],
+                                   cost=lambda ratios, kind: ratios[0],
                                    plan=types.SimpleNamespace(frozen={}))
+    return budget_measured.fit_measured(
+        solve, lambda ratios: ({"g": ratios[0]}, ratios[0]), solver, max(configs), budget,
+        measure, axis, [min(configs)], "ms", lambda *a: None)
+
+
+def test_the_measured_search_bisects_when_the_line_lands_on_its_own_bracket(monkeypatch):
+    """Coarse configurations (costs 40, 60, 75, 100) and a convex latency curve: the straight
+    line's crossing solves to the candidate already known to fit; the bracket's middle then
+    finds 75, which fits too (without the fallback the search stopped at 60)."""
     with pytest.warns(UserWarning, match="84% of the budget"):  # 75 and 100: nothing between
-        (named, model), value, dense, points, _ = budget_measured.fit_measured(
-            solve, lambda ratios: ({"g": ratios[0]}, ratios[0]), solver, 100, 5.0,
-            lambda cost: 10.0 * (cost / 100) ** 3, "macs", [40], "ms", print)
+        (named, model), value, dense, points, _ = _stand_in_search(
+            monkeypatch, (40, 60, 75, 100), "macs", 5.0, lambda cost: 10.0 * (cost / 100) ** 3)
     assert model == 75 and value == pytest.approx(4.21875) and dense == 10.0
     assert [p[0] for p in points] == [100, 40, 60, 75]
 
@@ -483,28 +491,10 @@ def test_the_measured_search_steps_in_predicted_ms_on_the_latency_axis(monkeypat
     """A guided latency search moves along predicted ms (fractions of a millisecond): the
     straight line's slope and the bracket's top must use that axis's step, not one MAC (before,
     a 0.6 ms bracket counted as 1 ms and the top was tried 1 ms below, out of reach)."""
-    import types  # noqa: PLC0415
-
-    from tfsynapse import surgery  # noqa: PLC0415
-    from tfsynapse.pruning import budget_measured  # noqa: PLC0415
-
-    monkeypatch.setattr(surgery, "shrink", lambda model: model)
-
-    def solve(axis, limit):
-        assert axis == "latency"
-        below = [c for c in configs if c <= limit]
-        if not below:
-            raise ValueError("below reach")
-        return [max(below)], max(below), 1
-
-    solver = types.SimpleNamespace(dense={"latency": 1.0}, groups=[None],
-                                   cost=lambda ratios, axis: ratios[0],
-                                   plan=types.SimpleNamespace(frozen={}))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # each returns a model within 0.9 of its budget
-        (_, model), value, _, points, _ = budget_measured.fit_measured(
-            solve, lambda ratios: ({"g": ratios[0]}, ratios[0]), solver, 1.0, budget,
-            lambda cost: cost ** power, "latency", [0.4], "ms", lambda *a: None)
+        (_, model), value, _, points, _ = _stand_in_search(
+            monkeypatch, configs, "latency", budget, lambda cost: cost ** power)
     assert [p[0] for p in points] == path and model == path[-1]
     assert value == pytest.approx(path[-1] ** power)
 
@@ -513,26 +503,9 @@ def test_a_measured_result_far_below_its_budget_is_reported(monkeypatch):
     """Two configurations only (costs 40 and 100): the 40 one fits at 13% of the budget and
     nothing lies between, so the search warns with both measurements instead of returning a
     model that wastes most of the budget silently."""
-    import types  # noqa: PLC0415
-
-    from tfsynapse import surgery  # noqa: PLC0415
-    from tfsynapse.pruning import budget_measured  # noqa: PLC0415
-
-    monkeypatch.setattr(surgery, "shrink", lambda model: model)
-
-    def solve(axis, limit):
-        if limit < 40:
-            raise ValueError("below reach")
-        return ([100], 100, 1) if limit >= 100 else ([40], 40, 1)
-
-    solver = types.SimpleNamespace(dense={"macs": 100}, groups=[None],
-                                   cost=lambda ratios, axis: ratios[0],
-                                   plan=types.SimpleNamespace(frozen={}))
-
     def search(budget):
-        return budget_measured.fit_measured(
-            solve, lambda ratios: ({"g": ratios[0]}, ratios[0]), solver, 100, budget,
-            lambda cost: 10.0 * (cost / 100) ** 3, "macs", [40], "ms", lambda *a: None)
+        return _stand_in_search(monkeypatch, (40, 100), "macs", budget,
+                                lambda cost: 10.0 * (cost / 100) ** 3)
 
     with pytest.warns(UserWarning, match=r"measuring 0.64 ms, 13% of the budget of 5: the "
                       r"closest configuration it found over the budget measured 10 ms \(200%\), "

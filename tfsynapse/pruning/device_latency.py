@@ -93,12 +93,12 @@ def command_latency(template, timeout=600):
             line = template.replace("{tflite}", shlex.quote(path)).replace(
                 "{threads}", str(int(threads)))
             output = _run(line, timeout, shell=True)
-        lines = [text.strip() for text in output.strip().splitlines() if text.strip()]
+        last = _last_line(output)
         try:
-            return float(lines[-1])
-        except (IndexError, ValueError):
+            return float(last)
+        except ValueError:
             raise RuntimeError(f"the measure command {line!r} must print the latency in ms on "
-                               f"its last line; its last line was {_last_line(output)!r}. It "
+                               f"its last line; its last line was {last!r}. It "
                                f"printed:\n{output[-800:]}") from None
 
     return measure
