@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick] [--only speed,speed_keras3,budget,budget_latency,budget_alloc,overhead,accuracy,scale] [--output DIR]
+"""python -m benchmarks [--quick] [--only speed,speed_keras3,int8_layers,budget,budget_latency,budget_alloc,overhead,accuracy,scale] [--output DIR]
 
 Runs the benchmark sections and writes ``results.json``, ``RESULTS.md`` and PNG plots into
 the output folder (default: this package's folder; with ``--quick``, a new temporary folder).
@@ -22,6 +22,7 @@ from benchmarks import SECTIONS
 TITLES = {
     "speed": "Speed: latency vs MACs in LiteRT",
     "speed_keras3": "Speed on Keras 3: the same protocol on keras.applications models",
+    "int8_layers": "int8 layers: where int8 LiteRT loses speedup per MAC",
     "budget": "Budget: prune_to_budget meets MAC, parameter and file-size budgets",
     "budget_latency": "Budget (latency): prune_to_budget against measured LiteRT latency",
     "budget_alloc": "Budget (allocation): sensitivity-guided vs uniform ratios at equal latency",

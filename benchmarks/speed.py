@@ -200,11 +200,9 @@ def plot(result, path):
             for threads, color in colors.items():
                 if any(r["precision"] == precision and r["threads"] == threads for r in rows):
                     ax.scatter([], [], marker=marker, color=color, label=f"{precision}, {threads} thr")
-        ax.set_xlabel("MAC reduction factor (dense / pruned)")
-        ax.set_ylabel("LiteRT speedup (dense / pruned median)")
-        ax.set_title(f"{model} ({rows[0]['input']}px)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        common.label_axes(ax, "MAC reduction factor (dense / pruned)",
+                          "LiteRT speedup (dense / pruned median)",
+                          f"{model} ({rows[0]['input']}px)")
     return common.save_figure(fig, path)
 
 

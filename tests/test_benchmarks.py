@@ -94,3 +94,34 @@ def test_quick_mode_writes_every_section(tmp_path):
     for title in TITLES.values():
         assert title in markdown
     assert "PASS" in markdown or "MISS" in markdown
+
+
+def test_int8_layers_rebuilds_each_convolution_alone_with_its_fused_relu():
+    """The int8_layers section times convolutions rebuilt alone: each must compute what the
+    layer and the ReLU the converter fuses into it compute (batch norm aside, it is folded)."""
+    import numpy as np
+
+    from benchmarks.int8_layers import alone
+    from tfsynapse.backends.tf_keras import keras
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, use_bias=False, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(6.0, name="relu6")(x)
+    y = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    y = keras.layers.Add(name="add")([x, y])
+    model = keras.Model(inputs, y)
+    sample = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype("float32") * 20
+
+    conv_alone, shape = alone(model.get_layer("conv"), model, keras)
+    assert shape == (8, 8, 3)
+    expected = np.clip(model.get_layer("conv")(sample).numpy(), 0.0, 6.0)
+    assert expected.max() > 6.0 - 1e-6 and expected.min() == 0.0  # the cap and the floor act
+    np.testing.assert_allclose(conv_alone(sample).numpy(), expected, atol=1e-5)
+
+    features = model.get_layer("relu6").output
+    dw_alone, shape = alone(model.get_layer("dw"), model, keras)  # followed by an Add: no ReLU
+    assert shape == (6, 6, 4) and len(dw_alone.layers) == 2
+    hidden = keras.Model(inputs, features)(sample)
+    np.testing.assert_allclose(dw_alone(hidden).numpy(),
+                               model.get_layer("dw")(hidden).numpy(), atol=1e-5)

@@ -259,6 +259,22 @@ def test_export_int8_with_calibration(models, tmp_path, capsys, suffix):
     assert code == 0 and "median" in out
 
 
+def test_export_int8_keeps_the_named_layers_float(models, tmp_path, capsys):
+    calibration = tmp_path / "calib.npy"
+    np.save(calibration, np.random.default_rng(0).normal(size=(8, 10, 10, 3)).astype(np.float32))
+    out_path = tmp_path / "mixed.tflite"
+    code, _, err = run(capsys, "export", models["keras"], "--quantize", "float16",
+                       "--float-layers", "c1", "-o", out_path)
+    assert_one_line_error(code, err, "--float-layers needs --quantize int8")
+    code, out, err = run(capsys, "export", models["keras"], "--quantize", "int8", "--calibration",
+                         calibration, "--float-layers", "c1", "-o", out_path)
+    assert code == 0, err
+    assert "QUANTIZE" in out.split("ops:")[1]  # the float c1 hands int8 values on
+    code, _, err = run(capsys, "export", models["keras"], "--quantize", "int8", "--calibration",
+                       calibration, "--float-layers", "c1,nope", "-o", out_path)
+    assert_one_line_error(code, err, "no layer 'nope'")
+
+
 def test_missing_model(tmp_path, capsys):
     out_path = tmp_path / "out.keras"
     code, _, err = run(capsys, "prune", tmp_path / "nope.keras", "--sparsity", "0.5",

@@ -379,3 +379,49 @@ def test_int8_with_constant_activations_loads_in_xnnpack_and_says_so():
     report = verify(data, model, x)  # loads with XNNPACK (the default delegate)
     scale = float(np.abs(model.predict(x, verbose=0)).max())
     assert report["max_abs_error"] < 0.05 * scale and report["top1_agreement"] >= 0.9
+
+
+def test_float_layers_keep_the_chosen_convolution_float_in_an_int8_model(cnn, test_inputs):
+    """The first convolution (its batch norm and ReLU fused in) stays float32 between the
+    float input and a QUANTIZE; every other op is int8, and the model still agrees with Keras.
+    On Keras 3 the ops carry suffixed scope names (``conv_1``): the same layer is found."""
+    from tflite_export.float_layers import op_outputs
+
+    calib = _calibration_data(32, seed=1)
+    data = convert(cnn, "int8", representative_dataset=calib, float_layers="conv")
+    ops = op_outputs(data)
+    assert ops[0][0] == "CONV_2D" and ops[0][2] == np.float32
+    assert ops[1][0] == "QUANTIZE"
+    computing = [dtype for name, _, dtype in ops[2:] if name not in ("DEQUANTIZE", "DELEGATE")]
+    assert computing and all(dtype == np.int8 for dtype in computing)
+    whole_int8 = [dtype for name, _, dtype in op_outputs(convert(
+        cnn, "int8", representative_dataset=calib)) if name == "CONV_2D"]
+    assert whole_int8[0] == np.int8  # without float_layers the same op is int8
+    report = verify(data, cnn, test_inputs)
+    assert report["top1_agreement"] >= 0.9, report
+
+
+def test_float_layers_refuse_what_they_cannot_keep(cnn):
+    from tflite_export.float_layers import FloatLayersError
+
+    calib = _calibration_data(8, seed=1)
+    with pytest.raises(ValueError, match="needs quantize='int8'"):
+        convert(cnn, "float16", float_layers=["conv"])
+    with pytest.raises(ValueError, match="no layer 'nope'.*conv"):
+        convert(cnn, "int8", representative_dataset=calib, float_layers=["conv", "nope"])
+    with pytest.raises(TypeError, match="layer names"):
+        convert(cnn, "int8", representative_dataset=calib, float_layers=[3])
+    # the input computes nothing: no op of its own, and nothing was silently kept float
+    with pytest.raises(FloatLayersError, match="no TFLite op carries the name of 'image'"):
+        convert(cnn, "int8", representative_dataset=calib, float_layers=["image"])
+
+
+def test_float_layers_match_exact_and_keras3_suffixed_scope_names():
+    from tflite_export.float_layers import matches
+
+    fused = "model/Conv1_relu/Relu6;model/Conv1/Conv2D"
+    assert matches(fused, ["Conv1", "Conv1_relu", "Conv"]) == {"Conv1", "Conv1_relu"}
+    assert matches("functional_1/stem_1/convolution", ["stem"]) == {"stem"}
+    # 'stem_1' is another layer's own name: its op is not the layer 'stem'
+    assert matches("functional/stem_1/convolution", ["stem"], ["stem", "stem_1"]) == set()
+    assert matches("StatefulPartitionedCall:0", ["logits"]) == set()

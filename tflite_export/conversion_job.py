@@ -28,7 +28,7 @@ class NotLoadableError(RuntimeError):
 
 
 def write_job(directory, *, quantize, int8_io, sparse_weights, input_names, output_names,
-              calibration=None):
+              calibration=None, float_layers=(), layer_names=()):
     """Writes a conversion job (its SavedModel must be written by the caller).
 
     Args:
@@ -37,6 +37,8 @@ def write_job(directory, *, quantize, int8_io, sparse_weights, input_names, outp
       input_names, output_names: the Keras model's, in Keras order.
       calibration: a ``Calibration`` (int8 with data) or None; its samples are written once
         as one ``input_<i>.npy`` array per input.
+      float_layers: names of layers kept float32 in an int8 model (checked by the caller).
+      layer_names: every layer name of the model, to tell ``float_layers``' ops apart.
     """
     count = 0
     if calibration is not None:
@@ -55,7 +57,8 @@ def write_job(directory, *, quantize, int8_io, sparse_weights, input_names, outp
     with open(os.path.join(directory, _JOB), "w") as stream:
         json.dump({"quantize": quantize, "int8_io": int8_io, "sparse_weights": sparse_weights,
                    "input_names": list(input_names), "output_names": list(output_names),
-                   "samples": count}, stream)
+                   "samples": count, "float_layers": list(float_layers),
+                   "layer_names": list(layer_names) if float_layers else []}, stream)
 
 
 def run(directory):
@@ -106,6 +109,7 @@ def read_result(directory):
 def _convert(directory):
     import tensorflow as tf  # noqa: PLC0415 - the worker imports TensorFlow on its first job
 
+    from tflite_export.float_layers import check_kept_float, keep_float  # noqa: PLC0415
     from tflite_export.keras_io import add_keras_io  # noqa: PLC0415
 
     with open(os.path.join(directory, _JOB)) as stream:
@@ -118,8 +122,11 @@ def _convert(directory):
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         # The calibrator itself builds a tf.lite.Interpreter for dict (multi-input) samples.
         warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
-        with _usable_ranges() as widened:
+        with _usable_ranges() as widened, keep_float(
+                job.get("float_layers", []), job.get("layer_names", [])) as kept:
             data = converter.convert()
+    if job.get("float_layers"):
+        check_kept_float(data, kept)
     if widened:
         warnings.warn(
             f"{len(widened)} activation tensor(s) were constant over the calibration data (e.g. "
@@ -189,7 +196,8 @@ def _configure(tf, converter, job, directory):
         converter.target_spec.supported_types = [tf.float16]
     elif quantize == "int8":
         if job["samples"]:  # none: a quantisation-aware model brings its own ranges
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] + (
+                [tf.lite.OpsSet.TFLITE_BUILTINS] if job.get("float_layers") else [])
             converter.representative_dataset = lambda: _samples(job, directory)
         if job["int8_io"]:
             converter.inference_input_type = tf.int8

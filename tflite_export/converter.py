@@ -19,7 +19,7 @@ import numpy as np
 
 from tfsynapse.fileio import atomic_write
 from tfsynapse.backends import backend_of, tf
-from tflite_export import _runtime, conversion_job, isolation
+from tflite_export import _runtime, conversion_job, float_layers as float_layers_, isolation
 from tflite_export.calibration import Calibration
 from tflite_export.qat import is_quantize_aware
 
@@ -150,6 +150,7 @@ def convert(
     calibration_steps=100,
     sparse_weights=False,
     isolate=True,
+    float_layers=None,
 ):
     """Converts a Keras model to a TFLite flatbuffer that uses builtin ops only.
 
@@ -183,6 +184,11 @@ def convert(
         becomes a ``RuntimeError`` instead of killing this process. The worker starts on the
         first conversion (TensorFlow's import, several seconds) and is reused. False converts
         in this process.
+      float_layers: with ``'int8'`` and ``representative_dataset``, names of layers whose ops
+        stay float32 (with the batch normalisation and activation fused into them), between a
+        DEQUANTIZE and a QUANTIZE: selective quantisation, e.g. ``[first conv's name]`` where
+        int8 runs a 3-channel first convolution slower than float (x86: 2-4x). Measure it on
+        the target device (``tflite_export.benchmark``).
 
     Returns:
       The TFLite flatbuffer as ``bytes``.
@@ -191,7 +197,8 @@ def convert(
       TypeError: ``model`` is not a Keras model.
       ValueError: unknown ``quantize``; ``int8_io`` without ``'int8'``; ``'int8'`` without
         calibration data; calibration batches that do not fit the model's inputs; a
-        subclassed or unbuilt model.
+        subclassed or unbuilt model; ``float_layers`` without ``'int8'`` and calibration
+        data, naming no layer of the model, or a layer that has no TFLite op of its own.
       RuntimeError: the converter failed or crashed, e.g. an op has no builtin TFLite kernel
         (the message names the cause and includes the converter's); or the result does not
         load and allocate in LiteRT (checked before anything is written to ``output``).
@@ -209,11 +216,13 @@ def convert(
             f"quantize={quantize!r}.",
             stacklevel=2,
         )
+    kept_float = float_layers_.requested(model, float_layers, quantize, calibration is not None)
     with tempfile.TemporaryDirectory(prefix="tfsynapse-convert-") as directory:
         conversion_job.write_job(
             directory, quantize=quantize, int8_io=int8_io, sparse_weights=sparse_weights,
             input_names=backend.input_names(model), output_names=backend.output_names(model),
-            calibration=calibration)
+            calibration=calibration, float_layers=kept_float,
+            layer_names=float_layers_.layer_names(model) if kept_float else ())
         data = _first_strategy_that_converts(model, quantize, directory, isolate)
     if quantize == "int8" and calibration is None:
         _warn_float_parts(conversion_job.check_loads(data, quantize))
@@ -234,7 +243,7 @@ def _first_strategy_that_converts(model, quantize, directory, isolate):
             else:
                 conversion_job.run(directory)
             data = conversion_job.read_result(directory)
-        except conversion_job.NotLoadableError:
+        except (conversion_job.NotLoadableError, float_layers_.FloatLayersError):
             raise
         except Exception as err:  # the converter raises ConverterError, ValueError, RuntimeError
             if _needs_flex(err):

@@ -10,7 +10,7 @@ Subcommands::
                     [--data X.npy[,Y.npy]] [--finetune-epochs N] -o OUT
     tfsynapse shrink MODEL [--round-to N] -o OUT
     tfsynapse export MODEL [--quantize {none,dynamic,float16,int8}] [--calibration FILE]
-                     [--int8-io] [--sparse-weights] -o OUT.tflite
+                     [--int8-io] [--float-layers L1,L2] [--sparse-weights] -o OUT.tflite
     tfsynapse bench MODEL.tflite [--threads N] [--runs N]
 
 Models are read from ``.keras`` and ``.h5`` files and SavedModel directories (tfsynapse/tfmot
@@ -183,6 +183,9 @@ def _cmd_export(args):
         raise CliError("--calibration is only used by --quantize int8")
     if args.int8_io and quantize != "int8":
         raise CliError("--int8-io needs --quantize int8")
+    float_layers = [n.strip() for n in (args.float_layers or "").split(",") if n.strip()]
+    if float_layers and quantize != "int8":
+        raise CliError("--float-layers needs --quantize int8")
     if args.sparse_weights and quantize == "dynamic":
         raise CliError("--sparse-weights works with --quantize none, float16 or int8, not dynamic")
     if not args.output.lower().endswith(".tflite"):
@@ -199,7 +202,8 @@ def _cmd_export(args):
     with native_stderr_hidden(not getattr(args, "verbose", False)):  # the converter's chatter
         tflite_export.convert(model, quantize=quantize, representative_dataset=calibration,
                               int8_io=args.int8_io, output=output,
-                              sparse_weights=args.sparse_weights)
+                              sparse_weights=args.sparse_weights,
+                              float_layers=float_layers or None)
     info = tflite_export.inspect(output)
     print(f"saved {args.output}: {info['size_bytes']:,} bytes, quantize={args.quantize}")
     print(f"ops: {', '.join(info['ops'])}")
@@ -314,6 +318,9 @@ def build_parser():
                    help="int8 calibration samples: a .npy array (N, ...) or a .npz with one array")
     p.add_argument("--int8-io", action="store_true",
                    help="int8 input and output tensors (int8 only)")
+    p.add_argument("--float-layers", metavar="L1,L2",
+                   help="layers kept float32 inside the int8 model (comma-separated names), "
+                        "e.g. a 3-channel first convolution that int8 runs slower")
     p.add_argument("--sparse-weights", action="store_true",
                    help="store sparse (connection-pruned) weights compressed; smaller file")
     p.add_argument("-o", "--output", required=True, metavar="OUT.tflite")
