@@ -8,7 +8,8 @@ padding, bias and the ReLU that the converter fuses into it), exported with
 ``tflite_export.convert`` in float32 and in int8 with int8 inputs and outputs (no quantise or
 dequantise ops around it), and the four files are timed in LiteRT, interleaved. The whole
 models are timed beside them, so the rows show how much of the latency the convolutions
-explain, and once more in int8 with the first convolution kept float32 (``float_layers``).
+explain, and in int8 with float32 kept (``float_layers``) for the first convolution, then for
+every convolution at the first convolution's output resolution.
 Per layer: MACs (dense, shrunk) and the four medians; the markdown groups them by output
 resolution.
 """
@@ -28,10 +29,10 @@ def settings(quick):
     if quick:
         return {"models": [("MobileNetV2", 64)], "max_layers": 4, "rounds": 2,
                 "block_seconds": 0.01, "full_rounds": 2, "full_block_seconds": 0.05,
-                "calibration_batches": 2}
+                "calibration_batches": 2, "threads": (1,)}
     return {"models": [("MobileNetV2", 224), ("ResNet50", 224)], "max_layers": None,
             "rounds": 5, "block_seconds": 0.05, "full_rounds": 10, "full_block_seconds": 0.5,
-            "calibration_batches": 4}
+            "calibration_batches": 4, "threads": (1, 2)}
 
 
 def _convolutions(model, keras):
@@ -136,27 +137,40 @@ def _profile(ctx, name, size, cfg):
                              f"({time.perf_counter() - started:.0f}s)")
     whole = _whole_models(dense, small, size, cfg)
     whole.update({"model": name, "input": size, "macs": dense_total, "shrunk_macs": small_total})
+    factor = dense_total / small_total
+    for t in whole["timings"]:
+        ratios = {key: t[f"dense_{key}_ms"] / t[f"shrunk_{key}_ms"] / factor
+                  for key in ("fp32", "int8", "stem", "first_resolution")}
+        ctx.log(SECTION, f"{name} {t['threads']} thread(s): speedup / MAC factor " +
+                ", ".join(f"{key} {ratio:.3f}" for key, ratio in ratios.items()))
     return rows, whole
 
 
 def _whole_models(dense, small, size, cfg):
-    """The whole models, fp32, int8 and int8 with the first convolution kept float32
-    (``tflite_export.convert``'s ``float_layers``)."""
+    """The whole models in fp32, in int8, and in int8 with float32 kept (``float_layers``)
+    for the first convolution ('stem') and for every convolution at its output resolution
+    ('first_resolution')."""
     import tflite_export
     from tfsynapse.backends.tf_keras import keras
 
     calibration = common.calibration_batches((size, size, 3), cfg["calibration_batches"])
-    files = {}
+    files, kept_float = {}, {}
     for tag, model in (("dense", dense), ("shrunk", small)):
-        stem = next(layer.name for layer in model.layers
-                    if isinstance(layer, keras.layers.Conv2D))
+        convolutions = list(_convolutions(model, keras).values())
+        first = int(convolutions[0].output.shape[1])
+        kept_float = {"int8": None, "stem": [convolutions[0].name], "first_resolution": [
+            layer.name for layer in convolutions if int(layer.output.shape[1]) == first]}
         files[f"{tag} fp32"] = tflite_export.convert(model)
-        for key, kept in (("int8", None), ("stem", [stem])):
+        for key, kept in kept_float.items():
             files[f"{tag} {key}"] = tflite_export.convert(
                 model, quantize="int8", representative_dataset=calibration, float_layers=kept)
-    stats, _ = common.interleaved_latency(files, 1, cfg["full_rounds"],
-                                          block_seconds=cfg["full_block_seconds"])
-    return {f"{tag.replace(' ', '_')}_ms": stats[tag]["median_ms"] for tag in files}
+    timings = []
+    for threads in cfg["threads"]:
+        stats, _ = common.interleaved_latency(files, threads, cfg["full_rounds"],
+                                              block_seconds=cfg["full_block_seconds"])
+        timings.append({"threads": threads, **{f"{tag.replace(' ', '_')}_ms":
+                                               stats[tag]["median_ms"] for tag in files}})
+    return {"first_resolution_layers": kept_float["first_resolution"], "timings": timings}
 
 
 def run(ctx):
@@ -200,8 +214,9 @@ def markdown(result):
         "shrunk twin, rebuilt alone (with its fused ReLU), exported in float32 and in int8 "
         "(int8 inputs and outputs), timed in LiteRT at 1 thread, interleaved "
         f"({s['rounds']} rounds); the whole models beside them ({s['full_rounds']} rounds, "
-        "float inputs). Grouped by output resolution: share of the dense model's MACs and of "
-        "the convolutions' summed latency, int8 / fp32 latency of the dense layers, the MAC "
+        "float inputs; also in int8 with layers kept float32, `float_layers`). Grouped by "
+        "output resolution: share of the dense model's MACs and of the convolutions' summed "
+        "latency, int8 / fp32 latency of the dense layers, the MAC "
         "factor (dense / shrunk) and the speedup (in brackets: speedup / MAC factor).", ""]
     headers = ["layers", "MAC share", "fp32 time share", "int8 time share",
                "int8 / fp32 ms (dense)", "MAC factor", "fp32 speedup", "int8 speedup"]
@@ -218,16 +233,22 @@ def markdown(result):
             table.append(_line(f"{resolution}x{resolution} ({len(group)}: {kinds})",
                                _totals(group), shares))
         table.append(_line(f"all {len(rows)} convolutions", total, shares))
-        model_line = _line("whole model", dict(whole), dict(whole))
-        table.append(model_line[:1] + ["", "", ""] + model_line[4:])
-        stem = dict(whole, dense_int8_ms=whole["dense_stem_ms"],
-                    shrunk_int8_ms=whole["shrunk_stem_ms"])
-        stem_line = _line("whole model, first convolution in float", stem, stem)
-        table.append(stem_line[:1] + ["", "", ""] + stem_line[4:])
+        first = whole["first_resolution_layers"]
+        labels = (("int8", "whole model"), ("stem", "whole model, first convolution in float"),
+                  ("first_resolution", f"whole model, the {len(first)} convolution(s) at the "
+                                       "first resolution in float"))
+        for timing in whole["timings"]:
+            for key, label in labels:
+                mixed = dict(timing, macs=whole["macs"], shrunk_macs=whole["shrunk_macs"],
+                             dense_int8_ms=timing[f"dense_{key}_ms"],
+                             shrunk_int8_ms=timing[f"shrunk_{key}_ms"])
+                line = _line(f"{label}, {timing['threads']} thread(s)", mixed, mixed)
+                table.append(line[:1] + ["", "", ""] + line[4:])
         lines += [f"**{whole['model']} {whole['input']}px** (convolutions alone sum to "
-                  f"{total['dense_fp32_ms'] / whole['dense_fp32_ms']:.0%} / "
-                  f"{total['dense_int8_ms'] / whole['dense_int8_ms']:.0%} of the dense model's "
-                  "fp32 / int8 latency)", "", common.md_table(headers, table), ""]
+                  f"{total['dense_fp32_ms'] / whole['timings'][0]['dense_fp32_ms']:.0%} / "
+                  f"{total['dense_int8_ms'] / whole['timings'][0]['dense_int8_ms']:.0%} of the "
+                  "dense model's fp32 / int8 latency at 1 thread)", "",
+                  common.md_table(headers, table), ""]
     return "\n".join(lines)
 
 

@@ -98,6 +98,13 @@ def test_unreachable_and_malformed_budgets_are_refused(model):
         tfsynapse.prune_to_budget(model, macs=1e5, quantize="int8")
     with pytest.raises(ValueError, match="representative_dataset"):
         tfsynapse.prune_to_budget(model, size_bytes=1e4, quantize="int8")
+    with pytest.raises(ValueError, match=r"float_layers only changes .* \(the converted file\)"):
+        tfsynapse.prune_to_budget(model, macs=1e5, float_layers=["c1"])
+    with pytest.raises(ValueError, match="needs quantize='int8'"):
+        tfsynapse.prune_to_budget(model, size_bytes=1e4, float_layers=["c1"])
+    with pytest.raises(ValueError, match="no layer 'nope'"):
+        tfsynapse.prune_to_budget(model, size_bytes=1e4, quantize="int8", float_layers="nope",
+                                  representative_dataset=rand_inputs(model, 2))
     with pytest.raises(TypeError, match="SensitivityTable"):
         tfsynapse.prune_to_budget(model, macs=1e5, sensitivity=[0.1])
 
@@ -127,7 +134,8 @@ def test_only_the_returned_model_is_recalibrated(model, monkeypatch, backend):
                             lambda *a, **k: calls.append(1) or recalibrate(*a, **k))
     # a "file size" proportional to the parameters: the same search, no conversions
     monkeypatch.setattr(budget_measured, "file_size",
-                        lambda quantize, calibration: lambda m: float(tfsynapse.count_params(m)))
+                        lambda quantize, calibration, float_layers: lambda m: float(
+                            tfsynapse.count_params(m)))
     x = rand_inputs(model, n=64)
     budget = 0.5 * tfsynapse.count_params(model)
     pruned, report = tfsynapse.prune_to_budget(model, size_bytes=budget, data=x,
@@ -231,15 +239,19 @@ def test_file_size_budgets_are_measured_and_met(model, backend):
         return  # conversion is the same on both (tests/test_tflite_export.py): once is enough
     quantize = "int8"  # the least linear in parameters (int32 biases, per-channel scales)
     calibration = rand_inputs(model, 8)
-    dense = len(tflite_export.convert(model, quantize=quantize,
+    # the first convolution kept float32 (float_layers): every candidate is measured so
+    dense = len(tflite_export.convert(model, quantize=quantize, float_layers=["c1"],
                                       representative_dataset=calibration))
     budget = 0.8 * dense
     pruned, report = tfsynapse.prune_to_budget(
         model, size_bytes=budget, quantize=quantize, representative_dataset=calibration,
-        return_report=True)
-    size = len(tflite_export.convert(tfsynapse.shrink(pruned), quantize=quantize,
+        float_layers=["c1"], return_report=True)
+    small = tfsynapse.shrink(pruned)
+    size = len(tflite_export.convert(small, quantize=quantize, float_layers=["c1"],
                                      representative_dataset=calibration))
     assert size == report.measured <= budget and report.dense == dense
+    assert len(tflite_export.convert(small, quantize=quantize,  # c1's weights: 1 byte, not 4
+                                     representative_dataset=calibration)) < size
     with pytest.raises(ValueError, match=r"the most-pruned model measures [\d,]+ bytes"):
         tfsynapse.prune_to_budget(model, size_bytes=0.1 * dense, quantize=quantize,
                                   representative_dataset=calibration)
@@ -277,7 +289,10 @@ def test_the_command_line_prunes_to_a_budget(model, tmp_path, capsys, monkeypatc
             (["--target-macs", "1M", "--adb"], "--adb needs --target-latency"),
             (["--sparsity", "0.5", "--measure-command", "x {tflite}"], "needs a budget"),
             (["--target-latency", "1ms", "--measure-command", "x"], "must contain {tflite}"),
-            (["--target-macs", "1M", "--plot", "p.png"], "only changes a --target-size")):
+            (["--target-macs", "1M", "--plot", "p.png"], "only changes a --target-size"),
+            (["--target-macs", "1M", "--float-layers", "c1"], "only changes a --target-size"),
+            (["--target-size", "2MB", "--float-layers", "c1"], "--float-layers needs --quantize"),
+            (["--sparsity", "0.5", "--float-layers", "c1"], "--float-layers needs a budget")):
         assert main(["prune", path, *argv, "-o", out]) == 1
         assert message in capsys.readouterr().err
     assert main(["prune", path, "--target-macs", "lots", "-o", out]) == 2  # a usage error

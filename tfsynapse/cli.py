@@ -5,7 +5,8 @@ Subcommands::
     tfsynapse inspect MODEL
     tfsynapse criteria
     tfsynapse prune MODEL (--sparsity S | --ratios FILE.json | --target-macs N |
-                    --target-params N | --target-size BYTES [--quantize Q --calibration F])
+                    --target-params N | --target-size BYTES | --target-latency MS
+                    [--quantize Q --calibration F --float-layers L1,L2])
                     [--sensitivity TABLE.json] [--criterion C]
                     [--data X.npy[,Y.npy]] [--finetune-epochs N] -o OUT
     tfsynapse shrink MODEL [--round-to N] -o OUT
@@ -32,6 +33,7 @@ from tfsynapse.cli_args import (
     EXIT_USAGE,
     PROG,
     Parser,
+    layer_names,
     max_ratio,
     non_negative_int,
     positive_int,
@@ -183,8 +185,7 @@ def _cmd_export(args):
         raise CliError("--calibration is only used by --quantize int8")
     if args.int8_io and quantize != "int8":
         raise CliError("--int8-io needs --quantize int8")
-    float_layers = [n.strip() for n in (args.float_layers or "").split(",") if n.strip()]
-    if float_layers and quantize != "int8":
+    if args.float_layers and quantize != "int8":
         raise CliError("--float-layers needs --quantize int8")
     if args.sparse_weights and quantize == "dynamic":
         raise CliError("--sparse-weights works with --quantize none, float16 or int8, not dynamic")
@@ -203,7 +204,7 @@ def _cmd_export(args):
         tflite_export.convert(model, quantize=quantize, representative_dataset=calibration,
                               int8_io=args.int8_io, output=output,
                               sparse_weights=args.sparse_weights,
-                              float_layers=float_layers or None)
+                              float_layers=args.float_layers)
     info = tflite_export.inspect(output)
     print(f"saved {args.output}: {info['size_bytes']:,} bytes, quantize={args.quantize}")
     print(f"ops: {', '.join(info['ops'])}")
@@ -318,7 +319,7 @@ def build_parser():
                    help="int8 calibration samples: a .npy array (N, ...) or a .npz with one array")
     p.add_argument("--int8-io", action="store_true",
                    help="int8 input and output tensors (int8 only)")
-    p.add_argument("--float-layers", metavar="L1,L2",
+    p.add_argument("--float-layers", type=layer_names, metavar="L1,L2",
                    help="layers kept float32 inside the int8 model (comma-separated names), "
                         "e.g. a 3-channel first convolution that int8 runs slower")
     p.add_argument("--sparse-weights", action="store_true",

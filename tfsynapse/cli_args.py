@@ -76,3 +76,11 @@ def milliseconds(text):
     stripped = text.strip().lower()
     stripped = stripped[:-2] if stripped.endswith("ms") else stripped
     return _checked(stripped, float, lambda v: v > 0, "a positive duration such as 8ms")
+
+
+def layer_names(text):
+    """Comma-separated layer names: 'Conv1' or 'Conv1,block_1_expand'."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"must be layer names separated by commas, got {text!r}")
+    return names

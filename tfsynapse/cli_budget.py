@@ -13,7 +13,8 @@ TARGET_FLAGS = ("target_macs", "target_params", "target_size", "target_latency")
 
 def add_arguments(parser, target_group):
     """Adds the budget flags to the ``prune`` parser (the budgets to its target group)."""
-    from tfsynapse.cli_args import amount, byte_size, milliseconds, positive_int  # noqa: PLC0415
+    from tfsynapse.cli_args import (  # noqa: PLC0415
+        amount, byte_size, layer_names, milliseconds, positive_int)
 
     target_group.add_argument("--target-macs", type=amount, metavar="N",
                               help="prune until the shrunk model needs at most N MACs per "
@@ -35,6 +36,9 @@ def add_arguments(parser, target_group):
                         help="--target-size/--target-latency: the precision of the file")
     parser.add_argument("--calibration", metavar="FILE.npy",
                         help="--quantize int8: representative inputs")
+    parser.add_argument("--float-layers", type=layer_names, metavar="L1,L2",
+                        help="--quantize int8: layers kept float32 in every measured candidate "
+                             "(export the result with the same --float-layers)")
     device = parser.add_mutually_exclusive_group()
     device.add_argument("--adb", action="store_true",
                         help="--target-latency: time each candidate on the Android phone adb "
@@ -69,13 +73,14 @@ def check(args):
         for flag, used, where in (
                 ("--quantize", quantize is not None, measured),
                 ("--plot", args.plot is not None, measured),
+                ("--float-layers", args.float_layers is not None, measured),
                 ("--threads", args.threads != 1, args.target_latency is not None),
                 ("--adb", args.adb, args.target_latency is not None),
                 ("--measure-command", args.measure_command is not None,
                  args.target_latency is not None)):
             if used and not where:
                 raise CliError(f"{flag} only changes a --target-size or --target-latency budget"
-                               if flag in ("--quantize", "--plot") else
+                               if flag in ("--quantize", "--plot", "--float-layers") else
                                f"{flag} needs --target-latency")
         if args.measure_command and args.threads != 1 and "{threads}" not in \
                 args.measure_command:
@@ -85,9 +90,12 @@ def check(args):
             raise CliError("--quantize int8 needs --calibration FILE.npy (representative inputs)")
         if args.calibration is not None and quantize != "int8":
             raise CliError("--calibration is only used with --quantize int8")
+        if args.float_layers and quantize != "int8":
+            raise CliError("--float-layers needs --quantize int8")
         return
     for flag, value in (("--quantize", args.quantize != "none"),
                         ("--calibration", args.calibration is not None),
+                        ("--float-layers", args.float_layers is not None),
                         ("--sensitivity", args.sensitivity is not None),
                         ("--threads", args.threads != 1), ("--plot", args.plot is not None),
                         ("--adb", args.adb),
@@ -129,7 +137,7 @@ def prune(args, model, x):
             raise CliError(str(err)) from None
     pruned, report = tfsynapse.prune_to_budget(
         model, **budget, **extra, quantize=quantize, representative_dataset=calibration,
-        criterion=args.criterion, sensitivity=table, round_to=args.round_to,
+        float_layers=args.float_layers, criterion=args.criterion, sensitivity=table, round_to=args.round_to,
         max_pruning_ratio=args.max_pruning_ratio, data=x, return_report=True,
         verbose=1)  # progress lines and the report
     if args.plot:

@@ -41,7 +41,8 @@ _PRECISIONS = (None, "float16", "dynamic", "int8")
 
 
 def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_ms=None,
-                    threads=1, quantize=None, representative_dataset=None, criterion="l1",
+                    threads=1, quantize=None, representative_dataset=None, float_layers=None,
+                    criterion="l1",
                     sensitivity=None, round_to=None, max_pruning_ratio=None, ignored_layers=(),
                     data=None, measure_latency=None, return_report=False, verbose=0):
     """Prunes filters until the shrunk model fits a budget (one-shot, like ``prune_once``).
@@ -61,6 +62,9 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
       quantize: the precision of a ``size_bytes`` or ``latency_ms`` budget: None (float32),
         'float16', 'dynamic' or 'int8' (int8 needs ``representative_dataset``).
       representative_dataset: calibration data for int8.
+      float_layers: with an int8 ``size_bytes`` or ``latency_ms`` budget, layer names kept
+        float32 in every converted candidate (``tflite_export.convert``'s ``float_layers``):
+        measure what you will ship, and export the result with the same names.
       criterion: the filter criterion that picks which units go, per group.
       sensitivity: None (uniform ratio), a ``SensitivityTable`` of this model, or a function
         ``evaluate(model) -> metric`` (higher is better) to build one with
@@ -88,7 +92,8 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
       ValueError: no budget or more than one; a budget that is not a positive number; a
         budget below what the frozen groups and the caps allow (the lowest reachable cost is
         in the message); int8 without calibration data; an unknown precision, or a precision
-        with a MAC or parameter budget; ``threads`` or ``measure_latency`` without a latency
+        with a MAC or parameter budget; ``float_layers`` without an int8 size or latency
+        budget, or naming no layer of the model; ``threads`` or ``measure_latency`` without a latency
         budget; ``threads`` or ``round_to`` not an integer >= 1; ``measure_latency``
         returning anything but a positive number.
       TypeError: ``sensitivity`` is neither a table nor a function; ``measure_latency`` is
@@ -117,6 +122,7 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
     if measured_kind and quantize == "int8" and representative_dataset is None:
         raise ValueError(f"an int8 {kind} budget converts the candidates to int8, which needs "
                          "representative_dataset (a few hundred training samples).")
+    kept_float = _float_layers(model, float_layers, quantize, representative_dataset, kind)
     if (threads != 1 or measure_latency is not None) and kind != "latency_ms":
         raise ValueError("threads and measure_latency only apply to a latency_ms budget.")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -153,7 +159,7 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
     meter, alignment, estimate = None, {}, None
     if kind == "latency_ms":
         meter = budget_measured.latency(quantize, representative_dataset, threads,
-                                        measure_latency)
+                                        measure_latency, float_layers=kept_float)
         # the budget's uniform ratio: where alignment and the latency model probe (only
         # needed for those: an explicit round_to without sensitivity goes straight to search)
         estimate, dense_key, mac_target = (
@@ -197,7 +203,8 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
         floor_ratios = ([options.max_pruning_ratio] * len(solver.groups) if curves is None else
                         [_last_ratio(curves[0], p.group.name) for p in solver.groups])
         if kind == "size_bytes":
-            measure, axis = budget_measured.file_size(quantize, representative_dataset), "params"
+            measure = budget_measured.file_size(quantize, representative_dataset, kept_float)
+            axis = "params"
         else:
             measure, axis = meter, "macs" if solver.latency_model is None else "latency"
         (named, pruned), measured, dense_cost, points, steps = budget_measured.fit_measured(
@@ -224,6 +231,18 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
                           latency_model=solver.latency_model)
     say(report.table())
     return (pruned, report) if return_report else pruned
+
+
+def _float_layers(model, float_layers, quantize, representative_dataset, kind):
+    """The checked ``float_layers`` (None when empty): an int8 measured budget only."""
+    if not float_layers:
+        return None
+    if kind not in ("size_bytes", "latency_ms"):
+        raise ValueError(f"float_layers only changes a size_bytes or latency_ms budget (the "
+                         f"converted file); {kind} do not depend on the precision.")
+    from tflite_export.float_layers import requested  # noqa: PLC0415
+
+    return requested(model, float_layers, quantize, representative_dataset is not None) or None
 
 
 def _recalibrated(pruned, named, data, kind, budget):

@@ -137,18 +137,21 @@ def _inside(solve, axis, low, high, limits):
     return None
 
 
-def file_size(quantize, calibration):
-    """``measure(model) -> bytes`` of the model converted in ``quantize`` precision."""
+def file_size(quantize, calibration, float_layers=None):
+    """``measure(model) -> bytes`` of the model converted in ``quantize`` precision (with
+    ``float_layers`` kept float32 in int8)."""
     import tflite_export  # noqa: PLC0415
 
     def measure(model):
         return float(len(tflite_export.convert(model, quantize=quantize,
-                                               representative_dataset=calibration)))
+                                               representative_dataset=calibration,
+                                               float_layers=float_layers)))
 
     return measure
 
 
-def latency(quantize, calibration, threads, measure_latency=None, cache=None, runs=30):
+def latency(quantize, calibration, threads, measure_latency=None, cache=None, runs=30,
+            float_layers=None):
     """``measure(model) -> ms``: converted in ``quantize`` precision, timed with ``threads``.
 
     Args:
@@ -159,11 +162,14 @@ def latency(quantize, calibration, threads, measure_latency=None, cache=None, ru
         meter).
       cache: a ``LatencyCache`` (default: the one under ``TFSYNAPSE_CACHE`` or ~/.cache).
       runs: timed invocations per round (three rounds, the median of their medians).
+      float_layers: layer names kept float32 in an int8 conversion (``tflite_export``);
+        the cache keys are the files' hashes, so such files are timed and cached apart.
 
     Returns:
       A ``LatencyMeter`` (call it with a model).
     """
-    return LatencyMeter(quantize, calibration, threads, measure_latency, cache, runs)
+    return LatencyMeter(quantize, calibration, threads, measure_latency, cache, runs,
+                        float_layers)
 
 
 class LatencyMeter:
@@ -175,8 +181,9 @@ class LatencyMeter:
     """
 
     def __init__(self, quantize, calibration, threads, measure_latency=None, cache=None,
-                 runs=30):
+                 runs=30, float_layers=None):
         self.quantize, self.calibration, self.threads = quantize, calibration, threads
+        self.float_layers = float_layers
         self.measure_latency, self.runs = measure_latency, runs
         self.cache = None if measure_latency is not None else (
             cache if cache is not None else LatencyCache())
@@ -188,7 +195,8 @@ class LatencyMeter:
         import tflite_export  # noqa: PLC0415
 
         return tflite_export.convert(model, quantize=self.quantize,
-                                     representative_dataset=self.calibration)
+                                     representative_dataset=self.calibration,
+                                     float_layers=self.float_layers)
 
     def time_file(self, flatbuffer):
         """One fresh measurement of a converted file, in ms (never cached)."""
