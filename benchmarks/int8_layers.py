@@ -52,8 +52,8 @@ def _fused_activation(layer, keras):
         if isinstance(following, keras.layers.BatchNormalization):
             current = following
             continue
-        if isinstance(following, keras.layers.ReLU):
-            return following.max_value
+        if isinstance(following, keras.layers.ReLU):  # max_value None: an uncapped ReLU
+            return 0.0 if following.max_value is None else following.max_value
         if isinstance(following, keras.layers.Activation):
             return 0.0 if following.get_config()["activation"] == "relu" else None
         return None

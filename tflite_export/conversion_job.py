@@ -28,7 +28,7 @@ class NotLoadableError(RuntimeError):
 
 
 def write_job(directory, *, quantize, int8_io, sparse_weights, input_names, output_names,
-              calibration=None, float_layers=(), layer_names=()):
+              calibration=None, float_layers=()):
     """Writes a conversion job (its SavedModel must be written by the caller).
 
     Args:
@@ -37,8 +37,8 @@ def write_job(directory, *, quantize, int8_io, sparse_weights, input_names, outp
       input_names, output_names: the Keras model's, in Keras order.
       calibration: a ``Calibration`` (int8 with data) or None; its samples are written once
         as one ``input_<i>.npy`` array per input.
-      float_layers: names of layers kept float32 in an int8 model (checked by the caller).
-      layer_names: every layer name of the model, to tell ``float_layers``' ops apart.
+      float_layers: names of layers kept float32 in an int8 model (checked by the caller,
+        who saves the SavedModel with them renamed by ``float_layers.marked``).
     """
     count = 0
     if calibration is not None:
@@ -57,8 +57,7 @@ def write_job(directory, *, quantize, int8_io, sparse_weights, input_names, outp
     with open(os.path.join(directory, _JOB), "w") as stream:
         json.dump({"quantize": quantize, "int8_io": int8_io, "sparse_weights": sparse_weights,
                    "input_names": list(input_names), "output_names": list(output_names),
-                   "samples": count, "float_layers": list(float_layers),
-                   "layer_names": list(layer_names) if float_layers else []}, stream)
+                   "samples": count, "float_layers": list(float_layers)}, stream)
 
 
 def run(directory):
@@ -123,7 +122,7 @@ def _convert(directory):
         # The calibrator itself builds a tf.lite.Interpreter for dict (multi-input) samples.
         warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
         with _usable_ranges() as widened, keep_float(
-                job.get("float_layers", []), job.get("layer_names", [])) as kept:
+                job.get("float_layers", [])) as kept:
             data = converter.convert()
     if job.get("float_layers"):
         check_kept_float(data, kept)
@@ -196,8 +195,7 @@ def _configure(tf, converter, job, directory):
         converter.target_spec.supported_types = [tf.float16]
     elif quantize == "int8":
         if job["samples"]:  # none: a quantisation-aware model brings its own ranges
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] + (
-                [tf.lite.OpsSet.TFLITE_BUILTINS] if job.get("float_layers") else [])
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             converter.representative_dataset = lambda: _samples(job, directory)
         if job["int8_io"]:
             converter.inference_input_type = tf.int8

@@ -186,9 +186,10 @@ def convert(
         in this process.
       float_layers: with ``'int8'`` and ``representative_dataset``, names of layers whose ops
         stay float32 (with the batch normalisation and activation fused into them), between a
-        DEQUANTIZE and a QUANTIZE: selective quantisation, e.g. ``[first conv's name]`` where
-        int8 runs a 3-channel first convolution slower than float (x86: 2-4x). Measure it on
-        the target device (``tflite_export.benchmark``).
+        DEQUANTIZE and a QUANTIZE: selective quantisation, e.g. the layers at the first
+        resolution, which int8 runs several times slower than float on x86 without VNNI
+        (benchmarks, int8_layers). Not input or output layers. Measure on the target device
+        (``tflite_export.benchmark``).
 
     Returns:
       The TFLite flatbuffer as ``bytes``.
@@ -221,9 +222,8 @@ def convert(
         conversion_job.write_job(
             directory, quantize=quantize, int8_io=int8_io, sparse_weights=sparse_weights,
             input_names=backend.input_names(model), output_names=backend.output_names(model),
-            calibration=calibration, float_layers=kept_float,
-            layer_names=float_layers_.layer_names(model) if kept_float else ())
-        data = _first_strategy_that_converts(model, quantize, directory, isolate)
+            calibration=calibration, float_layers=kept_float)
+        data = _first_strategy_that_converts(model, quantize, directory, isolate, kept_float)
     if quantize == "int8" and calibration is None:
         _warn_float_parts(conversion_job.check_loads(data, quantize))
     if output is not None:
@@ -231,13 +231,14 @@ def convert(
     return data
 
 
-def _first_strategy_that_converts(model, quantize, directory, isolate):
+def _first_strategy_that_converts(model, quantize, directory, isolate, kept_float=()):
     errors = []
     saved_model = os.path.join(directory, conversion_job.SAVED_MODEL)
     for description, save in _STRATEGIES:
         try:
             shutil.rmtree(saved_model, ignore_errors=True)
-            save(model, saved_model)
+            with float_layers_.marked(model, kept_float):  # traced with the layers' markers
+                save(model, saved_model)
             if isolate:
                 isolation.run_isolated("tflite_export.conversion_job:run", directory)
             else:

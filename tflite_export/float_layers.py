@@ -4,15 +4,21 @@ TensorFlow's converter quantises a calibrated float model in one call (``mlir_qu
 which can leave named nodes in float (``denylisted_nodes``, the mechanism behind
 ``tf.lite.experimental.QuantizationDebugger``). The converter does not expose that argument;
 ``keep_float`` wraps the call during one conversion and passes the nodes that compute the
-chosen layers. A TFLite op computes a layer when one of its output tensor's names (the
-converter joins fused names with ``;``) has the layer's name as a path segment, e.g.
-``model/Conv1_relu/Relu6;model/Conv1/Conv2D`` computes ``Conv1`` and ``Conv1_relu``: the
-batch normalisation and activation fused into a convolution go with it.
+chosen layers.
 
-Why: on the x86 host of the benchmarks, int8 runs a model's first convolution (3 input
-channels) 2-4x slower than float32 (``benchmarks`` section ``int8_layers``); kept float, the
-whole int8 ResNet50 is 8% faster. Whether that holds on a phone's ARM cores must be measured
-there.
+Which TFLite ops compute a layer is read from the ops' output tensor names, which carry the
+TensorFlow name scope of the layer call. Layer names are ambiguous there (Keras 3 opens each
+layer's scope twice, so layer ``conv2d`` computes under ``conv2d_1`` and layer ``conv2d_1``
+under ``conv2d_1_2``; an op name such as ``add`` can equal a layer name), so while the model is
+traced for conversion each chosen layer is renamed to a marker no other name contains
+(``marked``), and an op belongs to chosen layer ``i`` when a segment of its name is the marker
+``tfsynapse_float<i>x``, with any ``_<n>`` suffixes a name scope adds. The converter joins fused
+names with ``;``: the batch normalisation and activation fused into a convolution go with it.
+
+Why: on the x86 host of the benchmarks, int8 runs the layers at a model's first resolution
+(a 3-channel first convolution above all) 2-4.4x slower than float32 (``benchmarks`` section
+``int8_layers``); kept float, the int8 ResNet50 and MobileNetV2 are 8-12% faster. Whether
+that holds on a phone's ARM cores must be measured there.
 """
 
 import contextlib
@@ -20,13 +26,17 @@ import re
 
 from tflite_export import _runtime
 
+_MARKER = "tfsynapse_float{}x"
+_MARKED = re.compile(r"tfsynapse_float(\d+)x(?:_\d+)*")
+
 
 class FloatLayersError(ValueError):
-    """A layer of ``float_layers`` has no TFLite op of its own, or was quantised anyway."""
+    """``float_layers`` could not be honoured: a layer without an op of its own, an op
+    quantised anyway, or a converter without the hook this module needs."""
 
 
 def requested(model, float_layers, quantize, calibrated):
-    """Checks ``convert``'s ``float_layers`` argument; returns the names as a list.
+    """Checks ``convert``'s ``float_layers`` argument.
 
     Args:
       model: the Keras model being converted.
@@ -34,10 +44,15 @@ def requested(model, float_layers, quantize, calibrated):
       quantize: ``convert``'s quantisation mode.
       calibrated: whether the conversion calibrates on representative data.
 
+    Returns:
+      The names as a list, without repeats (empty for None or an empty iterable).
+
     Raises:
       TypeError: a name is not a string.
       ValueError: names without ``quantize='int8'`` or without calibration data (a
-        quantisation-aware model converted from its own ranges), or names of no layer.
+        quantisation-aware model converted from its own ranges); names of no layer, of more
+        than one layer (nested models), or of an input or output layer (an input computes
+        nothing; an output's tensor is named after the signature).
     """
     if float_layers is None:
         return []
@@ -53,67 +68,117 @@ def requested(model, float_layers, quantize, calibrated):
     if not calibrated:
         raise ValueError("float_layers needs representative_dataset: the layers are left out "
                          "of the quantisation step that follows calibration.")
-    known = layer_names(model)
-    unknown = [n for n in names if n not in set(known)]
+    layers = _all_layers(model)
+    known = [layer.name for layer in layers]
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"float_layers: the model has no layer {', '.join(map(repr, unknown))}"
                          f" (its first layers: {', '.join(known[:6])}, ...).")
+    repeated = [n for n in names if known.count(n) > 1]
+    if repeated:
+        raise ValueError(f"float_layers: {', '.join(map(repr, repeated))} names more than one "
+                         "layer (nested models); rename one of them.")
+    ends = {layer.name for layer in _end_layers(model)}
+    edge = [n for n in names if n in ends]
+    if edge:
+        raise ValueError(f"float_layers: {', '.join(map(repr, edge))} is an input or output "
+                         "layer; an input computes nothing and an output's tensor is named after"
+                         " the signature. Choose a layer inside the model.")
     return list(dict.fromkeys(names))
 
 
-def layer_names(model):
-    """Every layer name of ``model``, nested models' layers included."""
-    names = []
+def _all_layers(model):
+    """Every layer of ``model``, nested models' layers included, in order."""
+    layers = []
     for layer in model.layers:
-        names.append(layer.name)
+        layers.append(layer)
         if hasattr(layer, "layers"):  # a nested model
-            names += layer_names(layer)
-    return names
+            layers += _all_layers(layer)
+    return layers
 
 
-def matches(tensor_name, layer_names, all_names=()):
-    """The layer names of ``layer_names`` that ``tensor_name`` (a TFLite op output) computes.
-
-    A path segment names a layer exactly (tf_keras: ``model/Conv1/Conv2D``) or with the
-    numeric suffix Keras 3 adds to its name scopes (``functional_1/stem_1/convolution``), unless
-    that suffixed name is itself one of ``all_names``, the model's layer names.
-    """
-    segments = {segment for part in tensor_name.split(";") for segment in part.split("/")}
-    taken = set(all_names)
-    found = set()
-    for name in layer_names:
-        suffixed = re.compile(re.escape(name) + r"_\d+")
-        if name in segments or any(suffixed.fullmatch(s) and s not in taken for s in segments):
-            found.add(name)
-    return found
-
-
-def op_outputs(data):
-    """``[(op name, output tensor name, output dtype)]`` of a TFLite flatbuffer, in order."""
-    interpreter = _runtime.load_interpreter(data)
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    rows = []
-    for op in interpreter._get_ops_details():
-        for index in op["outputs"]:
-            if index in tensors:
-                rows.append((op["op_name"], tensors[index]["name"], tensors[index]["dtype"]))
-    return rows
+def _end_layers(model):
+    """The layers that produce the model's inputs and outputs."""
+    tensors = list(model.inputs) + list(model.outputs)
+    ends = []
+    for tensor in tensors:
+        history = getattr(tensor, "_keras_history", None)  # (layer, node, tensor index)
+        if history is not None:
+            ends.append(history[0])
+    return ends
 
 
 @contextlib.contextmanager
-def keep_float(layer_names, all_names=()):
-    """While active, the converter's int8 quantisation leaves ``layer_names``' ops in float.
+def marked(model, names):
+    """Renames the layers ``names`` to markers while active (to trace the model for
+    conversion), and restores their names on exit, also after an error.
 
     Args:
-      layer_names: the layers to keep float.
-      all_names: every layer name of the model (see ``matches``).
+      model: the Keras model.
+      names: layer names checked by ``requested``.
+    """
+    by_name = {layer.name: layer for layer in _all_layers(model)}
+    renamed = []
+    try:
+        for index, name in enumerate(names):
+            _rename(by_name[name], _MARKER.format(index))
+            renamed.append((by_name[name], name))
+        yield
+    finally:
+        for layer, name in renamed:
+            _rename(layer, name)
+
+
+def _rename(layer, name):
+    try:
+        layer.name = name  # Keras 3: a plain attribute
+    except AttributeError:
+        layer._name = name  # tf_keras: a read-only property over _name
+
+
+def marked_indices(tensor_name):
+    """The indices of the marked layers whose ops produce ``tensor_name``."""
+    segments = (s for part in tensor_name.split(";") for s in part.split("/"))
+    return {int(m.group(1)) for m in map(_MARKED.fullmatch, segments) if m}
+
+
+def op_outputs(data):
+    """The ops of a TFLite flatbuffer and what they produce.
+
+    Args:
+      data: the flatbuffer bytes.
+
+    Returns:
+      ``[(op name, output tensor name, output dtype)]`` in execution order (delegate nodes
+      left out).
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: PLC0415
+
+    interpreter = Interpreter(  # names and types only: no allocation, no delegate
+        model_content=_runtime.read_model(data),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    return [(op["op_name"], tensors[index]["name"], tensors[index]["dtype"])
+            for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"
+            for index in op["outputs"] if index in tensors]
+
+
+@contextlib.contextmanager
+def keep_float(layer_names):
+    """While active, the converter's int8 quantisation leaves the marked layers' ops float.
+
+    Args:
+      layer_names: the chosen layers, in the order ``marked`` numbered them.
 
     Yields:
-      A dict filled during the conversion: ``{layer name: [TFLite node names kept float]}``.
+      ``{layer name: [float32 node names kept float]}``, filled during the conversion.
 
     Raises:
-      RuntimeError: this TensorFlow's converter has no ``_mlir_quantize`` to wrap.
+      FloatLayersError: this TensorFlow's converter has no ``_mlir_quantize`` to wrap, or the
+        conversion finished without calling it.
     """
+    import numpy as np  # noqa: PLC0415
+
     found = {name: [] for name in layer_names}
     if not layer_names:
         yield found
@@ -123,18 +188,20 @@ def keep_float(layer_names, all_names=()):
 
         original = lite._mlir_quantize
     except (ImportError, AttributeError) as err:
-        raise RuntimeError(
+        raise FloatLayersError(
             "float_layers needs TensorFlow's converter internals (tensorflow.lite.python.lite."
             f"_mlir_quantize, present in TensorFlow 2.21); this TensorFlow has none: {err}"
         ) from err
+    called = []
 
     def quantize(calibrated, *args, **kwargs):
-        nodes = []
-        for _, tensor, _ in op_outputs(calibrated):
-            for name in matches(tensor, layer_names, all_names):
-                found[name].append(tensor)
-                nodes.append(tensor)
-        kwargs["denylisted_nodes"] = sorted(set(nodes) | set(kwargs.get("denylisted_nodes") or ()))
+        called.append(True)
+        for _, tensor, dtype in op_outputs(calibrated):
+            for index in marked_indices(tensor):
+                if dtype == np.float32:  # shape and index tensors are not quantised anyway
+                    found[layer_names[index]].append(tensor)
+        nodes = {t for tensors in found.values() for t in tensors}
+        kwargs["denylisted_nodes"] = sorted(nodes | set(kwargs.get("denylisted_nodes") or ()))
         return original(calibrated, *args, **kwargs)
 
     lite._mlir_quantize = quantize
@@ -142,29 +209,33 @@ def keep_float(layer_names, all_names=()):
         yield found
     finally:
         lite._mlir_quantize = original
+    if not called:
+        raise FloatLayersError("float_layers: the converter never reached its quantisation "
+                               "step (mlir_quantize), so no layer could be kept float.")
 
 
 def check_kept_float(data, found):
-    """Every chosen layer matched an op and that op computes in float32 in ``data``.
+    """Every chosen layer matched an op, and each such op is float32 in ``data``.
+
+    Args:
+      data: the converted flatbuffer.
+      found: what ``keep_float`` yielded.
 
     Raises:
-      FloatLayersError: a layer matched no TFLite op (e.g. it was folded into another op, or it
-        computes nothing, such as an ``InputLayer``), or an op of a chosen layer was
-        quantised all the same.
+      FloatLayersError: a layer matched no TFLite op (e.g. it was folded into another op, or
+        computes nothing), or an op of a chosen layer is missing from ``data`` or quantised.
     """
     import numpy as np  # noqa: PLC0415
 
     missing = sorted(name for name, nodes in found.items() if not nodes)
     if missing:
         raise FloatLayersError(
-            f"float_layers: no TFLite op carries the name of {', '.join(map(repr, missing))}: "
-            "a layer folded into another op (e.g. a batch normalisation into its convolution) "
-            "is kept float by naming that op's layer instead; a layer whose output is a model "
-            "output has its tensor named after the signature and cannot be chosen.")
-    nodes = {node for tensors in found.values() for node in tensors}
-    quantised = sorted(tensor for _, tensor, dtype in op_outputs(data)
-                       if tensor in nodes and dtype != np.float32)
-    if quantised:
+            f"float_layers: no TFLite op computes {', '.join(map(repr, missing))}: a layer "
+            "folded into another op (e.g. a batch normalisation into its convolution) is kept "
+            "float by naming that op's layer instead.")
+    dtypes = {tensor: dtype for _, tensor, dtype in op_outputs(data)}
+    wrong = sorted(t for nodes in found.values() for t in nodes if dtypes.get(t) != np.float32)
+    if wrong:
         raise FloatLayersError(
-            f"float_layers: the converter quantised {', '.join(quantised[:3])} despite the "
-            "request to keep it float.")
+            f"float_layers: {', '.join(wrong[:3])} did not come out float32 (quantised or "
+            "renamed by the converter) despite the request to keep it float.")

@@ -79,7 +79,17 @@ def milliseconds(text):
 
 
 def layer_names(text):
-    """Comma-separated layer names: 'Conv1' or 'Conv1,block_1_expand'."""
+    """Comma-separated layer names: 'Conv1' or 'Conv1,block_1_expand'.
+
+    Args:
+      text: the flag's value.
+
+    Returns:
+      The names, stripped, as a list.
+
+    Raises:
+      argparse.ArgumentTypeError: no name in ``text``.
+    """
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise argparse.ArgumentTypeError(f"must be layer names separated by commas, got {text!r}")

@@ -93,9 +93,9 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
         budget below what the frozen groups and the caps allow (the lowest reachable cost is
         in the message); int8 without calibration data; an unknown precision, or a precision
         with a MAC or parameter budget; ``float_layers`` without an int8 size or latency
-        budget, or naming no layer of the model; ``threads`` or ``measure_latency`` without a latency
-        budget; ``threads`` or ``round_to`` not an integer >= 1; ``measure_latency``
-        returning anything but a positive number.
+        budget, or naming no layer of the model (or an input or output layer); ``threads``
+        or ``measure_latency`` without a latency budget; ``threads`` or ``round_to`` not an
+        integer >= 1; ``measure_latency`` returning anything but a positive number.
       TypeError: ``sensitivity`` is neither a table nor a function; ``measure_latency`` is
         not callable.
       RuntimeError: a device measurement failed (``adb_latency``, ``command_latency``).
