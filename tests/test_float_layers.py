@@ -65,6 +65,10 @@ def test_default_keras3_names_keep_exactly_the_chosen_layer():
     data = convert(model, "int8", representative_dataset=calib, float_layers=[names[2]])
     assert [d for op, d in _computing(data) if op == "CONV_2D"] == [np.int8, np.float32, np.int8]
     assert [layer.name for layer in model.layers] == names
+    # the file names the layer's tensors after the layer again: the markers are gone
+    assert not any("tfsynapse_float" in n for _, n, _ in op_outputs(data))
+    float_op = next(n for op, n, d in op_outputs(data) if op == "CONV_2D" and d == np.float32)
+    assert f"/{names[2]}/" in float_op or f"/{names[2]}_" in float_op, float_op
     with pytest.raises(FloatLayersError, match=f"no TFLite op computes '{names[4]}'"):
         convert(model, "int8", representative_dataset=calib, float_layers=[names[4]])
     assert [layer.name for layer in model.layers] == names

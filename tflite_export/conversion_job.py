@@ -108,7 +108,8 @@ def read_result(directory):
 def _convert(directory):
     import tensorflow as tf  # noqa: PLC0415 - the worker imports TensorFlow on its first job
 
-    from tflite_export.float_layers import check_kept_float, keep_float  # noqa: PLC0415
+    from tflite_export.float_layers import (  # noqa: PLC0415
+        check_kept_float, keep_float, restore_names)
     from tflite_export.keras_io import add_keras_io  # noqa: PLC0415
 
     with open(os.path.join(directory, _JOB)) as stream:
@@ -126,6 +127,7 @@ def _convert(directory):
             data = converter.convert()
     if job.get("float_layers"):
         check_kept_float(data, kept)
+        data = restore_names(data, job["float_layers"])
     if widened:
         warnings.warn(
             f"{len(widened)} activation tensor(s) were constant over the calibration data (e.g. "

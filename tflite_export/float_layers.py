@@ -28,6 +28,7 @@ from tflite_export import _runtime
 
 _MARKER = "tfsynapse_float{}x"
 _MARKED = re.compile(r"tfsynapse_float(\d+)x(?:_\d+)*")
+_MARKED_SEGMENT = re.compile(r"(^|[/;])tfsynapse_float(\d+)x((?:_\d+)*)(?=$|[/;])")
 
 
 class FloatLayersError(ValueError):
@@ -239,3 +240,32 @@ def check_kept_float(data, found):
         raise FloatLayersError(
             f"float_layers: {', '.join(wrong[:3])} did not come out float32 (quantised or "
             "renamed by the converter) despite the request to keep it float.")
+
+
+def restore_names(data, layer_names):
+    """``data`` with the markers in its tensor names replaced by the layers' own names.
+
+    Args:
+      data: the converted flatbuffer.
+      layer_names: the chosen layers, in the order ``marked`` numbered them.
+
+    Returns:
+      The flatbuffer bytes, the chosen layers' tensors named after the layers again (with
+      the ``_<n>`` suffixes the markers' scopes got, which on Keras 3 may differ from those
+      of an export without ``float_layers``).
+    """
+    from ai_edge_litert import schema_py_generated as schema  # noqa: PLC0415
+
+    from tflite_export.keras_io import pack  # noqa: PLC0415
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
+
+    def original(match):
+        return match.group(1) + layer_names[int(match.group(2))] + match.group(3)
+
+    for subgraph in model.subgraphs or []:
+        for tensor in subgraph.tensors or []:
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
+            if name and "tfsynapse_float" in name:
+                tensor.name = _MARKED_SEGMENT.sub(original, name)
+    return pack(model, len(data))

@@ -37,7 +37,12 @@ def add_keras_io(data, input_names, output_names):
     entry.name = KERAS_IO_KEY
     entry.buffer = len(model.buffers) - 1
     model.metadata = [m for m in (model.metadata or []) if _name(m) != KERAS_IO_KEY] + [entry]
-    builder = flatbuffers.Builder(len(data) + 1024)
+    return pack(model, len(data))
+
+
+def pack(model, size):
+    """The flatbuffer bytes of a ``schema.ModelT`` about ``size`` bytes large."""
+    builder = flatbuffers.Builder(size + 1024)
     builder.Finish(model.Pack(builder), file_identifier=_IDENTIFIER)
     return bytes(builder.Output())
 
