@@ -98,8 +98,7 @@ def run(ctx):
     close = sum(r["one_step_less"] > 1.0 for r in stepped)
     targets.append(common.target_entry(SECTION, "MAC/parameter budgets within one rounding step "
                                        "(fraction of rows)", close / len(stepped), 1.0, ">="))
-    return {"settings": {k: ([list(m) for m in v] if k == "models" else v)
-                         for k, v in cfg.items()}, "rows": rows, "targets": targets, "plots": []}
+    return {"settings": dict(cfg), "rows": rows, "targets": targets, "plots": []}
 
 
 def markdown(result):

@@ -87,17 +87,15 @@ def _kind(layer, keras):
     return "x".join(str(k) for k in layer.kernel_size)
 
 
-def _export_pair(models, shape, batches):
+def _exports(tag, model, shape, batches):
+    """``model`` (one layer) in fp32 and in int8 with int8 inputs and outputs."""
     import tflite_export
 
     calibration = common.calibration_batches(shape, batches)
-    files = {}
-    for tag, model in models.items():
-        files[f"{tag} fp32"] = tflite_export.convert(model, isolate=False)
-        files[f"{tag} int8"] = tflite_export.convert(
-            model, quantize="int8", representative_dataset=calibration, int8_io=True,
-            isolate=False)
-    return files
+    return {f"{tag} fp32": tflite_export.convert(model, isolate=False),
+            f"{tag} int8": tflite_export.convert(
+                model, quantize="int8", representative_dataset=calibration, int8_io=True,
+                isolate=False)}
 
 
 def _profile(ctx, name, size, cfg):
@@ -121,8 +119,8 @@ def _profile(ctx, name, size, cfg):
         layer = dense.get_layer(layer_name)
         dense_alone, dense_shape = alone(layer, dense, keras)
         small_alone, small_shape = alone(small_layers[layer_name], small, keras)
-        files = {**_export_pair({"dense": dense_alone}, dense_shape, cfg["calibration_batches"]),
-                 **_export_pair({"shrunk": small_alone}, small_shape, cfg["calibration_batches"])}
+        files = {**_exports("dense", dense_alone, dense_shape, cfg["calibration_batches"]),
+                 **_exports("shrunk", small_alone, small_shape, cfg["calibration_batches"])}
         stats, _ = common.interleaved_latency(files, 1, cfg["rounds"],
                                               block_seconds=cfg["block_seconds"])
         rows.append({
@@ -181,9 +179,7 @@ def run(ctx):
         rows += layer_rows
         wholes.append(whole)
         common.release_memory()
-    result = {"settings": {k: ([list(m) for m in v] if k == "models" else v)
-                           for k, v in cfg.items()},
-              "rows": rows, "whole": wholes, "targets": []}
+    result = {"settings": dict(cfg), "rows": rows, "whole": wholes, "targets": []}
     result["plots"] = [plot(result, ctx.path(f"{SECTION}.png"))]
     return result
 

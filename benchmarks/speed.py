@@ -169,14 +169,10 @@ def run(ctx, backend="tf_keras", section=SECTION):
             del flatbuffers
         del variants
         common.release_memory()
-    result = {"settings": _jsonable_settings(cfg), "rows": rows, "targets": targets,
+    result = {"settings": dict(cfg), "rows": rows, "targets": targets,
               "timings": timings}
     result["plots"] = [plot(result, ctx.path(f"{section}.png"))]
     return result
-
-
-def _jsonable_settings(cfg):
-    return {k: ([list(m) for m in v] if k == "models" else v) for k, v in cfg.items()}
 
 
 def plot(result, path):

@@ -379,4 +379,3 @@ def test_int8_with_constant_activations_loads_in_xnnpack_and_says_so():
     report = verify(data, model, x)  # loads with XNNPACK (the default delegate)
     scale = float(np.abs(model.predict(x, verbose=0)).max())
     assert report["max_abs_error"] < 0.05 * scale and report["top1_agreement"] >= 0.9
-

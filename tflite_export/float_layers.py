@@ -27,7 +27,6 @@ import re
 from tflite_export import _runtime
 
 _MARKER = "tfsynapse_float{}x"
-_MARKED = re.compile(r"tfsynapse_float(\d+)x(?:_\d+)*")
 _MARKED_SEGMENT = re.compile(r"(^|[/;])tfsynapse_float(\d+)x((?:_\d+)*)(?=$|[/;])")
 
 
@@ -118,6 +117,9 @@ def marked(model, names):
       model: the Keras model.
       names: layer names checked by ``requested``.
     """
+    if not names:
+        yield
+        return
     by_name = {layer.name: layer for layer in _all_layers(model)}
     renamed = []
     try:
@@ -139,8 +141,7 @@ def _rename(layer, name):
 
 def marked_indices(tensor_name):
     """The indices of the marked layers whose ops produce ``tensor_name``."""
-    segments = (s for part in tensor_name.split(";") for s in part.split("/"))
-    return {int(m.group(1)) for m in map(_MARKED.fullmatch, segments) if m}
+    return {int(match.group(2)) for match in _MARKED_SEGMENT.finditer(tensor_name)}
 
 
 def op_outputs(data):

@@ -138,8 +138,8 @@ def prune(args, model, x):
     pruned, report = tfsynapse.prune_to_budget(
         model, **budget, **extra, quantize=quantize, representative_dataset=calibration,
         float_layers=args.float_layers, criterion=args.criterion, sensitivity=table,
-        round_to=args.round_to, max_pruning_ratio=args.max_pruning_ratio, data=x, return_report=True,
-        verbose=1)  # progress lines and the report
+        round_to=args.round_to, max_pruning_ratio=args.max_pruning_ratio, data=x,
+        return_report=True, verbose=1)  # progress lines and the report
     if args.plot:
         print(f"wrote {report.plot(args.plot)}")
     return pruned, f"budget {_describe(budget)}"

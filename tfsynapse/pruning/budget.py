@@ -42,9 +42,9 @@ _PRECISIONS = (None, "float16", "dynamic", "int8")
 
 def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_ms=None,
                     threads=1, quantize=None, representative_dataset=None, float_layers=None,
-                    criterion="l1",
-                    sensitivity=None, round_to=None, max_pruning_ratio=None, ignored_layers=(),
-                    data=None, measure_latency=None, return_report=False, verbose=0):
+                    criterion="l1", sensitivity=None, round_to=None, max_pruning_ratio=None,
+                    ignored_layers=(), data=None, measure_latency=None, return_report=False,
+                    verbose=0):
     """Prunes filters until the shrunk model fits a budget (one-shot, like ``prune_once``).
 
     Give exactly one budget, in absolute units. The per-group ratios come from a uniform
