@@ -79,10 +79,16 @@ def oneshot(run, seed, criterion):
     return run.cache.result(f"{run.arch}/seed{seed}/oneshot/{criterion}", compute)
 
 
-def pipeline(run, seed, criterion, ratios, tag):
-    """Parallel pruning with ``ratios``, fine-tuning, shrink; numbers (cached)."""
+def pipeline(run, seed, criterion, ratios, tag, ft_epochs=None):
+    """Parallel pruning with ``ratios``, fine-tuning, shrink; numbers (cached).
+
+    ``ft_epochs`` (default: the run's ``ft_epochs``) other than the run's own are cached under
+    their own key (``...-ft<n>-...``).
+    """
     import tfsynapse
     from tfsynapse.backends.tf_keras import keras
+
+    epochs = run.cfg["ft_epochs"] if ft_epochs is None else int(ft_epochs)
 
     def compute():
         dense = run.dense(seed)
@@ -97,14 +103,12 @@ def pipeline(run, seed, criterion, ratios, tag):
             wrapped = tfsynapse.prune_synaptic(one, schedule, criterion="l1",
                                                granularity="filter", scope="layer",
                                                layer_sparsity=ratios)
-            numbers["train_s"] = run.train(wrapped, run.data, run.cfg["ft_epochs"],
-                                               S.PHASE_LR, seed + 200,
+            numbers["train_s"] = run.train(wrapped, run.data, epochs, S.PHASE_LR, seed + 200,
                                                callbacks=[tfsynapse.UpdatePruningStep()])
             tuned = tfsynapse.strip_pruning(wrapped)
         else:
             tuned = one
-            numbers["train_s"] = run.train(tuned, run.data, run.cfg["ft_epochs"], S.PHASE_LR,
-                                               seed + 200)
+            numbers["train_s"] = run.train(tuned, run.data, epochs, S.PHASE_LR, seed + 200)
         small, report = tfsynapse.shrink(tuned, return_report=True)
         pruned_channels = sum(report.removed_units.values())
         expected = sum(int(np.floor(r * _size(dense, name) + 0.5)) for name, r in ratios.items())
@@ -112,6 +116,8 @@ def pipeline(run, seed, criterion, ratios, tag):
                 "param_reduction": report.param_reduction, "channels_removed": pruned_channels,
                 "channels_planned": expected}
 
+    if epochs != run.cfg["ft_epochs"]:
+        tag = f"{tag}-ft{epochs}"
     key = f"{run.arch}/seed{seed}/filter/{criterion}/{tag}-{ratios_tag(ratios)}"
     return run.cache.result(key, compute)
 

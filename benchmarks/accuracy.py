@@ -123,6 +123,18 @@ class Run:
             self._continued(seed, "control_ft", self.dense(seed), self.cfg["ft_epochs"], 200)
         return self.cache.numbers(f"{self.arch}/seed{seed}/control_{which}")
 
+    def control_after(self, seed, epochs):
+        """Numbers of the dense model of ``seed`` trained ``epochs`` more epochs (the
+        equal-budget control of a pipeline fine-tuned ``epochs`` epochs; cached)."""
+        if epochs == self.cfg["ft_epochs"]:
+            return self.control_numbers(seed, "ft")
+        key = f"control_ft{int(epochs)}"
+        cached = self.cache.numbers(f"{self.arch}/seed{seed}/{key}")
+        if cached is not None:
+            return cached
+        self._continued(seed, key, self.dense(seed), int(epochs), 200)
+        return self.cache.numbers(f"{self.arch}/seed{seed}/{key}")
+
     def distiller(self, student, teacher):
         from tfsynapse.pruning.distill import Distiller
 
