@@ -42,6 +42,8 @@ def fmt(stat):
 def verdict(stat, threshold=0.0):
     """'holds' when the CI lies above ``threshold``, 'does not hold' when below, else
     'not resolved' (the CI straddles it, or too few seeds)."""
+    if stat["n"] == 0:
+        return "not measured yet"
     if stat["n"] < 2 or math.isnan(stat["half_width"]):
         return "not resolved (one seed)"
     if stat["low"] > threshold:

@@ -29,8 +29,8 @@ def settings(quick):
 def _one_step_less(model, kind, budget, round_to):
     """Cost of the next less-pruned uniform configuration, relative to the budget."""
     from tfsynapse.graph import dependency_groups
-    from tfsynapse.pruning import MaskPlan, PruningOptions
-    from tfsynapse.pruning.budget_solver import BudgetSolver
+    from tfsynapse.plan import MaskPlan, PruningOptions
+    from tfsynapse.budget.solver import BudgetSolver
 
     options = PruningOptions(criterion="l1", granularity="filter", scope="layer",
                              round_to=round_to, final_sparsity=1.0)

@@ -52,7 +52,7 @@ def settings(quick):
 
 def _dense_cost(run, seed, dense, kind, threads):
     from tfsynapse.graph import count_macs
-    from tfsynapse.pruning import budget_measured
+    from tfsynapse.budget import measured as budget_measured
 
     if kind == "macs":
         return count_macs(dense)
@@ -122,7 +122,7 @@ def _retime(dense, rows, threads, rounds):
     """Interleaved LiteRT medians of both arms' shrunk models (fresh, not the cache)."""
     import tflite_export
     import tfsynapse
-    from tfsynapse.pruning import budget_alignment
+    from tfsynapse.budget import alignment as budget_alignment
 
     files = {row["arm"]: tflite_export.convert(tfsynapse.shrink(
         tfsynapse.prune_once(dense, row["ratios"], criterion="l1"))) for row in rows}

@@ -88,7 +88,7 @@ def run(ctx):
 def _model_rows(ctx, cfg, name, size, fractions, thread_counts, missing):
     import tfsynapse
     from tfsynapse.backends.tf_keras import keras
-    from tfsynapse.pruning import budget_measured
+    from tfsynapse.budget import measured as budget_measured
 
     rows, dense = [], None
     for precision in cfg["precisions"]:

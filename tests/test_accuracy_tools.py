@@ -77,7 +77,7 @@ def test_recalibration_averages_batches_and_keeps_masks_and_steps(trained):
     # The first BN's moving mean is the mean over the two batches of its input's batch means.
     conv = keras.Model(wrapped.inputs, wrapped.get_layer("structured_prune_wrapper_c0").output)
     means = [conv(x[i:i + 128], training=False).numpy().mean(axis=(0, 1, 2)) for i in (0, 128)]
-    bn = next(l for l in tfsynapse.pruning.batchnorm_layers(wrapped) if l.name == "bn0")
+    bn = next(l for l in tfsynapse.analysis.batchnorm_layers(wrapped) if l.name == "bn0")
     np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean(means, axis=0), rtol=1e-4, atol=1e-5)
     assert bn.momentum == 0.99 and bn.trainable and "call" not in bn.__dict__
 
@@ -286,7 +286,7 @@ def test_layer_sparsity_of_prune_synaptic_with_and_without_only_listed():
 
 
 def test_recalibration_reads_every_data_shape():
-    from tfsynapse.pruning.batchnorm import _input_batches
+    from tfsynapse.analysis.batchnorm import _input_batches
 
     x, y = np.zeros((10, 4), "float32"), np.zeros(10)
     sizes = lambda data, n=1: [len(b) if n == 1 else [len(v) for v in b]  # noqa: E731

@@ -14,7 +14,7 @@ PACKAGES = ("tfsynapse", "tflite_export")
 FORBIDDEN = ("tf_keras", "keras", "tensorflow_model_optimization")
 # Packages that must not even pick one backend: they see the interface of tfsynapse.backends.
 NEUTRAL = ("tfsynapse/graph", "tfsynapse/criteria", "tfsynapse/surgery",
-           "tfsynapse/pruning/planner.py", "tfsynapse/pruning/scoring.py")
+           "tfsynapse/plan/planner.py", "tfsynapse/plan/scoring.py")
 BACKEND_MODULES = ("tfsynapse.backends.tf_keras", "tfsynapse.backends.keras3")
 
 
@@ -70,3 +70,29 @@ def test_the_check_sees_every_kind_of_import(tmp_path, source):
     path = tmp_path / "probe.py"
     path.write_text(source)
     assert [m.split(".")[0] for _, m in _imported_modules(path)][0] in FORBIDDEN
+
+
+def _name_branches(path):
+    """Comparisons with a backend's name (``backend.NAME == "keras3"``, ``... != "tf_keras"``)."""
+    names = {"tf_keras", "keras3"}
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            sides = [node.left] + list(node.comparators)
+            if any(isinstance(s, ast.Constant) and s.value in names for s in sides):
+                found.append(node.lineno)
+    return found
+
+
+def test_no_code_outside_the_backends_branches_on_a_backend_name():
+    """Everything outside ``backends/`` calls the interface (``backends/base.py``)."""
+    found = [f"{name}:{line}" for name, path in _sources()
+             if not name.startswith("tfsynapse/backends/") for line in _name_branches(path)]
+    assert found == []
+
+
+def test_the_name_branch_check_fires(tmp_path):
+    path = tmp_path / "probe.py"
+    path.write_text("if backend.NAME == 'keras3':\n    pass\nok = name != 'tf_keras'\n")
+    assert _name_branches(path) == [1, 3]

@@ -10,7 +10,7 @@ import pytest
 import tflite_export
 import tfsynapse
 from conftest import both_backends, rand_inputs, randomize_bn, small_cnn
-from tfsynapse.pruning.budget_solver import BudgetSolver
+from tfsynapse.budget.solver import BudgetSolver
 
 backend = both_backends(globals())  # every test runs on tf_keras and on Keras 3
 
@@ -30,7 +30,7 @@ def fake_files(monkeypatch):
 
 
 def _solver(model, round_to=1):
-    from tfsynapse.pruning import MaskPlan, PruningOptions  # noqa: PLC0415
+    from tfsynapse.plan import MaskPlan, PruningOptions  # noqa: PLC0415
 
     options = PruningOptions(criterion="l1", granularity="filter", scope="layer",
                              round_to=round_to, final_sparsity=1.0)
@@ -125,11 +125,14 @@ def test_only_the_returned_model_is_recalibrated(model, monkeypatch, backend):
     statistics, so only the returned model is recalibrated on ``data`` (once)."""
     if backend == "keras3":
         return  # which models are recalibrated does not depend on the Keras
-    from tfsynapse.pruning import api, batchnorm, budget_measured  # noqa: PLC0415
+    from tfsynapse.pruning import api  # noqa: PLC0415
+    from tfsynapse.analysis import batchnorm  # noqa: PLC0415
+    from tfsynapse.budget import measured as budget_measured  # noqa: PLC0415
+    from tfsynapse.budget import search  # noqa: PLC0415
 
     calls = []
     recalibrate = batchnorm.recalibrate_batchnorm
-    for module in (api, batchnorm):  # prune_once's and prune_to_budget's
+    for module in (api, search):  # prune_once's and prune_to_budget's
         monkeypatch.setattr(module, "recalibrate_batchnorm",
                             lambda *a, **k: calls.append(1) or recalibrate(*a, **k))
     # a "file size" proportional to the parameters: the same search, no conversions
@@ -303,7 +306,7 @@ def test_the_command_line_prunes_to_a_budget(model, tmp_path, capsys, monkeypatc
 def test_the_command_line_prunes_to_a_file_size(model, tmp_path, capsys, backend):
     if backend == "keras3":
         return  # the flags are read alike for both Keras (the MAC flag runs on both above)
-    from tfsynapse import cli_args  # noqa: PLC0415
+    from tfsynapse.cli import args as cli_args  # noqa: PLC0415
     from tfsynapse.cli import main  # noqa: PLC0415
 
     path, out = str(tmp_path / "model.keras"), str(tmp_path / "pruned.keras")
@@ -346,7 +349,7 @@ def test_litert_latency_is_measured_here_and_cached_by_file_and_threads(model, t
                                                                         monkeypatch, backend):
     if backend == "keras3":
         return  # LiteRT timing does not depend on the Keras that built the model
-    from tfsynapse.pruning.budget_measured import LatencyCache  # noqa: PLC0415
+    from tfsynapse.budget.measured import LatencyCache  # noqa: PLC0415
 
     monkeypatch.setenv("TFSYNAPSE_CACHE", str(tmp_path / "cache"))
     x = rand_inputs(model)
@@ -362,7 +365,7 @@ def test_litert_latency_is_measured_here_and_cached_by_file_and_threads(model, t
     assert value == report.dense > 0
     cache = LatencyCache()
     assert cache.get(key) == value and cache.hits == 1
-    from tfsynapse.pruning import budget_measured  # noqa: PLC0415
+    from tfsynapse.budget import measured as budget_measured  # noqa: PLC0415
 
     timed = []  # a device: nothing on disk, but one search times the same file once
     device = budget_measured.latency(None, None, 2, lambda f, t: timed.append(t) or 1.5)
@@ -381,8 +384,8 @@ def test_round_to_none_measures_the_fastest_multiple_per_mac(model, tmp_path, ba
     `margin` better; the choice is cached and reused without timing again."""
     if backend == "keras3":
         return  # the choice only reads counts and times: nothing Keras-specific
-    from tfsynapse.pruning import budget_alignment  # noqa: PLC0415
-    from tfsynapse.pruning.budget_measured import LatencyCache  # noqa: PLC0415
+    from tfsynapse.budget import alignment as budget_alignment  # noqa: PLC0415
+    from tfsynapse.budget.measured import LatencyCache  # noqa: PLC0415
 
     def widths(small):
         return [layer.filters for layer in small.layers if getattr(layer, "filters", None)]
@@ -467,10 +470,9 @@ def _stand_in_search(monkeypatch, configs, axis, budget, measure):
     its measured value; no model is pruned, shrunk or converted."""
     import types  # noqa: PLC0415
 
-    from tfsynapse import surgery  # noqa: PLC0415
-    from tfsynapse.pruning import budget_measured  # noqa: PLC0415
+    from tfsynapse.budget import measured as budget_measured  # noqa: PLC0415
 
-    monkeypatch.setattr(surgery, "shrink", lambda model: model)
+    monkeypatch.setattr(budget_measured, "shrink", lambda model: model)
 
     def solve(kind, limit):
         assert kind == axis
@@ -564,8 +566,8 @@ def _machine(fixed, per_mac, per_element, noise=None):
 def test_the_latency_model_recovers_the_machine_and_is_cached(model, tmp_path, backend):
     if backend == "keras3":
         return  # only counts and a stand-in clock: nothing Keras-specific
-    from tfsynapse.pruning import budget_latency_model  # noqa: PLC0415
-    from tfsynapse.pruning.budget_measured import LatencyCache  # noqa: PLC0415
+    from tfsynapse.budget import latency_model as budget_latency_model  # noqa: PLC0415
+    from tfsynapse.budget.measured import LatencyCache  # noqa: PLC0415
 
     solver = _solver(model)
 

@@ -163,8 +163,8 @@ def test_tensorflow_start_up_noise_is_hidden_unless_verbose(models):
 
 
 def test_bench_prints_sub_millisecond_times_with_three_digits():
-    assert cli._ms(0.0123) == "0.0123" and cli._ms(0.195) == "0.195"
-    assert cli._ms(84.7) == "84.700"
+    assert cli.command._ms(0.0123) == "0.0123" and cli.command._ms(0.195) == "0.195"
+    assert cli.command._ms(84.7) == "84.700"
 
 
 def test_prune_with_ratios_file(models, tmp_path, capsys):
@@ -407,21 +407,25 @@ def test_export_sparse_weights(models, tmp_path, capsys):
     ("byte_size", "2MB", 2_000_000), ("byte_size", "1.5MiB", 1.5 * 2**20),
     ("byte_size", "500kB", 500_000), ("byte_size", "300000", 300_000),
     ("amount", "1.5M", 1_500_000), ("amount", "50k", 50_000), ("amount", "1.2e6", 1_200_000),
+    ("amount", "1,000,000", 1_000_000), ("byte_size", "1,500kB", 1_500_000),
     ("milliseconds", "8ms", 8.0), ("milliseconds", "8 ms", 8.0), ("milliseconds", "8", 8.0)])
 def test_budget_quantities_are_read_in_their_units(parse, text, value):
     """--target-size's MB are 10^6 bytes (MiB: 2^20), counts take k/M/G, a bare latency is ms."""
-    from tfsynapse import cli_args  # noqa: PLC0415
+    from tfsynapse.cli import args as cli_args  # noqa: PLC0415
 
     assert getattr(cli_args, parse)(text) == pytest.approx(value)
 
 
 @pytest.mark.parametrize("parse,text", [("byte_size", "2MBs"), ("byte_size", "-1MB"),
                                         ("amount", "5 apples"), ("milliseconds", "8s"),
-                                        ("milliseconds", "0ms")])
+                                        ("milliseconds", "0ms"), ("amount", "1,5M"),
+                                        ("byte_size", "2,5MB"), ("amount", "1,0001")])
 def test_budget_quantities_refuse_what_they_cannot_read(parse, text):
     import argparse  # noqa: PLC0415
 
-    from tfsynapse import cli_args  # noqa: PLC0415
+    from tfsynapse.cli import args as cli_args  # noqa: PLC0415
 
-    with pytest.raises(argparse.ArgumentTypeError, match="must be a positive"):
+    with pytest.raises(argparse.ArgumentTypeError, match="must be a positive") as err:
         getattr(cli_args, parse)(text)
+    if "," in text:  # a decimal comma is never read as a thousands separator
+        assert "write decimals with a dot" in str(err.value)

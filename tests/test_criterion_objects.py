@@ -67,9 +67,9 @@ def test_a_criterion_that_needs_batchnorm_freezes_groups_without_one():
     w = weights_by_name(pruned)
     assert zero_units(w["c3/kernel"], 3) == []  # c3 has no BatchNormalization
     assert len(zero_units(w["c1/kernel"], 3)) == 4
-    plan = tfsynapse.pruning.MaskPlan(
+    plan = tfsynapse.plan.MaskPlan(
         tfsynapse.dependency_groups(model),
-        tfsynapse.pruning.options.PruningOptions(criterion="bn_scale"))
+        tfsynapse.plan.options.PruningOptions(criterion="bn_scale"))
     assert plan.criterion is registry.get("bn_scale")
     assert any("criterion 'bn_scale' needs a BatchNormalization" in " ".join(reasons)
                for reasons in plan.frozen.values())

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tfsynapse.pruning import device_latency
+from tfsynapse.budget import device_latency
 
 _BENCHMARK_OUTPUT = """\
 INFO: Num runs: [50]

@@ -56,6 +56,36 @@ def test_readme_api_tour_runs_as_written_and_reaches_its_target(digits, capsys):
     assert "MACs" in out and "->" in out  # shrink(verbose=1) printed its table
 
 
+def test_the_tf_keras_training_block_runs_unchanged_on_a_keras3_model(digits, capsys):
+    """One training script for both Keras: the README's tf_keras block, UpdatePruningStep
+    included, on a Keras 3 model."""
+    block = _readme_python_blocks()[0]
+    assert "tfsynapse.UpdatePruningStep()" in block
+    x, y = digits
+    model = conv_bn_cnn((16, 16, 1), 10, widths=(16, 32), backend="keras3")
+    namespace = {"model": model, "x": x, "y": y}
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    assert not _tfsynapse_warnings(record), _tfsynapse_warnings(record)
+    assert tfsynapse.backends.backend_name(namespace["small"]) == "keras3"
+    assert namespace["pruned"].pruned_fraction() == pytest.approx(0.5)
+    assert namespace["tflite"][4:8] == b"TFL3"
+    assert "pruning: epoch 5: 50.0% of prunable channels pruned" in capsys.readouterr().out
+
+
+def test_update_pruning_step_on_keras3_still_warns_when_the_target_was_not_reached(digits):
+    x, y = digits
+    model = conv_bn_cnn((16, 16, 1), 10, widths=(8, 8), backend="keras3")
+    schedule = tfsynapse.PolynomialDecay(0.0, 0.5, 0, 10_000, frequency=10)
+    pruned = tfsynapse.prune_synaptic(model, schedule, criterion="l1", scope="layer")
+    pruned.compile("adam", tfsynapse.backends.get("keras3").keras.losses.
+                   SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.warns(UserWarning, match="not its target 50.0%"):
+        pruned.fit(x[:64], y[:64], epochs=1, batch_size=32, verbose=0,
+                   callbacks=[tfsynapse.UpdatePruningStep()])
+
+
 def test_a_schedule_longer_than_the_training_warns_once_with_both_numbers(digits):
     x, y = digits
     schedule = tfsynapse.PolynomialDecay(0.0, 0.5, 0, 2000, frequency=100)  # the old README's

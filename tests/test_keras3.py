@@ -314,10 +314,16 @@ def test_keras3_saved_mid_schedule_resumes_with_the_same_step_and_masks(tmp_path
     assert 0.0 < 1 - np.mean(np.concatenate([m.numpy().ravel() for m in loaded.masks]))
 
 
-def test_keras3_fit_refuses_tf_keras_callbacks():
-    pruned = _compile(tfsynapse.prune_synaptic(_small_keras3(), tfsynapse.ConstantSparsity(0.5, 0)))
-    with pytest.raises(ValueError, match="it needs no UpdatePruningStep"):
-        pruned.fit(*_data(32), epochs=1, callbacks=[tfsynapse.UpdatePruningStep()], verbose=0)
+def test_keras3_fit_refuses_tf_keras_callbacks_but_takes_tfsynapse_ones():
+    from tfsynapse.backends.tf_keras import keras as tf_keras, pruning_callbacks  # noqa: PLC0415
+
+    schedule = tfsynapse.ConstantSparsity(0.5, begin_step=1, frequency=1)
+    pruned = _compile(tfsynapse.prune_synaptic(_small_keras3(), schedule))
+    for callback in (tf_keras.callbacks.LambdaCallback(), pruning_callbacks.UpdatePruningStep()):
+        with pytest.raises(ValueError, match="is not a Keras 3 callback"):
+            pruned.fit(*_data(32), epochs=1, callbacks=[callback], verbose=0)
+    pruned.fit(*_data(32), epochs=1, callbacks=[tfsynapse.UpdatePruningStep()], verbose=0)
+    assert pruned.pruned_fraction() > 0
 
 
 def test_keras3_batchnorm_recalibration_matches_tf_keras(twins):
@@ -335,7 +341,7 @@ def test_keras3_batchnorm_recalibration_matches_tf_keras(twins):
 
 def test_keras3_files_through_the_cli(tmp_path, capsys):
     from tfsynapse import cli  # noqa: PLC0415
-    from tfsynapse.cli_files import file_backend  # noqa: PLC0415
+    from tfsynapse.backends import name_for_file as file_backend  # noqa: PLC0415
 
     path = str(tmp_path / "k3.keras")
     _small_keras3().save(path)

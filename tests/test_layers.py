@@ -115,7 +115,7 @@ def test_post_hoc_synaptic_strength_uses_the_upstream_bn_gamma():
     graph = tfsynapse.dependency_groups(model)
     assert graph.upstream_batchnorm("c2").name == "bn1"
     assert graph.upstream_batchnorm("c1") is None
-    from tfsynapse.pruning import MaskPlan, PruningOptions  # noqa: PLC0415
+    from tfsynapse.plan import MaskPlan, PruningOptions  # noqa: PLC0415
 
     plan = MaskPlan(graph, PruningOptions(criterion="synaptic_strength", granularity="connection"))
     scores = plan.scoring.connection_scores(model.get_layer("c2")).numpy()

@@ -13,7 +13,7 @@ from conftest import both_backends, rand_inputs, randomize_bn, small_cnn
 from tfsynapse.backends.tf_keras import keras
 
 backend = both_backends(globals())  # every test runs on tf_keras and on Keras 3
-from tfsynapse.pruning.sensitivity import (
+from tfsynapse.analysis.sensitivity import (
     SensitivityTable,
     plot_sensitivity,
     ratios_from_sensitivity,

@@ -57,10 +57,7 @@ def _check_isolate(isolate):
 def _save_keras_signature(model, path):
     """The Keras model's own serving signature, as ``from_keras_model`` converts it (Keras 3:
     its ``export`` to a TensorFlow SavedModel)."""
-    if backend_of(model).NAME == "keras3":
-        model.export(path, format="tf_saved_model", verbose=False)
-    else:
-        tf.saved_model.save(model, path)
+    backend_of(model).export_saved_model(model, path)
 
 
 def _save_function(model, path, batch=None):

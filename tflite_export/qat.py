@@ -21,10 +21,8 @@ Save a QAT model with ``qat.save(...)`` and load it inside
 ``tfmot.quantization.keras.quantize_scope()``.
 """
 
-from tfsynapse.backends import backend_name
-from tfsynapse.backends.tf_keras import check_model, layers_of_type, pruning_wrapper, quantize_model
-
-QAT_WRAPPER_CLASSES = ("QuantizeWrapper", "QuantizeWrapperV2", "QuantizeLayer")
+from tfsynapse.backends import backend_of
+from tfsynapse.backends.base import Unsupported
 
 
 def is_quantize_aware(model):
@@ -36,9 +34,7 @@ def is_quantize_aware(model):
     Returns:
       A bool.
     """
-    if backend_name(model) != "tf_keras":
-        return False
-    return any(type(layer).__name__ in QAT_WRAPPER_CLASSES for layer in model.submodules)
+    return backend_of(model).is_quantize_aware(model)
 
 
 def quantize_aware(model):
@@ -57,23 +53,23 @@ def quantize_aware(model):
         with ``SynapticConv2D`` layers; an already quantisation-aware model; a layer tfmot
         cannot quantise (named, with what to do).
     """
-    check_model(model)
-    from tfsynapse.layers import SynapticConv2D  # noqa: PLC0415
-
-    wrapped = layers_of_type(model, pruning_wrapper.PruneLowMagnitude)
-    if wrapped:
+    backend = backend_of(model)
+    backend.check_model(model)
+    if backend.has_pruning_wrappers(model):
         raise ValueError(
-            f"'{wrapped[0].name}' is still wrapped for pruning; call tfsynapse.strip_pruning "
+            f"model '{model.name}' is still wrapped for pruning; call tfsynapse.strip_pruning "
             "(and tfsynapse.shrink) before quantisation-aware training.")
-    synaptic = layers_of_type(model, SynapticConv2D)
+    synaptic = backend.layers_of_type(model, backend.SynapticConv2D)
     if synaptic:
         raise ValueError(
             f"'{synaptic[0].name}' is a SynapticConv2D, which tfmot cannot quantise; convert the "
             "model back with tfsynapse.from_synaptic(model) first.")
-    if is_quantize_aware(model):
+    if backend.is_quantize_aware(model):
         raise ValueError(f"model '{model.name}' is already quantisation-aware.")
     try:
-        return quantize_model(model)
+        return backend.quantize_model(model)
+    except Unsupported:
+        raise
     except (ValueError, RuntimeError, TypeError) as err:
         raise ValueError(
             f"tfmot cannot make model '{model.name}' quantisation-aware: {str(err)[:400]} "

@@ -10,7 +10,11 @@ command start without loading TensorFlow until something needs it.
 
 import importlib
 
+from tfsynapse import keras3_hook
+
 __version__ = "0.1.0"
+
+keras3_hook.install()  # Keras 3 loads tfsynapse's .keras files after a plain `import tfsynapse`
 
 _EXPORTS = {
     "criteria": ("tfsynapse.criteria", None),
@@ -27,23 +31,23 @@ _EXPORTS = {
     "to_synaptic": ("tfsynapse.layers", "to_synaptic"),
     "Distiller": ("tfsynapse.pruning", "Distiller"),
     "PrunedModel": ("tfsynapse.pruning", "PrunedModel"),
-    "SensitivityTable": ("tfsynapse.pruning", "SensitivityTable"),
+    "SensitivityTable": ("tfsynapse.analysis", "SensitivityTable"),
     "StructuredPruneWrapper": ("tfsynapse.pruning", "StructuredPruneWrapper"),
-    "connection_sparsity": ("tfsynapse.pruning", "connection_sparsity"),
-    "plot_sensitivity": ("tfsynapse.pruning", "plot_sensitivity"),
+    "connection_sparsity": ("tfsynapse.analysis", "connection_sparsity"),
+    "plot_sensitivity": ("tfsynapse.analysis", "plot_sensitivity"),
     "prune_once": ("tfsynapse.pruning", "prune_once"),
     "prune_scope": ("tfsynapse.pruning", "prune_scope"),
     "prune_synaptic": ("tfsynapse.pruning", "prune_synaptic"),
-    "ratios_from_sensitivity": ("tfsynapse.pruning", "ratios_from_sensitivity"),
-    "recalibrate_batchnorm": ("tfsynapse.pruning", "recalibrate_batchnorm"),
-    "register_criterion": ("tfsynapse.pruning", "register_criterion"),
+    "ratios_from_sensitivity": ("tfsynapse.analysis", "ratios_from_sensitivity"),
+    "recalibrate_batchnorm": ("tfsynapse.analysis", "recalibrate_batchnorm"),
+    "register_criterion": ("tfsynapse.plan", "register_criterion"),
     "Criterion": ("tfsynapse.criteria.registry", "Criterion"),
     "criteria_table": ("tfsynapse.criteria.registry", "table"),
-    "sensitivity_analysis": ("tfsynapse.pruning", "sensitivity_analysis"),
-    "prune_to_budget": ("tfsynapse.pruning", "prune_to_budget"),
-    "BudgetReport": ("tfsynapse.pruning", "BudgetReport"),
-    "adb_latency": ("tfsynapse.pruning.device_latency", "adb_latency"),
-    "command_latency": ("tfsynapse.pruning.device_latency", "command_latency"),
+    "sensitivity_analysis": ("tfsynapse.analysis", "sensitivity_analysis"),
+    "prune_to_budget": ("tfsynapse.budget", "prune_to_budget"),
+    "BudgetReport": ("tfsynapse.budget", "BudgetReport"),
+    "adb_latency": ("tfsynapse.budget.device_latency", "adb_latency"),
+    "command_latency": ("tfsynapse.budget.device_latency", "command_latency"),
     "strip_pruning": ("tfsynapse.pruning", "strip_pruning"),
     "ShrinkReport": ("tfsynapse.surgery", "ShrinkReport"),
     "shrink": ("tfsynapse.surgery", "shrink"),
@@ -60,8 +64,8 @@ __all__ = sorted(_EXPORTS)
 
 
 # Subpackages reachable as attributes without importing them first (``tfsynapse.graph.Rule``).
-_SUBPACKAGES = ("criteria", "datasets", "graph", "layers", "models", "pruning", "quiet",
-                "surgery")
+_SUBPACKAGES = ("analysis", "backends", "budget", "criteria", "datasets", "graph", "layers",
+                "models", "plan", "pruning", "quiet", "surgery")
 
 
 def __getattr__(name):

@@ -14,15 +14,17 @@ compute engine of both, so ``tf`` is exported here.
 """
 
 import importlib
+import json
 import os
+import zipfile
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tfmot needs tf.keras to be tf_keras
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-__all__ = ["tf", "backend_of", "backend_name", "get", "is_framework_function", "unwrap",
-           "weight_name", "weight_path", "NAMES"]
+__all__ = ["tf", "backend_of", "backend_name", "get", "is_framework_function", "name_for_file",
+           "unwrap", "weight_name", "weight_path", "NAMES"]
 
 NAMES = ("tf_keras", "keras3")
 _MODULES = {"tf_keras": "tfsynapse.backends.tf_keras", "keras3": "tfsynapse.backends.keras3"}
@@ -73,6 +75,36 @@ def builtin_class_path(layer, package):
         if module.startswith(prefix + "applications."):
             return module[len(prefix):] + "." + type(layer).__name__
     return None
+
+
+def name_for_file(path):
+    """The backend that reads a model file: ``'keras3'`` for a ``.keras`` zip or an HDF5 file
+    written by Keras 3, else ``'tf_keras'``.
+
+    A ``.keras`` file's ``metadata.json`` and an HDF5 model file's ``keras_version`` attribute
+    name the Keras version that wrote it; SavedModel directories are tf_keras's. Nothing is
+    imported but h5py (installed with TensorFlow), and only for an HDF5 file.
+    """
+    version = ""
+    if os.path.isfile(path) and zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                version = json.loads(archive.read("metadata.json")).get("keras_version", "")
+        except (KeyError, ValueError, OSError):
+            version = ""
+    elif os.path.isfile(path):
+        with open(path, "rb") as handle:
+            is_hdf5 = handle.read(8) == b"\x89HDF\r\n\x1a\n"
+        if is_hdf5:
+            import h5py  # noqa: PLC0415 - only for HDF5 files
+
+            try:
+                with h5py.File(path, "r") as handle:
+                    version = handle.attrs.get("keras_version", "")
+            except OSError:
+                version = ""
+            version = version.decode() if isinstance(version, bytes) else str(version)
+    return "keras3" if version.split(".")[0] == "3" else "tf_keras"
 
 
 def get(name):

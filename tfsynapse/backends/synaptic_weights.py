@@ -3,6 +3,8 @@ config and weights, made the same way in either Keras (``add_weight``, ``regular
 ``initializers`` have the same API in both), so both layers hold the same variables in one
 order."""
 
+EPSILON = 1e-12  # added under the square root of each connection's squared norm
+
 
 def set_strength_options(layer, keras, regularizer, initializer):
     """Checks ``groups == 1`` and sets ``strength_regularizer`` / ``strength_initializer``.

@@ -2,14 +2,14 @@
 
 tf_keras records raw TensorFlow calls (``x + 3.0``, ``tf.nn.relu(x)``) as ``TFOpLambda``
 layers; Keras 3 records ``keras.ops`` calls (and operators on its tensors) as operations
-(``keras.src.ops.numpy.Add``, ``...nn.Relu``). Each is matched by its TensorFlow symbol (a
-Keras 3 operation's class name is mapped to one) against small tables; anything else has no
-rule.
+(``keras.src.ops.numpy.Add``, ``...nn.Relu``). The backend describes each as a ``RawOp``
+(``backend.raw_operation``: the TensorFlow symbol it computes, a callable, its reduction axis),
+and the symbol is matched against small tables here; anything else has no rule.
 """
 
 import numpy as np
 
-from tfsynapse.backends import backend_name, tf
+from tfsynapse.backends import backend_name, get, tf
 from tfsynapse.graph import rules as rules_lib
 from tfsynapse.graph.shape_rules import MergeRule
 from tfsynapse.graph.walk import is_keras_tensor
@@ -28,37 +28,16 @@ _UNARY = {
 _REDUCE = {"math.reduce_mean", "math.reduce_max", "math.reduce_sum", "math.reduce_min"}
 
 
-# Keras 3 operation classes -> the TensorFlow symbol they compute.
-_KERAS3_OPS = {
-    "Add": "math.add", "Subtract": "math.subtract", "Multiply": "math.multiply",
-    "Maximum": "math.maximum", "Minimum": "math.minimum", "Divide": "math.divide",
-    "TrueDivide": "math.truediv", "Relu": "nn.relu", "Relu6": "nn.relu6", "Elu": "nn.elu",
-    "Selu": "nn.selu", "LeakyRelu": "nn.leaky_relu", "Gelu": "nn.gelu", "Silu": "nn.silu",
-    "Swish": "nn.swish", "Sigmoid": "math.sigmoid", "Tanh": "math.tanh",
-    "Softplus": "nn.softplus", "Negative": "math.negative", "Absolute": "math.abs",
-    "Square": "math.square", "HardSigmoid": "nn.hard_sigmoid", "HardSilu": "nn.hard_silu",
-    "Mean": "math.reduce_mean", "Max": "math.reduce_max", "Sum": "math.reduce_sum",
-    "Min": "math.reduce_min",
-}
-
-
-def is_tf_op_layer(layer):
-    """Whether ``layer`` is tf_keras's ``TFOpLambda`` (a recorded raw TensorFlow call)."""
-    return type(layer).__name__ == "TFOpLambda" and backend_name(layer) == "tf_keras"
-
-
-def _is_keras3_op(layer):
-    return (backend_name(layer) == "keras3"
-            and (type(layer).__module__ or "").startswith("keras.src.ops."))
+def _raw_op(layer):
+    """The layer's ``RawOp`` from its backend, or None (not a recorded raw operation)."""
+    name = backend_name(layer)
+    return get(name).raw_operation(layer) if name else None
 
 
 def _symbol(layer):
     """The TensorFlow symbol of a recorded operation, or None."""
-    if is_tf_op_layer(layer):
-        return layer.symbol
-    if _is_keras3_op(layer):
-        return _KERAS3_OPS.get(type(layer).__name__)
-    return None
+    op = _raw_op(layer)
+    return op.symbol if op is not None else None
 
 
 def _zeros_like_keras(obj):
@@ -103,7 +82,7 @@ class TFOpRule(rules_lib.Rule):
     def _keeps_zero(ctx):
         args = tf.nest.map_structure(_zeros_like_keras, ctx.call.args)
         kwargs = tf.nest.map_structure(_zeros_like_keras, ctx.call.kwargs)
-        function = ctx.layer.function if is_tf_op_layer(ctx.layer) else ctx.layer
+        function = _raw_op(ctx.layer).function
         out = np.asarray(function(*args, **kwargs))
         width = len(ctx.inputs[0])
         out = np.broadcast_to(out, out.shape[:-1] + (width,)) if out.ndim else np.full((width,), out)
@@ -111,11 +90,7 @@ class TFOpRule(rules_lib.Rule):
 
     @staticmethod
     def _reduce(ctx):
-        args, kwargs = ctx.call.args, ctx.call.kwargs
-        if _is_keras3_op(ctx.layer):  # the operation holds its axis
-            axis = ctx.layer.axis
-        else:
-            axis = kwargs.get("axis", args[1] if len(args) > 1 else None)
+        axis = _raw_op(ctx.layer).axis(ctx.call.args, ctx.call.kwargs)
         rank = ctx.input_shapes[0].rank
         axes = [axis] if isinstance(axis, int) else list(axis or [])
         if axis is None or any(a % rank == rank - 1 for a in axes):

@@ -27,9 +27,8 @@ from tfsynapse.backends.tf_keras import keras
 
 
 def _synaptic_layers(model):
-    from tfsynapse.layers.synaptic import synaptic_class  # noqa: PLC0415
-
-    return backends.backend_of(model).layers_of_type(model, synaptic_class(model))
+    backend = backends.backend_of(model)
+    return backend.layers_of_type(model, backend.SynapticConv2D)
 
 
 def synaptic_strengths(model):

@@ -2,8 +2,8 @@
 
 from tfsynapse.graph.producer_rules import Producer
 from tfsynapse.graph.rules import register_rule
-from tfsynapse.backends.keras3_layers import SynapticConv2D as Keras3SynapticConv2D
-from tfsynapse.layers.synaptic import SynapticConv2D
+from tfsynapse.backends.keras3.layers import SynapticConv2D as Keras3SynapticConv2D
+from tfsynapse.backends.tf_keras.layers import SynapticConv2D
 
 
 @register_rule(SynapticConv2D, Keras3SynapticConv2D)

@@ -3,8 +3,10 @@
 Lin, Zhong, Wu, Yan, "Synaptic Strength for Convolutional Neural Network", NeurIPS 2018:
 the kernel of the connection from input channel ``i`` to output channel ``j`` is a unit-norm
 direction times a strength, ``K[:, :, i, j] = s_ij * V[:, :, i, j] / ||V[:, :, i, j]||``, and an
-L1 penalty on ``s`` makes the strengths sparse. ``s`` has shape ``(C_in, C_out)`` and is the
-layer's prunable weight for tfmot.
+L1 penalty on ``s`` makes the strengths sparse. ``s`` has shape ``(C_in, C_out)``. Each backend
+defines the layer for its Keras (``backends/tf_keras/layers.py``, ``backends/keras3/layers.py``:
+the same weights, names and order, so one channel rule serves both); this module holds what
+is common.
 
 Only a Conv2D counterpart is provided. For Dense the reparameterisation degenerates (each
 connection is one weight, so ``s_ij = |w_ij|`` is plain magnitude pruning); a depthwise
@@ -12,59 +14,13 @@ convolution has one connection per channel, so its "connections" are channels, w
 filter-level groups already prune.
 """
 
-from tfsynapse.backends.synaptic_weights import (
-    add_synaptic_weights,
-    set_strength_options,
-    strength_config,
-)
-from tfsynapse.backends.tf_keras import keras, prunable_layer, tf
+import numpy as np
 
-EPSILON = 1e-12
+from tfsynapse.backends import backend_name, backend_of, get
+from tfsynapse.backends.synaptic_weights import EPSILON
+from tfsynapse.backends.tf_keras.layers import SynapticConv2D
 
-
-class SynapticConv2D(keras.layers.Conv2D, prunable_layer.PrunableLayer):
-    """Conv2D with per-connection strengths: ``K = s * V / ||V||`` (norm over the kernel window).
-
-    Args:
-      filters, kernel_size, ...: as ``keras.layers.Conv2D`` (``groups`` must be 1).
-      strength_regularizer: regularizer on the strengths, e.g. ``keras.regularizers.L1(1e-4)``
-        (the paper's sparsity penalty; it appears in ``model.losses``).
-      strength_initializer: initializer of ``s`` (default ones).
-      **kwargs: the other Conv2D arguments. ``kernel_initializer`` initialises ``V``.
-
-    Attributes:
-      direction: the variable ``V`` (kernel shape).
-      strength: the variable ``s``, shape ``(C_in, C_out)``.
-    """
-
-    def __init__(self, filters, kernel_size, strength_regularizer=None,
-                 strength_initializer="ones", **kwargs):
-        super().__init__(filters, kernel_size, **kwargs)
-        set_strength_options(self, keras, strength_regularizer, strength_initializer)
-
-    def build(self, input_shape):
-        input_shape = tf.TensorShape(input_shape)
-        channels = self._get_input_channel(input_shape)
-        self.compute_output_shape(input_shape)
-        add_synaptic_weights(self, channels)
-        self.input_spec = keras.layers.InputSpec(min_ndim=4, axes={self._get_channel_axis(): channels})
-        self.built = True
-
-    def effective_kernel(self):
-        """The convolution kernel ``s * V / ||V||`` (the norm over each connection's window)."""
-        norm = tf.sqrt(tf.reduce_sum(tf.square(self.direction), axis=[0, 1], keepdims=True) + EPSILON)
-        return self.strength[None, None] * self.direction / norm
-
-    @property
-    def kernel(self):
-        return self.effective_kernel()
-
-    def get_prunable_weights(self):
-        """The strengths: tfmot prunes connections by pruning ``s``."""
-        return [self.strength]
-
-    def get_config(self):
-        return strength_config(self, keras, super().get_config())
+__all__ = ["SynapticConv2D", "is_synaptic", "synaptic_class", "synaptic_weights_from_kernel"]
 
 
 def synaptic_weights_from_kernel(kernel):
@@ -76,23 +32,16 @@ def synaptic_weights_from_kernel(kernel):
     Returns:
       ``(direction, strength)`` numpy arrays.
     """
-    import numpy as np  # noqa: PLC0415
-
     strength = np.sqrt(np.sum(np.square(kernel), axis=(0, 1)) + EPSILON)
     return kernel.astype(np.float32), strength.astype(np.float32)
 
 
 def synaptic_class(model_or_layer):
     """The SynapticConv2D class of the object's Keras (tf_keras or Keras 3)."""
-    from tfsynapse.backends import backend_name  # noqa: PLC0415
-
-    if backend_name(model_or_layer) == "keras3":
-        from tfsynapse.backends.keras3_layers import SynapticConv2D as Keras3Synaptic  # noqa: PLC0415
-
-        return Keras3Synaptic
-    return SynapticConv2D
+    return backend_of(model_or_layer).SynapticConv2D
 
 
 def is_synaptic(layer):
     """Whether ``layer`` is a SynapticConv2D of either Keras."""
-    return type(layer).__name__ == "SynapticConv2D" and isinstance(layer, synaptic_class(layer))
+    name = backend_name(layer)
+    return name is not None and isinstance(layer, get(name).SynapticConv2D)

@@ -6,22 +6,17 @@ import warnings
 import numpy as np
 
 from tfsynapse.backends.tf_keras import (
-    check_model,
     keras,
-    prune,
     pruning_schedule,
     pruning_wrapper,
-    user_functions_scope,
 )
 from tfsynapse.backends import backend_of, tf, weight_path
-from tfsynapse.graph import dependency_groups, replay
-from tfsynapse.pruning import keras3_fit
-from tfsynapse.pruning.batchnorm import recalibrate_batchnorm
-from tfsynapse.pruning.model import PrunedModel
-from tfsynapse.pruning.options import PruningOptions, check_sparsity
+from tfsynapse.backends import tf_keras as tf_keras_backend
+from tfsynapse.graph import dependency_groups, flatten_calls, replay, unwrap
+from tfsynapse.analysis.batchnorm import recalibrate_batchnorm
+from tfsynapse.plan.options import PruningOptions, check_sparsity
 from tfsynapse.pruning.progress import warn_if_short
-from tfsynapse.pruning.planner import MaskPlan
-from tfsynapse.pruning.wrapper import StructuredPruneWrapper
+from tfsynapse.plan.planner import MaskPlan
 
 
 def _final_sparsity(schedule):
@@ -124,22 +119,7 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
     _check_targets(plan)
     check_finite_weights(plan)
     check_reachable(plan, options.final_sparsity)
-    if backend.NAME == "keras3":
-        return keras3_fit.pruned_model(model, pruning_schedule, options, plan)
-    masked = {}
-    for layer, index, _, shape in plan.masked_weights:
-        masked.setdefault(id(layer), []).append([index, list(shape)])
-    order = [c.layer for c in plan.graph.flat.calls if id(c.layer) in masked]
-    leader = order[0]
-
-    def make_layer(layer):
-        if id(layer) not in masked:
-            return layer
-        return StructuredPruneWrapper(layer, pruning_schedule=pruning_schedule,
-                                      masked=masked[id(layer)], leader=layer is leader)
-
-    return replay(model, make_layer,
-                  model_fn=lambda i, o, n: PrunedModel(i, o, options, name=n, mask_plan=plan))
+    return backend.pruned_model(model, pruning_schedule, plan, replay)
 
 
 def _require_something(plan):
@@ -150,8 +130,6 @@ def _require_something(plan):
 
 
 def _check_names(model, options):
-    from tfsynapse.graph import flatten_calls, unwrap  # noqa: PLC0415
-
     names = {unwrap(c.layer).name for c in flatten_calls(model).calls}
     for what, given in (("ignored_layers", options.ignored_layers),
                         ("layer_sparsity", list(options.layer_sparsity))):
@@ -335,32 +313,17 @@ def strip_pruning(model):
     Raises:
       TypeError / ValueError: as ``check_model``.
     """
-    if backend_of(model).NAME == "keras3":
-        return keras3_fit.strip_pruning(model)
-    check_model(model)
+    backend = backend_of(model)
+    backend.check_model(model)
     warn_if_short(model, "strip_pruning")
-    for wrapper in pruning_wrapper.collect_prunable_layers(model):
-        for weight, mask, _ in wrapper.pruning_vars:
-            weight.assign(weight * mask)
-    with user_functions_scope(model):
-        return prune.strip_pruning(model)  # clones into a plain functional Model
+    return backend.strip(model)
 
 
 def custom_objects():
-    """Every class needed to load a model saved with tfsynapse wrappers or layers."""
-    from tfsynapse.backends.tf_keras import pruning_schedule as schedules  # noqa: PLC0415
-
-    objects = {
-        "StructuredPruneWrapper": StructuredPruneWrapper,
-        "PrunedModel": PrunedModel,
-        "PruneLowMagnitude": pruning_wrapper.PruneLowMagnitude,
-        "ConstantSparsity": schedules.ConstantSparsity,
-        "PolynomialDecay": schedules.PolynomialDecay,
-    }
-    from tfsynapse.layers import custom_objects as layer_objects  # noqa: PLC0415
-
-    objects.update(layer_objects())
-    return objects
+    """Every class needed to load a tf_keras model saved with tfsynapse wrappers or layers
+    (registered globally when the tf_keras backend is imported, so ``load_model`` finds them
+    without this)."""
+    return tf_keras_backend.custom_objects()
 
 
 @contextlib.contextmanager

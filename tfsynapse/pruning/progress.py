@@ -17,10 +17,10 @@ while it runs, and a warning when the target was never reached.
 import math
 import warnings
 
-from tfsynapse.backends import weight_name
+from tfsynapse.backends import backend_of, weight_name
 from tfsynapse.backends.tf_keras import keras, pruning_callbacks, pruning_schedule, tf
 from tfsynapse.graph import count_macs
-from tfsynapse.pruning.model import PrunedModel, collect_wrappers
+from tfsynapse.plan.options import check_sparsity
 
 _TOLERANCE = 0.005  # a shortfall below half a point of sparsity is rounding, not a trap
 
@@ -52,8 +52,6 @@ def fit_schedule(target, epochs, steps_per_epoch=None, *, samples=None, batch_si
         ``samples``; non-positive epochs, steps, samples or batch size; ``start_epoch`` not
         before the end; ``end_fraction`` outside (0, 1].
     """
-    from tfsynapse.pruning.options import check_sparsity  # noqa: PLC0415
-
     target = check_sparsity(target, "target")
     initial_sparsity = check_sparsity(initial_sparsity, "initial_sparsity")
     if (steps_per_epoch is None) == (samples is None):
@@ -87,17 +85,6 @@ def _schedule_attributes(schedule):
             int(config.get("frequency", 1)), float(final))
 
 
-def _schedule_holder(model):
-    """What holds the schedule and the step: the leader wrapper (tf_keras), the Keras 3 pruned
-    model itself, or None for a model that is not being pruned."""
-    if hasattr(model, "pruning_schedule") and hasattr(model, "pruning_step"):
-        return model  # a Keras 3 KerasPrunedModel
-    wrappers = collect_wrappers(model)
-    if not wrappers:
-        return None
-    return next((w for w in wrappers if w.leader), wrappers[0])
-
-
 def schedule_shortfall(model):
     """How far the schedule's last update (in the steps that ran) stayed below its target.
 
@@ -110,7 +97,7 @@ def schedule_shortfall(model):
       the last update, 0 if none ran), ``target``, ``begin_step``, ``end_step`` and
       ``frequency``.
     """
-    holder = _schedule_holder(model)
+    holder = backend_of(model).schedule_holder(model)
     if holder is None:
         return None
     schedule = holder.pruning_schedule
@@ -164,10 +151,15 @@ def warn_if_short(model, where):
 class UpdatePruningStep(pruning_callbacks.UpdatePruningStep):
     """tfmot's ``UpdatePruningStep`` that also checks the target at the end of ``fit``.
 
-    Pass it to ``fit`` of every model from ``prune_synaptic`` (it advances the wrappers'
-    step, as tfmot's does). When the training ends before the schedule applied its target, it
-    warns with the sparsity reached, the target and what to change.
+    Pass it to ``fit`` of every model from ``prune_synaptic``, on either Keras, so one training
+    script runs on both. tf_keras: it sets the wrappers' step (as tfmot's does), and ``fit``
+    refuses to start without it. Keras 3: the pruned model advances its step itself; the
+    callback finds no wrapper and does nothing but the end-of-fit check. When the training ends
+    before the schedule applied its target, it warns with the sparsity reached, the target and
+    what to change.
     """
+
+    works_with_keras3 = True  # a Keras 3 pruned model's fit runs it through an adapter
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
@@ -176,11 +168,8 @@ class UpdatePruningStep(pruning_callbacks.UpdatePruningStep):
 
 
 def _pruned_model(model):
-    """``model`` itself, or the ``PrunedModel`` inside a wrapper model such as a Distiller;
-    a Keras 3 ``KerasPrunedModel`` is its own."""
-    if isinstance(model, PrunedModel) or hasattr(model, "masks") and hasattr(model, "mask_plan"):
-        return model
-    return next((m for m in model.submodules if isinstance(m, PrunedModel)), None)
+    """``model`` itself, or the pruned model inside a wrapper model such as a Distiller."""
+    return backend_of(model).pruned_model_in(model)
 
 
 def mask_sparsity(pruned):

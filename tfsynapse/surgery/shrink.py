@@ -163,9 +163,7 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}.")
     if backend.has_pruning_wrappers(model):
-        from tfsynapse.pruning import strip_pruning  # noqa: PLC0415
-
-        model = strip_pruning(model)
+        model = backend.strip(model)
     graph = dependency_groups(model)
     values = {}
     for lc in graph.calls:
