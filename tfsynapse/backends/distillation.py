@@ -1,6 +1,6 @@
 """The Keras-agnostic pieces of knowledge distillation, shared by the tf_keras ``Distiller``
-(``tfsynapse.pruning.distill``) and the Keras 3 one (``backends/keras3_distill.py``): the soft
-loss and the checks of the hard loss and the labels."""
+(``backends/tf_keras/distill.py``) and the Keras 3 one (``backends/keras3/distill.py``): the
+soft loss and the checks of the hard loss and the labels."""
 
 from tfsynapse.backends import tf
 
