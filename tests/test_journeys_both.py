@@ -142,3 +142,38 @@ def test_a_latency_function_that_returns_no_number_is_named(backend, returned):
     with pytest.raises(ValueError, match=r"measure_latency returned .* must return the latency"):
         tfsynapse.prune_to_budget(model, latency_ms=1.0,
                                   measure_latency=lambda tflite, threads: returned)
+
+
+def _dict_model():
+    """Two named inputs given in an order that is not sorted, two named outputs."""
+    keras = tfsynapse.backends.get(backend_name()).keras
+    first, second = keras.Input((8, 8, 3), name="z_image"), keras.Input((8, 8, 3), name="a_image")
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(first)
+    y = keras.layers.Conv2D(8, 3, padding="same", name="c2")(second)
+    pooled = keras.layers.GlobalAveragePooling2D(name="gap")(
+        keras.layers.Concatenate(name="cat")([x, y]))
+    outputs = {"logits": keras.layers.Dense(3, name="head")(pooled),
+               "aux": keras.layers.Dense(2, name="aux")(keras.layers.ReLU(name="r")(pooled))}
+    return keras.Model({"z_image": first, "a_image": second}, outputs)
+
+
+def backend_name():
+    from conftest import _CURRENT  # noqa: PLC0415
+
+    return _CURRENT["backend"]
+
+
+def test_shrink_keeps_dict_inputs_by_name_and_dict_outputs(backend):
+    model = _dict_model()
+    rng = np.random.default_rng(0)
+    data = {"z_image": rng.normal(size=(2, 8, 8, 3)).astype("float32"),
+            "a_image": 5.0 + rng.normal(size=(2, 8, 8, 3)).astype("float32")}
+    pruned = tfsynapse.prune_once(model, 0.5, criterion="l1")
+    small, report = tfsynapse.shrink(pruned, return_report=True)
+    assert report.mac_reduction > 0
+    expected, got = pruned(data), small(data)
+    assert isinstance(got, dict) and list(got) == ["logits", "aux"]
+    for key in ("logits", "aux"):
+        np.testing.assert_allclose(np.asarray(got[key]), np.asarray(expected[key]), atol=1e-5)
+    swapped = {"z_image": data["a_image"], "a_image": data["z_image"]}  # fed by name
+    assert not np.allclose(np.asarray(small(swapped)["logits"]), np.asarray(got["logits"]))

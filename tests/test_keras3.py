@@ -512,3 +512,28 @@ def test_keras3_distiller_refuses_mixed_keras(twins):
         tfsynapse.Distiller(modern, legacy)
     with pytest.raises(ValueError, match="same model"):
         tfsynapse.Distiller(modern, modern)
+
+
+def test_keras3_layers_with_lora_enabled_are_counted_pruned_and_shrunk_exactly():
+    """``enable_lora`` makes ``layer.kernel`` a sum (a tensor, not a weight): the rules use the
+    base kernel and prune the LoRA factors with it (a's input rows, b's output columns)."""
+    inputs = keras.Input((8, 8, 3))
+    conv = keras.layers.Conv2D(16, 3, padding="same", name="conv")
+    h = keras.layers.ReLU(name="relu")(conv(inputs))
+    dense = keras.layers.Dense(12, name="dense")
+    h = keras.layers.ReLU(name="relu2")(dense(keras.layers.GlobalAveragePooling2D(name="gap")(h)))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
+    rng = np.random.default_rng(0)
+    for layer, rank in ((conv, 2), (dense, 4)):
+        layer.enable_lora(rank)
+        layer.lora_kernel_b.assign(rng.normal(size=layer.lora_kernel_b.shape).astype("float32"))
+    lora_macs = 8 * 8 * (3 * 3 * 3 * 2 + 2 * 16) + (16 * 4 + 4 * 12)
+    plain_macs = 8 * 8 * 3 * 3 * 3 * 16 + 16 * 12 + 12 * 3
+    assert tfsynapse.count_macs(model) == plain_macs + lora_macs
+    pruned = tfsynapse.prune_once(model, 0.5, criterion="l1", scope="layer")
+    small = tfsynapse.shrink(pruned)
+    assert small.get_layer("dense").lora_enabled and small.get_layer("conv").lora_enabled
+    assert small.get_layer("conv").lora_kernel_b.shape == (2, 8)
+    assert small.get_layer("dense").lora_kernel_a.shape == (8, 4)
+    x = rng.normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(small(x)), np.asarray(pruned(x)), atol=1e-5)

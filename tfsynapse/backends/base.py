@@ -66,6 +66,10 @@ class Backend(Protocol):
     def model_io(self, model):
         """``(input tensors, output tensors)`` of a graph model, flat."""
 
+    def io_structure(self, model):
+        """``(inputs, outputs)`` of a graph model in the structures it was built with (a
+        tensor, a list, a dict of them); flattened with ``tf.nest`` they are ``model_io``'s."""
+
     def input_names(self, model):
         """The names of the model's inputs, in order (export signatures)."""
 

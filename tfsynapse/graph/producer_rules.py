@@ -4,7 +4,7 @@ depthwise and separable convolutions, Dense and Embedding, with their MAC formul
 import numpy as np
 
 from tfsynapse.graph.channels import ChannelMap
-from tfsynapse.graph.rules import Rule, _prod, register_builtin
+from tfsynapse.graph.rules import Freeze, Rule, _prod, register_builtin
 
 
 
@@ -21,28 +21,64 @@ class Producer(Rule):
     kernel_attr = "kernel"
     config_key = "filters"
 
+    def kernel(self, layer):
+        """The kernel variable. A Keras 3 layer with LoRA enabled (``enable_lora``) computes
+        with ``kernel + lora_kernel_a @ lora_kernel_b * scale``: its ``kernel`` is that sum (a
+        tensor), and the frozen base variable is ``_kernel``."""
+        if getattr(layer, "lora_enabled", False):
+            return layer._kernel  # noqa: SLF001 - Keras 3 keeps the LoRA base kernel there
+        return getattr(layer, self.kernel_attr)
+
+    @staticmethod
+    def lora(layer):
+        """``(lora_kernel_a, lora_kernel_b)`` of a layer with LoRA enabled, else None. ``a``
+        holds the kernel's input axis (``(..., C_in, rank)``), ``b`` its output axis
+        (``(rank, C_out)``): an output channel dies with its column of ``b``, an input channel
+        with its row of ``a``."""
+        if getattr(layer, "lora_enabled", False):
+            return layer.lora_kernel_a, layer.lora_kernel_b
+        return None
+
     def propagate(self, ctx):
         layer, cmap = ctx.layer, ctx.inputs[0]
-        kernel = getattr(layer, self.kernel_attr)
+        kernel = self.kernel(layer)
         rank = len(kernel.shape)
         groups = getattr(layer, "groups", 1) or 1
+        lora = self.lora(layer)
+        if lora is not None and (groups > 1 or self.in_axis != -2):
+            return Freeze("LoRA on a grouped or transposed convolution has no channel rule "
+                          "yet").propagate(ctx)
         out = ctx.new_space(kernel.shape[self.out_axis])
         if groups > 1:
             _couple_conv_groups(ctx, cmap, out, groups)
         else:
             ctx.slot(kernel, rank + self.in_axis, cmap, "in", zero_required=False)
         ctx.slot(kernel, rank + self.out_axis, out, "out", zero_required=True)
+        if lora is not None:
+            lora_a, lora_b = lora
+            ctx.slot(lora_a, len(lora_a.shape) - 2, cmap, "in", zero_required=False)
+            ctx.slot(lora_b, 1, out, "out", zero_required=True)
         bias = getattr(layer, "bias", None)
         if bias is not None:
             ctx.slot(bias, 0, out, "out", zero_required=True)
         return [out]
 
     def macs(self, layer, in_shape, out_shape, shape_of):
-        kernel = shape_of(getattr(layer, self.kernel_attr))
-        return _prod(kernel[:-2]) * kernel[-2] * kernel[-1] * _prod(out_shape[1:-1])
+        kernel = shape_of(self.kernel(layer))
+        positions = _prod(out_shape[1:-1])
+        return _prod(kernel[:-2]) * kernel[-2] * kernel[-1] * positions + \
+            self._lora_macs(layer, shape_of, positions)
+
+    def _lora_macs(self, layer, shape_of, positions):
+        """The two low-rank products of a LoRA layer: ``x @ a`` then ``(x @ a) @ b``."""
+        lora = self.lora(layer)
+        if lora is None:
+            return 0
+        a, b = shape_of(lora[0]), shape_of(lora[1])
+        return (_prod(a[:-1]) * a[-1] + b[0] * b[1]) * positions
 
     def connection_kernel(self, layer):
-        return getattr(layer, self.kernel_attr)
+        return self.kernel(layer)
 
     def resize(self, config, out_channels):
         config = dict(config)
@@ -76,8 +112,9 @@ class DenseRule(Producer):
     config_key = "units"
 
     def macs(self, layer, in_shape, out_shape, shape_of):
-        kernel = shape_of(layer.kernel)
-        return kernel[0] * kernel[1] * _prod(in_shape[1:-1])
+        kernel = shape_of(self.kernel(layer))
+        positions = _prod(in_shape[1:-1])
+        return kernel[0] * kernel[1] * positions + self._lora_macs(layer, shape_of, positions)
 
     def connection_kernel(self, layer):
         return None  # connection pruning is for convolutions

@@ -178,10 +178,10 @@ def replay(model, make_layer, name=None, model_fn=None):
         for key, tensor in zip(call.outputs, tf.nest.flatten(outputs)):
             tensors[key] = tensor
     outputs = [tensors[k] for k in flat.outputs]
-    if len(outputs) == 1 and backend.single_output(model):
-        outputs = outputs[0]  # a single-output model stays single-output
+    # the model's own structures (a tensor, a list, a dict by name) come back as they were
+    input_structure, output_structure = backend.io_structure(model)
+    inputs = tf.nest.pack_sequence_as(input_structure, inputs)
+    outputs = tf.nest.pack_sequence_as(output_structure, outputs)
     model_fn = model_fn or backend.new_model
-    if len(inputs) == 1 and backend.single_input(model):
-        inputs = inputs[0]
     return model_fn(inputs, outputs, name or model.name)
 

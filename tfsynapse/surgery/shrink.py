@@ -234,15 +234,17 @@ def _self_check(model, new_model, rtol):
     if backend_of(model).half_precision_layers(model):
         rtol = max(rtol, 1e-2)  # half-precision compute: float16 rounding, not a difference
     rng = np.random.default_rng(0)
+    backend = backend_of(model)
     inputs = []
-    for t in model.inputs:
+    for t in backend.model_io(model)[0]:
         shape = [2] + [1 if d is None else int(d) for d in t.shape[1:]]
         dtype = tf.as_dtype(t.dtype)
         if dtype.is_integer:
             inputs.append(np.zeros(shape, dtype.as_numpy_dtype))
         else:
             inputs.append(rng.normal(size=shape).astype(dtype.as_numpy_dtype))
-    inputs = inputs[0] if len(inputs) == 1 else inputs
+    # in the model's own input structure: a dict of inputs is fed by name, not by position
+    inputs = tf.nest.pack_sequence_as(backend.io_structure(model)[0], inputs)
     before = [np.asarray(o) for o in _as_list(model(inputs, training=False))]
     after = [np.asarray(o) for o in _as_list(new_model(inputs, training=False))]
     if not all(np.all(np.isfinite(o)) for o in before + after):

@@ -18,7 +18,7 @@ __all__ = [
     "NAME", "keras", "tf", "check_model", "unwrap", "has_pruning_wrappers", "load_model",
     "save_model", "refuse_pruning_wrappers", "is_graph_model", "is_model", "is_layer",
     "graph_model", "call_nodes", "node_tensors", "node_arguments", "model_io", "input_names",
-    "output_names", "flat_outputs", "tf_variables", "io_structs", "single_input",
+    "output_names", "flat_outputs", "tf_variables", "io_structure", "single_input",
     "single_output", "is_symbolic", "new_input", "new_model", "class_path", "layers_of_type",
     "user_functions_scope", "is_framework_function", "half_precision_layers",
     "learning_rate_of", "strip", "raw_operation", "SynapticConv2D", "Distiller", "KerasPrunedModel", "export_saved_model",
@@ -213,8 +213,9 @@ def flat_outputs(outputs):
     return tf.nest.flatten(outputs)
 
 
-def io_structs(model):
-    """``(inputs, outputs)`` of a graph model in the structures it was built with."""
+def io_structure(model):
+    """``(inputs, outputs)`` of a graph model in the structures it was built with (a tensor,
+    a list, a dict); their flattened order is ``model_io``'s."""
     functional = graph_model(model)
     return functional._inputs_struct, functional._outputs_struct
 

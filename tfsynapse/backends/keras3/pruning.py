@@ -20,7 +20,7 @@ import keras
 from keras.src.models.functional import Functional
 
 from tfsynapse.backends import provider, tf, weight_name
-from tfsynapse.backends.keras3 import io_structs
+from tfsynapse.backends.keras3 import io_structure
 
 def _schedules():
     from tensorflow_model_optimization.python.core.sparsity.keras import (  # noqa: PLC0415
@@ -153,7 +153,7 @@ class KerasPrunedModel(Functional):
 def pruned_model(model, pruning_schedule, plan, replay):
     """A ``KerasPrunedModel`` over ``model``'s layers (shared, as tfmot's wrappers share them);
     ``replay`` is not needed: no layer is wrapped."""
-    inputs, outputs = io_structs(model)
+    inputs, outputs = io_structure(model)
     return KerasPrunedModel(inputs, outputs, name=model.name,
                             pruning_options=plan.options.to_config(),
                             pruning_schedule=pruning_schedule, mask_plan=plan)

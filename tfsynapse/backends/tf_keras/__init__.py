@@ -47,6 +47,7 @@ __all__ = [
     "refuse_pruning_wrappers",
     "strip",
     "raw_operation",
+    "io_structure",
     "export_saved_model",
     "is_quantize_aware",
     "quantize_model",
@@ -293,6 +294,16 @@ def node_arguments(node):
 def model_io(model):
     """``(inputs, outputs)`` of a graph model as flat lists of symbolic tensors."""
     return list(model.inputs), list(model.outputs)
+
+
+def io_structure(model):
+    """``(inputs, outputs)`` of a graph model in the structures it was built with (a tensor,
+    a list, a dict); their flattened order is ``model_io``'s."""
+    inputs = getattr(model, "_nested_inputs", None)
+    outputs = getattr(model, "_nested_outputs", None)
+    if inputs is None or outputs is None:
+        return list(model.inputs), list(model.outputs)
+    return inputs, outputs
 
 
 def input_names(model):
