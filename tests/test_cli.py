@@ -429,3 +429,50 @@ def test_budget_quantities_refuse_what_they_cannot_read(parse, text):
         getattr(cli_args, parse)(text)
     if "," in text:  # a decimal comma is never read as a thousands separator
         assert "write decimals with a dot" in str(err.value)
+
+
+def test_a_terminated_export_removes_its_temporary_folder(models, tmp_path):
+    """SIGTERM while the converter runs: the command says so (exit 143) and leaves no
+    ``tfsynapse-convert-*`` folder behind."""
+    import signal  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = dict(os.environ, TMPDIR=str(temp))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tfsynapse.cli", "export", str(models["keras"]), "-o",
+         str(tmp_path / "out.tflite")], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(temp.glob("tfsynapse-convert-*")) and process.poll() is None:
+        assert time.monotonic() < deadline, "the export never made its folder"
+        time.sleep(0.05)
+    assert process.poll() is None, process.communicate()[1][-2000:]
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err[-2000:]
+    assert "tfsynapse: terminated" in err
+    assert list(temp.glob("tfsynapse-convert-*")) == []
+    assert not (tmp_path / "out.tflite").exists()
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("text", "is not a NumPy .npy or .npz file"),
+    (np.array(["a", "b"]), "holds <U1 values, not numbers"),
+    (np.float32(3.0), "holds an array of shape []: no samples"),
+    (np.zeros((0, 10, 10, 3), "float32"), "holds an array of shape [0, 10, 10, 3]: no samples"),
+    (np.zeros((4, 12, 12, 3), "float32"), "holds samples of shape [12, 12, 3]; the model's input "
+                                          "is [10, 10, 3]"),
+])
+def test_malformed_data_files_are_refused_with_what_is_wrong(models, tmp_path, capsys, content,
+                                                             expected):
+    path = tmp_path / "x.npy"
+    if isinstance(content, str):
+        path.write_text(content)
+    else:
+        np.save(path, content)
+    code, _, err = run(capsys, "prune", models["keras"], "--sparsity", "0.5", "--data", path,
+                       "-o", tmp_path / "out.keras")
+    assert_one_line_error(code, err, expected)
+    assert not (tmp_path / "out.keras").exists()

@@ -93,3 +93,17 @@ def test_only_markers_name_the_chosen_layers():
     assert marked_indices("functional_1/tfsynapse_float12x_1_2/convolution1") == {12}
     assert marked_indices("functional_1/conv2d_1/convolution;m/add_1/add") == set()
     assert marked_indices("m/tfsynapse_float1xy/add") == set()
+
+
+def test_messages_and_files_name_the_layers_never_the_markers(monkeypatch):
+    from tflite_export import float_layers  # noqa: PLC0415
+    from tflite_export.float_layers import check_kept_float, unmarked  # noqa: PLC0415
+
+    monkeypatch.setattr(float_layers, "op_outputs", lambda data: [])  # the op was not found
+
+    names = ["conv2d", "block_1/expand"]
+    assert unmarked("m/tfsynapse_float1x_1/Relu;m/tfsynapse_float0x/Conv2D", names) == \
+        "m/block_1/expand_1/Relu;m/conv2d/Conv2D"
+    with pytest.raises(FloatLayersError, match="m/conv2d/Conv2D did not come out") as err:
+        check_kept_float(b"", {"conv2d": ["m/tfsynapse_float0x/Conv2D"]}, names[:1])
+    assert "tfsynapse_float" not in str(err.value)

@@ -105,6 +105,21 @@ def read_result(directory):
         return stream.read()
 
 
+@contextlib.contextmanager
+def _named_layers(layer_names):
+    """Errors of a conversion with ``float_layers`` name the user's layers, not the markers
+    their scopes were traced under (``float_layers.unmarked``)."""
+    try:
+        yield
+    except Exception as err:
+        text = str(err)
+        if not layer_names or "tfsynapse_float" not in text:
+            raise
+        from tflite_export.float_layers import FloatLayersError, unmarked  # noqa: PLC0415
+
+        raise FloatLayersError(f"{type(err).__name__}: {unmarked(text, layer_names)}") from None
+
+
 def _convert(directory):
     import tensorflow as tf  # noqa: PLC0415 - the worker imports TensorFlow on its first job
 
@@ -123,10 +138,10 @@ def _convert(directory):
         # The calibrator itself builds a tf.lite.Interpreter for dict (multi-input) samples.
         warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
         with _usable_ranges() as widened, keep_float(
-                job.get("float_layers", [])) as kept:
+                job.get("float_layers", [])) as kept, _named_layers(job.get("float_layers")):
             data = converter.convert()
     if job.get("float_layers"):
-        check_kept_float(data, kept)
+        check_kept_float(data, kept, job["float_layers"])
         data = restore_names(data, job["float_layers"])
     if widened:
         warnings.warn(

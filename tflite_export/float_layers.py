@@ -139,6 +139,13 @@ def _rename(layer, name):
         layer._name = name  # tf_keras: a read-only property over _name
 
 
+def unmarked(name, layer_names):
+    """``name`` (a tensor name) with every marker replaced by its layer's own name, so that
+    messages and files name the user's layers."""
+    return _MARKED_SEGMENT.sub(
+        lambda match: match.group(1) + layer_names[int(match.group(2))] + match.group(3), name)
+
+
 def marked_indices(tensor_name):
     """The indices of the marked layers whose ops produce ``tensor_name``."""
     return {int(match.group(2)) for match in _MARKED_SEGMENT.finditer(tensor_name)}
@@ -216,12 +223,14 @@ def keep_float(layer_names):
                                "step (mlir_quantize), so no layer could be kept float.")
 
 
-def check_kept_float(data, found):
+def check_kept_float(data, found, layer_names):
     """Every chosen layer matched an op, and each such op is float32 in ``data``.
 
     Args:
       data: the converted flatbuffer.
       found: what ``keep_float`` yielded.
+      layer_names: the chosen layers, in the order ``marked`` numbered them (messages name
+        the layers' tensors by the layers' names, never by the markers).
 
     Raises:
       FloatLayersError: a layer matched no TFLite op (e.g. it was folded into another op, or
@@ -238,8 +247,9 @@ def check_kept_float(data, found):
     dtypes = {tensor: dtype for _, tensor, dtype in op_outputs(data)}
     wrong = sorted(t for nodes in found.values() for t in nodes if dtypes.get(t) != np.float32)
     if wrong:
+        named = [unmarked(tensor, layer_names) for tensor in wrong[:3]]
         raise FloatLayersError(
-            f"float_layers: {', '.join(wrong[:3])} did not come out float32 (quantised or "
+            f"float_layers: {', '.join(named)} did not come out float32 (quantised or "
             "renamed by the converter) despite the request to keep it float.")
 
 
@@ -261,12 +271,9 @@ def restore_names(data, layer_names):
 
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
 
-    def original(match):
-        return match.group(1) + layer_names[int(match.group(2))] + match.group(3)
-
     for subgraph in model.subgraphs or []:
         for tensor in subgraph.tensors or []:
             name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
             if name and "tfsynapse_float" in name:
-                tensor.name = _MARKED_SEGMENT.sub(original, name)
+                tensor.name = unmarked(name, layer_names)
     return pack(model, len(data))

@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import logging
 import math
+import signal
 import sys
 import warnings
 
@@ -42,6 +43,7 @@ from tfsynapse.cli.args import (
 from tfsynapse.cli.files import (
     CliError,
     check_output,
+    check_samples,
     load_calibration,
     load_data_pair,
     load_model,
@@ -101,9 +103,12 @@ def _cmd_prune(args):
     if args.finetune_epochs and y is None:
         raise CliError("--finetune-epochs needs labels: --data x.npy,y.npy")
     model = strip_wrappers(load_model(args.model))
+    if x is not None:
+        check_samples(x, model, "--data", args.data.split(",")[0])
     labelled = y is not None and cli_finetune.is_classifier(model, y)
     if y is not None and not labelled:
-        raise CliError(f"--data labels of shape {list(y.shape)} do not fit the model's output "
+        raise CliError(f"--data labels of shape {list(y.shape)} ({y.dtype}) do not fit the "
+                       "model's output "
                        f"{[list(t.shape) for t in model.outputs]}: give class ids (N,) or one-hot "
                        "(N, classes) for a single-output classifier")
     before = cli_finetune.accuracy(model, x, y) if labelled else None
@@ -200,6 +205,8 @@ def _cmd_export(args):
     from tfsynapse.quiet import native_stderr_hidden  # noqa: PLC0415
 
     model = strip_wrappers(load_model(args.model))
+    if calibration is not None:
+        check_samples(calibration, model, "--calibration", args.calibration)
     with native_stderr_hidden(not getattr(args, "verbose", False)):  # the converter's chatter
         tflite_export.convert(model, quantize=quantize, representative_dataset=calibration,
                               int8_io=args.int8_io, output=output,
@@ -361,6 +368,29 @@ def _known_errors():
     return errors
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a CI timeout) during a command."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM raises ``Terminated`` while a command runs, so that its ``finally`` and
+    ``with`` blocks still remove temporary files and folders (a conversion's SavedModel, a
+    half-written output) instead of the process dying where it stands."""
+    def stop(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None):
     """Runs the ``tfsynapse`` command.
 
@@ -380,13 +410,14 @@ def main(argv=None):
         from tfsynapse.quiet import import_tensorflow_quietly  # noqa: PLC0415
 
         import_tensorflow_quietly(not getattr(args, "verbose", False))
-        with _quiet_tensorflow():
+        with _quiet_tensorflow(), _terminate_as_interrupt():
             return args.run(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         if debug:
             raise
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        terminated = isinstance(stop, Terminated)
+        print(f"{PROG}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except Exception as err:
         if debug or not isinstance(err, _known_errors()):
             raise

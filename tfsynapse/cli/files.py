@@ -162,22 +162,59 @@ def _save_directory(model, path, backend):
 
 
 def load_calibration(path, what="calibration"):
+    """The one array of samples in a ``.npy`` or ``.npz`` file, checked to be numbers.
+
+    Raises:
+      CliError: not a NumPy file, several arrays, pickled objects, strings, a 0-d array or
+        no sample; each said with the file and what to save instead.
+    """
     import numpy as np  # noqa: PLC0415
 
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+    except OSError as err:
+        raise CliError(f"cannot read {what} data from {path!r}: {one_line(err)}") from err
+    if magic != b"\x93NUMPY" and magic[:2] != b"PK":
+        raise CliError(f"{what} file {path!r} is not a NumPy .npy or .npz file; save the "
+                       "samples with np.save(path, array)")
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise CliError(f"cannot read {what} data from {path!r}: {one_line(err)}") from err
-    if isinstance(data, np.ndarray):
-        return data
-    with data:
-        names = list(data.files)
-        if len(names) != 1:
-            raise CliError(
-                f"{what} file {path!r} holds {len(names)} arrays {names}; save exactly one "
-                "array of samples (N, ...) with np.save or np.savez"
-            )
-        return data[names[0]]
+    if not isinstance(data, np.ndarray):
+        with data:
+            names = list(data.files)
+            if len(names) != 1:
+                raise CliError(
+                    f"{what} file {path!r} holds {len(names)} arrays {names}; save exactly one "
+                    "array of samples (N, ...) with np.save or np.savez"
+                )
+            data = data[names[0]]
+    if not (np.issubdtype(data.dtype, np.number) or data.dtype == np.bool_):
+        raise CliError(f"{what} file {path!r} holds {data.dtype} values, not numbers; save the "
+                       "samples as a numeric array (e.g. float32 images, int64 class ids)")
+    if data.ndim == 0 or len(data) == 0:
+        raise CliError(f"{what} file {path!r} holds an array of shape {list(data.shape)}: no "
+                       "samples; save an array of shape (N, ...) with N >= 1")
+    return data
+
+
+def check_samples(x, model, what, path):
+    """Refuses samples whose shape the model's single input cannot take.
+
+    Raises:
+      CliError: ``x.shape[1:]`` differs from the input's known dimensions.
+    """
+    inputs = model.inputs
+    if len(inputs) != 1:
+        return
+    expected = list(inputs[0].shape)[1:]
+    got = list(x.shape[1:])
+    if len(got) != len(expected) or any(e is not None and int(e) != g
+                                        for e, g in zip(expected, got)):
+        raise CliError(f"{what} {path!r} holds samples of shape {got}; the model's input is "
+                       f"{['N' if e is None else int(e) for e in expected]} per sample")
 
 
 def load_ratios(path):
