@@ -34,6 +34,7 @@ from tfsynapse.backends import backend_of
 from tfsynapse.graph import count_macs, dependency_groups
 from tfsynapse.analysis.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from tfsynapse.plan.options import PruningOptions
+from tfsynapse.plan import rounding
 from tfsynapse.plan.planner import MaskPlan
 from tfsynapse.analysis.sensitivity_table import SensitivityTable, plot_sensitivity
 
@@ -324,6 +325,6 @@ def ratios_from_sensitivity(table, keep_fraction=None, *, min_metric=None, max_d
 
 def _realised_ratio(row):
     ratio, pruned, channels = float(row["ratio"]), row.get("pruned_channels"), row["channels"]
-    if pruned is None or int(np.floor(ratio * channels + 0.5)) == pruned:
+    if pruned is None or rounding.pruned_count(ratio, channels) == pruned:
         return ratio
     return pruned / channels

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from tfsynapse.graph import count_activations, count_macs, count_params
+from tfsynapse.plan import rounding
 
 
 class BudgetSolver:
@@ -41,13 +42,7 @@ class BudgetSolver:
     def kept(self, ratio, group_plan):
         """Units the planner keeps of a group pruned at ``ratio`` (rounding, cap, round_to),
         computed in float32 as the planner computes it, so the counts agree at every ratio."""
-        n = group_plan.n
-        k = int(np.floor(np.float32(ratio) * np.float32(n) + np.float32(0.5)))
-        k = min(max(k, 0), group_plan.cap)
-        kept = n - k
-        if group_plan.round_to > 1:
-            kept = min(n, -(-kept // group_plan.round_to) * group_plan.round_to)
-        return kept
+        return rounding.kept_units(ratio, group_plan.n, group_plan.cap, group_plan.round_to)
 
     def named_ratios(self, ratios):
         """``{producer layer: fraction it really loses}`` for ``ratios`` (rounding, cap and

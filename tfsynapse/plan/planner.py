@@ -28,6 +28,7 @@ import numpy as np
 from tfsynapse.backends import tf
 from tfsynapse.criteria import lowest_k_mask, ranks
 from tfsynapse.graph import unwrap
+from tfsynapse.plan import rounding
 from tfsynapse.plan.reachability import reachability
 from tfsynapse.plan.scoring import Scoring
 
@@ -107,7 +108,7 @@ class MaskPlan:
             if why:
                 self.frozen[g.name] = [why]
                 continue
-            cap = min(g.size - 1, int(np.floor(opts.max_pruning_ratio * g.size + 0.5)))
+            cap = rounding.cap(opts.max_pruning_ratio, g.size)
             plans.append(_GroupPlan(g, self._factor(producers), cap, opts.round_to))
         return plans
 
@@ -125,7 +126,7 @@ class MaskPlan:
             if "in" not in slots or "out" not in slots:
                 continue  # grouped convolutions have no per-connection input slot
             n = int(np.prod([kernel.shape[-2], kernel.shape[-1]]))
-            cap = min(n - 1, int(np.floor(opts.max_pruning_ratio * n + 0.5)))
+            cap = rounding.cap(opts.max_pruning_ratio, n)
             weights = {slots["in"].weight_index: (slots["in"].axis, slots["out"].axis)}
             strength = lc.rule.connection_strength(layer)
             if strength is not None:
@@ -182,16 +183,11 @@ class MaskPlan:
     # ------------------------------------------------------------------- selection (TF)
     def _targets(self, sparsity, factor, n, cap):
         s = sparsity * factor if factor is not None else sparsity
-        k = tf.cast(tf.floor(tf.cast(s, tf.float32) * n + 0.5), tf.int32)  # round half up
-        return tf.clip_by_value(k, 0, cap)
+        return tf.clip_by_value(rounding.pruned_count(tf.convert_to_tensor(s), n), 0, cap)
 
     @staticmethod
     def _round_prune(k, n, round_to):
-        if round_to == 1:
-            return k
-        kept = n - k
-        kept = tf.minimum(n, ((kept + round_to - 1) // round_to) * round_to)
-        return n - kept
+        return n - rounding.kept_after(k, n, round_to)
 
     def _filter_prune(self, sparsity):
         """``{group id: bool prune mask}`` at filter granularity."""
@@ -229,8 +225,8 @@ class MaskPlan:
                     zip(in_rank, scores, plans)]
         flat = tf.concat(eligible, axis=0)
         total = sum(p.n for p in plans)
-        k = tf.cast(tf.floor(tf.cast(sparsity, tf.float32) * total + 0.5), tf.int32)
-        k = tf.minimum(k, sum(p.cap for p in plans))
+        k = tf.minimum(rounding.pruned_count(tf.convert_to_tensor(sparsity), total),
+                       sum(p.cap for p in plans))
         chosen = lowest_k_mask(flat, k)
         masks = []
         start = 0

@@ -4,7 +4,7 @@ Read before any mask is computed, so that an unreachable target is an error with
 numbers (``prune_synaptic``, ``prune_once``) instead of a silent shortfall.
 """
 
-import numpy as np
+from tfsynapse.plan import rounding
 
 
 def reachability(plan, sparsity):
@@ -36,18 +36,18 @@ def reachability(plan, sparsity):
         if u in pooled:
             continue
         s = sparsity * u.factor if u.factor is not None else sparsity
-        want = int(np.floor(s * u.n + 0.5))
+        want = rounding.pruned_count(s, u.n)
         got = min(want, u.cap)
         if got < want:
             capped.append((_unit_name(u), want, u.cap))
             one_unit_bound = one_unit_bound and u.cap == u.n - 1
-        kept = min(u.n, -(-(u.n - got) // u.round_to) * u.round_to)
+        kept = rounding.kept_after(got, u.n, u.round_to)
         rounded += got - (u.n - kept)
         requested += want
         reachable += u.n - kept
     if pooled:
         n = sum(u.n for u in pooled)
-        want = int(np.floor(sparsity * n + 0.5))
+        want = rounding.pruned_count(sparsity, n)
         cap = sum(u.cap for u in pooled)
         if cap < want:
             capped.append(("all pooled units (scope='global')", want, cap))
