@@ -7,9 +7,6 @@ from hypothesis import strategies as st
 
 from tfsynapse.backends.tf_keras import tf
 from tfsynapse.criteria import (
-    CONNECTION_SCORES,
-    FILTER_SCORES,
-    FILTER_SELECTORS,
     connection_l1,
     dscore_scores,
     dstep_gm_prune_mask,
@@ -19,8 +16,8 @@ from tfsynapse.criteria import (
     l1_scores,
     l2_scores,
     lowest_k_mask,
-    normalize_for_global,
     random_scores,
+    registry,
     ranks,
     select_filters,
     strength_magnitude,
@@ -28,6 +25,8 @@ from tfsynapse.criteria import (
 )
 
 METHODS = ("dscore", "dstep", "dstep_gm", "fpgm", "l1", "l2")
+SCORED = {"l1": l1_scores, "l2": l2_scores, "dscore": dscore_scores, "fpgm": fpgm_scores}
+SELECTING = {"dstep": dstep_prune_mask, "dstep_gm": dstep_gm_prune_mask}
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Hand example: four filters of three weights (rows).
@@ -215,8 +214,8 @@ def test_select_filters_invariants(case, method):
     np.testing.assert_array_equal(got, select_filters(kernel, k, method))
     assert select_filters(kernel, 0, method).size == 0
     np.testing.assert_array_equal(select_filters(kernel, n, method), np.arange(n))
-    if method in FILTER_SCORES:  # every pruned filter scores no higher than every kept one
-        scores = FILTER_SCORES[method](kernel.T).numpy()
+    if method in SCORED:  # every pruned filter scores no higher than every kept one
+        scores = SCORED[method](kernel.T).numpy()
         kept = np.setdiff1d(np.arange(n), got)
         if k and kept.size:
             assert scores[got].max() <= scores[kept].min()
@@ -228,8 +227,8 @@ def _all_masks_graph(rows, k):
 
 
 def _all_masks(rows, k):
-    masks = [lowest_k_mask(fn(rows), k) for fn in FILTER_SCORES.values()]
-    masks += [fn(rows, k) for fn in FILTER_SELECTORS.values()]
+    masks = [lowest_k_mask(fn(rows), k) for fn in SCORED.values()]
+    masks += [fn(rows, k) for fn in SELECTING.values()]
     return tf.stack(masks)
 
 
@@ -299,14 +298,18 @@ def test_random_scores_deterministic():
     assert not np.array_equal(a, random_scores(8, 4).numpy())
 
 
-def test_normalize_for_global():
-    np.testing.assert_allclose(normalize_for_global("l1", [1.0, 3.0]), [0.5, 1.5], rtol=1e-6)
-    np.testing.assert_allclose(normalize_for_global("fpgm", [0.0]), [0.0])
+def _comparable(name, scores):
+    return registry.get(name, "filter").comparable(tf.constant(scores, tf.float32))
+
+
+def test_each_criterion_makes_its_scores_comparable_for_global_ranking():
+    np.testing.assert_allclose(_comparable("l1", [1.0, 3.0]), [0.5, 1.5], rtol=1e-6)
+    np.testing.assert_allclose(_comparable("fpgm", [0.0]), [0.0])
     # D-Score of n=3 lies in [0, 4]; divided by 2(n-1) = 4.
-    np.testing.assert_allclose(normalize_for_global("dscore", [0.0, 2.0, 4.0]), [0, 0.5, 1])
-    np.testing.assert_allclose(normalize_for_global("dscore", [0.0]), [0.0])
-    for name in ("random", "bn_scale", "synaptic_strength", "whatever"):
-        np.testing.assert_allclose(normalize_for_global(name, [0.2, 5.0]), [0.2, 5.0])
+    np.testing.assert_allclose(_comparable("dscore", [0.0, 2.0, 4.0]), [0, 0.5, 1])
+    np.testing.assert_allclose(_comparable("dscore", [0.0]), [0.0])
+    for name in ("random", "bn_scale", "synaptic_strength"):
+        np.testing.assert_allclose(_comparable(name, [0.2, 5.0]), [0.2, 5.0])
 
 
 # --- connection criteria --------------------------------------------------------------------
@@ -318,7 +321,9 @@ def test_connection_criteria_match_numpy(shape):
     axes = tuple(range(len(shape) - 2))
     np.testing.assert_allclose(kernel_norm(kernel), np.sqrt((kernel**2).sum(axes)), rtol=1e-5)
     np.testing.assert_allclose(connection_l1(kernel), np.abs(kernel).sum(axes), rtol=1e-5)
-    np.testing.assert_allclose(CONNECTION_SCORES["l2"](kernel), kernel_norm(kernel))
+    layer = registry.LayerInputs("k", 0, lambda: tf.constant(kernel), lambda: None, lambda: None)
+    np.testing.assert_allclose(registry.get("l2", "connection").connection_scores(layer),
+                               kernel_norm(kernel))
     np.testing.assert_allclose(synaptic_strength(kernel), kernel_norm(kernel))
 
 

@@ -87,3 +87,29 @@ def test_the_cli_lists_every_criterion_from_the_registry(capsys):
         for name in registry.names(granularity):
             assert any(line.split()[:2] == [name, granularity] for line in listed.splitlines())
     assert "selects per group" in listed
+
+
+def test_a_named_criterion_object_is_never_renamed():
+    class Named(tfsynapse.Criterion):
+        name = "named_magnitude_probe"
+
+        def filter_scores(self, group):
+            return tf.reduce_sum(tf.abs(group.weights), axis=1)
+
+    class Other(Named):
+        pass
+
+    keras = tfsynapse.backends.get("tf_keras").keras
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, name="d"),
+                              keras.layers.Dense(2, name="head")])
+    first, second, other = Named(), Named(), Other()
+    with pytest.raises(ValueError, match="register it under that name"):
+        tfsynapse.register_criterion("another_name_probe", first)
+    for criterion in (first, second):  # the same criterion made twice: no warning, no rename
+        tfsynapse.prune_once(model, 0.5, criterion=criterion)
+        assert criterion.name == "named_magnitude_probe"
+    assert registry.get("named_magnitude_probe") is second
+    with pytest.warns(UserWarning, match="now names a Other"):
+        tfsynapse.prune_once(model, 0.5, criterion=other)
+    assert other.name == "named_magnitude_probe" and registry.get(other.name) is other
+    registry.unregister("named_magnitude_probe")

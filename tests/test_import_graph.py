@@ -50,8 +50,6 @@ FUNCTION_LEVEL = {
     ("tfsynapse.cli.files", "tfsynapse.backends"): _CLI,
     ("tfsynapse.datasets", "tfsynapse.backends.tf_keras"): _TF_LATE,
     ("tfsynapse.quiet", "tfsynapse.backends.tf_keras"): _TF_LATE,
-    ("tfsynapse.criteria.filters", "tfsynapse.criteria.registry"):
-        "inside one package: the registry imports the score functions of filters.py",
     ("tflite_export.conversion_job", "tflite_export.float_layers"):
         "the conversion worker process imports only what its conversion needs",
     ("tflite_export.conversion_job", "tflite_export.keras_io"):

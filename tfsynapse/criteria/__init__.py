@@ -26,21 +26,17 @@ Connection criteria (``connections``; kernel ``(..spatial.., C_in, C_out)``, con
 Criteria as objects (what the planner, ``prune_synaptic`` and the CLI use): ``registry``
 (``Criterion``, ``FunctionCriterion``, ``GroupInputs``, ``LayerInputs``, ``names``, ``table``).
 
-Helpers: ``ranks``, ``lowest_k_mask``, ``normalize_for_global``, ``select_filters`` and the
-registries ``FILTER_SCORES``, ``FILTER_SELECTORS``, ``CONNECTION_SCORES``.
+Helpers: ``ranks``, ``lowest_k_mask`` and ``select_filters`` (one kernel through a criterion
+object). Criteria are found by name only through the registry (``registry.get``).
 """
 
 from tfsynapse.criteria.connections import (
-    CONNECTION_SCORES,
     connection_l1,
     kernel_norm,
     strength_magnitude,
     synaptic_strength,
 )
 from tfsynapse.criteria.filters import (
-    FILTER_SCORES,
-    FILTER_SELECTORS,
-    SELECT_METHODS,
     dscore_scores,
     dstep_gm_prune_mask,
     dstep_prune_mask,
@@ -48,17 +44,15 @@ from tfsynapse.criteria.filters import (
     l1_scores,
     l2_scores,
     lowest_k_mask,
-    normalize_for_global,
     random_scores,
     ranks,
-    select_filters,
 )
 
 from tfsynapse.criteria import connections as _connections  # noqa: E402
 from tfsynapse.criteria import filters as _filters  # noqa: E402
 
 from tfsynapse.criteria import registry  # noqa: E402
-from tfsynapse.criteria.registry import Criterion, FunctionCriterion  # noqa: E402
+from tfsynapse.criteria.registry import Criterion, FunctionCriterion, select_filters  # noqa: E402
 
 __all__ = list(_filters.__all__) + list(_connections.__all__) + [
-    "registry", "Criterion", "FunctionCriterion"]
+    "registry", "Criterion", "FunctionCriterion", "select_filters"]

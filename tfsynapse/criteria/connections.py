@@ -13,7 +13,6 @@ __all__ = [
     "connection_l1",
     "synaptic_strength",
     "strength_magnitude",
-    "CONNECTION_SCORES",
 ]
 
 
@@ -105,11 +104,3 @@ def strength_magnitude(strength):
       float32 tensor ``[C_in, C_out]``.
     """
     return tf.cast(tf.abs(_as_float(strength)), tf.float32)
-
-
-CONNECTION_SCORES = {
-    "kernel_norm": kernel_norm,
-    "l1": connection_l1,
-    "l2": kernel_norm,
-    "synaptic_strength": synaptic_strength,
-}

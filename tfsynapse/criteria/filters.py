@@ -7,7 +7,8 @@ only, so they run eagerly, inside a ``tf.function`` graph and under ``tf.distrib
 ``merge_call``; ``k`` may be a Python int or a scalar int tensor. Ties are always broken by the
 lower unit index first (a stable ascending sort), see docs/methods.md.
 
-``select_filters`` is the numpy-in, numpy-out helper for one Keras kernel.
+``criteria.select_filters`` (in ``registry.py``) is the numpy-in, numpy-out helper for one
+Keras kernel, through the criterion objects.
 """
 
 import numpy as np
@@ -24,11 +25,6 @@ __all__ = [
     "lowest_k_mask",
     "dstep_prune_mask",
     "dstep_gm_prune_mask",
-    "select_filters",
-    "normalize_for_global",
-    "FILTER_SCORES",
-    "FILTER_SELECTORS",
-    "SELECT_METHODS",
 ]
 
 
@@ -252,88 +248,3 @@ def dstep_gm_prune_mask(filters, k):
     rank_p = ranks(_summed_distances(positive))
     rank_n = ranks(_summed_distances(negative))
     return _dstep_select(rank_p, rank_n, k)
-
-
-FILTER_SCORES = {
-    "l1": l1_scores,
-    "l2": l2_scores,
-    "dscore": dscore_scores,
-    "fpgm": fpgm_scores,
-}
-
-FILTER_SELECTORS = {
-    "dstep": dstep_prune_mask,
-    "dstep_gm": dstep_gm_prune_mask,
-}
-
-SELECT_METHODS = ("dscore", "dstep", "dstep_gm", "fpgm", "l1", "l2")
-
-
-def normalize_for_global(name, scores):
-    """Makes one group's scores comparable with other groups' for a single global threshold.
-
-    Each criterion defines this (``Criterion.comparable`` in ``criteria.registry``):
-
-    * ``'l1'``, ``'l2'``, ``'fpgm'``: divided by the group's mean score (+1e-12). Magnitudes and
-      summed distances grow with the group's fan-in and weight scale; dividing by the mean makes
-      every group's average unit score 1, so a global threshold removes units that are weak
-      *relative to their group* rather than whole small-magnitude layers.
-    * ``'dscore'``: divided by ``2 (n - 1)``, the largest possible D-Score, so it lies in
-      ``[0, 1]`` whatever the group size (a group of one unit gives 0).
-    * ``'random'``, ``'bn_scale'``, ``'synaptic_strength'``, user criteria and unknown names:
-      unchanged (uniform scores and BN scales are already on a common scale; synaptic strength
-      is comparable across layers by construction, Lin et al. 2018).
-
-    Args:
-      name: the criterion name that produced ``scores``.
-      scores: 1-D array or tensor ``[n]`` of one group's scores.
-
-    Returns:
-      float tensor ``[n]``, the normalised scores.
-    """
-    from tfsynapse.criteria import registry  # noqa: PLC0415 - the registry builds on this module
-
-    criterion = registry.get(name, "filter")
-    scores = _as_float(scores)
-    return criterion.comparable(scores) if criterion is not None else scores
-
-
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def select_filters(kernel, k, method):
-    """Indices of the ``k`` filters that ``method`` prunes from one Keras kernel.
-
-    Args:
-      kernel: numpy array in Keras layout, the last axis indexing filters / output channels
-        (Conv1D/2D/3D kernels ``(..spatial.., C_in, C_out)``, Dense kernels ``(in, out)``).
-      k: number of filters to prune, a Python int in ``[0, n]``.
-      method: one of ``'dscore'``, ``'dstep'``, ``'dstep_gm'``, ``'fpgm'``, ``'l1'``, ``'l2'``.
-
-    Returns:
-      np.ndarray of int64, the sorted indices of the pruned filters (length ``k``).
-
-    Raises:
-      ValueError: unknown ``method``, ``kernel`` with fewer than 2 dimensions, or ``k`` not an
-        integer in ``[0, n]``.
-    """
-    if method not in SELECT_METHODS:
-        raise ValueError(
-            f"Unknown filter criterion {method!r}; choose one of {', '.join(SELECT_METHODS)}."
-        )
-    kernel = np.asarray(kernel)
-    if kernel.ndim < 2:
-        raise ValueError(
-            f"kernel must have at least 2 dimensions with filters on the last axis, got shape "
-            f"{kernel.shape}."
-        )
-    n = kernel.shape[-1]
-    if not _is_int(k) or not 0 <= k <= n:
-        raise ValueError(f"k must be an integer in [0, {n}] (the number of filters), got {k!r}.")
-    rows = np.moveaxis(kernel, -1, 0).reshape(n, -1)
-    if method in FILTER_SELECTORS:
-        mask = FILTER_SELECTORS[method](rows, k)
-    else:
-        mask = lowest_k_mask(FILTER_SCORES[method](rows), k)
-    return np.flatnonzero(mask.numpy()).astype(np.int64)

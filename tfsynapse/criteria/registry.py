@@ -12,6 +12,8 @@ scoring them (D-Step) sets ``selects`` and implements ``select``; it has no glob
 Everything here is pure TF on tensors: no Keras.
 """
 
+import numpy as np
+
 from tfsynapse.backends import tf
 
 from tfsynapse.criteria import connections, filters
@@ -314,3 +316,49 @@ def table():
             lines.append(f"{name:<18} {granularity:<11} needs {needs:<28} "
                          f"{criterion.summary}{select}")
     return "\n".join(lines)
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def select_filters(kernel, k, method):
+    """Indices of the ``k`` filters that criterion ``method`` prunes from one Keras kernel,
+    through the same criterion object the planner uses.
+
+    Args:
+      kernel: numpy array in Keras layout, the last axis indexing filters / output channels
+        (Conv1D/2D/3D kernels ``(..spatial.., C_in, C_out)``, Dense kernels ``(in, out)``).
+      k: number of filters to prune, a Python int in ``[0, n]``.
+      method: a filter criterion that reads weights only (``names('filter')`` minus those
+        that need a BatchNormalization or incoming connections): e.g. ``'dscore'``,
+        ``'dstep'``, ``'dstep_gm'``, ``'fpgm'``, ``'l1'``, ``'l2'``, ``'random'``.
+
+    Returns:
+      np.ndarray of int64, the sorted indices of the pruned filters (length ``k``).
+
+    Raises:
+      ValueError: an unknown criterion or one that needs more than a kernel, ``kernel`` with
+        fewer than 2 dimensions, or ``k`` not an integer in ``[0, n]``.
+    """
+    criterion = get(method, "filter") if isinstance(method, str) else None
+    usable = sorted(n for n in names("filter")
+                    if get(n, "filter").needs <= {"weights", "seed"})
+    if criterion is None or not criterion.needs <= {"weights", "seed"}:
+        raise ValueError(f"Unknown filter criterion {method!r} for a kernel alone; choose one "
+                         f"of {', '.join(usable)}.")
+    kernel = np.asarray(kernel)
+    if kernel.ndim < 2:
+        raise ValueError(
+            f"kernel must have at least 2 dimensions with filters on the last axis, got shape "
+            f"{kernel.shape}.")
+    n = kernel.shape[-1]
+    if not _is_int(k) or not 0 <= k <= n:
+        raise ValueError(f"k must be an integer in [0, {n}] (the number of filters), got {k!r}.")
+    rows = tf.constant(np.moveaxis(kernel, -1, 0).reshape(n, -1))
+    group = GroupInputs("kernel", n, 0, lambda: rows, lambda: tf.zeros([n]), None)
+    if criterion.selects:
+        mask = criterion.select(group, k)
+    else:
+        mask = filters.lowest_k_mask(criterion.filter_scores(group), k)
+    return np.flatnonzero(np.asarray(mask)).astype(np.int64)

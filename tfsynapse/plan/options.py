@@ -19,7 +19,8 @@ def register_criterion(name, fn):
 
     Args:
       name: the name to use in ``criterion=``.
-      fn: a ``tfsynapse.Criterion`` (its ``name`` is set to ``name``), or a function: for
+      fn: a ``tfsynapse.Criterion`` named ``name`` (or unnamed: it is given ``name``), or a
+        function: for
         filter granularity ``fn(filters [n, d]) -> scores [n]``; for connection granularity
         ``fn(kernel) -> scores [C_in, C_out]``. Lower = pruned first; TF ops only.
 
@@ -27,12 +28,18 @@ def register_criterion(name, fn):
       ``name``.
 
     Raises:
-      ValueError: the name is taken by a built-in criterion, or ``fn`` is not callable.
+      ValueError: the name is taken by a built-in criterion, ``fn`` is a criterion object
+        named otherwise, or ``fn`` is not callable.
     """
     if registry.is_builtin(name):
         raise ValueError(f"'{name}' is a built-in criterion; choose another name.")
     if isinstance(fn, Criterion):
-        fn.name = name
+        if fn.name and fn.name != name:
+            raise ValueError(
+                f"the criterion object is named '{fn.name}'; register it under that name "
+                f"(register_criterion('{fn.name}', criterion)) or set criterion.name = '{name}' "
+                "first: tfsynapse does not rename your object.")
+        fn.name = name  # an unnamed object takes the name it is registered under
         criterion = fn
     elif callable(fn):
         criterion = FunctionCriterion(name, fn)
@@ -155,9 +162,11 @@ def _resolve(criterion, granularity):
 
     An object or function keeps its identity: the options hold it, so a model computes its
     masks with the criterion it was built with whatever is registered later. It is also
-    registered (for saving and loading) under its name (a function's ``__name__``), or, when
-    that name is taken by another (two lambdas, two functions named alike), under the first
-    free ``name_2``, ``name_3``, ...
+    registered (for saving and loading) under its name. A named ``Criterion`` keeps its name,
+    never renamed (registering it replaces what the name named; a different class is warned
+    about); a function, or an unnamed object, is named after its ``__name__`` (or class), or,
+    when that name is taken by another (two lambdas, two functions named alike), the first free
+    ``name_2``, ``name_3``...
     """
     if isinstance(criterion, str):
         found = registry.get(criterion, granularity)
@@ -167,15 +176,28 @@ def _resolve(criterion, granularity):
     if not (isinstance(criterion, Criterion) or callable(criterion)):
         raise ValueError(f"criterion must be a name, a callable or a tfsynapse.Criterion, "
                          f"got {criterion!r}.")
-    base = (getattr(criterion, "name", None) if isinstance(criterion, Criterion) else
-            getattr(criterion, "__name__", None)) or type(criterion).__name__
+    if isinstance(criterion, Criterion) and criterion.name:
+        # a named object keeps its name (it is how a saved model finds it again); the latest
+        # object registered under a name is the one a saved model loads with
+        if registry.is_builtin(criterion.name):
+            raise ValueError(f"criterion {criterion!r} is named '{criterion.name}', a built-in "
+                             "criterion's name; give it a name of its own.")
+        before = registry.register(criterion)
+        if before is not None and type(before) is not type(criterion):
+            warnings.warn(
+                f"tfsynapse: criterion '{criterion.name}' now names a {type(criterion).__name__}"
+                f" (it named a {type(before).__name__}). Models keep the object they were built "
+                "with; a model saved with either loads with this one.", stacklevel=4)
+        return criterion.name, criterion
+    base = (getattr(criterion, "__name__", None) if not isinstance(criterion, Criterion)
+            else None) or type(criterion).__name__
     name, n = base, 1
     while registry.is_builtin(name) or (
             registry.get(name) is not None and _identity(registry.get(name)) is not criterion):
         n += 1
         name = f"{base}_{n}"
     if isinstance(criterion, Criterion):
-        criterion.name = name
+        criterion.name = name  # an unnamed object gets the name it is saved under
         found = criterion
     else:
         found = registry.get(name) or FunctionCriterion(name, criterion)
