@@ -49,7 +49,6 @@ def choose_round_to(shaped, ratio, convert, time_files, cache, dense_key, say,
       ``(round_to, table)``: the chosen multiple and ``{multiple: (MACs, ms, ms per MAC)}``
       (MACs and ms are None when the measurements came from the cache).
     """
-
     key = f"alignment:{dense_key}"
     known = cache.get_values(key) if cache is not None else None
     if known is not None and len(known) == 2 * len(candidates):

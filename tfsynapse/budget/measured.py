@@ -62,7 +62,6 @@ def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor
     Raises:
       ValueError: even the most-pruned candidate measures over ``budget``.
     """
-
     dense_value = measure(model)
     points = [(solver.dense[axis], dense_value, dense_value)]
     say(f"prune_to_budget: dense {_count(solver.dense[axis], axis)} -> {dense_value:,.4g} "
@@ -181,7 +180,6 @@ class LatencyMeter:
       cache: the ``LatencyCache`` of LiteRT timings here (None with ``measure_latency``).
       last_key: the cache key of the file ``meter(model)`` converted last.
     """
-
     def __init__(self, quantize, calibration, threads, measure_latency=None, cache=None,
                  runs=30, float_layers=None):
         self.quantize, self.calibration, self.threads = quantize, calibration, threads
@@ -243,7 +241,6 @@ class LatencyCache:
       path: the JSON file (default ``$TFSYNAPSE_CACHE/latency.json``, else
         ``~/.cache/tfsynapse/latency.json``).
     """
-
     def __init__(self, path=None):
         if path is None:
             folder = os.environ.get("TFSYNAPSE_CACHE") or os.path.join(

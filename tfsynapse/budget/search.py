@@ -116,7 +116,6 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
         result under 0.9 of its budget (the closest candidate over it is named); a poor
         latency-model fit.
     """
-
     kind, budget = _the_budget(macs=macs, params=params, size_bytes=size_bytes,
                                latency_ms=latency_ms)
     if quantize not in _PRECISIONS:
@@ -159,7 +158,6 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
                               ignored_layers=ignored_layers)
 
     def shaped(ratios, multiple):  # a probe to time: only its widths matter
-
         return shrink(prune_at(ratios, multiple, by="l1"))
 
     meter, alignment, estimate = None, {}, None
@@ -172,7 +170,6 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
             _uniform_estimate(model, budget, meter, solver, options)
             if round_to is None or sensitivity is not None else (None, None, None))
         if round_to is None and estimate is not None:
-
             round_to, alignment = budget_alignment.choose_round_to(
                 shaped, estimate, meter.convert, budget_alignment.interleaved(meter.time_file),
                 meter.cache, dense_key, say, reachable=_reachable(solver_for, mac_target))
@@ -181,7 +178,6 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
     round_to = round_to or 1  # counted and file-size budgets: alignment buys nothing
     curves = _curves(model, sensitivity, criterion, data, solver)
     if kind == "latency_ms" and curves is not None and estimate is not None:
-
         solver.use_latency_model(budget_latency_model.fit(
             solver, estimate, lambda ratios: shaped(solver.named_ratios(ratios), round_to),
             meter.convert, budget_alignment.interleaved(meter.time_file), meter.cache,
@@ -221,7 +217,6 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
         (named, pruned), dense_cost = pruned_with(ratios), solver.dense[kind]
     pruned = _recalibrated(pruned, named, data, kind, budget)
     if kind in ("macs", "params") and (return_report or verbose):
-
         measured = (count_macs if kind == "macs" else count_params)(shrink(pruned))
     if not (return_report or verbose):
         return pruned

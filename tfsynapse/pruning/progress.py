@@ -158,7 +158,6 @@ class UpdatePruningStep(pruning_callbacks.UpdatePruningStep):
     before the schedule applied its target, it warns with the sparsity reached, the target and
     what to change.
     """
-
     works_with_keras3 = True  # a Keras 3 pruned model's fit runs it through an adapter
 
     def on_train_end(self, logs=None):
@@ -207,7 +206,6 @@ class PruningProgress(keras.callbacks.Callback):
     The values also go into Keras' epoch ``logs`` (``pruned_fraction``, ``macs_kept``), so
     ``History`` and ``CSVLogger`` record them.
     """
-
     works_with_keras3 = True
 
     def __init__(self, log_dir=None, verbose=1):
