@@ -124,7 +124,7 @@ def test_only_the_returned_model_is_recalibrated(model, monkeypatch, backend):
     """A measured search prunes several candidates; their sizes do not depend on the BN
     statistics, so only the returned model is recalibrated on ``data`` (once)."""
     if backend == "keras3":
-        return  # which models are recalibrated does not depend on the Keras
+        pytest.skip("which models are recalibrated does not depend on the Keras")
     from tfsynapse.pruning import api  # noqa: PLC0415
     from tfsynapse.analysis import batchnorm  # noqa: PLC0415
     from tfsynapse.budget import measured as budget_measured  # noqa: PLC0415
@@ -239,7 +239,7 @@ def test_an_evaluate_function_builds_the_table(model):
 
 def test_file_size_budgets_are_measured_and_met(model, backend):
     if backend == "keras3":
-        return  # conversion is the same on both (tests/test_tflite_export.py): once is enough
+        pytest.skip("conversion is the same on both (tests/test_tflite_export.py): once is enough")
     quantize = "int8"  # the least linear in parameters (int32 biases, per-channel scales)
     calibration = rand_inputs(model, 8)
     # the first convolution kept float32 (float_layers): every candidate is measured so
@@ -305,7 +305,7 @@ def test_the_command_line_prunes_to_a_budget(model, tmp_path, capsys, monkeypatc
 
 def test_the_command_line_prunes_to_a_file_size(model, tmp_path, capsys, backend):
     if backend == "keras3":
-        return  # the flags are read alike for both Keras (the MAC flag runs on both above)
+        pytest.skip("the flags are read alike for both Keras (the MAC flag runs on both above)")
     from tfsynapse.cli import args as cli_args  # noqa: PLC0415
     from tfsynapse.cli import main  # noqa: PLC0415
 
@@ -327,7 +327,7 @@ def _bytes_as_latency(flatbuffer, threads):
 
 def test_latency_budgets_search_measured_candidates(model, tmp_path, backend, fake_files):
     if backend == "keras3":
-        return  # the search is the file-size one (tested on both); conversion is shared
+        pytest.skip("the search is the file-size one (tested on both); conversion is shared")
     dense = _bytes_as_latency(tflite_export.convert(model), 1)
     pruned, report = tfsynapse.prune_to_budget(model, latency_ms=0.8 * dense,
                                                measure_latency=_bytes_as_latency, round_to=1,
@@ -348,7 +348,7 @@ def test_latency_budgets_search_measured_candidates(model, tmp_path, backend, fa
 def test_litert_latency_is_measured_here_and_cached_by_file_and_threads(model, tmp_path,
                                                                         monkeypatch, backend):
     if backend == "keras3":
-        return  # LiteRT timing does not depend on the Keras that built the model
+        pytest.skip("LiteRT timing does not depend on the Keras that built the model")
     from tfsynapse.budget.measured import LatencyCache  # noqa: PLC0415
 
     monkeypatch.setenv("TFSYNAPSE_CACHE", str(tmp_path / "cache"))
@@ -383,7 +383,7 @@ def test_round_to_none_measures_the_fastest_multiple_per_mac(model, tmp_path, ba
     """choose_round_to: the multiple with the lowest ms per MAC, a larger one only when it is
     `margin` better; the choice is cached and reused without timing again."""
     if backend == "keras3":
-        return  # the choice only reads counts and times: nothing Keras-specific
+        pytest.skip("the choice only reads counts and times: nothing Keras-specific")
     from tfsynapse.budget import alignment as budget_alignment  # noqa: PLC0415
     from tfsynapse.budget.measured import LatencyCache  # noqa: PLC0415
 
@@ -432,7 +432,7 @@ def test_round_to_none_never_picks_a_multiple_that_cannot_meet_the_budget(model,
     """A machine where larger models run faster per MAC makes round_to=16 (nothing of this
     model's 8- and 12-channel groups can go) the fastest per MAC; the budget stays reachable."""
     if backend == "keras3":
-        return  # the choice only reads counts and times: nothing Keras-specific
+        pytest.skip("the choice only reads counts and times: nothing Keras-specific")
 
     def sublinear(flatbuffer, threads):
         return (len(flatbuffer) / 1000.0) ** 0.5 / threads
@@ -448,7 +448,7 @@ def test_round_to_none_never_picks_a_multiple_that_cannot_meet_the_budget(model,
 def test_a_latency_budget_with_round_to_none_keeps_the_measured_multiple(model, backend,
                                                                          fake_files):
     if backend == "keras3":
-        return  # the search is shared with the file-size one (tested on both)
+        pytest.skip("the search is shared with the file-size one (tested on both)")
     dense = _bytes_as_latency(tflite_export.convert(model), 1)
     pruned, report = tfsynapse.prune_to_budget(model, latency_ms=0.8 * dense,
                                                measure_latency=_bytes_as_latency,
@@ -565,7 +565,7 @@ def _machine(fixed, per_mac, per_element, noise=None):
 
 def test_the_latency_model_recovers_the_machine_and_is_cached(model, tmp_path, backend):
     if backend == "keras3":
-        return  # only counts and a stand-in clock: nothing Keras-specific
+        pytest.skip("only counts and a stand-in clock: nothing Keras-specific")
     from tfsynapse.budget import latency_model as budget_latency_model  # noqa: PLC0415
     from tfsynapse.budget.measured import LatencyCache  # noqa: PLC0415
 
@@ -596,7 +596,7 @@ def test_the_latency_model_recovers_the_machine_and_is_cached(model, tmp_path, b
 
 def test_a_guided_latency_budget_spends_predicted_milliseconds(model, backend, fake_files):
     if backend == "keras3":
-        return  # the search is shared with the file-size one (tested on both)
+        pytest.skip("the search is shared with the file-size one (tested on both)")
     dense = _bytes_as_latency(tflite_export.convert(model), 1)
     pruned, report = tfsynapse.prune_to_budget(
         model, latency_ms=0.8 * dense, measure_latency=_bytes_as_latency, round_to=1,
@@ -614,7 +614,7 @@ def test_uniform_ratios_fill_the_gap_between_coarse_configurations(model, backen
     """With round_to=4 neighbouring uniform configurations are a whole step of every group
     apart; groups take back one step while the budget allows, never more than one."""
     if backend == "keras3":
-        return  # counts only: nothing Keras-specific
+        pytest.skip("counts only: nothing Keras-specific")
     solver = _solver(model, round_to=4)
     gained = 0
     for fraction in np.linspace(0.3, 0.95, 14):

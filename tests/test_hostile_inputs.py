@@ -122,7 +122,7 @@ def test_options_given_the_wrong_way_say_so(backend):
     with pytest.warns(UserWarning, match="round_to=64 .*0.0% of the 20 prunable channels"):
         tfsynapse.prune_once(model, 0.5, round_to=64)  # larger than every group: does nothing
     if backend == "keras3":
-        return  # a Keras 3 pruned model advances its own step: fit needs no callback
+        pytest.skip("a Keras 3 pruned model advances its own step: fit needs no callback")
     pruned = tfsynapse.prune_synaptic(model, tfsynapse.ConstantSparsity(0.5, 0), criterion="l1",
                                       granularity="filter")
     pruned.compile("adam", "mse")
@@ -177,7 +177,7 @@ def segfault_job(directory):  # run in the conversion worker by the test below
 
 def test_a_crashing_converter_does_not_kill_the_process(monkeypatch, tmp_path, backend):
     if backend == "keras3":
-        return  # the worker process and its crash handling do not depend on the Keras
+        pytest.skip("the worker process and its crash handling do not depend on the Keras")
     from tflite_export import isolation
 
     with pytest.raises(isolation.ConverterCrash, match=r"crashed \(SIGSEGV\) in a worker"):
