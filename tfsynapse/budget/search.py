@@ -28,8 +28,6 @@ shrunk, converted in the requested precision and measured (bytes; LiteRT latency
 device), searching along parameters or MACs until the least-pruned candidate that fits.
 """
 
-import math
-import numbers
 import warnings
 
 from tfsynapse.graph import count_macs, count_params, dependency_groups
@@ -40,15 +38,12 @@ from tfsynapse.plan.options import PruningOptions
 from tfsynapse.plan.planner import MaskPlan
 from tfsynapse.pruning.api import prune_once
 from tfsynapse.surgery import shrink
-from tflite_export.float_layers import requested
 from tfsynapse.budget import alignment as budget_alignment
 from tfsynapse.budget import latency_model as budget_latency_model
 from tfsynapse.budget import measured as budget_measured
 from tfsynapse.budget.report import BudgetReport
+from tfsynapse.budget.request import BudgetRequest
 from tfsynapse.budget.solver import BudgetSolver
-
-
-_PRECISIONS = (None, "float16", "dynamic", "int8")
 
 
 def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_ms=None,
@@ -116,130 +111,128 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
         result under 0.9 of its budget (the closest candidate over it is named); a poor
         latency-model fit.
     """
-    kind, budget = _the_budget(macs=macs, params=params, size_bytes=size_bytes,
-                               latency_ms=latency_ms)
-    if quantize not in _PRECISIONS:
-        raise ValueError(f"quantize must be one of None, 'float16', 'dynamic', 'int8'; got "
-                         f"{quantize!r}.")
-    measured_kind = kind in ("size_bytes", "latency_ms")
-    if quantize is not None and not measured_kind:
-        raise ValueError(f"quantize={quantize!r} only changes a size_bytes or latency_ms "
-                         f"budget; {kind} do not depend on the precision.")
-    if measured_kind and quantize == "int8" and representative_dataset is None:
-        raise ValueError(f"an int8 {kind} budget converts the candidates to int8, which needs "
-                         "representative_dataset (a few hundred training samples).")
-    kept_float = _float_layers(model, float_layers, quantize, representative_dataset, kind)
-    if (threads != 1 or measure_latency is not None) and kind != "latency_ms":
-        raise ValueError("threads and measure_latency only apply to a latency_ms budget.")
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be an integer >= 1, got {threads!r}.")
-    if measure_latency is not None and not callable(measure_latency):
-        raise TypeError("measure_latency must be a function (tflite_bytes, threads) -> ms, got "
-                        f"{type(measure_latency).__name__}.")
-    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)
-                                 or round_to < 1):
-        raise ValueError(f"round_to must be an integer >= 1 or None, got {round_to!r}.")
+    request = BudgetRequest.checked(
+        model, macs=macs, params=params, size_bytes=size_bytes, latency_ms=latency_ms,
+        threads=threads, quantize=quantize, representative_dataset=representative_dataset,
+        float_layers=float_layers, measure_latency=measure_latency, criterion=criterion,
+        sensitivity=sensitivity, round_to=round_to, max_pruning_ratio=max_pruning_ratio,
+        ignored_layers=ignored_layers, data=data)
     say = print if verbose else (lambda *a, **k: None)
-    graph = dependency_groups(model)
-
-    def solver_for(multiple):
-        options = PruningOptions(criterion=criterion, granularity="filter", scope="layer",
-                                 round_to=multiple, max_pruning_ratio=max_pruning_ratio,
-                                 ignored_layers=tuple(ignored_layers), final_sparsity=1.0)
-        return options, BudgetSolver(MaskPlan(graph, options))
-
-    options, solver = solver_for(round_to or 1)
-
-    def prune_at(ratios, multiple, by=criterion):  # not recalibrated: see _recalibrated
-        with warnings.catch_warnings():  # the solver chose these counts knowing the rounding
-            warnings.filterwarnings("ignore", message=r".*round_to=\d+ keeps channel counts")
-            return prune_once(model, ratios, criterion=by, round_to=multiple,
-                              max_pruning_ratio=options.max_pruning_ratio,
-                              ignored_layers=ignored_layers)
-
-    def shaped(ratios, multiple):  # a probe to time: only its widths matter
-        return shrink(prune_at(ratios, multiple, by="l1"))
-
-    meter, alignment, estimate = None, {}, None
-    if kind == "latency_ms":
-        meter = budget_measured.latency(quantize, representative_dataset, threads,
-                                        measure_latency, float_layers=kept_float)
-        # the budget's uniform ratio: where alignment and the latency model probe (only
-        # needed for those: an explicit round_to without sensitivity goes straight to search)
-        estimate, dense_key, mac_target = (
-            _uniform_estimate(model, budget, meter, solver, options)
-            if round_to is None or sensitivity is not None else (None, None, None))
-        if round_to is None and estimate is not None:
-            round_to, alignment = budget_alignment.choose_round_to(
-                shaped, estimate, meter.convert, budget_alignment.interleaved(meter.time_file),
-                meter.cache, dense_key, say, reachable=_reachable(solver_for, mac_target))
-            if round_to != 1:
-                options, solver = solver_for(round_to)
-    round_to = round_to or 1  # counted and file-size budgets: alignment buys nothing
-    curves = _curves(model, sensitivity, criterion, data, solver)
-    if kind == "latency_ms" and curves is not None and estimate is not None:
-        solver.use_latency_model(budget_latency_model.fit(
-            solver, estimate, lambda ratios: shaped(solver.named_ratios(ratios), round_to),
-            meter.convert, budget_alignment.interleaved(meter.time_file), meter.cache,
-            dense_key, say))
-
-    def solve(counted_kind, limit):
-        if curves is None:
-            ratios, cost, steps = solver.uniform_filled(counted_kind, limit,
-                                                        options.max_pruning_ratio)
-        else:
-            ratios, cost, steps = solver.greedy(counted_kind, limit, *curves)
-        if ratios is None:
-            raise ValueError(_unreachable(counted_kind, limit, cost, solver, options,
-                                          curves is not None))
-        return ratios, cost, steps
-
-    def pruned_with(ratios):
-        named = solver.named_ratios(ratios)
-        return named, prune_at(named, round_to)
-
-    points, measured = [], None
-    if kind in ("size_bytes", "latency_ms"):
-        floor_ratios = ([options.max_pruning_ratio] * len(solver.groups) if curves is None else
-                        [_last_ratio(curves[0], p.group.name) for p in solver.groups])
-        if kind == "size_bytes":
-            measure = budget_measured.file_size(quantize, representative_dataset, kept_float)
-            axis = "params"
-        else:
-            measure, axis = meter, "macs" if solver.latency_model is None else "latency"
-        (named, pruned), measured, dense_cost, points, steps = budget_measured.fit_measured(
-            solve, pruned_with, solver, model, budget, measure, axis, floor_ratios,
-            "bytes" if kind == "size_bytes" else "ms", say)
-        predicted = measured
-    else:
-        ratios, predicted, steps = solve(kind, budget)
-        say(f"prune_to_budget: {kind} {predicted:,} <= {budget:,.0f} after {steps} steps")
-        (named, pruned), dense_cost = pruned_with(ratios), solver.dense[kind]
-    pruned = _recalibrated(pruned, named, data, kind, budget)
-    if kind in ("macs", "params") and (return_report or verbose):
-        measured = (count_macs if kind == "macs" else count_params)(shrink(pruned))
+    search = _Search(model, request, say)
+    named, pruned, predicted, measured, dense_cost, points, steps = search.run()
+    pruned = _recalibrated(pruned, named, data, request.kind, request.budget)
+    if request.kind in ("macs", "params") and (return_report or verbose):
+        measured = (count_macs if request.kind == "macs" else count_params)(shrink(pruned))
     if not (return_report or verbose):
         return pruned
-    report = BudgetReport(kind=kind, budget=float(budget), dense=float(dense_cost),
-                          predicted=float(predicted),
+    report = BudgetReport(kind=request.kind, budget=float(request.budget),
+                          dense=float(dense_cost), predicted=float(predicted),
                           measured=None if measured is None else float(measured),
-                          allocation="uniform" if curves is None else "sensitivity",
-                          ratios=named, frozen=dict(solver.plan.frozen), steps=steps,
-                          points=points, round_to=round_to, alignment=alignment,
-                          latency_model=solver.latency_model)
+                          allocation="uniform" if search.curves is None else "sensitivity",
+                          ratios=named, frozen=dict(search.solver.plan.frozen), steps=steps,
+                          points=points, round_to=search.round_to, alignment=search.alignment,
+                          latency_model=search.solver.latency_model)
     say(report.table())
     return (pruned, report) if return_report else pruned
 
 
-def _float_layers(model, float_layers, quantize, representative_dataset, kind):
-    """The checked ``float_layers`` (None when empty): an int8 measured budget only."""
-    if not float_layers:
-        return None
-    if kind not in ("size_bytes", "latency_ms"):
-        raise ValueError(f"float_layers only changes a size_bytes or latency_ms budget (the "
-                         f"converted file); {kind} do not depend on the precision.")
+class _Search:
+    """One budget search over one model: the solver (counts), the meter (measured budgets),
+    alignment and the latency model (latency budgets), then the solve itself."""
 
-    return requested(model, float_layers, quantize, representative_dataset is not None) or None
+    def __init__(self, model, request, say):
+        self.model, self.request, self.say = model, request, say
+        self.graph = dependency_groups(model)
+        self.options, self.solver = self.solver_for(request.round_to or 1)
+        self.round_to, self.alignment, self.meter = request.round_to, {}, None
+        self.curves = None
+
+    def solver_for(self, multiple):
+        """``(options, BudgetSolver)`` for channel counts kept in multiples of ``multiple``."""
+        r = self.request
+        options = PruningOptions(criterion=r.criterion, granularity="filter", scope="layer",
+                                 round_to=multiple, max_pruning_ratio=r.max_pruning_ratio,
+                                 ignored_layers=tuple(r.ignored_layers), final_sparsity=1.0)
+        return options, BudgetSolver(MaskPlan(self.graph, options))
+
+    def prune_at(self, ratios, multiple, by=None):  # not recalibrated: see _recalibrated
+        with warnings.catch_warnings():  # the solver chose these counts knowing the rounding
+            warnings.filterwarnings("ignore", message=r".*round_to=\d+ keeps channel counts")
+            return prune_once(self.model, ratios, criterion=by or self.request.criterion,
+                              round_to=multiple,
+                              max_pruning_ratio=self.options.max_pruning_ratio,
+                              ignored_layers=self.request.ignored_layers)
+
+    def shaped(self, ratios, multiple):
+        """A probe to time: only its widths matter."""
+        return shrink(self.prune_at(ratios, multiple, by="l1"))
+
+    def prepare(self):
+        """Latency: the meter, the channel multiple measured fastest per MAC (``round_to``
+        None) and the latency model a guided allocation spends; then the sensitivity curves."""
+        r, estimate, dense_key = self.request, None, None
+        if r.kind == "latency_ms":
+            self.meter = budget_measured.latency(r.quantize, r.calibration, r.threads,
+                                                 r.measure_latency, float_layers=r.float_layers)
+            # the budget's uniform ratio: where alignment and the latency model probe (only
+            # needed for those: an explicit round_to without sensitivity goes straight on)
+            if r.round_to is None or r.sensitivity is not None:
+                estimate, dense_key, mac_target = _uniform_estimate(
+                    self.model, r.budget, self.meter, self.solver, self.options)
+                if r.round_to is None and estimate is not None:
+                    self.round_to, self.alignment = budget_alignment.choose_round_to(
+                        self.shaped, estimate, self.meter.convert,
+                        budget_alignment.interleaved(self.meter.time_file), self.meter.cache,
+                        dense_key, self.say, reachable=_reachable(self.solver_for, mac_target))
+                    if self.round_to != 1:
+                        self.options, self.solver = self.solver_for(self.round_to)
+        self.round_to = self.round_to or 1  # counted and size budgets: alignment buys nothing
+        self.curves = _curves(self.model, r.sensitivity, r.criterion, r.data, self.solver)
+        if r.kind == "latency_ms" and self.curves is not None and estimate is not None:
+            self.solver.use_latency_model(budget_latency_model.fit(
+                self.solver, estimate,
+                lambda ratios: self.shaped(self.solver.named_ratios(ratios), self.round_to),
+                self.meter.convert, budget_alignment.interleaved(self.meter.time_file),
+                self.meter.cache, dense_key, self.say))
+
+    def solve(self, counted_kind, limit):
+        """``(ratios, cost, steps)`` meeting ``limit`` on a counted axis, or a ValueError."""
+        if self.curves is None:
+            ratios, cost, steps = self.solver.uniform_filled(counted_kind, limit,
+                                                             self.options.max_pruning_ratio)
+        else:
+            ratios, cost, steps = self.solver.greedy(counted_kind, limit, *self.curves)
+        if ratios is None:
+            raise ValueError(_unreachable(counted_kind, limit, cost, self.solver, self.options,
+                                          self.curves is not None))
+        return ratios, cost, steps
+
+    def pruned_with(self, ratios):
+        named = self.solver.named_ratios(ratios)
+        return named, self.prune_at(named, self.round_to)
+
+    def run(self):
+        """``(named ratios, pruned, predicted, measured, dense cost, points, steps)``."""
+        self.prepare()
+        r, solver = self.request, self.solver
+        if not r.measured:
+            ratios, predicted, steps = self.solve(r.kind, r.budget)
+            self.say(f"prune_to_budget: {r.kind} {predicted:,} <= {r.budget:,.0f} after "
+                     f"{steps} steps")
+            named, pruned = self.pruned_with(ratios)
+            return named, pruned, predicted, None, solver.dense[r.kind], [], steps
+        floor_ratios = ([self.options.max_pruning_ratio] * len(solver.groups)
+                        if self.curves is None else
+                        [_last_ratio(self.curves[0], p.group.name) for p in solver.groups])
+        if r.kind == "size_bytes":
+            measure = budget_measured.file_size(r.quantize, r.calibration, r.float_layers)
+            axis = "params"
+        else:
+            measure, axis = self.meter, "macs" if solver.latency_model is None else "latency"
+        (named, pruned), measured, dense_cost, points, steps = budget_measured.fit_measured(
+            self.solve, self.pruned_with, solver, self.model, r.budget, measure, axis,
+            floor_ratios, "bytes" if r.kind == "size_bytes" else "ms", self.say)
+        return named, pruned, measured, measured, dense_cost, points, steps
 
 
 def _recalibrated(pruned, named, data, kind, budget):
@@ -282,19 +275,6 @@ def _reachable(solver_for, mac_target):
             f"{mac_target / 1e6:.4g} MMACs the budget allows (dense MACs x budget / dense ms)")
 
     return reachable
-
-
-def _the_budget(**budgets):
-    given = {k: v for k, v in budgets.items() if v is not None}
-    if len(given) != 1:
-        raise ValueError("give exactly one budget: macs=, params=, size_bytes= or latency_ms=; "
-                         f"got {sorted(given) or 'none'}.")
-    (kind, value), = given.items()
-    # numbers.Real admits numpy scalars (np.float32(8.0), np.int64(5_000_000)) as well
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 \
-            or not math.isfinite(value):
-        raise ValueError(f"{kind} must be a positive number, got {value!r}.")
-    return kind, int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def _curves(model, sensitivity, criterion, data, solver):
