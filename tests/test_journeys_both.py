@@ -177,3 +177,38 @@ def test_shrink_keeps_dict_inputs_by_name_and_dict_outputs(backend):
         np.testing.assert_allclose(np.asarray(got[key]), np.asarray(expected[key]), atol=1e-5)
     swapped = {"z_image": data["a_image"], "a_image": data["z_image"]}  # fed by name
     assert not np.allclose(np.asarray(small(swapped)["logits"]), np.asarray(got["logits"]))
+
+
+def test_the_plans_keep_flows_from_the_pruned_model_through_strip_to_shrink(backend):
+    """shrink removes what the plan pruned (not what happens to be zero), and refuses a Keep
+    value that would remove live units."""
+    model = small_cnn()
+    schedule = tfsynapse.ConstantSparsity(0.5, begin_step=1, frequency=1)
+    pruned = tfsynapse.prune_synaptic(model, schedule, criterion="l1", granularity="filter",
+                                      scope="layer")
+    keras = tfsynapse.backends.get(backend).keras
+    x = rand_inputs(model, n=16)
+    pruned.compile("adam", _loss(keras))
+    pruned.fit(x, _labels(model, n=16), epochs=1, batch_size=16, verbose=0,
+               callbacks=[tfsynapse.UpdatePruningStep()])
+    keep = pruned.keep()
+    stripped = tfsynapse.strip_pruning(pruned)
+    head = stripped.get_layer("c3")
+    kernel = np.asarray(head.kernel).copy()
+    alive = np.nonzero(keep["c3"])[0][0]
+    kernel[..., alive] = 0.0  # a kept unit that happens to be zero: the plan keeps it
+    head.kernel.assign(kernel)
+    if head.bias is not None:
+        bias = np.asarray(head.bias).copy()
+        bias[alive] = 0.0
+        head.bias.assign(bias)
+    small = tfsynapse.shrink(stripped)
+    assert int(small.get_layer("c3").kernel.shape[-1]) == int(keep["c3"].sum())
+    plain = tfsynapse.shrink(stripped, keep={})  # an empty Keep: every group whole
+    assert int(plain.get_layer("c3").kernel.shape[-1]) == 12
+    wrong = {name: np.ones_like(kept) for name, kept in keep.items()}
+    wrong["c3"] = ~keep["c3"]  # removes the live units
+    with pytest.raises(ValueError, match="whose weights are not zero"):
+        tfsynapse.shrink(stripped, keep=wrong)
+    with pytest.raises(ValueError, match="belongs to another model"):
+        tfsynapse.shrink(stripped, keep={"c3": np.ones(5, bool)})

@@ -359,6 +359,16 @@ class MaskPlan:
             keep[g.id] = alive
         return keep
 
+    def keep(self, masks):
+        """The ``Keep`` value of ``masks``: ``{group name: bool array}``, True = unit kept,
+        for every planned group (names, not ids: they are the same in the stripped model's
+        graph, where ``shrink`` reads them); None at connection granularity, where a channel
+        goes when all its connections are dead (the zeros say it)."""
+        if self.options.granularity != "filter":
+            return None
+        by_id = self.keep_plan(masks)
+        return {p.group.name: by_id[p.group.id] for p in self.groups}
+
     def _entry(self, slot):
         return self._entry_of.get((id(slot.layer), slot.weight_index))
 

@@ -13,6 +13,7 @@ from tfsynapse.backends.tf_keras import (
 from tfsynapse.backends import backend_of, tf, weight_path
 from tfsynapse.backends import tf_keras as tf_keras_backend
 from tfsynapse.graph import dependency_groups, flatten_calls, replay, unwrap
+from tfsynapse.plan import keep as keep_value
 from tfsynapse.analysis.batchnorm import recalibrate_batchnorm
 from tfsynapse.plan.options import PruningOptions, check_sparsity
 from tfsynapse.pruning.progress import warn_if_short
@@ -308,7 +309,8 @@ def strip_pruning(model):
     target (see ``fit_schedule``), unless ``UpdatePruningStep`` already said so after ``fit``.
 
     Returns:
-      A plain tf_keras functional model sharing the (masked) layers.
+      A plain functional model of the model's Keras sharing the (masked) layers, carrying the
+      plan's ``Keep`` value for ``shrink`` (``tfsynapse.plan.keep``).
 
     Raises:
       TypeError / ValueError: as ``check_model``.
@@ -316,7 +318,12 @@ def strip_pruning(model):
     backend = backend_of(model)
     backend.check_model(model)
     warn_if_short(model, "strip_pruning")
-    return backend.strip(model)
+    pruned = backend.pruned_model_in(model)
+    stripped = backend.strip(model)
+    keep = pruned.keep() if pruned is model else None
+    if keep is not None:  # the plan's intent travels to shrink (not saved with files)
+        keep_value.attach(stripped, keep)
+    return stripped
 
 
 def custom_objects():

@@ -13,6 +13,7 @@ import numpy as np
 
 from tfsynapse.backends import backend_of, tf, weight_path
 from tfsynapse.graph import count_macs, count_params, dependency_groups, kept_positions, replay, unwrap
+from tfsynapse.plan import keep as keep_value
 
 
 @dataclasses.dataclass
@@ -105,10 +106,18 @@ def removable_units(graph, values):
     return result
 
 
-def _keep_plan(graph, removable, round_to):
+def _keep_plan(graph, removable, round_to, planned=None):
+    """``{group id: bool array}`` of the units that stay: the plan's ``Keep`` value when
+    ``planned`` is given (its removals checked against the zeros), else every unit that is
+    not removable; counts rounded up to ``round_to``.
+
+    Raises:
+      ValueError: ``planned`` removes a unit whose weights are not zero, or does not fit a
+        group's size.
+    """
     keep = {}
     for g in graph.prunable_groups:
-        kept = ~removable[g.id]
+        kept = ~removable[g.id] if planned is None else _planned(g, planned, removable[g.id])
         if not kept.any():
             kept[0] = True  # never a zero-width layer
         short = (-int(kept.sum())) % round_to
@@ -118,6 +127,25 @@ def _keep_plan(graph, removable, round_to):
             keep[g.id] = kept
     _keep_every_output_nonempty(graph, keep)
     return keep
+
+
+def _planned(group, planned, removable):
+    """The kept units ``planned`` names for ``group`` (all of them when it names none)."""
+    kept = planned.get(group.name)
+    if kept is None:
+        return np.ones(group.size, bool)
+    kept = np.asarray(kept, bool)
+    if kept.shape != (group.size,):
+        raise ValueError(f"keep gives {kept.size} units for group '{group.name}', which has "
+                         f"{group.size}: the Keep value belongs to another model.")
+    alive = ~kept & ~removable
+    if alive.any():
+        raise ValueError(
+            f"keep removes {int(alive.sum())} unit(s) of group '{group.name}' (e.g. unit "
+            f"{int(np.nonzero(alive)[0][0])}) whose weights are not zero, so removing them would "
+            "change the outputs. Apply the masks first (tfsynapse.strip_pruning), or pass "
+            "keep=None to remove what is zero.")
+    return kept
 
 
 def _keep_every_output_nonempty(graph, keep):
@@ -134,7 +162,7 @@ def _keep_every_output_nonempty(graph, keep):
                 keep[int(groups[0])][int(units[0])] = True
 
 
-def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbose=0):
+def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbose=0, keep=None):
     """Returns a new model with every removable pruned channel physically removed.
 
     Args:
@@ -148,14 +176,17 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
         at least 1e-2 for a model computing in float16/bfloat16).
       verbose: 1 prints the report's table (channels per layer, MACs and parameters before
         and after, the self-check's error).
+      keep: the plan's ``Keep`` value, ``{group name: bool array}`` (True = kept), as a pruned
+        model's ``keep()`` gives it; default: the one ``strip_pruning`` attached to ``model``,
+        else none (every unit whose weights are zero is removed: the zeros contract).
 
     Returns:
       The new tf_keras functional model (nested models inlined), or ``(model, report)``.
 
     Raises:
       TypeError / ValueError: as ``check_model``; ``round_to`` < 1; a layer that cannot be
-        rebuilt from its config; outputs with NaN or inf in the self-check (it cannot verify
-        them).
+        rebuilt from its config; a ``keep`` that removes a unit whose weights are not zero;
+        outputs with NaN or inf in the self-check (it cannot verify them).
       RuntimeError: the self-check found different outputs (a bug: please report it).
     """
     backend = backend_of(model)
@@ -163,14 +194,19 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}.")
     if backend.has_pruning_wrappers(model):
+        pruned = backend.pruned_model_in(model)
+        if keep is None and pruned is model:
+            keep = pruned.keep()
         model = backend.strip(model)
+    if keep is None:
+        keep = keep_value.attached(model)
     graph = dependency_groups(model)
     values = {}
     for lc in graph.calls:
         layer = unwrap(lc.call.layer)
         for i, w in enumerate(getattr(layer, "weights", ())):
             values[(id(layer), i)] = np.asarray(w.numpy())
-    keep = _keep_plan(graph, removable_units(graph, values), round_to)
+    keep = _keep_plan(graph, removable_units(graph, values), round_to, planned=keep)
     out_width = {}
     for lc in graph.calls:
         layer = unwrap(lc.call.layer)

@@ -132,6 +132,11 @@ class KerasPrunedModel(Functional):
         """The units the current masks keep: ``{group id: bool array}`` (True = kept)."""
         return self.mask_plan.keep_plan(self.mask_values())
 
+    def keep(self):
+        """The plan's ``Keep`` value now: ``{group name: bool array}`` (True = kept), what
+        ``strip_pruning`` hands to ``shrink``."""
+        return self.mask_plan.keep(self.mask_values())
+
     def pruned_fraction(self, keep=None):
         """The fraction of prunable channels (filter granularity; ``keep``: ``keep_plan()``
         when the caller has it) or convolution connections (connection granularity) the

@@ -129,6 +129,11 @@ class PrunedModel(keras.Model):
         """The units the current masks keep: ``{group id: bool array}`` (True = kept)."""
         return self.mask_plan.keep_plan(self.mask_values())
 
+    def keep(self):
+        """The plan's ``Keep`` value now: ``{group name: bool array}`` (True = kept), what
+        ``strip_pruning`` hands to ``shrink``."""
+        return self.mask_plan.keep(self.mask_values())
+
     def pruned_fraction(self, keep=None):
         """How much the current masks prune, in the plan's units.
 
