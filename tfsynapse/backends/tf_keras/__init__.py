@@ -322,8 +322,9 @@ def tf_variables(model):
 
 
 def flat_outputs(outputs):
-    """A model call's result as a list in ``model.outputs`` order."""
-    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    """A model call's result (a tensor, list, tuple or dict) as a list in ``model.outputs``
+    order (tf_keras flattens dicts by sorted key, as ``tf.nest`` does)."""
+    return tf.nest.flatten(outputs)
 
 
 def single_input(model):
