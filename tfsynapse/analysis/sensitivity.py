@@ -145,28 +145,9 @@ def sensitivity_analysis(model, evaluate, criterion="dscore", step=0.05, max_rat
     settings = {"criterion": all_plan.options.criterion, "step": step, "max_ratio": max_ratio,
                 "round_to": round_to, "residual": residual, "seed": seed}
 
-    # One snapshot of every weight any group's masks touch (a superset of each trial's).
-    snapshot = {id(w): (w, w.numpy().copy()) for _, _, w, _ in all_plan.masked_weights}
-    statistics = []
-    if recalibration_data is not None:
-        statistics = [v for bn in batchnorm_layers(model)
-                      for v in (bn.moving_mean, bn.moving_variance)]
-        if not statistics:
-            raise ValueError("recalibration_data was given but the model has no "
-                             "BatchNormalization layer to recalibrate.")
-    snapshot.update({id(v): (v, v.numpy().copy()) for v in statistics})
-    settings["recalibration_steps"] = recalibration_steps if statistics else 0
-    baseline = _metric(evaluate, model, "on the unpruned model")
-    if statistics:
-        # The baseline goes through the same recalibration as every trial, so a drop measures
-        # the pruned channels, not the difference between stored and re-estimated statistics.
-        settings["baseline_stored_statistics"] = baseline
-        try:
-            recalibrate_batchnorm(model, recalibration_data, steps=recalibration_steps)
-            baseline = _metric(evaluate, model, "on the unpruned, recalibrated model")
-        finally:
-            for v in statistics:
-                v.assign(snapshot[id(v)][1])
+    trials = _Trials(model, evaluate, all_plan, recalibration_data, recalibration_steps)
+    settings["recalibration_steps"] = recalibration_steps if trials.statistics else 0
+    baseline = trials.baseline(settings)
     baseline_macs = count_macs(graph)
     if verbose:
         print(f"sensitivity: baseline metric {baseline:.6g}, {baseline_macs:,} MACs; "
@@ -178,44 +159,94 @@ def sensitivity_analysis(model, evaluate, criterion="dscore", step=0.05, max_rat
         for i, group in enumerate(targets):
             t0 = time.perf_counter()
             plan = _group_plan(graph, all_plan, group, base)
-            weights = [snapshot[id(w)] for _, _, w, _ in plan.masked_weights]
-            line = []
-            for ratio in ratios:
-                masks = plan.compute(ratio)
-                try:
-                    for (w, original), mask in zip(weights, masks):
-                        w.assign(original * mask.numpy())
-                    if statistics:
-                        recalibrate_batchnorm(model, recalibration_data, steps=recalibration_steps)
-                    metric = _metric(evaluate, model, f"for group '{group.name}' at ratio {ratio}")
-                finally:
-                    for w, original in weights:
-                        w.assign(original)
-                    for v in statistics:
-                        v.assign(snapshot[id(v)][1])
-                keep = plan.keep_plan(masks)
-                pruned = int(group.size - np.count_nonzero(keep[group.id]))
-                rows.append({"group": group.name, "producers": list(group.producers),
-                             "channels": int(group.size), "ratio": ratio,
-                             "pruned_channels": pruned, "metric": metric,
-                             "macs": int(count_macs(graph, keep))})
-                line.append(f"{ratio:.2f}:{metric:.4g}")
-                if verbose >= 2:
-                    print(f"  {group.name} ratio {ratio:.2f} ({pruned}/{group.size} pruned): "
-                          f"metric {metric:.6g}", flush=True)
+            found = [trials.row(plan, graph, group, ratio, verbose) for ratio in ratios]
+            rows += found
             if verbose:
-                elapsed = time.perf_counter() - started
-                eta = elapsed / (i + 1) * (len(targets) - i - 1)
-                producers = ", ".join(group.producers[:3]) + (" ..." if len(group.producers) > 3
-                                                              else "")
-                print(f"[{i + 1}/{len(targets)}] {group.name} ({group.size} ch; {producers}): "
-                      f"{' '.join(line)}  ({time.perf_counter() - t0:.1f} s, eta {eta:.0f} s)",
-                      flush=True)
+                _print_group(i, len(targets), group, found, t0, started)
     finally:
-        for w, original in snapshot.values():
-            w.assign(original)
+        trials.restore()
     return SensitivityTable(baseline=baseline, rows=rows, baseline_macs=int(baseline_macs),
                             settings=settings)
+
+
+class _Trials:
+    """One-shot trials on ``model`` in place: prune with a plan's masks, recalibrate, evaluate,
+    restore. Holds one snapshot of every weight any group's masks touch (and of the
+    BatchNormalization statistics when recalibrating), so the model comes back bit-identical.
+
+    Raises:
+      ValueError: ``recalibration_data`` for a model without BatchNormalization.
+    """
+
+    def __init__(self, model, evaluate, all_plan, recalibration_data, recalibration_steps):
+        self.model, self.evaluate = model, evaluate
+        self.data, self.steps = recalibration_data, recalibration_steps
+        self.snapshot = {id(w): (w, w.numpy().copy()) for _, _, w, _ in all_plan.masked_weights}
+        self.statistics = []
+        if recalibration_data is not None:
+            self.statistics = [v for bn in batchnorm_layers(model)
+                               for v in (bn.moving_mean, bn.moving_variance)]
+            if not self.statistics:
+                raise ValueError("recalibration_data was given but the model has no "
+                                 "BatchNormalization layer to recalibrate.")
+        self.snapshot.update({id(v): (v, v.numpy().copy()) for v in self.statistics})
+
+    def _restore_statistics(self):
+        for v in self.statistics:
+            v.assign(self.snapshot[id(v)][1])
+
+    def baseline(self, settings):
+        """The unpruned model's metric, after the same recalibration as every trial (so a
+        drop measures the pruned channels, not stored against re-estimated statistics)."""
+        baseline = _metric(self.evaluate, self.model, "on the unpruned model")
+        if self.statistics:
+            settings["baseline_stored_statistics"] = baseline
+            try:
+                recalibrate_batchnorm(self.model, self.data, steps=self.steps)
+                baseline = _metric(self.evaluate, self.model,
+                                   "on the unpruned, recalibrated model")
+            finally:
+                self._restore_statistics()
+        return baseline
+
+    def row(self, plan, graph, group, ratio, verbose):
+        """One trial of ``group`` at ``ratio``: its table row."""
+        weights = [self.snapshot[id(w)] for _, _, w, _ in plan.masked_weights]
+        masks = plan.compute(ratio)
+        try:
+            for (w, original), mask in zip(weights, masks):
+                w.assign(original * mask.numpy())
+            if self.statistics:
+                recalibrate_batchnorm(self.model, self.data, steps=self.steps)
+            metric = _metric(self.evaluate, self.model,
+                             f"for group '{group.name}' at ratio {ratio}")
+        finally:
+            for w, original in weights:
+                w.assign(original)
+            self._restore_statistics()
+        keep = plan.keep_plan(masks)
+        pruned = int(group.size - np.count_nonzero(keep[group.id]))
+        if verbose >= 2:
+            print(f"  {group.name} ratio {ratio:.2f} ({pruned}/{group.size} pruned): "
+                  f"metric {metric:.6g}", flush=True)
+        return {"group": group.name, "producers": list(group.producers),
+                "channels": int(group.size), "ratio": ratio, "pruned_channels": pruned,
+                "metric": metric, "macs": int(count_macs(graph, keep))}
+
+    def restore(self):
+        """Every snapshotted weight back as it was."""
+        for w, original in self.snapshot.values():
+            w.assign(original)
+
+
+def _print_group(i, total, group, rows, t0, started):
+    """One progress line: the group, its metric at each ratio, the time and an estimate."""
+    elapsed = time.perf_counter() - started
+    eta = elapsed / (i + 1) * (total - i - 1)
+    producers = ", ".join(group.producers[:3]) + (" ..." if len(group.producers) > 3 else "")
+    line = " ".join(f"{r['ratio']:.2f}:{r['metric']:.4g}" for r in rows)
+    print(f"[{i + 1}/{total}] {group.name} ({group.size} ch; {producers}): {line}  "
+          f"({time.perf_counter() - t0:.1f} s, eta {eta:.0f} s)", flush=True)
 
 
 def _select_groups(all_plan, names):

@@ -21,7 +21,6 @@ with exit status 1 (2 for command-line usage errors); ``--debug`` shows the trac
 TensorFlow is imported only once the arguments have been checked.
 """
 
-import argparse
 import contextlib
 import logging
 import math
@@ -30,16 +29,7 @@ import sys
 import warnings
 
 from tfsynapse.cli import budget as cli_budget
-from tfsynapse.cli.args import (
-    EXIT_USAGE,
-    PROG,
-    Parser,
-    layer_names,
-    max_ratio,
-    non_negative_int,
-    positive_int,
-    sparsity,
-)
+from tfsynapse.cli.args import EXIT_USAGE, PROG
 from tfsynapse.cli.files import (
     CliError,
     check_output,
@@ -55,9 +45,8 @@ from tfsynapse.cli.files import (
     strip_wrappers,
 )
 
-QUANTIZE_CHOICES = ("none", "dynamic", "float16", "int8")
-GRANULARITY_CHOICES = ("filter", "connection")
-SCOPE_CHOICES = ("layer", "global")
+from tfsynapse.cli.parser import build_parser
+
 EXIT_ERROR = 1
 
 
@@ -243,106 +232,6 @@ def _cmd_bench(args):
 # Parser and entry point
 
 
-def build_parser():
-    """The ``tfsynapse`` argument parser (subcommands inspect, prune, shrink, export, bench)."""
-    debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="show the full traceback of errors")
-    debug.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
-                       help="show TensorFlow's native start-up and converter messages "
-                            "(hidden by default)")
-    parser = Parser(prog=PROG, parents=[debug],
-                     description="Structured pruning for tf_keras: inspect, prune, shrink, export "
-                                 "to TFLite and benchmark.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    sub.required = True
-    model_help = "a .keras or .h5 file or a SavedModel directory"
-    out_help = "output: .keras, .h5, or a directory (SavedModel)"
-
-    p = sub.add_parser("inspect", parents=[debug], help="dependency groups, MACs and parameters",
-                       description="Prints the dependency groups, then MACs and parameters per "
-                                   "layer.")
-    p.add_argument("model", help=model_help)
-    p.set_defaults(run=_cmd_inspect)
-
-    p = sub.add_parser("criteria", parents=[debug], help="every importance criterion",
-                       description="Lists every criterion (built-in and registered): the "
-                                   "granularity it scores, what it needs, what it computes.")
-    p.set_defaults(run=_cmd_criteria)
-
-    p = sub.add_parser("prune", parents=[debug], help="one-shot structured pruning (zeroes units)",
-                       description="Prunes in ONE SHOT, without training (tfsynapse.prune_once), "
-                                   "and saves the model with the pruned units zeroed; run "
-                                   "'shrink' to remove them. One-shot pruning loses accuracy: "
-                                   "give --data x.npy to recalibrate BatchNormalization, "
-                                   "--data x.npy,y.npy to see the accuracy before and after, "
-                                   "and --finetune-epochs N to fine-tune. For the best accuracy "
-                                   "prune during training with the Python API "
-                                   "(tfsynapse.prune_synaptic).")
-    p.add_argument("model", help=model_help)
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--sparsity", type=sparsity, help="fraction of units pruned, in [0, 1)")
-    target.add_argument("--ratios", metavar="FILE.json",
-                        help='JSON {"layer name": ratio} used instead of --sparsity')
-    cli_budget.add_arguments(p, target)
-    p.add_argument("--criterion", default="l1",
-                   help="importance criterion (default l1); 'tfsynapse criteria' lists them all "
-                        "with the granularity each scores")
-    p.add_argument("--granularity", choices=GRANULARITY_CHOICES, default="filter")
-    p.add_argument("--scope", choices=SCOPE_CHOICES, default="layer")
-    p.add_argument("--round-to", type=positive_int, default=None, metavar="N",
-                   help="keep channel counts multiples of N (default 1; with --target-latency, "
-                        "measured: the multiple of 1, 4, 8 or 16 fastest per MAC here)")
-    p.add_argument("--max-pruning-ratio", type=max_ratio, default=None, metavar="R",
-                   help="the largest fraction of any group/layer pruned (default 0.9 for "
-                        "filters, 0.99 for connections)")
-    p.add_argument("--data", metavar="X.npy[,Y.npy]",
-                   help="training images (N, ...) to recalibrate BatchNormalization statistics "
-                        "after pruning (strongly advised); with labels (class ids or one-hot), "
-                        "also the accuracy before and after pruning")
-    p.add_argument("--finetune-epochs", type=non_negative_int, default=0, metavar="N",
-                   help="fine-tune N epochs on --data x.npy,y.npy with the pruned units kept "
-                        "at zero (Adam; default 0)")
-    p.add_argument("--lr", type=float, default=1e-4,
-                   help="fine-tuning learning rate (default 1e-4)")
-    p.add_argument("-o", "--output", required=True, help=out_help)
-    p.set_defaults(run=_cmd_prune)
-
-    p = sub.add_parser("shrink", parents=[debug], help="remove pruned channels for real",
-                       description="Removes the zeroed channels of a pruned model "
-                                   "(tfsynapse.shrink).")
-    p.add_argument("model", help=model_help)
-    p.add_argument("--round-to", type=positive_int, default=1, metavar="N",
-                   help="keep channel counts multiples of N (default 1)")
-    p.add_argument("-o", "--output", required=True, help=out_help)
-    p.set_defaults(run=_cmd_shrink)
-
-    p = sub.add_parser("export", parents=[debug], help="convert to TFLite (builtin ops only)",
-                       description="Converts a model to a .tflite file (tflite_export.convert).")
-    p.add_argument("model", help=model_help)
-    p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
-                   help="none (float32, default), dynamic, float16 or int8 (needs --calibration)")
-    p.add_argument("--calibration", metavar="FILE",
-                   help="int8 calibration samples: a .npy array (N, ...) or a .npz with one array")
-    p.add_argument("--int8-io", action="store_true",
-                   help="int8 input and output tensors (int8 only)")
-    p.add_argument("--float-layers", type=layer_names, metavar="L1,L2",
-                   help="layers kept float32 inside the int8 model (comma-separated names), "
-                        "e.g. a 3-channel first convolution that int8 runs slower")
-    p.add_argument("--sparse-weights", action="store_true",
-                   help="store sparse (connection-pruned) weights compressed; smaller file")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.tflite")
-    p.set_defaults(run=_cmd_export)
-
-    p = sub.add_parser("bench", parents=[debug], help="time a .tflite model in LiteRT",
-                       description="Times invoke() on random inputs (tflite_export.benchmark).")
-    p.add_argument("model", metavar="MODEL.tflite")
-    p.add_argument("--threads", type=positive_int, default=1, metavar="N")
-    p.add_argument("--runs", type=positive_int, default=50, metavar="N")
-    p.set_defaults(run=_cmd_bench)
-    return parser
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"{PROG}: warning: {one_line(message)}", file=sys.stderr)
 
@@ -368,8 +257,16 @@ def _known_errors():
     return errors
 
 
+_RUNS = {"inspect": _cmd_inspect, "criteria": _cmd_criteria, "prune": _cmd_prune,
+         "shrink": _cmd_shrink, "export": _cmd_export, "bench": _cmd_bench}
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, a CI timeout) during a command."""
+
+
+_TERMINATED = []  # set by the SIGTERM handler: an exception raised inside native code may come
+# out wrapped in another one (a SystemError, a converter error), and is still a termination
 
 
 @contextlib.contextmanager
@@ -378,7 +275,10 @@ def _terminate_as_interrupt():
     ``with`` blocks still remove temporary files and folders (a conversion's SavedModel, a
     half-written output) instead of the process dying where it stands."""
     def stop(signum, frame):
+        _TERMINATED.append(signum)
         raise Terminated()
+
+    _TERMINATED.clear()
 
     try:
         previous = signal.signal(signal.SIGTERM, stop)
@@ -411,14 +311,17 @@ def main(argv=None):
 
         import_tensorflow_quietly(not getattr(args, "verbose", False))
         with _quiet_tensorflow(), _terminate_as_interrupt():
-            return args.run(args)
+            return _RUNS[args.command](args)
     except KeyboardInterrupt as stop:
         if debug:
             raise
-        terminated = isinstance(stop, Terminated)
+        terminated = isinstance(stop, Terminated) or bool(_TERMINATED)
         print(f"{PROG}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
     except Exception as err:
+        if _TERMINATED and not debug:  # the termination, wrapped by the code it stopped
+            print(f"{PROG}: terminated", file=sys.stderr)
+            return 143
         if debug or not isinstance(err, _known_errors()):
             raise
         print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)

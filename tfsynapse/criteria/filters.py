@@ -11,8 +11,6 @@ lower unit index first (a stable ascending sort), see docs/methods.md.
 Keras kernel, through the criterion objects.
 """
 
-import numpy as np
-
 from tfsynapse.backends import tf
 
 __all__ = [

@@ -8,7 +8,6 @@ import numpy as np
 from tfsynapse.backends.tf_keras import (
     keras,
     pruning_schedule,
-    pruning_wrapper,
 )
 from tfsynapse.backends import backend_of, tf, weight_path
 from tfsynapse.backends import tf_keras as tf_keras_backend

@@ -201,12 +201,39 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
     if keep is None:
         keep = keep_value.attached(model)
     graph = dependency_groups(model)
+    values = _weight_values(graph)
+    keep = _keep_plan(graph, removable_units(graph, values), round_to, planned=keep)
+    out_width = _output_widths(graph, keep)
+    rules = {id(unwrap(lc.call.layer)): lc.rule for lc in graph.calls}
+    new_model, made = _rebuild(model, backend, rules, out_width)
+    _copy_weights(made, values, graph, keep)
+    report = ShrinkReport(
+        channels={old.name: out_width[id(old)] for old, _ in made
+                  if out_width[id(old)][0] != out_width[id(old)][1] and rules[id(old)].kind},
+        # counted from the plan on the graph already built (tests check it equals the new model)
+        macs_before=count_macs(graph), macs_after=count_macs(graph, keep),
+        params_before=count_params(graph), params_after=count_params(graph, keep),
+        removed_units={graph.groups[g].name: int((~m).sum()) for g, m in keep.items()},
+    )
+    if check:
+        report.max_abs_error = _self_check(model, new_model, rtol)
+    if verbose:
+        print(report.table(), flush=True)
+    return (new_model, report) if return_report else new_model
+
+
+def _weight_values(graph):
+    """``{(id(layer), weight index): numpy array}`` of every layer's weights."""
     values = {}
     for lc in graph.calls:
         layer = unwrap(lc.call.layer)
         for i, w in enumerate(getattr(layer, "weights", ())):
             values[(id(layer), i)] = np.asarray(w.numpy())
-    keep = _keep_plan(graph, removable_units(graph, values), round_to, planned=keep)
+    return values
+
+
+def _output_widths(graph, keep):
+    """``{id(layer): (channels before, channels after)}`` of each layer's first output."""
     out_width = {}
     for lc in graph.calls:
         layer = unwrap(lc.call.layer)
@@ -216,11 +243,18 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
             where = groups == g
             kept[where] = mask[units[where]]
         out_width[id(layer)] = (len(kept), int(kept.sum()))
-    slots_by_weight = {}
-    for slot in graph.slots:
-        slots_by_weight.setdefault((id(slot.layer), slot.weight_index), []).append(slot)
+    return out_width
 
-    rules = {id(unwrap(lc.call.layer)): lc.rule for lc in graph.calls}
+
+def _rebuild(model, backend, rules, out_width):
+    """The model replayed with every layer rebuilt from its config (resized by its rule).
+
+    Returns:
+      ``(new model, [(old layer, new layer)])``.
+
+    Raises:
+      ValueError: a layer that cannot be rebuilt from its config, named.
+    """
     made = []
 
     def make_layer(layer):
@@ -242,7 +276,14 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
         return new
 
     with backend.user_functions_scope(model):
-        new_model = replay(model, make_layer)
+        return replay(model, make_layer), made
+
+
+def _copy_weights(made, values, graph, keep):
+    """Sets each new layer's weights: the old ones with the removed positions taken out."""
+    slots_by_weight = {}
+    for slot in graph.slots:
+        slots_by_weight.setdefault((id(slot.layer), slot.weight_index), []).append(slot)
     for old, new in made:
         arrays = []
         for i in range(len(old.weights)):
@@ -251,19 +292,6 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
                 array = np.take(array, np.nonzero(kept_positions(slot, keep))[0], axis=slot.axis)
             arrays.append(array)
         new.set_weights(arrays)
-    report = ShrinkReport(
-        channels={old.name: out_width[id(old)] for old, _ in made
-                  if out_width[id(old)][0] != out_width[id(old)][1] and rules[id(old)].kind},
-        # counted from the plan on the graph already built (tests check it equals the new model)
-        macs_before=count_macs(graph), macs_after=count_macs(graph, keep),
-        params_before=count_params(graph), params_after=count_params(graph, keep),
-        removed_units={graph.groups[g].name: int((~m).sum()) for g, m in keep.items()},
-    )
-    if check:
-        report.max_abs_error = _self_check(model, new_model, rtol)
-    if verbose:
-        print(report.table(), flush=True)
-    return (new_model, report) if return_report else new_model
 
 
 def _self_check(model, new_model, rtol):

@@ -13,7 +13,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from tfsynapse.backends import builtin_class_path, is_framework_function  # noqa: E402, F401
-from tfsynapse.backends import provider  # noqa: E402
 from tfsynapse.backends.base import RawOp  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from tf_keras.src.engine import functional as keras_functional  # noqa: E402
