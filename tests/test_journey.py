@@ -263,3 +263,31 @@ def test_readme_layout_lists_every_example():
     for name in sorted(os.listdir(os.path.join(ROOT, "examples"))):
         if name.endswith(".py"):
             assert f"`{name}`" in layout, name
+
+
+def test_a_pruned_model_saved_before_the_backend_packages_still_loads(tmp_path):
+    """Files of tfsynapse 0.1.0 name ``tfsynapse.pruning.model`` as PrunedModel's module."""
+    import json  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import zipfile  # noqa: PLC0415
+
+    pruned = tfsynapse.prune_synaptic(_model(), tfsynapse.ConstantSparsity(0.5, 0), criterion="l1",
+                                      granularity="filter")
+    new, old = tmp_path / "new.keras", tmp_path / "old.keras"
+    pruned.save(new)
+    with zipfile.ZipFile(new) as source, zipfile.ZipFile(old, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                assert config["module"] == "tfsynapse.backends.tf_keras.pruned_model"
+                config["module"] = "tfsynapse.pruning.model"
+                data = json.dumps(config).encode()
+            target.writestr(item, data)
+    code = ("import os; os.environ['TF_USE_LEGACY_KERAS'] = '1'; import tf_keras as keras; "
+            f"m = keras.models.load_model({str(old)!r}); print(type(m).__name__)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["PrunedModel"]
