@@ -1,6 +1,7 @@
 """The Keras-agnostic pieces of knowledge distillation, shared by the tf_keras ``Distiller``
 (``backends/tf_keras/distill.py``) and the Keras 3 one (``backends/keras3/distill.py``): the
-soft loss and the checks of the hard loss and the labels."""
+soft loss, the checks of the hard loss and the labels, and ``DistillerBase``: the state,
+properties, ``compile`` and ``call`` both distillers have."""
 
 from tfsynapse.backends import tf
 
@@ -55,3 +56,49 @@ def require_labels(y, alpha):
     if y is None and alpha < 1.0:
         raise ValueError(f"the data have no labels, but alpha={alpha:g} < 1 needs them "
                          "for the hard loss; give (x, y) or use alpha=1.")
+
+
+class DistillerBase:
+    """What both Keras' distillers share; mixed in before their ``keras.Model``.
+
+    ``_setup`` (called by the distiller's ``__init__`` after ``Model.__init__``) keeps the pair
+    and the numbers; the properties are read-only (``fit`` traces its step once, so a later
+    change would be silently ignored); ``compile`` checks the hard loss; ``call`` (``predict``,
+    ``__call__``) runs the student only.
+    """
+
+    def _setup(self, student, teacher, temperature, alpha, from_logits, tracker):
+        # The student first: tf_keras's UpdatePruningStep reads the first wrapper it finds.
+        self._student = student
+        self._teacher = teacher
+        self._temperature = temperature
+        self._alpha = alpha
+        self._from_logits = bool(from_logits)
+        self._distillation_tracker = tracker
+
+    student = property(lambda self: self._student,
+                       doc="The model being trained (its weights are the ones fit changes).")
+    teacher = property(lambda self: self._teacher, doc="The frozen model giving soft targets.")
+    temperature = property(lambda self: self._temperature, doc="The softmax temperature T.")
+    alpha = property(lambda self: self._alpha, doc="The weight of the distillation term.")
+    from_logits = property(lambda self: self._from_logits,
+                           doc="Whether the models output logits (else probabilities).")
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """``keras.Model.compile``; ``loss`` is the hard loss on the labels.
+
+        Args:
+          optimizer: the optimizer (of the student's trainable weights).
+          loss: the hard loss, e.g. ``SparseCategoricalCrossentropy(from_logits=True)``;
+            may be None only when ``alpha`` is 1.
+          metrics: metrics of the student's outputs against the labels.
+          **kwargs: passed to ``keras.Model.compile``.
+
+        Raises:
+          ValueError: no loss while alpha < 1.
+        """
+        require_hard_loss(loss, self._alpha)
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def call(self, inputs, training=None):
+        return self._student(inputs, training=training)

@@ -11,11 +11,11 @@ distribution strategy).
 import keras
 
 from tfsynapse.backends import tf
-from tfsynapse.backends.distillation import require_hard_loss, require_labels, soft_targets_loss
+from tfsynapse.backends.distillation import DistillerBase, require_labels, soft_targets_loss
 from tfsynapse.backends.keras3.pruning import KerasPrunedModel, _in_cross_replica
 
 
-class KerasDistiller(keras.Model):
+class KerasDistiller(DistillerBase, keras.Model):
     """Trains ``student`` with the soft targets of a frozen ``teacher`` plus the hard labels.
 
     Built by ``tfsynapse.Distiller`` (which checks the pair and the numbers); the arguments
@@ -25,29 +25,8 @@ class KerasDistiller(keras.Model):
 
     def __init__(self, student, teacher, temperature, alpha, from_logits, **kwargs):
         super().__init__(name=kwargs.pop("name", f"distiller_{student.name}"), **kwargs)
-        self._student = student
-        self._teacher = teacher
-        self._temperature = temperature
-        self._alpha = alpha
-        self._from_logits = from_logits
-        self._distillation_tracker = keras.metrics.Mean(name="distillation_loss")
-
-    student = property(lambda self: self._student, doc="The model being trained.")
-    teacher = property(lambda self: self._teacher, doc="The frozen model giving soft targets.")
-    temperature = property(lambda self: self._temperature, doc="The softmax temperature T.")
-    alpha = property(lambda self: self._alpha, doc="The weight of the distillation term.")
-
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
-        """``keras.Model.compile``; ``loss`` is the hard loss on the labels.
-
-        Raises:
-          ValueError: no loss while alpha < 1.
-        """
-        require_hard_loss(loss, self._alpha)
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-
-    def call(self, inputs, training=None):
-        return self._student(inputs, training=training)
+        self._setup(student, teacher, temperature, alpha, from_logits,
+                    keras.metrics.Mean(name="distillation_loss"))
 
     @property
     def metrics(self):

@@ -8,12 +8,12 @@ gradient tape. tfmot's ``UpdatePruningStep`` collects the wrappers of the models
 layer).
 """
 
-from tfsynapse.backends.distillation import require_hard_loss, require_labels, soft_targets_loss
+from tfsynapse.backends.distillation import DistillerBase, require_labels, soft_targets_loss
 from tfsynapse.backends.tf_keras import keras, tf
 from tfsynapse.backends.tf_keras.pruned_model import PrunedModel, require_update_step
 
 
-class Distiller(keras.Model):
+class Distiller(DistillerBase, keras.Model):
     """Trains ``student`` with the soft targets of a frozen ``teacher`` plus the hard labels.
 
     Built by ``tfsynapse.Distiller`` (which checks the pair and the numbers); see its
@@ -22,40 +22,9 @@ class Distiller(keras.Model):
 
     def __init__(self, student, teacher, temperature, alpha, from_logits, **kwargs):
         super().__init__(name=kwargs.pop("name", f"distiller_{student.name}"), **kwargs)
-        # The student first: UpdatePruningStep reads the step of the first wrapper it finds.
-        self._student = student
-        self._teacher = teacher
-        self._temperature = temperature
-        self._alpha = alpha
-        self._from_logits = bool(from_logits)
-        self._distillation_tracker = keras.metrics.Mean(name="distillation_loss")
+        self._setup(student, teacher, temperature, alpha, from_logits,
+                    keras.metrics.Mean(name="distillation_loss"))
         self.built = True  # both models are built: summary(), save_weights() work before fit
-
-    # Read-only: fit traces its step once, so a later change would be silently ignored.
-    @property
-    def student(self):
-        """The model being trained (its weights are the ones ``fit`` changes)."""
-        return self._student
-
-    @property
-    def teacher(self):
-        """The frozen model giving the soft targets."""
-        return self._teacher
-
-    @property
-    def temperature(self):
-        """The softmax temperature T."""
-        return self._temperature
-
-    @property
-    def alpha(self):
-        """The weight of the distillation term."""
-        return self._alpha
-
-    @property
-    def from_logits(self):
-        """Whether the models output logits (else probabilities)."""
-        return self._from_logits
 
     def fit(self, *args, **kwargs):
         """``keras.Model.fit``; a student from ``prune_synaptic`` needs ``UpdatePruningStep``.
@@ -66,25 +35,6 @@ class Distiller(keras.Model):
         if isinstance(self.student, PrunedModel):
             require_update_step(args, kwargs)
         return super().fit(*args, **kwargs)
-
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
-        """``keras.Model.compile``; ``loss`` is the hard loss on the labels.
-
-        Args:
-          optimizer: the optimizer (of the student's trainable weights).
-          loss: the hard loss, e.g. ``SparseCategoricalCrossentropy(from_logits=True)``;
-            may be None only when ``alpha`` is 1.
-          metrics: metrics of the student's outputs against the labels.
-          **kwargs: passed to ``keras.Model.compile``.
-
-        Raises:
-          ValueError: no loss while alpha < 1.
-        """
-        require_hard_loss(loss, self._alpha)
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-
-    def call(self, inputs, training=None):
-        return self._student(inputs, training=training)
 
     def distillation_loss(self, teacher_outputs, student_outputs, sample_weight=None):
         """``T^2 * KL(teacher || student)`` at temperature T, averaged over the batch (see
