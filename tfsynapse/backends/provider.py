@@ -43,3 +43,23 @@ def ensure(what):
       KeyError: an unknown name (a bug in tfsynapse).
     """
     importlib.import_module(PROVIDERS[what])
+
+
+class PrunedModelBase:
+    """What both Keras' pruned models read from their plan and masks; mixed in before their
+    model class, which provides ``mask_plan`` and ``mask_values()``."""
+
+    def keep_plan(self):
+        """The units the current masks keep: ``{group id: bool array}`` (True = kept)."""
+        return self.mask_plan.keep_plan(self.mask_values())
+
+    def keep(self):
+        """The plan's ``Keep`` value now: ``{group name: bool array}`` (True = kept), what
+        ``strip_pruning`` hands to ``shrink``; None at connection granularity."""
+        return self.mask_plan.keep(self.mask_values())
+
+    def pruned_fraction(self, keep=None):
+        """How much the current masks prune: the fraction of prunable channels (filter
+        granularity; ``keep``: ``keep_plan()`` when the caller has it) or of the convolutions'
+        connections (connection granularity)."""
+        return planner("fraction")(self, keep)

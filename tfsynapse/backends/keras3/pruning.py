@@ -46,7 +46,7 @@ def schedule_from_config(config):
 
 
 @keras.saving.register_keras_serializable("tfsynapse")
-class KerasPrunedModel(Functional):
+class KerasPrunedModel(provider.PrunedModelBase, Functional):
     """A Keras 3 functional model that prunes itself during ``fit`` (see ``prune_synaptic``).
 
     Built with ``inputs``, ``outputs`` and the keyword arguments ``pruning_options`` (a
@@ -127,21 +127,6 @@ class KerasPrunedModel(Functional):
     def mask_values(self):
         """The current masks, as numpy arrays in ``mask_plan.masked_weights`` order."""
         return [m.numpy() for m in self.masks]
-
-    def keep_plan(self):
-        """The units the current masks keep: ``{group id: bool array}`` (True = kept)."""
-        return self.mask_plan.keep_plan(self.mask_values())
-
-    def keep(self):
-        """The plan's ``Keep`` value now: ``{group name: bool array}`` (True = kept), what
-        ``strip_pruning`` hands to ``shrink``."""
-        return self.mask_plan.keep(self.mask_values())
-
-    def pruned_fraction(self, keep=None):
-        """The fraction of prunable channels (filter granularity; ``keep``: ``keep_plan()``
-        when the caller has it) or convolution connections (connection granularity) the
-        masks prune now."""
-        return provider.planner("fraction")(self, keep)
 
     @property
     def pruning_options(self):

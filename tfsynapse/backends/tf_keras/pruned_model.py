@@ -89,7 +89,7 @@ def require_update_step(fit_args, fit_kwargs):
             "model.fit(..., callbacks=[tfsynapse.UpdatePruningStep()]).")
 
 
-class PrunedModel(keras.Model):
+class PrunedModel(provider.PrunedModelBase, keras.Model):
     """A functional model wrapped for structured pruning (see ``prune_synaptic``).
 
     Args:
@@ -124,27 +124,6 @@ class PrunedModel(keras.Model):
     def mask_values(self):
         """The current masks, as numpy arrays in ``mask_plan.masked_weights`` order."""
         return [v.numpy() for v in self._mask_vars]
-
-    def keep_plan(self):
-        """The units the current masks keep: ``{group id: bool array}`` (True = kept)."""
-        return self.mask_plan.keep_plan(self.mask_values())
-
-    def keep(self):
-        """The plan's ``Keep`` value now: ``{group name: bool array}`` (True = kept), what
-        ``strip_pruning`` hands to ``shrink``."""
-        return self.mask_plan.keep(self.mask_values())
-
-    def pruned_fraction(self, keep=None):
-        """How much the current masks prune, in the plan's units.
-
-        Args:
-          keep: ``keep_plan()`` when the caller has it already (filter granularity).
-
-        Returns:
-          The fraction of prunable channels masked (filter granularity) or of the pruned
-          convolutions' connections masked (connection granularity).
-        """
-        return provider.planner("fraction")(self, keep)
 
     def get_config(self):
         config = keras_functional.get_network_config(
