@@ -56,7 +56,7 @@ def test_a_file_saved_mid_training_loads_in_a_fresh_process_and_in_the_cli(backe
     np.save(tmp_path / "x.npy", x[:4])
     keras_module = "keras" if backend == "keras3" else "tf_keras"
     result = _run_python(f"""
-        import numpy as np, tfsynapse, {keras_module} as keras
+        import numpy as np, tfsynapse, tensorflow, {keras_module} as keras  # TF looks for Keras
         model = keras.models.load_model({path!r}, compile=False)
         print(type(model).__name__, round(model.pruned_fraction(), 4))
         np.save({str(tmp_path / 'out.npy')!r}, np.asarray(model(np.load({str(tmp_path / 'x.npy')!r}))))
@@ -204,11 +204,13 @@ def test_the_plans_keep_flows_from_the_pruned_model_through_strip_to_shrink(back
         head.bias.assign(bias)
     small = tfsynapse.shrink(stripped)
     assert int(small.get_layer("c3").kernel.shape[-1]) == int(keep["c3"].sum())
-    plain = tfsynapse.shrink(stripped, keep={})  # an empty Keep: every group whole
-    assert int(plain.get_layer("c3").kernel.shape[-1]) == 12
+    zeros = tfsynapse.shrink(stripped, keep=None)  # the zeros contract: the zero unit goes too
+    assert int(zeros.get_layer("c3").kernel.shape[-1]) == int(keep["c3"].sum()) - 1
     wrong = {name: np.ones_like(kept) for name, kept in keep.items()}
     wrong["c3"] = ~keep["c3"]  # removes the live units
     with pytest.raises(ValueError, match="whose weights are not zero"):
         tfsynapse.shrink(stripped, keep=wrong)
     with pytest.raises(ValueError, match="belongs to another model"):
         tfsynapse.shrink(stripped, keep={"c3": np.ones(5, bool)})
+    with pytest.raises(ValueError, match="does not have"):
+        tfsynapse.shrink(stripped, keep={"no_such_group": np.ones(5, bool)})

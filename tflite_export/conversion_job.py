@@ -112,12 +112,13 @@ def _named_layers(layer_names):
     try:
         yield
     except Exception as err:
-        text = str(err)
-        if not layer_names or "tfsynapse_float" not in text:
-            raise
-        from tflite_export.float_layers import FloatLayersError, unmarked  # noqa: PLC0415
+        if layer_names and "tfsynapse_float" in str(err):
+            from tflite_export.float_layers import unmarked  # noqa: PLC0415
 
-        raise FloatLayersError(f"{type(err).__name__}: {unmarked(text, layer_names)}") from None
+            # the same error (its type decides what the caller tries next), the layers named
+            err.args = tuple(unmarked(a, layer_names) if isinstance(a, str) else a
+                             for a in err.args)
+        raise
 
 
 def _convert(directory):

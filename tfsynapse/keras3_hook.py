@@ -15,8 +15,9 @@ importing, then registers them (importing ``tfsynapse.backends.keras3``) and rem
 A failure to register never breaks ``import keras``: it is reported as a warning.
 """
 
+import importlib
 import importlib.abc
-import importlib.util
+import importlib.machinery
 import sys
 import warnings
 
@@ -33,18 +34,20 @@ def _register():
 
 class _AfterKeras(importlib.abc.MetaPathFinder):
     """Finds nothing itself: when ``keras`` is about to be imported, wraps its loader so that
-    tfsynapse's classes are registered right after the package has executed."""
+    tfsynapse's classes are registered right after the package has executed. It stays
+    installed until Keras really executes (a ``find_spec`` alone, as TensorFlow's import does
+    to see whether Keras is installed, loads nothing)."""
 
     def find_spec(self, fullname, path, target=None):
         if fullname != "keras":
             return None
-        _uninstall()
-        spec = importlib.util.find_spec(fullname)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
             return spec
         run = spec.loader.exec_module
 
         def exec_module(module):
+            _uninstall()
             run(module)
             if _is_keras3(module):
                 _register()

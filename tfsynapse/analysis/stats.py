@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from tfsynapse.backends.tf_keras import keras, pruning_wrapper
+from tfsynapse.backends import backend_of
+from tfsynapse.backends.tf_keras import pruning_wrapper
 from tfsynapse.graph import rule_for
 
 
@@ -48,7 +49,7 @@ def connection_sparsity(model):
 
 def _all_layers(model):
     for layer in model.layers:
-        if isinstance(layer, keras.Model):
+        if backend_of(layer, "layer").is_model(layer):  # a nested model, either Keras
             yield from _all_layers(layer)
         else:
             yield layer

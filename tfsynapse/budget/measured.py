@@ -113,7 +113,7 @@ def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor
                 "and none lies between" if closed else f"and {_ROUNDS} rounds did not close in")
             + f" ({_count(fits[0], axis)} vs {_count(over[0], axis)}). Configurations are "
             "coarse here (round_to, or the steps of the sensitivity table); a finer round_to or "
-            "the uniform allocation may get closer to the budget.", stacklevel=3)
+            "the uniform allocation may get closer to the budget.", stacklevel=4)
     return fits[2], fits[1], dense_value, points, steps
 
 

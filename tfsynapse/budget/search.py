@@ -292,13 +292,13 @@ def _curves(model, sensitivity, criterion, data, solver):
     if table_criterion not in (None, criterion):
         warnings.warn(f"tfsynapse: the sensitivity table was measured with criterion "
                       f"'{table_criterion}' and the model is pruned with '{criterion}': the "
-                      "curves may not describe the units that go.", stacklevel=3)
+                      "curves may not describe the units that go.", stacklevel=5)
     curves = sensitivity.curves()
     missing = [p.group.name for p in solver.groups if p.group.name not in curves]
     if missing:
         warnings.warn(f"tfsynapse: the sensitivity table has no curve for {len(missing)} "
                       f"prunable group(s) ({missing[:5]}): they stay unpruned. Was it measured "
-                      "on this model?", stacklevel=3)
+                      "on this model?", stacklevel=5)
     return curves, float(sensitivity.baseline)
 
 

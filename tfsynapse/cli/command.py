@@ -300,6 +300,7 @@ def main(argv=None):
     Returns:
       The exit status: 0 on success, 1 on an error, 2 on a usage error.
     """
+    _TERMINATED.clear()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

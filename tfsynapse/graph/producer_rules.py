@@ -67,18 +67,20 @@ class Producer(Rule):
         kernel = shape_of(self.kernel(layer))
         positions = _prod(out_shape[1:-1])
         return _prod(kernel[:-2]) * kernel[-2] * kernel[-1] * positions + \
-            self._lora_macs(layer, shape_of, positions)
+            self._lora_macs(layer, shape_of)
 
-    def _lora_macs(self, layer, shape_of, positions):
-        """The two low-rank products of a LoRA layer: ``x @ a`` then ``(x @ a) @ b``."""
+    def _lora_macs(self, layer, shape_of):
+        """A LoRA layer merges ``kernel + a @ b * scale`` once per call (Keras 3 computes the
+        kernel that way; an export folds it into a constant): ``prod(a) * C_out``."""
         lora = self.lora(layer)
         if lora is None:
             return 0
         a, b = shape_of(lora[0]), shape_of(lora[1])
-        return (_prod(a[:-1]) * a[-1] + b[0] * b[1]) * positions
+        return _prod(a) * b[-1]
 
     def connection_kernel(self, layer):
-        return self.kernel(layer)
+        # a LoRA layer's connections live in the kernel and in a @ b: not pruned one by one
+        return None if self.lora(layer) is not None else self.kernel(layer)
 
     def resize(self, config, out_channels):
         config = dict(config)
@@ -113,8 +115,7 @@ class DenseRule(Producer):
 
     def macs(self, layer, in_shape, out_shape, shape_of):
         kernel = shape_of(self.kernel(layer))
-        positions = _prod(in_shape[1:-1])
-        return kernel[0] * kernel[1] * positions + self._lora_macs(layer, shape_of, positions)
+        return kernel[0] * kernel[1] * _prod(in_shape[1:-1]) + self._lora_macs(layer, shape_of)
 
     def connection_kernel(self, layer):
         return None  # connection pruning is for convolutions
@@ -145,6 +146,8 @@ class EmbeddingRule(Producer):
 
     def propagate(self, ctx):
         layer = ctx.layer
+        if getattr(layer, "lora_enabled", False):
+            return Freeze("an Embedding with LoRA enabled has no channel rule yet").propagate(ctx)
         out = ctx.new_space(layer.embeddings.shape[1])
         ctx.slot(layer.embeddings, 1, out, "out", zero_required=True)
         return [out]

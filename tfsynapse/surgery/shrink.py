@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from tfsynapse.backends import backend_of, tf, weight_path
+from tfsynapse.backends import backend_of, provider, tf, weight_path
 from tfsynapse.graph import count_macs, count_params, dependency_groups, kept_positions, replay, unwrap
 from tfsynapse.plan import keep as keep_value
 
@@ -115,6 +115,11 @@ def _keep_plan(graph, removable, round_to, planned=None):
       ValueError: ``planned`` removes a unit whose weights are not zero, or does not fit a
         group's size.
     """
+    if planned is not None:
+        unknown = sorted(set(planned) - {g.name for g in graph.prunable_groups})
+        if unknown:
+            raise ValueError(f"keep names {len(unknown)} group(s) this model does not have "
+                             f"({unknown[:3]}): the Keep value belongs to another model.")
     keep = {}
     for g in graph.prunable_groups:
         kept = ~removable[g.id] if planned is None else _planned(g, planned, removable[g.id])
@@ -130,10 +135,11 @@ def _keep_plan(graph, removable, round_to, planned=None):
 
 
 def _planned(group, planned, removable):
-    """The kept units ``planned`` names for ``group`` (all of them when it names none)."""
+    """The kept units ``planned`` names for ``group``; a group it does not name (frozen,
+    ignored or left out of the plan) goes by the zeros contract."""
     kept = planned.get(group.name)
     if kept is None:
-        return np.ones(group.size, bool)
+        return ~removable
     kept = np.asarray(kept, bool)
     if kept.shape != (group.size,):
         raise ValueError(f"keep gives {kept.size} units for group '{group.name}', which has "
@@ -144,7 +150,7 @@ def _planned(group, planned, removable):
             f"keep removes {int(alive.sum())} unit(s) of group '{group.name}' (e.g. unit "
             f"{int(np.nonzero(alive)[0][0])}) whose weights are not zero, so removing them would "
             "change the outputs. Apply the masks first (tfsynapse.strip_pruning), or pass "
-            "keep=None to remove what is zero.")
+            "keep=None to remove only what is zero.")
     return kept
 
 
@@ -162,7 +168,11 @@ def _keep_every_output_nonempty(graph, keep):
                 keep[int(groups[0])][int(units[0])] = True
 
 
-def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbose=0, keep=None):
+ATTACHED = "attached"  # shrink's default ``keep``: the Keep value strip_pruning attached
+
+
+def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbose=0,
+           keep=ATTACHED):
     """Returns a new model with every removable pruned channel physically removed.
 
     Args:
@@ -177,8 +187,10 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
       verbose: 1 prints the report's table (channels per layer, MACs and parameters before
         and after, the self-check's error).
       keep: the plan's ``Keep`` value, ``{group name: bool array}`` (True = kept), as a pruned
-        model's ``keep()`` gives it; default: the one ``strip_pruning`` attached to ``model``,
-        else none (every unit whose weights are zero is removed: the zeros contract).
+        model's ``keep()`` gives it: the groups it names lose exactly the units it does not
+        keep (checked to be zero), the others go by the zeros contract. Default: the value
+        ``strip_pruning`` attached to ``model`` (or the wrapped model's own), if any. None:
+        the zeros contract everywhere (every unit whose weights are zero is removed).
 
     Returns:
       The new tf_keras functional model (nested models inlined), or ``(model, report)``.
@@ -195,10 +207,11 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
         raise ValueError(f"round_to must be an integer >= 1, got {round_to!r}.")
     if backend.has_pruning_wrappers(model):
         pruned = backend.pruned_model_in(model)
-        if keep is None and pruned is model:
+        if keep is ATTACHED and pruned is model:
             keep = pruned.keep()
+        provider.planner("warn")(model, "shrink")  # as strip_pruning does
         model = backend.strip(model)
-    if keep is None:
+    if keep is ATTACHED:
         keep = keep_value.attached(model)
     graph = dependency_groups(model)
     values = _weight_values(graph)
