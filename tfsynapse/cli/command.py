@@ -278,8 +278,6 @@ def _terminate_as_interrupt():
         _TERMINATED.append(signum)
         raise Terminated()
 
-    _TERMINATED.clear()
-
     try:
         previous = signal.signal(signal.SIGTERM, stop)
     except ValueError:  # not the main thread: leave signals alone

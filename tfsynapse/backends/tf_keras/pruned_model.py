@@ -183,7 +183,7 @@ def pruned_model_in(model):
 def schedule_holder(model):
     """What holds the schedule and the step of a model being pruned: its leader wrapper (or
     its first tfmot wrapper); None for a model that is not being pruned."""
-    wrappers = [w for w in pruning_wrapper.collect_prunable_layers(model)]
+    wrappers = pruning_wrapper.collect_prunable_layers(model)
     if not wrappers:
         return None
     return next((w for w in wrappers if getattr(w, "leader", False)), wrappers[0])
