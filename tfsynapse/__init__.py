@@ -24,6 +24,8 @@ _EXPORTS = {
     "count_params": ("tfsynapse.graph", "count_params"),
     "dependency_groups": ("tfsynapse.graph", "dependency_groups"),
     "register_rule": ("tfsynapse.graph", "register_rule"),
+    "functional_model": ("tfsynapse.graph", "functional_model"),
+    "keep_opaque": ("tfsynapse.graph", "keep_opaque"),
     "ProximalL1": ("tfsynapse.layers", "ProximalL1"),
     "SynapticConv2D": ("tfsynapse.layers", "SynapticConv2D"),
     "strength_sparsity": ("tfsynapse.layers", "strength_sparsity"),

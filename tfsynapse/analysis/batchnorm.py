@@ -21,6 +21,7 @@ import itertools
 import numpy as np
 
 from tfsynapse.backends import backend_of, tf
+from tfsynapse.graph import functional_model
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -116,6 +117,7 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
       TypeError / ValueError: as ``check_model``.
       ValueError: no data, non-finite data, ``steps`` or ``batch_size`` below 1.
     """
+    model = functional_model(model)  # a subclassed model: its traced graph (same layers)
     backend_of(model).check_model(model)
     if steps is not None and (isinstance(steps, bool) or int(steps) != steps or steps < 1):
         raise ValueError(f"steps must be a positive integer or None, got {steps!r}.")

@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 from tfsynapse.backends import backend_of
-from tfsynapse.graph import count_macs, dependency_groups
+from tfsynapse.graph import count_macs, dependency_groups, functional_model
 from tfsynapse.analysis.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from tfsynapse.plan.options import PruningOptions
 from tfsynapse.plan import rounding
@@ -129,6 +129,7 @@ def sensitivity_analysis(model, evaluate, criterion="dscore", step=0.05, max_rat
         frozen group names, invalid options, a subclassed, unbuilt or wrapped model, or
         nothing to prune.
     """
+    model = functional_model(model)  # a subclassed model: its traced graph
     backend = backend_of(model)
     backend.check_model(model)
     backend.refuse_pruning_wrappers(model)

@@ -101,6 +101,21 @@ class Backend(Protocol):
         """A ``RawOp`` for a recorded raw operation (tf_keras ``TFOpLambda``, a Keras 3
         ``keras.ops`` operation), or None for anything else."""
 
+    def rename(self, layer, name):
+        """Gives ``layer`` a new name (a traced sublayer whose name another layer has)."""
+
+    def sublayers(self, layer):
+        """The layers ``layer`` holds directly (attributes, lists, dicts), not itself."""
+
+    def trace_call(self, layer, args, kwargs):
+        """``(graph_model, sources)``: ``layer.call`` run on fresh symbolic inputs standing, in
+        order, for the distinct symbolic tensors ``sources`` of one recorded call's
+        ``args``/``kwargs``; raises whatever the call raises."""
+
+    def trace_model(self, model):
+        """A functional model of a subclassed model's ``call`` on inputs of the shape it was
+        built or called with; a ValueError when that shape is not known."""
+
     def class_path(self, layer):
         """The key of built-in rules for ``layer``'s class (``'Conv2D'``), or None."""
 

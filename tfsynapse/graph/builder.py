@@ -10,6 +10,7 @@ from tfsynapse.graph import rules as rules_lib
 from tfsynapse.graph import tf_ops
 from tfsynapse.graph.channels import Atoms, ChannelMap
 from tfsynapse.graph.groups import ROLES, DependencyGraph, Group, Member, Slot
+from tfsynapse.graph.trace import functional_model
 from tfsynapse.graph.walk import flatten_calls
 
 class UnsupportedLayerError(ValueError):
@@ -149,6 +150,7 @@ def dependency_groups(model, strict=False):
       ValueError: a subclassed or unbuilt model; a channels-first layer.
       UnsupportedLayerError: ``strict`` and a layer has no rule.
     """
+    model = functional_model(model)
     backend_of(model).check_model(model)
     flat = flatten_calls(model)
     _refuse_channels_first(flat)
@@ -164,7 +166,8 @@ def dependency_groups(model, strict=False):
         layer = unwrap(call.layer)
         rule = rules_lib.rule_for(layer)
         if rule is None:
-            rule = _tf_op_rule(layer) or _unknown_rule(layer, strict, unknown)
+            rule = _tf_op_rule(layer) or _unknown_rule(layer, strict, unknown,
+                                                       flat.tracer.opaque.get(layer.name))
         inputs = [maps[k] for k in call.inputs]
         ctx = CallContext(builder, call, inputs)
         outputs = rules_lib.apply_fused_activation(rule, ctx, rule.propagate(ctx))
@@ -183,27 +186,39 @@ def dependency_groups(model, strict=False):
         calls.append(LayerCall(call, rule, inputs, outputs))
     for key in flat.outputs:
         builder.atoms.freeze(maps[key].atoms, "reaches a model output")
-    if unknown:
-        warnings.warn(
-            "tfsynapse: no channel rule for layer(s) "
-            + ", ".join(f"'{n}' ({c})" for n, c in unknown)
-            + ": the channels that reach them are frozen (not pruned). Register a rule with "
-            "tfsynapse.register_rule(LayerClass) to prune through them.",
-            stacklevel=2,
-        )
+    _warn_unknown(unknown, flat.tracer.opaque)
     groups, slots, atom_index = _finalize(builder, calls)
     return DependencyGraph(model, groups, slots, calls, flat, [n for n, _ in unknown], atom_index)
 
 
-def _unknown_rule(layer, strict, unknown):
+def _unknown_rule(layer, strict, unknown, opaque_reason):
     cls = type(layer).__name__
     if strict:
         raise UnsupportedLayerError(
-            f"layer '{layer.name}' ({cls}) has no channel rule. Register one with "
-            "tfsynapse.register_rule, or pass strict=False to freeze the channels that reach it."
-        )
+            f"layer '{layer.name}' ({cls}) has no channel rule"
+            + (f" and was not traced ({opaque_reason})" if opaque_reason else "")
+            + ". Register one with tfsynapse.register_rule, or pass strict=False to freeze the "
+            "channels that reach it.")
     unknown.append((layer.name, cls))
-    return rules_lib.Unknown(f"{layer.name}: no channel rule for {cls}")
+    return rules_lib.Unknown(opaque_reason or f"{layer.name}: no channel rule for {cls}")
+
+
+def _warn_unknown(unknown, opaque):
+    """One warning naming the layers without a rule; those left opaque by tracing with why."""
+    if not unknown:
+        return
+    plain = [(n, c) for n, c in unknown if n not in opaque]
+    parts = []
+    if plain:
+        parts.append("no channel rule for layer(s) "
+                     + ", ".join(f"'{n}' ({c})" for n, c in plain))
+    for name, cls in unknown:
+        if name in opaque:
+            parts.append(f"layer '{name}' ({cls}) stays opaque: {opaque[name]}")
+    warnings.warn(
+        "tfsynapse: " + "; ".join(parts) + ". The channels that reach them are frozen (not "
+        "pruned). Register a rule with tfsynapse.register_rule(LayerClass) to prune through "
+        "them.", stacklevel=3)
 
 
 def _tf_op_rule(layer):

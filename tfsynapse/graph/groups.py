@@ -208,7 +208,8 @@ class DependencyGraph:
         return [s for s in self.slots if s.layer.name == name]
 
     def summary(self):
-        """A printable table of the groups."""
+        """A printable table of the groups, then the layers traced into their sublayers and
+        those left opaque (with the reason)."""
         lines = [f"{'id':>4}  {'group':<32} {'channels':>8}  {'state':<9} producers / reason"]
         for g in self.groups:
             state = "prunable" if g.prunable else "frozen"
@@ -216,4 +217,7 @@ class DependencyGraph:
             if not g.prunable:
                 detail = g.reasons[0] if g.reasons else ""
             lines.append(f"{g.id:>4}  {g.name[:32]:<32} {g.size:>8}  {state:<9} {detail}")
+        tracer = getattr(self.flat, "tracer", None)
+        if tracer is not None:
+            lines.extend(tracer.summary_lines())
         return "\n".join(lines)

@@ -137,6 +137,21 @@ class Rule:
         """Returns the layer config for a layer that now has ``out_channels`` output channels."""
         return config
 
+    def rebuild_config(self, layer, config, out_channels, shape_of):
+        """The config of ``layer`` rebuilt after pruning (``shrink``).
+
+        Args:
+          layer: the layer.
+          config: its ``get_config()``.
+          out_channels: its first output's channel count after pruning.
+          shape_of: ``shape_of(weight) -> list``, a weight's shape after pruning.
+
+        Returns:
+          The new config; by default ``resize(config, out_channels)``. A rule whose layer's
+          config follows another axis than the output's (attention heads) overrides this.
+        """
+        return self.resize(config, out_channels)
+
     def macs(self, layer, in_shape, out_shape, shape_of):
         """Multiply-accumulates of one call (batch 1); 0 unless the layer has a kernel.
 
@@ -146,6 +161,11 @@ class Rule:
           shape_of: ``shape_of(weight) -> list``, a weight's shape after the pruning plan.
         """
         return 0
+
+    def call_macs(self, layer, input_shapes, output_shapes, shape_of):
+        """Multiply-accumulates of one call with all its input and output shapes; by default
+        ``macs`` of the first ones (a rule whose cost depends on several inputs overrides it)."""
+        return self.macs(layer, input_shapes[0], output_shapes[0], shape_of)
 
     def connection_kernel(self, layer):
         """The ``(..., C_in, C_out)`` kernel whose connections can be pruned, or None."""
@@ -385,7 +405,7 @@ _PASS = (
     "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
     "Cropping1D", "Cropping2D", "Cropping3D",
     "UpSampling1D", "UpSampling2D", "UpSampling3D",
-    "Masking",
+    "Masking", "Identity",
 )
 register_builtin(*_PASS)(PassThrough)
 register_builtin("ReLU", "LeakyReLU", "ELU", "ThresholdedReLU")(Elementwise)

@@ -17,7 +17,7 @@ import dataclasses
 import numpy as np
 
 from tfsynapse.backends import backend_of
-from tfsynapse.graph import dependency_groups, replay, unwrap
+from tfsynapse.graph import dependency_groups, replay, unwrap, functional_model
 from tfsynapse.graph import rules as rules_lib
 from tfsynapse.layers.synaptic import is_synaptic, synaptic_class, synaptic_weights_from_kernel
 
@@ -140,6 +140,7 @@ def to_synaptic(model, l1=0.0, fold_batchnorm=True, return_report=False):
     Raises:
       TypeError / ValueError: as ``check_model``; ``l1`` negative.
     """
+    model = functional_model(model)  # a subclassed model: its traced graph
     backend = backend_of(model)
     backend.check_model(model)
     if l1 < 0:
@@ -217,6 +218,7 @@ def from_synaptic(model):
     Raises:
       TypeError / ValueError: as ``check_model``.
     """
+    model = functional_model(model)  # a subclassed model: its traced graph
     backend = backend_of(model)
     backend.check_model(model)
 

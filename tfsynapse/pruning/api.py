@@ -11,7 +11,9 @@ from tfsynapse.backends.tf_keras import (
 )
 from tfsynapse.backends import backend_of, tf, weight_path
 from tfsynapse.backends import tf_keras as tf_keras_backend
-from tfsynapse.graph import dependency_groups, flatten_calls, replay, unwrap
+from tfsynapse.graph import (
+    copy_model, dependency_groups, flatten_calls, functional_model, replay, rule_for, unwrap,
+)
 from tfsynapse.plan import keep as keep_value
 from tfsynapse.analysis.batchnorm import recalibrate_batchnorm
 from tfsynapse.plan.options import PruningOptions, check_sparsity
@@ -101,6 +103,7 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
         sparsity that
         ``max_pruning_ratio`` (or the one channel every group keeps) makes unreachable.
     """
+    model = functional_model(model)  # a subclassed model: its traced graph
     backend = backend_of(model)
     backend.check_model(model)
     backend.refuse_pruning_wrappers(model)
@@ -258,6 +261,7 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
       ValueError: a subclassed or unbuilt model, a sparsity that is not a float in [0, 1) or
         such a dict, invalid options, or a target the caps make unreachable.
     """
+    model = functional_model(model)  # a subclassed model: its traced graph
     backend = backend_of(model)
     backend.check_model(model)
     backend.refuse_pruning_wrappers(model)
@@ -273,15 +277,8 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
         layer_sparsity=layer_sparsity, residual=residual, seed=seed, final_sparsity=1.0,
         only_listed=layer_sparsity is not None)
     _check_names(model, options)
-    try:
-        with backend.user_functions_scope(model):
-            clone = backend.keras.models.clone_model(model)
-    except (OSError, TypeError, ValueError) as err:
-        raise ValueError(
-            f"prune_once works on a copy of the model and Keras cannot copy this one: {err}. "
-            "A lambda or a locally defined function as activation is the usual cause: use a "
-            "named function defined in a module (or a Keras activation).") from err
-    clone.set_weights(model.get_weights())
+    # layer by layer: composite layers need no config; a layer no rule covers is never masked
+    clone = copy_model(model, may_share=lambda layer: rule_for(layer) is None)
     plan = MaskPlan(dependency_groups(clone, strict=strict), options)
     _check_targets(plan)
     check_finite_weights(plan)

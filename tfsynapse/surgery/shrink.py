@@ -12,7 +12,10 @@ import dataclasses
 import numpy as np
 
 from tfsynapse.backends import backend_of, provider, tf, weight_path
-from tfsynapse.graph import count_macs, count_params, dependency_groups, kept_positions, replay, unwrap
+from tfsynapse.graph import (
+    count_macs, count_params, dependency_groups, effective_shapes, functional_model, kept_positions,
+    layer_from_config, replay, unwrap,
+)
 from tfsynapse.plan import keep as keep_value
 
 
@@ -201,6 +204,7 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
         outputs with NaN or inf in the self-check (it cannot verify them).
       RuntimeError: the self-check found different outputs (a bug: please report it).
     """
+    model = functional_model(model)  # a subclassed model: its traced graph
     backend = backend_of(model)
     backend.check_model(model)
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
@@ -218,7 +222,7 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
     keep = _keep_plan(graph, removable_units(graph, values), round_to, planned=keep)
     out_width = _output_widths(graph, keep)
     rules = {id(unwrap(lc.call.layer)): lc.rule for lc in graph.calls}
-    new_model, made = _rebuild(model, backend, rules, out_width)
+    new_model, made = _rebuild(model, backend, rules, out_width, graph, keep)
     _copy_weights(made, values, graph, keep)
     report = ShrinkReport(
         channels={old.name: out_width[id(old)] for old, _ in made
@@ -259,7 +263,7 @@ def _output_widths(graph, keep):
     return out_width
 
 
-def _rebuild(model, backend, rules, out_width):
+def _rebuild(model, backend, rules, out_width, graph, keep):
     """The model replayed with every layer rebuilt from its config (resized by its rule).
 
     Returns:
@@ -269,22 +273,27 @@ def _rebuild(model, backend, rules, out_width):
       ValueError: a layer that cannot be rebuilt from its config, named.
     """
     made = []
+    slotted = {id(slot.layer) for slot in graph.slots}  # layers whose weights lose positions
+    shapes = effective_shapes(graph, keep)
 
     def make_layer(layer):
         layer = unwrap(layer)
         if not backend.is_layer(layer):  # a raw operation: no weights, no channels of its own
             return layer
-        config = layer.get_config()
         before, after = out_width[id(layer)]
-        if after != before:
-            config = rules[id(layer)].resize(config, after)
-        try:
-            new = type(layer).from_config(config)
-        except Exception as err:  # noqa: BLE001 - re-raised with the layer's name
-            raise ValueError(
-                f"cannot rebuild layer '{layer.name}' ({type(layer).__name__}) from its config: "
-                f"{err}. Give the layer a get_config/from_config pair."
-            ) from err
+        index = {id(w): i for i, w in enumerate(layer.weights)}
+
+        def shape_of(weight):
+            return shapes.get((id(layer), index.get(id(weight))), list(weight.shape))
+
+        def change(config):
+            return rules[id(layer)].rebuild_config(layer, config, after, shape_of)
+
+        narrower = after != before or any(
+            shapes.get((id(layer), i), list(w.shape)) != list(w.shape)
+            for i, w in enumerate(layer.weights))
+        new = layer_from_config(layer, change if narrower else None,
+                                may_share=id(layer) not in slotted)
         made.append((layer, new))
         return new
 

@@ -23,7 +23,7 @@ __all__ = [
     "user_functions_scope", "is_framework_function", "half_precision_layers",
     "learning_rate_of", "strip", "raw_operation", "SynapticConv2D", "Distiller", "KerasPrunedModel", "export_saved_model",
     "is_quantize_aware", "quantize_model",
-    "pruned_model", "pruned_model_in", "schedule_holder",
+    "pruned_model", "pruned_model_in", "schedule_holder", "rename", "sublayers", "trace_call", "trace_model",
 ]
 
 
@@ -315,6 +315,7 @@ def _submodules(model):
 from tfsynapse.backends.keras3.layers import SynapticConv2D  # noqa: E402
 from tfsynapse.backends.keras3 import pruning as _pruning  # noqa: E402
 from tfsynapse.backends.keras3.distill import KerasDistiller as Distiller  # noqa: E402
+from tfsynapse.backends.keras3.tracing import rename, sublayers, trace_call, trace_model  # noqa: E402
 from tfsynapse.backends.keras3.pruning import (  # noqa: E402
     KerasPrunedModel,
     pruned_model,

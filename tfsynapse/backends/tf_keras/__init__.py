@@ -58,6 +58,10 @@ __all__ = [
     "custom_objects",
     "pruned_model",
     "pruned_model_in",
+    "rename",
+    "sublayers",
+    "trace_call",
+    "trace_model",
     "require_update_step",
     "schedule_holder",
 ]
@@ -381,6 +385,7 @@ from tfsynapse.backends.tf_keras.pruned_model import (  # noqa: E402
 )
 from tfsynapse.backends.tf_keras.wrapper import StructuredPruneWrapper  # noqa: E402
 from tfsynapse.backends.tf_keras.distill import Distiller  # noqa: E402
+from tfsynapse.backends.tf_keras.tracing import rename, sublayers, trace_call, trace_model  # noqa: E402
 
 
 def custom_objects():
