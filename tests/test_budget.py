@@ -88,6 +88,8 @@ def test_unreachable_and_malformed_budgets_are_refused(model):
     for bad in (0, -5, float("nan"), True, "1M"):
         with pytest.raises(ValueError, match="positive number"):
             tfsynapse.prune_to_budget(model, params=bad)
+    with pytest.raises(ValueError, match=r"macs=0.5 is a count, not a fraction"):
+        tfsynapse.prune_to_budget(model, macs=0.5)
     with pytest.raises(ValueError, match="threads and measure_latency only apply"):
         tfsynapse.prune_to_budget(model, macs=1e5, threads=2)
     with pytest.raises(ValueError, match="threads must be an integer"):

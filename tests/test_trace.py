@@ -138,6 +138,23 @@ def test_a_subclassed_model_prunes_during_fit_and_shrinks_to_what_it_computed(K)
     assert tfsynapse.count_macs(small) < 0.6 * tfsynapse.count_macs(net)
 
 
+def test_budgets_sensitivity_and_synaptic_layers_work_on_a_subclassed_model(K):
+    net = _randomize(subclassed_model(K))
+    data = _data(8)
+    budget = 0.5 * tfsynapse.count_macs(net)
+    pruned, report = tfsynapse.prune_to_budget(net, macs=budget, return_report=True)
+    small = tfsynapse.shrink(pruned)
+    assert tfsynapse.count_macs(small) == report.predicted <= budget
+    table = tfsynapse.sensitivity_analysis(
+        net, lambda m: -float(np.mean(np.square(np.asarray(m(data))))), step=0.45,
+        max_ratio=0.9, verbose=0)
+    assert len(table.groups()) == 3  # the residual stream and each block's inner conv
+    synaptic = tfsynapse.to_synaptic(net)
+    assert sum(type(layer).__name__ == "SynapticConv2D" for layer in synaptic.layers) == 5
+    np.testing.assert_allclose(np.asarray(synaptic(data)), np.asarray(net(data)), rtol=1e-4,
+                               atol=1e-5 * float(np.abs(np.asarray(net(data))).max()))
+
+
 def test_an_unbuilt_subclassed_model_is_refused_with_what_to_do(K):
     Block = block_class(K)
 

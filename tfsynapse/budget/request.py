@@ -108,4 +108,9 @@ def _the_budget(**budgets):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0 \
             or not math.isfinite(value):
         raise ValueError(f"{kind} must be a positive number, got {value!r}.")
+    if kind in ("macs", "params", "size_bytes") and value < 1:
+        raise ValueError(
+            f"{kind}={value!r} is a count, not a fraction of the dense model: for a fraction, "
+            f"pass {kind}=fraction * the dense model's count (tfsynapse.count_macs(model), "
+            "tfsynapse.count_params(model), or the dense .tflite's size).")
     return kind, int(value) if isinstance(value, numbers.Integral) else float(value)
