@@ -14,42 +14,67 @@ from tfsynapse.backends import tf  # noqa: E402
 pytestmark = pytest.mark.zoo
 
 
-def mobilenet_v3():
-    from keras_hub.src.models.mobilenet.mobilenet_backbone import MobileNetBackbone  # noqa: PLC0415
+S = (32, 32, 3)
 
-    return MobileNetBackbone(
+
+def _hub(module, name):
+    return getattr(__import__(f"keras_hub.src.models.{module}", fromlist=[name]), name)
+
+
+BACKBONES = {
+    "MobileNetV3": lambda: _hub("mobilenet.mobilenet_backbone", "MobileNetBackbone")(
         stackwise_expansion=[[16, 24], [32, 48]], stackwise_num_blocks=[2, 2],
         stackwise_num_filters=[[8, 8], [16, 16]], stackwise_kernel_size=[[3, 3], [5, 5]],
         stackwise_num_strides=[[2, 1], [2, 1]], stackwise_se_ratio=[[None, None], [0.25, 0.25]],
         stackwise_activation=[["relu", "relu"], ["hard_swish", "hard_swish"]],
         stackwise_padding=[[1, 1], [2, 2]], output_num_filters=32, depthwise_filters=8,
         depthwise_stride=1, depthwise_residual=False, last_layer_filter=32,
-        squeeze_and_excite=0.5, image_shape=(32, 32, 3), input_activation="hard_swish",
-        output_activation="hard_swish", input_num_filters=8)
-
-
-def hgnet_v2():
-    from keras_hub.src.models.hgnetv2.hgnetv2_backbone import HGNetV2Backbone  # noqa: PLC0415
-
-    return HGNetV2Backbone(
+        squeeze_and_excite=0.5, image_shape=S, input_activation="hard_swish",
+        output_activation="hard_swish", input_num_filters=8),
+    "HGNetV2": lambda: _hub("hgnetv2.hgnetv2_backbone", "HGNetV2Backbone")(
         depths=[1, 1], embedding_size=8, hidden_sizes=[16, 32], stem_channels=[3, 8, 8],
         hidden_act="relu", use_learnable_affine_block=False,
         stackwise_stage_filters=[(8, 8, 16, 1, 1, 3), (16, 8, 32, 1, 1, 3)],
         apply_downsample=[False, True], use_lightweight_conv_block=[False, True],
-        image_shape=(32, 32, 3))
+        image_shape=S),
+    "ResNetV1": lambda: _hub("resnet.resnet_backbone", "ResNetBackbone")(
+        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 64],
+        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block",
+        image_shape=S),
+    "ResNetV2": lambda: _hub("resnet.resnet_backbone", "ResNetBackbone")(
+        input_conv_filters=[8], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 64],
+        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2],
+        block_type="bottleneck_block", use_pre_activation=True, image_shape=S),
+    "EfficientNet": lambda: _hub("efficientnet.efficientnet_backbone", "EfficientNetBackbone")(
+        stackwise_kernel_sizes=[3, 3], stackwise_num_repeats=[1, 2],
+        stackwise_input_filters=[8, 8], stackwise_output_filters=[8, 16],
+        stackwise_expansion_ratios=[1, 4], stackwise_squeeze_and_excite_ratios=[0.0, 0.25],
+        stackwise_strides=[1, 2], stackwise_block_types=["v1", "v1"],
+        stackwise_width_coefficients=[1.0, 1.0], stackwise_depth_coefficients=[1.0, 1.0],
+        input_shape=S, num_features=32),
+    "CSPNet": lambda: _hub("cspnet.cspnet_backbone", "CSPNetBackbone")(
+        stem_filters=16, stem_kernel_size=3, stem_strides=1, stackwise_depth=[1, 1],
+        stackwise_strides=[1, 2], stackwise_num_filters=[16, 32], block_type="dark_block",
+        stage_type="csp", bottle_ratio=[0.5], block_ratio=[1.0], expand_ratio=[2.0],
+        image_shape=S),
+    "DenseNet": lambda: _hub("densenet.densenet_backbone", "DenseNetBackbone")(
+        stackwise_num_repeats=[2, 2], growth_rate=8, image_shape=S),
+    "Xception": lambda: _hub("xception.xception_backbone", "XceptionBackbone")(
+        stackwise_conv_filters=[[8, 16], [16, 32], [32, 32]],
+        stackwise_pooling=[True, True, False], image_shape=S),
+}
 
 
 def vit():
-    from keras_hub.src.models.vit.vit_backbone import ViTBackbone  # noqa: PLC0415
-
-    return ViTBackbone(image_shape=(16, 16, 3), patch_size=4, num_layers=2, num_heads=2,
-                       hidden_dim=16, mlp_dim=32)
+    return _hub("vit.vit_backbone", "ViTBackbone")(
+        image_shape=(16, 16, 3), patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
+        mlp_dim=32)
 
 
 def _compute_layers(model):
     """Every convolution and Dense layer of ``model``, found through Keras's own layer tree
     (independent of tracing)."""
-    kinds = ("Conv2D", "DepthwiseConv2D", "Dense")
+    kinds = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Dense")
     return sorted(layer.name for layer in model._flatten_layers(include_self=False, recursive=True)
                   if type(layer).__name__ in kinds)
 
@@ -68,35 +93,39 @@ def _randomize_batchnorm(model):
             layer.beta.assign(rng.normal(0, 0.3, c).astype(np.float32))
 
 
-@pytest.mark.parametrize("make", [mobilenet_v3, hgnet_v2], ids=["MobileNetV3", "HGNetV2"])
-def test_a_convolutional_backbone_is_traced_counted_pruned_and_exported(make, tmp_path):
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_a_convolutional_backbone_is_counted_pruned_shrunk_and_exported_in_int8(name):
     import tflite_export  # noqa: PLC0415
 
-    model = make()
+    model = BACKBONES[name]()
     _randomize_batchnorm(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # nothing opaque, nothing uncounted
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         graph = tfsynapse.dependency_groups(model)
         total, table = tfsynapse.count_macs(graph, per_layer=True)
+    assert not [w for w in caught if "count_macs" in str(w.message)]  # nothing uncounted
     assert sorted(table) == _compute_layers(model)  # every compute layer is counted
-    assert graph.flat.tracer.traced and not graph.flat.tracer.opaque
+    assert not graph.flat.tracer.opaque
     assert tfsynapse.count_params(graph) == model.count_params()
-    assert len(graph.prunable_groups) >= 5
-    x = np.random.default_rng(1).normal(size=(2, 32, 32, 3)).astype(np.float32)
-    pruned = tfsynapse.prune_once(model, 0.5, criterion="l1")
-    small, report = tfsynapse.shrink(pruned, return_report=True)
-    assert report.macs_after < 0.6 * total
+    x = np.random.default_rng(1).uniform(0, 1, size=(8, 32, 32, 3)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # layers without a rule (ops.split) are frozen, named
+        pruned = tfsynapse.prune_once(model, 0.5, criterion="l1")
+        small, report = tfsynapse.shrink(pruned, return_report=True)
+    assert report.macs_after <= 0.75 * total, (report.macs_after, total)
     for want, got in zip(_outputs(pruned, x), _outputs(small, x)):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
-    # the shrunk model is plain Keras 3: it exports and runs in LiteRT like the Keras model
-    flat = tflite_export.convert(small)
-    lite = tflite_export.predict(flat, x)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    # int8 with float I/O loads in LiteRT and stays near the Keras model
+    lite = tflite_export.predict(
+        tflite_export.convert(small, quantize="int8", representative_dataset=x), x)
     for want, got in zip(_outputs(small, x), tf.nest.flatten(lite)):
-        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-3,
-                                   atol=1e-4 * np.abs(want).max())
+        gap = np.abs(np.asarray(got) - want).max() / np.abs(want).max()
+        assert gap < 0.2, f"{name}: int8 differs from Keras by {gap:.3f} of the output scale"
 
 
 def test_a_vision_transformer_prunes_heads_and_mlp_units_and_names_what_it_cannot_see():
+    """ViT's patch embedding holds its class token itself (opaque, named); its encoder blocks
+    are traced: two heads per block and the MLP units prune, and shrink removes them."""
     model = vit()
     with pytest.warns(UserWarning, match="'vit_patching_and_embedding'.*holds 1 weight\\(s\\) "
                                          "of its own \\(class_token\\)"):
@@ -118,3 +147,22 @@ def test_a_vision_transformer_prunes_heads_and_mlp_units_and_names_what_it_canno
     want, got = _outputs(pruned, x), _outputs(small, x)
     for w, g in zip(want, got):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max())
+
+
+def test_deit_and_mit_stay_opaque_with_their_reasons_and_are_never_counted_silently():
+    """What tracing cannot see yet, said: DeiT's encoder blocks return a non-tensor (None) next
+    to their output; MiT's attention reshapes with the batch size taken from a symbolic shape,
+    so its trace cannot run."""
+    deit = _hub("deit.deit_backbone", "DeiTBackbone")(
+        image_shape=(16, 16, 3), patch_size=4, num_layers=2, num_heads=2, hidden_dim=16,
+        intermediate_dim=32)
+    mit = _hub("mit.mit_backbone", "MiTBackbone")(
+        layerwise_depths=[1, 1], num_layers=2, layerwise_num_heads=[1, 2],
+        layerwise_sr_ratios=[2, 1], max_drop_path_rate=0.0, layerwise_patch_sizes=[7, 3],
+        layerwise_strides=[4, 2], hidden_dims=[8, 16], image_shape=S)
+    for model, why in ((deit, "returned a non-tensor"), (mit, "could not be run on a random "
+                                                                "batch")):
+        with pytest.warns(UserWarning, match=why):
+            graph = tfsynapse.dependency_groups(model)
+        with pytest.warns(UserWarning, match=r"count_macs counted [\d,]+ MACs without"):
+            tfsynapse.count_macs(graph)

@@ -26,6 +26,7 @@ _UNARY = {
     "math.square", "nn.dropout", "nn.hard_sigmoid", "nn.hard_silu",
 }
 _REDUCE = {"math.reduce_mean", "math.reduce_max", "math.reduce_sum", "math.reduce_min"}
+_SPATIAL = {"pad"}  # moves values within each channel (checked numerically per call)
 
 
 def _raw_op(layer):
@@ -55,6 +56,8 @@ class TFOpRule(rules_lib.Rule):
         tensors = ctx.inputs
         if symbol in _REDUCE:
             return self._reduce(ctx)
+        if symbol in _SPATIAL and len(tensors) == 1:
+            return self._spatial(ctx, symbol)
         if len(tensors) >= 2 and symbol in _BINARY:
             return MergeRule(zero_if_any=_BINARY[symbol]).propagate(ctx)
         if len(tensors) == 1 and (symbol in _UNARY or symbol in _BINARY):
@@ -89,6 +92,29 @@ class TFOpRule(rules_lib.Rule):
         return np.all(out.reshape(-1, width) == 0, axis=0)
 
     @staticmethod
+    def _spatial(ctx, symbol):
+        """An op that should only move values inside each channel (padding): run it on a
+        batch whose channel ``c`` holds ``c + 1`` everywhere; channels pass only when every
+        output channel ``c`` holds nothing but ``c + 1`` and zeros (zero padding)."""
+        width = len(ctx.inputs[0])
+        shape = [1] + [1 if d is None else int(d) for d in ctx.input_shapes[0][1:]]
+        marker = np.broadcast_to(np.arange(1, width + 1, dtype=np.float32), shape)
+
+        def feed(obj):
+            return tf.constant(marker) if is_keras_tensor(obj) else obj
+
+        args = tf.nest.map_structure(feed, ctx.call.args)
+        kwargs = tf.nest.map_structure(feed, ctx.call.kwargs)
+        out = np.asarray(_raw_op(ctx.layer).function(*args, **kwargs))
+        if out.ndim == 0 or out.shape[-1] != width:
+            return rules_lib.Freeze(f"TF op '{symbol}' changes the channel axis").propagate(ctx)
+        values = out.reshape(-1, width)
+        expected = np.arange(1, width + 1, dtype=np.float32)
+        if not np.all((values == expected) | (values == 0)):
+            return rules_lib.Freeze(f"TF op '{symbol}' mixes or fills channels").propagate(ctx)
+        return [ctx.inputs[0]]
+
+    @staticmethod
     def _reduce(ctx):
         axis = _raw_op(ctx.layer).axis(ctx.call.args, ctx.call.kwargs)
         rank = ctx.input_shapes[0].rank
@@ -104,6 +130,7 @@ _RULE = TFOpRule()
 def rule_for_tf_op(layer):
     """The op rule if ``layer`` records an operation whose symbol is in the tables, else None."""
     symbol = _symbol(layer)
-    if symbol is not None and (symbol in _BINARY or symbol in _UNARY or symbol in _REDUCE):
+    if symbol is not None and (symbol in _BINARY or symbol in _UNARY or symbol in _REDUCE
+                               or symbol in _SPATIAL):
         return _RULE
     return None

@@ -255,7 +255,7 @@ _OPS = {
     "Softplus": "nn.softplus", "Negative": "math.negative", "Absolute": "math.abs",
     "Square": "math.square", "HardSigmoid": "nn.hard_sigmoid", "HardSilu": "nn.hard_silu",
     "Mean": "math.reduce_mean", "Max": "math.reduce_max", "Sum": "math.reduce_sum",
-    "Min": "math.reduce_min",
+    "Min": "math.reduce_min", "Pad": "pad",
 }
 
 
