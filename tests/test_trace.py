@@ -120,6 +120,11 @@ def test_a_subclassed_model_is_traced_into_a_functional_model_of_its_layers(K):
     assert tfsynapse.count_macs(net) == STEM_MACS + 2 * BLOCK_MACS + DENSE_MACS
     small = tfsynapse.shrink(tfsynapse.prune_once(net, 0.5, criterion="l1"))
     assert tfsynapse.count_macs(small) < 0.35 * tfsynapse.count_macs(net)
+    import tflite_export  # noqa: PLC0415
+
+    want = np.asarray(small(data))
+    lite = tflite_export.predict(tflite_export.convert(small), data)
+    np.testing.assert_allclose(lite, want, rtol=0, atol=1e-4 * np.abs(want).max())
 
 
 def test_a_subclassed_model_prunes_during_fit_and_shrinks_to_what_it_computed(K):
@@ -287,3 +292,43 @@ def test_traces_are_cached_per_layer_and_call_shape(K):
     first = dict(trace_lib._TRACES[block])
     tfsynapse.count_macs(model)
     assert trace_lib._TRACES[block] == first and len(first) == 1
+
+
+def _se_block_class(K):
+    mean = (lambda t: K.ops.mean(t, axis=(1, 2), keepdims=True)) if hasattr(K, "ops") else \
+        (lambda t: __import__("tensorflow").reduce_mean(t, axis=(1, 2), keepdims=True))
+
+    class SEBlock(K.layers.Layer):
+        """Conv-BN-ReLU-Conv with squeeze-excitation and a residual, written as one layer."""
+
+        def __init__(self, filters, **kwargs):
+            super().__init__(**kwargs)
+            self.c1 = K.layers.Conv2D(filters * 2, 3, padding="same")
+            self.bn = K.layers.BatchNormalization()
+            self.c2 = K.layers.Conv2D(filters, 3, padding="same")
+            self.squeeze = K.layers.Dense(4, activation="relu")
+            self.excite = K.layers.Dense(filters, activation="sigmoid")
+
+        def call(self, x):
+            y = self.c2(_relu(K)(self.bn(self.c1(x))))
+            return x + y * self.excite(self.squeeze(mean(y)))
+
+    return SEBlock
+
+
+def test_user_blocks_with_residual_and_squeeze_excitation_prune_shrink_and_export(K):
+    import tflite_export  # noqa: PLC0415
+
+    model = _randomize(blocks_model(K, _se_block_class(K)))
+    graph = tfsynapse.dependency_groups(model)
+    assert list(graph.flat.tracer.traced) == ["b1", "b2"] and not graph.flat.tracer.opaque
+    # inside each block: the expanded conv and the squeeze Dense are groups of their own; the
+    # second conv and the excitation are coupled with the residual stream (stem's group)
+    sizes = sorted(g.size for g in graph.prunable_groups)
+    assert sizes == [4, 4, 8, 16, 16], sizes
+    data = _data()
+    small = tfsynapse.shrink(tfsynapse.prune_once(model, 0.5, criterion="l1"))
+    assert tfsynapse.count_macs(small) < 0.4 * tfsynapse.count_macs(model)
+    lite = tflite_export.predict(tflite_export.convert(small), data)
+    want = np.asarray(small(data))
+    np.testing.assert_allclose(lite, want, rtol=0, atol=1e-4 * np.abs(want).max())
