@@ -11,5 +11,5 @@ noise that absolute numbers do not. Each section is one module with ``run(ctx) -
 the JSON/Markdown/plot writers.
 """
 
-SECTIONS = ("speed", "speed_keras3", "int8_layers", "budget", "budget_latency", "budget_alloc",
+SECTIONS = ("speed", "speed_keras3", "speed_hub", "int8_layers", "budget", "budget_latency", "budget_alloc",
             "overhead", "accuracy", "accuracy_ft", "scale")

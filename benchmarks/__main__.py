@@ -22,6 +22,7 @@ from benchmarks import SECTIONS
 TITLES = {
     "speed": "Speed: latency vs MACs in LiteRT",
     "speed_keras3": "Speed on Keras 3: the same protocol on keras.applications models",
+    "speed_hub": "Speed on keras-hub: a traced MobileNetV3 and a ViT with attention heads",
     "int8_layers": "int8 layers: where int8 LiteRT loses speedup per MAC",
     "budget": "Budget: prune_to_budget meets MAC, parameter and file-size budgets",
     "budget_latency": "Budget (latency): prune_to_budget against measured LiteRT latency",

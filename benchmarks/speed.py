@@ -64,7 +64,9 @@ def _variants(ctx, name, size, cfg, section):
 
     keras = backends.get(cfg["backend"]).keras
     keras.utils.set_random_seed(0)
-    dense = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
+    build = cfg.get("builders", {}).get(name)
+    dense = build(size) if build else getattr(keras.applications, name)(
+        weights=None, input_shape=(size, size, 3))
     dense_macs, dense_params = tfsynapse.count_macs(dense), tfsynapse.count_params(dense)
     ctx.log(section, f"{name} {size}x{size}: {dense_macs / 1e6:,.0f} M MACs, "
                      f"{dense_params / 1e6:.2f} M params")
@@ -108,10 +110,11 @@ def _export(variants, precision, shape, cfg):
             for name, (model, _) in variants.items()}
 
 
-def run(ctx, backend="tf_keras", section=SECTION):
+def run(ctx, backend="tf_keras", section=SECTION, cfg=None):
     """Runs the section on models of ``backend`` ('tf_keras' or 'keras3': tfmot's row only on
-    tf_keras, which tfmot supports); ``section`` names it in logs and targets."""
-    cfg = dict(settings(ctx.quick), backend=backend)
+    tf_keras, which tfmot supports); ``section`` names it in logs and targets; ``cfg`` replaces
+    the settings (its ``builders``: ``{model name: fn(size) -> dense model}``)."""
+    cfg = dict(cfg or settings(ctx.quick), backend=backend)
     cfg["tfmot"] = cfg["tfmot"] and backend == "tf_keras"
     rows, targets, timings = [], [], []
     for name, size in cfg["models"]:
