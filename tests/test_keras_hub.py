@@ -9,6 +9,7 @@ import pytest
 keras_hub = pytest.importorskip("keras_hub")
 
 import tfsynapse  # noqa: E402
+from conftest import zoo_cases  # noqa: E402
 from tfsynapse.backends import tf  # noqa: E402
 
 pytestmark = pytest.mark.zoo
@@ -93,7 +94,9 @@ def _randomize_batchnorm(model):
             layer.beta.assign(rng.normal(0, 0.3, c).astype(np.float32))
 
 
-@pytest.mark.parametrize("name", sorted(BACKBONES))
+# the composite-layer backbones run by default; TFSYNAPSE_ZOO=all runs all eight
+@pytest.mark.parametrize("name", zoo_cases(sorted(BACKBONES),
+                                           fast={"MobileNetV3", "HGNetV2", "Xception"}))
 def test_a_convolutional_backbone_is_counted_pruned_shrunk_and_exported_in_int8(name):
     import tflite_export  # noqa: PLC0415
 

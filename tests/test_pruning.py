@@ -70,7 +70,9 @@ def test_max_ratio_and_round_to(cnn):
     assert len(zero_units(w["c1/kernel"], 3)) == 4 and len(zero_units(w["c3/kernel"], 3)) == 4
 
 
-def test_global_scope_prunes_the_lowest_normalized_scores():
+def test_global_scope_prunes_lowest_first_in_each_group_within_the_caps():
+    """The split between groups is checked by hand in test_mechanisms.py (with the
+    normalisation removed on purpose); here: the total, the order inside each group, the caps."""
     model = graded_cnn()
     pruned = tfsynapse.prune_once(model, 0.5, scope="global", criterion="l1")
     w = weights_by_name(pruned)
