@@ -16,10 +16,21 @@ from tfsynapse.models import conv_bn_cnn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _python_blocks(path):
+    with open(os.path.join(ROOT, path)) as handle:
+        return re.findall(r"```python\n(.*?)```", handle.read(), flags=re.S)
+
+
 def _readme_python_blocks():
-    with open(os.path.join(ROOT, "README.md")) as handle:
-        text = handle.read()
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    """The API tour's blocks: docs/getting-started.md's (tf_keras, then Keras 3); the README's
+    fifteen lines are its first block, word for word (checked below), so they run once."""
+    return _python_blocks(os.path.join("docs", "getting-started.md"))
+
+
+def test_the_readmes_fifteen_lines_are_the_guides_first_block():
+    (readme,) = _python_blocks("README.md")
+    assert readme == _readme_python_blocks()[0]
+    assert len(readme.strip().splitlines()) <= 16
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +56,7 @@ def test_readme_api_tour_runs_as_written_and_reaches_its_target(digits, capsys):
         namespace = {"model": _model(), "x": x, "y": y}
         with warnings.catch_warnings(record=True) as record:
             warnings.simplefilter("always")
-            exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+            exec(compile(block, "getting-started.md", "exec"), namespace)  # noqa: S102 - our docs
         assert not _tfsynapse_warnings(record), _tfsynapse_warnings(record)
         if "pruned" in namespace:
             assert namespace["pruned"].pruned_fraction() == pytest.approx(0.5)
@@ -66,7 +77,7 @@ def test_the_tf_keras_training_block_runs_unchanged_on_a_keras3_model(digits, ca
     namespace = {"model": model, "x": x, "y": y}
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+        exec(compile(block, "getting-started.md", "exec"), namespace)  # noqa: S102 - our docs
     assert not _tfsynapse_warnings(record), _tfsynapse_warnings(record)
     assert tfsynapse.backends.backend_name(namespace["small"]) == "keras3"
     assert namespace["pruned"].pruned_fraction() == pytest.approx(0.5)
@@ -224,7 +235,7 @@ def test_saved_models_load_without_prune_scope(tmp_path):
     assert any(type(layer).__name__ == "SynapticConv2D" for layer in loaded.layers)
 
 
-def test_readme_command_line_block_runs_as_written(digits, tmp_path, monkeypatch):
+def test_the_guides_command_line_block_runs_as_written(digits, tmp_path, monkeypatch):
     """The first line runs through the installed ``tfsynapse`` script; the others in-process
     (``cli.main`` with the same words), sparing a TensorFlow import per line."""
     import shlex
@@ -233,7 +244,7 @@ def test_readme_command_line_block_runs_as_written(digits, tmp_path, monkeypatch
 
     from tfsynapse import cli
 
-    with open(os.path.join(ROOT, "README.md")) as handle:
+    with open(os.path.join(ROOT, "docs", "guides", "cli.md")) as handle:
         blocks = re.findall(r"```bash\n(.*?)```", handle.read(), flags=re.S)
     block = next(b for b in blocks if b.startswith("tfsynapse inspect"))
     x, y = digits

@@ -245,8 +245,15 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
       sparsity: a float in [0, 1), the fraction of units pruned per group (scope='layer') or
         over the model (scope='global'); or ``{layer name: ratio}`` for the groups those layers
         produce (other groups stay whole), e.g. from ``ratios_from_sensitivity``.
-      criterion, granularity, scope, round_to, max_pruning_ratio, ignored_layers, residual,
-        seed, strict: as in ``prune_synaptic``.
+      criterion: as in ``prune_synaptic`` (as are the next seven).
+      granularity: 'filter' or 'connection'.
+      scope: 'layer' or 'global'.
+      round_to: every pruned group keeps a multiple of this many units.
+      max_pruning_ratio: the largest fraction of any group that may be pruned.
+      ignored_layers: layers (or names) whose groups are never pruned.
+      residual: how groups with several producers are pruned ('group' or 'skip').
+      seed: the seed of random choices (the 'random' criterion).
+      strict: raise on a layer without a channel rule instead of freezing its channels.
       data: optional training images (array, ``(x, y)`` or dataset) to recalibrate the
         BatchNormalization statistics of the pruned copy (``recalibrate_batchnorm``); without
         it, accuracy right after pruning is usually far lower than it needs to be.
