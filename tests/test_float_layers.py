@@ -27,7 +27,7 @@ def _computing(data):
 
 def test_the_chosen_convolution_stays_float_and_the_rest_int8(model):
     """c1 (its batch norm and ReLU fused in) is float32 between the float input and a
-    QUANTIZE; every other op computes in int8; the outputs follow Keras' closely."""
+    QUANTIZE; every other op computes in int8; the outputs stay within 6% of Keras' output scale."""
     calib = rand_inputs(model, 32, seed=1)
     data = convert(model, "int8", representative_dataset=calib, float_layers="c1")
     ops = op_outputs(data)
@@ -36,8 +36,10 @@ def test_the_chosen_convolution_stays_float_and_the_rest_int8(model):
     plain = convert(model, "int8", representative_dataset=calib)
     assert _computing(plain)[0] == ("CONV_2D", np.int8)  # without float_layers: int8
     x = rand_inputs(model, 16, seed=2)
-    expected = np.asarray(model(x)).ravel()
-    assert np.corrcoef(predict(data, x).ravel(), expected)[0, 1] > 0.95
+    expected = np.asarray(model(x))
+    # measured 0.018 of the output scale; a model off by a constant factor of 2 is at 1.0
+    gap = np.abs(predict(data, x) - expected).max() / np.abs(expected).max()
+    assert gap < 0.06, gap
 
 
 def test_a_layer_named_like_an_op_keeps_only_itself_float(model):

@@ -198,12 +198,41 @@ def shrunk_modern(twins):
 @pytest.mark.parametrize("quantize", [None, "float16", "dynamic", "int8"])
 def test_keras3_export_in_every_mode_matches_keras(shrunk_modern, quantize):
     x = _x(shrunk_modern, 16, seed=2)
-    data = tflite_export.convert(shrunk_modern, quantize=quantize,
-                                 representative_dataset=x if quantize == "int8" else None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = tflite_export.convert(shrunk_modern, quantize=quantize,
+                                     representative_dataset=x if quantize == "int8" else None)
+    # every weight of this small model is under the converter's 1024-element threshold
+    said = [str(w.message) for w in caught if "left every weight float32" in str(w.message)]
+    assert bool(said) == (quantize == "dynamic"), said
     report = tflite_export.verify(data, shrunk_modern, x)
     scale = float(np.abs(np.asarray(shrunk_modern(x))).max())
     tolerance = {None: 1e-4, "float16": 1e-2, "dynamic": 5e-2, "int8": 1e-1}[quantize]
     assert np.isfinite(report["max_abs_error"]) and report["max_abs_error"] <= tolerance * scale
+    # the mode really changed the weights' storage (a mode that did nothing would pass above)
+    from tflite_export._runtime import load_interpreter  # noqa: PLC0415
+
+    kinds = {d["dtype"] for d in load_interpreter(data).get_tensor_details()
+             if len(d["shape"]) >= 2 and np.prod(d["shape"]) >= 8}
+    expected = {None: np.float32, "float16": np.float16, "dynamic": np.float32,
+                "int8": np.int8}[quantize]
+    assert expected in kinds, (quantize, kinds)
+
+
+def test_keras3_dynamic_range_quantises_weights_above_the_converters_threshold():
+    inputs = keras.Input((64,))
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Dense(32)(inputs)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 64 x 32 = 2048 weights: quantised, nothing to say
+        data = tflite_export.convert(model, quantize="dynamic")
+    from tflite_export._runtime import load_interpreter  # noqa: PLC0415
+
+    details = load_interpreter(data).get_tensor_details()
+    assert any(d["dtype"] == np.int8 and np.prod(d["shape"]) == 64 * 32 for d in details)
+    assert not any(d["dtype"] == np.int8 and np.prod(d["shape"]) == 32 * 4 for d in details)
+    x = _x(model, 8)
+    gap = np.abs(tflite_export.predict(data, x) - np.asarray(model(x))).max()
+    assert gap < 0.05 * np.abs(np.asarray(model(x))).max()
 
 
 def test_keras3_dict_outputs_export_in_keras_order():

@@ -47,7 +47,9 @@ def test_qat_model_exports_int8_without_calibration_and_agrees(shrunk):
     # calibration data is still accepted, and int8 I/O works as for any int8 export
     io = tflite_export.convert(qat, quantize="int8", representative_dataset=x[:32], int8_io=True)
     assert tflite_export.inspect(io)["inputs"][0]["dtype"] == "int8"
-    assert np.isfinite(tflite_export.predict(io, xt[:16])).all()
+    int8_out = tflite_export.predict(io, xt[:16])  # int8 I/O: the same classes as Keras
+    assert np.mean(np.argmax(int8_out, -1) == np.argmax(qat.predict(xt[:16], verbose=0), -1)) \
+        >= 0.9
     # post-training quantisation of a plain model still needs calibration data
     with pytest.raises(ValueError, match="calibration"):
         tflite_export.convert(small, quantize="int8")

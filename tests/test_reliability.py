@@ -182,7 +182,8 @@ def test_int8_export_of_groups_pruned_to_the_floor_and_constant_channels():
     small.get_layer("c3").set_weights([np.zeros_like(kernel), bias + 1.0])
     lite = tflite_export.convert(small, quantize="int8", representative_dataset=_calibration(small))
     x = np.concatenate(_calibration(small, 8))
-    assert np.isfinite(tflite_export.predict(lite, x)).all()
+    expected = np.asarray(small(x))  # measured 0.0016 of the output scale
+    assert np.abs(tflite_export.predict(lite, x) - expected).max() < 0.01 * np.abs(expected).max()
 
 
 def test_int8_export_with_extreme_weight_scales():
@@ -193,8 +194,10 @@ def test_int8_export_with_extreme_weight_scales():
     kernel[..., 1] *= 1e-6
     c1.set_weights([kernel, bias])
     lite = tflite_export.convert(model, quantize="int8", representative_dataset=_calibration(model))
-    out = tflite_export.predict(lite, np.concatenate(_calibration(model, 8)))
-    assert np.isfinite(out).all()
+    x = np.concatenate(_calibration(model, 8))
+    out, expected = tflite_export.predict(lite, x), np.asarray(model(x))
+    # per-channel scales keep both extremes: measured 0.019 of the output scale
+    assert np.abs(out - expected).max() < 0.06 * np.abs(expected).max()
 
 
 def test_channel_reordering_ops_freeze_instead_of_breaking():

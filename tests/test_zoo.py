@@ -45,7 +45,9 @@ def test_zoo_masked_equals_shrunk_and_int8_loads(name):
         return  # the int8 export of every architecture runs with TFSYNAPSE_ZOO=all
     data = tflite_export.convert(small, quantize="int8", representative_dataset=x, calibration_steps=2)
     out = np.asarray(tflite_export.predict(data, x))
-    assert out.shape == masked.shape and np.isfinite(out).all()
+    expected = np.asarray(small(x, training=False))
+    gap = np.abs(out - expected).max() / np.abs(expected).max()
+    assert out.shape == masked.shape and gap < 0.25, f"int8 differs by {gap:.3f} of the scale"
 
 
 PUBLISHED_MACS = {  # multiply-accumulates at 224x224, from the models' papers / keras tables

@@ -223,9 +223,25 @@ def convert(
         data = _first_strategy_that_converts(model, quantize, directory, isolate, kept_float)
     if quantize == "int8" and calibration is None:
         _warn_float_parts(conversion_job.check_loads(data, quantize))
+    if quantize == "dynamic":
+        _warn_if_nothing_quantised(data)
     if output is not None:
         atomic_write(output, lambda stream: stream.write(data))
     return data
+
+
+def _warn_if_nothing_quantised(data):
+    """Dynamic-range quantisation that quantised no weight is a float32 model: say so."""
+    details = _runtime.load_interpreter(data).get_tensor_details()
+    weights = [d for d in details if len(d["shape"]) >= 2]
+    if any(d["dtype"] == np.int8 for d in weights):
+        return
+    largest = max((int(np.prod(d["shape"])) for d in weights), default=0)
+    warnings.warn(
+        "quantize='dynamic' left every weight float32: the TFLite converter quantises only "
+        f"weight tensors of at least 1024 elements, and the largest here has {largest:,}. "
+        "The file is a float32 model; use quantize='float16' or 'int8' for this model.",
+        stacklevel=3)
 
 
 def _first_strategy_that_converts(model, quantize, directory, isolate, kept_float=()):
