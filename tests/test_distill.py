@@ -216,3 +216,17 @@ def test_keras3_models_are_refused(teacher):
     with pytest.raises(TypeError, match="the teacher is keras3: distil between two models of "
                                         "the same Keras"):
         Distiller(small_cnn(), k3)
+
+
+@pytest.mark.parametrize("name", ["tf_keras", "keras3"])
+def test_tfsynapse_distiller_is_a_class_for_isinstance_on_both_keras(name):
+    from tfsynapse import backends  # noqa: PLC0415
+
+    student = randomize_bn(small_cnn(backend=name))
+    teacher = randomize_bn(small_cnn(backend=name), rng=np.random.default_rng(1))
+    distiller = tfsynapse.Distiller(student, teacher, temperature=2.0)
+    assert isinstance(distiller, tfsynapse.Distiller)
+    assert isinstance(distiller, backends.get(name).Distiller)
+    assert issubclass(backends.get(name).Distiller, tfsynapse.Distiller)
+    assert not isinstance(student, tfsynapse.Distiller)
+    assert not issubclass(int, tfsynapse.Distiller)

@@ -18,6 +18,7 @@ import math
 import numbers
 
 from tfsynapse.backends import backend_name, backend_of
+from tfsynapse.backends.distillation import DistillerBase
 
 
 def _number(value, name, low, high, low_open):
@@ -58,7 +59,32 @@ def check_pair(student, teacher):
                          f"{t_shape}; both must score the same classes.")
 
 
-def Distiller(student, teacher, temperature=4.0, alpha=0.9, from_logits=True, **kwargs):  # noqa: N802 - used as a class
+class _DistillerType(type):
+    """``tfsynapse.Distiller(...)`` builds the backend's distiller; ``isinstance`` and
+    ``issubclass`` recognise either backend's (they share ``DistillerBase``)."""
+
+    def __call__(cls, student, teacher, temperature=4.0, alpha=0.9, from_logits=True, **kwargs):
+        return make_distiller(student, teacher, temperature, alpha, from_logits, **kwargs)
+
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, DistillerBase)
+
+    def __subclasscheck__(cls, subclass):
+        return isinstance(subclass, type) and issubclass(subclass, DistillerBase)
+
+
+class Distiller(metaclass=_DistillerType):
+    """Trains a student with the soft targets of a frozen teacher plus the hard labels.
+
+    ``tfsynapse.Distiller(student, teacher, temperature=4.0, alpha=0.9, from_logits=True,
+    **kwargs)`` returns the distiller of the student's Keras (see ``make_distiller`` for the
+    arguments); ``isinstance(d, tfsynapse.Distiller)`` holds for either Keras's distiller. To
+    change the objective, subclass the backend's class (``tfsynapse.backends.get(name)
+    .Distiller``).
+    """
+
+
+def make_distiller(student, teacher, temperature=4.0, alpha=0.9, from_logits=True, **kwargs):
     """Trains ``student`` with the soft targets of a frozen ``teacher`` plus the hard labels.
 
     Compile it like the student (``distiller.compile(optimizer, loss, metrics=[...])``), the
