@@ -30,11 +30,17 @@ def paired(a, b):
             "diffs": [round(float(d), 3) for d in diffs]}
 
 
+def _no_interval(stat):
+    """One seed has no CI: NaN when computed, None once results.json was read back."""
+    half_width = stat["half_width"]
+    return half_width is None or math.isnan(half_width)
+
+
 def fmt(stat):
     """``+0.12 [-0.30, +0.54] (n=3)`` or ``+0.12 (n=1)``."""
     if stat["n"] == 0:
         return "-"
-    if math.isnan(stat["half_width"]):
+    if _no_interval(stat):
         return f"{stat['mean']:+.2f} (n={stat['n']})"
     return f"{stat['mean']:+.2f} [{stat['low']:+.2f}, {stat['high']:+.2f}] (n={stat['n']})"
 
@@ -44,7 +50,7 @@ def verdict(stat, threshold=0.0):
     'not resolved' (the CI straddles it, or too few seeds)."""
     if stat["n"] == 0:
         return "not measured yet"
-    if stat["n"] < 2 or math.isnan(stat["half_width"]):
+    if stat["n"] < 2 or _no_interval(stat):
         return "not resolved (one seed)"
     if stat["low"] > threshold:
         return "holds"
