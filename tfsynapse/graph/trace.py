@@ -187,16 +187,17 @@ def _trace(backend, layer, args, kwargs):
     try:
         model, _ = backend.trace_call(layer, args, kwargs)
     except Exception as error:  # noqa: BLE001 - any user code may fail on symbolic tensors
-        return f"not traced: its call failed on symbolic inputs ({_describe(error)})"
+        return f"not traced: its call failed on symbolic inputs ({describe_error(error)})"
     problem = _differs(backend, layer, model, args, kwargs)
     if problem:
         return f"not traced: {problem}"
     return Traced(model)
 
 
-def _describe(error):
+def describe_error(error, limit=200):
+    """``'TypeError: message'`` on one line, cut at ``limit`` characters (for reasons)."""
     text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
+    return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
 def _example(tensor, rng):
@@ -223,7 +224,7 @@ def _differs(backend, layer, model, args, kwargs):
         expected = tf.nest.flatten(layer(*concrete[0], **concrete[1]))
         got = tf.nest.flatten(model(feed[0] if len(feed) == 1 else feed))
     except Exception as error:  # noqa: BLE001 - any user code
-        return f"it could not be run on a random batch to check the trace ({_describe(error)})"
+        return f"it could not be run on a random batch to check the trace ({describe_error(error)})"
     if len(expected) != len(got):
         return f"the traced graph has {len(got)} outputs, the layer {len(expected)}"
     for want, have in zip(expected, got):
@@ -269,7 +270,7 @@ def functional_model(model):
         raise ValueError(f"subclassed model '{model.name}': {error}") from error
     except Exception as error:  # noqa: BLE001 - any user code
         raise ValueError(f"subclassed model '{model.name}' ({type(model).__name__}) could not be "
-                         f"traced into a graph of its layers: {_describe(error)}. {advice}"
+                         f"traced into a graph of its layers: {describe_error(error)}. {advice}"
                          ) from error
     inputs = backend.model_io(traced)[0]
     problem = _differs(backend, model, traced, (inputs if len(inputs) > 1 else inputs[0],), {})

@@ -13,7 +13,7 @@ import itertools
 import warnings
 
 from tfsynapse.backends import backend_of, tf, unwrap
-from tfsynapse.graph.trace import Tracer, functional_model, symbolic_sources
+from tfsynapse.graph.trace import Tracer, describe_error, functional_model, symbolic_sources
 
 
 @dataclasses.dataclass
@@ -243,8 +243,7 @@ def layer_from_config(layer, change=None, may_share=False):
         config = layer.get_config()
         return type(layer).from_config(change(config) if change else config)
     except Exception as err:  # noqa: BLE001 - re-raised with the layer's name
-        cause = " ".join(f"{type(err).__name__}: {err}".split())
-        cause = f"{cause[:300]}{'...' if len(cause) > 300 else ''}"
+        cause = describe_error(err, limit=300)
         if not layer.weights or (change is None and may_share):
             if layer.weights:
                 warnings.warn(
