@@ -1,6 +1,8 @@
 """Shared pytest setup: quiet TensorFlow, deterministic seeds, small shared models."""
 
 import os
+import subprocess
+import sys
 import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -84,7 +86,7 @@ def randomize_bn(model, rng=None, negative_gammas=True):
             gamma = rng.uniform(0.5, 1.5, c) * (np.where(rng.random(c) < 0.3, -1, 1) if negative_gammas else 1)
             values = []
             for w in inner.weights:
-                name = w.name.split("/")[-1].split(":")[0]
+                name = weight_name(w)
                 values.append({
                     "gamma": gamma, "beta": rng.normal(0, 0.3, c),
                     "moving_mean": rng.normal(0, 0.3, c), "moving_variance": rng.uniform(0.5, 2.0, c),
@@ -132,25 +134,64 @@ def cnn(backend):
     return randomize_bn(small_cnn(backend=backend))
 
 
+def normal(*shape, seed=0, scale=1.0):
+    """Standard normal float32 data of ``shape`` (times ``scale``), reproducible by ``seed``."""
+    return (scale * np.random.default_rng(seed).normal(size=shape)).astype(np.float32)
+
+
 def rand_inputs(model, n=4, seed=0):
-    rng = np.random.default_rng(seed)
-    shape = [n] + [int(d) for d in model.inputs[0].shape[1:]]
-    return rng.normal(size=shape).astype(np.float32)
+    """A batch of ``n`` standard normal inputs shaped for ``model``'s first input."""
+    return normal(n, *[int(d) for d in model.inputs[0].shape[1:]], seed=seed)
 
 
 def zero_units(array, axis):
     """Indices along ``axis`` whose slices are entirely zero."""
-    moved = np.moveaxis(np.asarray(array), axis, 0).reshape(array.shape[axis], -1)
+    array = np.asarray(array)
+    moved = np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
     return np.nonzero(~np.any(moved != 0, axis=1))[0].tolist()
 
 
+def dead_filters(kernel):
+    """Indices of a kernel's output channels (its last axis) that are entirely zero."""
+    kernel = np.asarray(kernel)
+    return zero_units(kernel, kernel.ndim - 1)
+
+
+def weight_name(weight):
+    """A weight's own name ('kernel', 'gamma', ...) on either Keras (tf_keras names carry
+    the layer's scope and ':0')."""
+    return weight.name.split("/")[-1].split(":")[0]
+
+
 def weights_by_name(model):
+    """``{'layer/weight': array}`` of every layer's own weights (wrappers unwrapped)."""
     out = {}
     for layer in model.layers:
         inner = getattr(layer, "layer", layer)
         for w in inner.weights:
-            out[f"{inner.name}/{w.name.split('/')[-1].split(':')[0]}"] = w.numpy()
+            out[f"{inner.name}/{weight_name(w)}"] = w.numpy()
     return out
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+
+
+def run_python(*args, cwd=ROOT, env=None, timeout=300):
+    """Runs this Python with ``args`` (a script, ``-m module ...`` or ``-c code``) in a fresh
+    process; returns the ``CompletedProcess`` with its stdout and stderr as text."""
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout, check=False)
+
+
+def run_script_until(folder, source, marker):
+    """Writes ``source`` (``{tests}`` replaced by this folder, for imports) to a script in
+    ``folder``, runs it in a fresh process and checks it printed ``marker``."""
+    script = os.path.join(str(folder), "script.py")
+    with open(script, "w") as handle:
+        handle.write(source.format(tests=os.path.dirname(os.path.abspath(__file__))))
+    result = run_python(script)
+    assert marker in result.stdout, result.stderr[-3000:]
+    return result
 
 
 def tensorboard_scalars(folder):
@@ -194,8 +235,7 @@ def zoo_prune_and_shrink(model, name):
     assert tfsynapse.count_params(graph) == model.count_params()
     pruned = tfsynapse.prune_once(model, 0.5, criterion="random" if len(name) % 2 else "l1")
     small, report = tfsynapse.shrink(pruned, return_report=True, check=False)
-    x = np.random.default_rng(3).normal(size=(2,) + tuple(model.inputs[0].shape[1:]))
-    x = x.astype("float32")
+    x = rand_inputs(model, 2, seed=3)
     masked, shrunk = np.asarray(pruned(x, training=False)), np.asarray(small(x, training=False))
     assert np.abs(shrunk - masked).max() <= 1e-3 * max(float(np.abs(masked).max()), 1e-6), name
     assert graph.prunable_groups and report.mac_reduction >= 0.3, report.table()

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import tfsynapse
+from conftest import normal
 
 T, D, HEADS, KEY_DIM, MLP = 6, 16, 4, 8, 32
 
@@ -26,7 +27,7 @@ def transformer(K, return_scores=False):
 
 
 def _data():
-    return np.random.default_rng(1).normal(size=(3, T, D)).astype(np.float32)
+    return normal(3, T, D, seed=1)
 
 
 def test_heads_and_mlp_units_are_groups_and_the_residual_width_is_frozen(K):

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import normal
 from tfsynapse.backends.tf_keras import tf
 from tfsynapse.criteria import (
     connection_l1,
@@ -317,7 +318,7 @@ def test_each_criterion_makes_its_scores_comparable_for_global_ranking():
 
 @pytest.mark.parametrize("shape", [(3, 3, 4, 5), (3, 4, 5), (4, 5), (2, 2, 2, 4, 5)])
 def test_connection_criteria_match_numpy(shape):
-    kernel = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    kernel = normal(*shape)
     axes = tuple(range(len(shape) - 2))
     np.testing.assert_allclose(kernel_norm(kernel), np.sqrt((kernel**2).sum(axes)), rtol=1e-5)
     np.testing.assert_allclose(connection_l1(kernel), np.abs(kernel).sum(axes), rtol=1e-5)
@@ -328,7 +329,7 @@ def test_connection_criteria_match_numpy(shape):
 
 
 def test_synaptic_strength_with_gamma():
-    kernel = np.random.default_rng(1).normal(size=(3, 3, 4, 2)).astype(np.float32)
+    kernel = normal(3, 3, 4, 2, seed=1)
     gamma = np.array([2.0, -0.5, 0.0, 1.0], np.float32)
     expected = np.abs(gamma)[:, None] * np.sqrt((kernel**2).sum((0, 1)))
     np.testing.assert_allclose(synaptic_strength(kernel, gamma), expected, rtol=1e-5)

@@ -2,12 +2,10 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, run_python
 
 
 LONG = os.environ.get("TFSYNAPSE_LONG") == "1"
@@ -25,10 +23,9 @@ LONG = os.environ.get("TFSYNAPSE_LONG") == "1"
     pytest.param("dscore", ["--sensitivity", "--nodistill"], id="sensitivity", marks=[
         pytest.mark.slow, pytest.mark.skipif(not LONG, reason="TFSYNAPSE_LONG=1 (3 minutes)")])])
 def test_quickstart_quick_run(tmp_path, criterion, extra):
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "examples", "quickstart.py"), "--quick",
-         f"--criterion={criterion}", f"--output_dir={tmp_path}"] + extra,
-        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    result = run_python(os.path.join(ROOT, "examples", "quickstart.py"), "--quick",
+                        f"--criterion={criterion}", f"--output_dir={tmp_path}", *extra,
+                        timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     rows = json.loads((tmp_path / "results.json").read_text())
     assert rows["criterion"] == criterion and rows["distilled"] == ("--nodistill" not in extra)
@@ -52,9 +49,8 @@ def test_quickstart_quick_run(tmp_path, criterion, extra):
 
 
 def test_keras_applications_example_runs(tmp_path):
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "examples", "keras_applications.py"), "--model=MobileNetV2",
-         "--size=32", "--runs=2", f"--output_dir={tmp_path}"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    result = run_python(os.path.join(ROOT, "examples", "keras_applications.py"),
+                        "--model=MobileNetV2", "--size=32", "--runs=2",
+                        f"--output_dir={tmp_path}", timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "speedup" in result.stdout and len(list(tmp_path.glob("*.tflite"))) == 2

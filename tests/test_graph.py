@@ -1,6 +1,5 @@
 """Dependency graph: exact group contents per rule on toy models, and consistency on real ones."""
 
-import warnings
 
 import numpy as np
 import pytest

@@ -6,15 +6,14 @@ import pytest
 
 import tflite_export
 import tfsynapse
-from conftest import both_backends, randomize_bn, small_cnn
+from conftest import both_backends, dead_filters, normal, randomize_bn, small_cnn
 from tfsynapse.backends.tf_keras import keras, tf
 
 backend = both_backends(globals())  # every test runs on tf_keras and on Keras 3
 
 
 def _c1_pruned_filters(model):
-    kernel = model.get_layer("c1").get_weights()[0]
-    return set(np.nonzero(~np.any(kernel.reshape(-1, kernel.shape[-1]) != 0, axis=0))[0])
+    return set(dead_filters(model.get_layer("c1").get_weights()[0]))
 
 
 # ------------------------------------------------------------ class 1: criterion identity
@@ -38,8 +37,7 @@ def test_each_model_keeps_the_callable_it_was_built_with(backend):
     tfsynapse.pruning.apply_masks(first.mask_plan, masks)
     wrapped = first.get_layer("structured_prune_wrapper_c1" if backend == "tf_keras" else "c1")
     kernel = getattr(wrapped, "layer", wrapped).kernel.numpy()  # Keras 3 masks layers in place
-    dead = set(np.nonzero(~np.any(kernel.reshape(-1, kernel.shape[-1]) != 0, axis=0))[0])
-    assert dead == _c1_pruned_filters(expected)
+    assert set(dead_filters(kernel)) == _c1_pruned_filters(expected)
 
 
 def test_a_saved_model_says_which_criterion_it_needs(tmp_path):
@@ -105,7 +103,7 @@ def test_shrink_self_check_does_not_pass_nan():
 
 def test_non_finite_calibration_data_is_refused_before_conversion():
     model = randomize_bn(small_cnn())
-    data = np.random.default_rng(0).normal(size=(8, 12, 12, 3)).astype("float32")
+    data = normal(8, 12, 12, 3)
     data[5, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="holds 1 NaN or inf values"):
         tflite_export.convert(model, "int8", representative_dataset=data)
@@ -185,7 +183,7 @@ def test_a_crashing_converter_does_not_kill_the_process(monkeypatch, tmp_path, b
     # the next job gets a fresh worker; a real int8 GRU crashes TensorFlow 2.21's converter
     inputs = keras.Input((6, 3))
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GRU(4)(inputs)))
-    x = np.random.default_rng(0).normal(size=(4, 6, 3)).astype("float32")
+    x = normal(4, 6, 3)
     try:
         tflite_export.convert(model, "int8", representative_dataset=x, calibration_steps=1)
     except RuntimeError as err:  # what a crash must become
@@ -258,7 +256,7 @@ def test_dict_outputs_shrink_and_masked_equals_shrunk():
 @pytest.mark.parametrize("quantize", [None, "int8"])
 def test_predict_returns_outputs_in_keras_order(quantize):
     model = randomize_bn(_two_outputs(as_dict=False))  # 'zz' first: not the sorted order
-    x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    x = normal(4, 8, 8, 3)
     lite = tflite_export.convert(model, quantize, representative_dataset=x if quantize else None)
     outputs = tflite_export.predict(lite, x)
     assert [o.shape[-1] for o in outputs] == [2, 3]

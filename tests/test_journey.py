@@ -7,13 +7,12 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import tensorboard_scalars
+from conftest import ROOT, run_python, tensorboard_scalars
 import tfsynapse
 from tfsynapse.backends.tf_keras import keras, pruning_callbacks
 from tfsynapse.datasets import load_digits
 from tfsynapse.models import conv_bn_cnn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _python_blocks(path):
@@ -202,22 +201,15 @@ def test_calibration_shape_errors_name_the_real_mismatch():
 
 
 def test_subpackages_and_dir_of_the_package():
-    import subprocess
-    import sys
-
     code = ("import tfsynapse; print(tfsynapse.graph.Rule.__name__); "
             "print(sorted(n for n in dir(tfsynapse) if n.startswith('_')))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=300, check=False)
+    result = run_python("-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == ["Rule", "['__version__']"]
     assert "importlib" not in dir(tfsynapse) and "fit_schedule" in dir(tfsynapse)
 
 
 def test_saved_models_load_without_prune_scope(tmp_path):
-    import subprocess
-    import sys
-
     pruned = tfsynapse.prune_synaptic(_model(), tfsynapse.ConstantSparsity(0.5, 0), criterion="l1",
                                       granularity="filter")
     pruned.save(tmp_path / "pruned.keras")
@@ -226,8 +218,7 @@ def test_saved_models_load_without_prune_scope(tmp_path):
     code = ("import os; os.environ['TF_USE_LEGACY_KERAS'] = '1'; import tf_keras as keras; "
             f"m = keras.models.load_model({str(tmp_path / 'pruned.keras')!r}); "
             "print(type(m).__name__, m.pruning_options.criterion)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=300, check=False)
+    result = run_python("-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["PrunedModel", "l1"]
     # once tfsynapse's layers are imported (as here), a plain load_model finds SynapticConv2D
@@ -279,8 +270,6 @@ def test_readme_layout_lists_every_example():
 def test_a_pruned_model_saved_before_the_backend_packages_still_loads(tmp_path):
     """Files of tfsynapse 0.1.0 name ``tfsynapse.pruning.model`` as PrunedModel's module."""
     import json  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
     import zipfile  # noqa: PLC0415
 
     pruned = tfsynapse.prune_synaptic(_model(), tfsynapse.ConstantSparsity(0.5, 0), criterion="l1",
@@ -298,7 +287,6 @@ def test_a_pruned_model_saved_before_the_backend_packages_still_loads(tmp_path):
             target.writestr(item, data)
     code = ("import os; os.environ['TF_USE_LEGACY_KERAS'] = '1'; import tf_keras as keras; "
             f"m = keras.models.load_model({str(old)!r}); print(type(m).__name__)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=300, check=False)
+    result = run_python("-c", code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["PrunedModel"]

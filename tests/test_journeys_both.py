@@ -3,14 +3,12 @@ on one of them (issue #31): files that load in a fresh process, the CLI's data a
 distillation with progress, numeric budgets, a latency function that returns no number."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
-from conftest import both_backends, rand_inputs, small_cnn
+from conftest import both_backends, dead_filters, rand_inputs, run_python, small_cnn
 import tfsynapse
 from tfsynapse import cli
 
@@ -41,8 +39,7 @@ def _pruned_mid_training(backend, model):
 
 
 def _run_python(code):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
+    return run_python("-c", textwrap.dedent(code))
 
 
 def test_a_file_saved_mid_training_loads_in_a_fresh_process_and_in_the_cli(backend, tmp_path,
@@ -85,7 +82,7 @@ def test_the_cli_prunes_with_labelled_data_and_fine_tunes(backend, tmp_path, cap
     assert "accuracy after fine-tuning" in printed
     loaded = tfsynapse.backends.get(backend).load_model(out)
     kernel = np.asarray(loaded.get_layer("c3").kernel)
-    assert int((~np.any(kernel.reshape(-1, kernel.shape[-1]) != 0, axis=0)).sum()) > 0
+    assert dead_filters(kernel)
 
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])

@@ -9,7 +9,7 @@ import pytest
 keras_hub = pytest.importorskip("keras_hub")
 
 import tfsynapse  # noqa: E402
-from conftest import zoo_cases  # noqa: E402
+from conftest import normal, zoo_cases  # noqa: E402
 from tfsynapse.backends import tf  # noqa: E402
 
 pytestmark = pytest.mark.zoo
@@ -141,7 +141,7 @@ def test_a_vision_transformer_prunes_heads_and_mlp_units_and_names_what_it_canno
     with pytest.warns(UserWarning, match="without 1 layer\\(s\\).*1,072 weights: "
                                          "'vit_patching_and_embedding'"):
         tfsynapse.count_macs(graph)
-    x = np.random.default_rng(1).normal(size=(2, 16, 16, 3)).astype(np.float32)
+    x = normal(2, 16, 16, 3, seed=1)
     with pytest.warns(UserWarning):
         pruned = tfsynapse.prune_once(model, 0.5, criterion="l1")
         small = tfsynapse.shrink(pruned)

@@ -5,7 +5,7 @@ import pytest
 
 import tflite_export
 import tfsynapse
-from conftest import both_backends, randomize_bn
+from conftest import both_backends, normal, randomize_bn
 from tfsynapse.backends.tf_keras import keras, tf
 from tfsynapse.layers.synaptic import is_synaptic, synaptic_class
 
@@ -16,7 +16,7 @@ backend = both_backends(globals())  # every test runs on tf_keras and on Keras 3
 def test_reparameterized_layer_computes_conv_with_s_times_unit_direction(backend):
     SynapticConv2D = synaptic_class(keras.Input((1,)))  # noqa: N806 - this Keras' class
     layer = SynapticConv2D(5, 3, padding="same", strength_initializer="random_uniform")
-    x = np.random.default_rng(0).normal(size=(2, 7, 7, 4)).astype("float32")
+    x = normal(2, 7, 7, 4)
     y = layer(x)
     v, s, b = (w.numpy() for w in layer.weights)
     kernel = s[None, None] * v / np.sqrt((v ** 2).sum(axis=(0, 1), keepdims=True) + 1e-12)
@@ -50,7 +50,7 @@ def test_to_and_from_synaptic_preserve_outputs_with_negative_gammas():
     synaptic, report = tfsynapse.to_synaptic(model, return_report=True)
     assert sorted(report.folded) == ["bn1", "bn2", "bn3"] and report.flipped and not report.kept
     assert all(not synaptic.get_layer(n).scale for n in ("bn1", "bn2", "bn3"))
-    x = np.random.default_rng(1).normal(size=(4, 10, 10, 3)).astype("float32")
+    x = normal(4, 10, 10, 3, seed=1)
     np.testing.assert_allclose(synaptic(x), model(x), rtol=1e-4, atol=1e-5)
     plain = tfsynapse.from_synaptic(synaptic)
     assert not any(is_synaptic(l) for l in plain.layers)
@@ -62,7 +62,7 @@ def test_non_homogeneous_activation_keeps_the_bn_scale():
     synaptic, report = tfsynapse.to_synaptic(model, return_report=True)
     assert "bn3" in report.kept and "homogeneous" in report.kept["bn3"]
     assert synaptic.get_layer("bn3").scale
-    x = np.random.default_rng(1).normal(size=(2, 10, 10, 3)).astype("float32")
+    x = normal(2, 10, 10, 3, seed=1)
     np.testing.assert_allclose(synaptic(x), model(x), rtol=1e-4, atol=1e-5)
 
 
@@ -79,7 +79,7 @@ def test_negative_gammas_after_a_relu_producer_keep_the_bn_scale():
     assert np.any(model.get_layer("bn").gamma.numpy() < 0)
     synaptic, report = tfsynapse.to_synaptic(model, return_report=True)
     assert "relu" in report.kept["bn"] and not report.flipped
-    x = np.random.default_rng(0).normal(size=(4, 10, 10, 1)).astype("float32")
+    x = normal(4, 10, 10, 1)
     np.testing.assert_allclose(synaptic(x), model(x), rtol=1e-4, atol=1e-5)
 
 
@@ -132,7 +132,7 @@ def test_synaptic_model_saves_loads_and_converts(tmp_path, fmt, backend):
     synaptic.save(path)
     with tfsynapse.prune_scope():
         loaded = keras.models.load_model(path)
-    x = np.random.default_rng(2).normal(size=(3, 10, 10, 3)).astype("float32")
+    x = normal(3, 10, 10, 3, seed=2)
     np.testing.assert_allclose(loaded(x), synaptic(x), rtol=1e-5, atol=1e-6)
     flat = tflite_export.convert(loaded)
     assert tflite_export.verify(flat, loaded, x)["max_abs_error"] < 1e-4

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tfsynapse
-from conftest import rand_inputs, randomize_bn, small_cnn
+from conftest import dead_filters, rand_inputs, randomize_bn, small_cnn
 from tfsynapse.criteria import registry
 
 shrink_module = importlib.import_module("tfsynapse.surgery.shrink")  # the module, not the function
@@ -30,8 +30,7 @@ def two_scaled_groups(K):
 
 
 def _pruned_units(model, name):
-    kernel = model.get_layer(name).get_weights()[0]
-    return np.nonzero(np.abs(kernel).sum(axis=(0, 1, 2)) == 0)[0].tolist()
+    return dead_filters(model.get_layer(name).get_weights()[0])
 
 
 def test_global_scope_ranks_scores_relative_to_their_group(K):

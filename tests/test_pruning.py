@@ -1,15 +1,13 @@
 """The structured pruning engine: masks, schedules, tfmot callbacks, save/load, errors."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
 import tfsynapse
-from conftest import randomize_bn, small_cnn, weights_by_name, zero_units
+from conftest import randomize_bn, run_script_until, small_cnn, weights_by_name, zero_units
 from tfsynapse.backends.tf_keras import keras, pruning_wrapper
 from tfsynapse.pruning import collect_wrappers
 
@@ -254,7 +252,4 @@ MIRRORED = textwrap.dedent("""
 
 
 def test_fit_under_mirrored_strategy_keeps_replica_masks_identical(tmp_path):
-    script = tmp_path / "mirrored.py"
-    script.write_text(MIRRORED.format(tests=os.path.dirname(__file__)))
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
-    assert "MIRRORED_OK" in result.stdout, result.stderr[-3000:]
+    run_script_until(tmp_path, MIRRORED, "MIRRORED_OK")

@@ -77,6 +77,7 @@ def test_refusals_say_what_to_do(shrunk):
     import keras as keras3
 
     k3 = keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(2)])
+    assert tflite_export.is_quantize_aware(k3) is False  # asked of either Keras, never raises
     with pytest.raises(TypeError, match="Keras 3"):
         tflite_export.quantize_aware(k3)
     inputs = keras.Input((4, 4, 2))

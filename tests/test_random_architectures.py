@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import tflite_export
 import tfsynapse
-from conftest import randomize_bn
+from conftest import rand_inputs, randomize_bn
 from tfsynapse.backends.tf_keras import keras, tf
 
 L = keras.layers
@@ -87,7 +87,7 @@ def test_random_architecture_prunes_shrinks_and_converts(data):
     pruned = tfsynapse.prune_once(model, sparsity, criterion="random", scope=scope,
                                   seed=data.draw(st.integers(0, 1000)))
     small = tfsynapse.shrink(pruned, check=False)
-    x = np.random.default_rng(0).normal(size=[3] + [int(d) for d in model.inputs[0].shape[1:]]).astype("float32")
+    x = rand_inputs(model, 3)
     expected = [o.numpy() for o in tf.nest.flatten(pruned(x, training=False))]
     got = [o.numpy() for o in tf.nest.flatten(small(x, training=False))]
     scale = max(1.0, max(float(np.abs(e).max()) for e in expected))

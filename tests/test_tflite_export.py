@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import both_backends
+from conftest import both_backends, normal
 from tfsynapse.backends.tf_keras import keras, tf
 
 import tflite_export
@@ -202,7 +202,7 @@ def test_keras3_model_converts():  # every mode and structure: tests/test_keras3
     keras3 = pytest.importorskip("keras")
     inputs = keras3.Input((4,))
     model = keras3.Model(inputs, keras3.layers.Dense(2)(inputs))
-    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    x = normal(3, 4)
     np.testing.assert_allclose(predict(convert(model), x), np.asarray(model(x)), atol=1e-5)
 
 
@@ -335,14 +335,16 @@ def test_predict_returns_the_models_outputs(converted, cnn, test_inputs):
     assert int8.shape == expected.shape and int8.dtype == np.float32
 
 
-def test_sparse_weight_encoding_shrinks_connection_pruned_models():
+def test_sparse_weight_encoding_shrinks_connection_pruned_models(backend):
     import tfsynapse  # noqa: PLC0415
     from tfsynapse.models import conv_bn_cnn  # noqa: PLC0415
 
-    model = tfsynapse.prune_once(conv_bn_cnn((16, 16, 1), 4, widths=(16, 32, 32, 64)), 0.9,
+    dense_model = conv_bn_cnn((16, 16, 1), 4, widths=(16, 32, 32, 64), backend=backend)
+    assert tfsynapse.backends.backend_name(dense_model) == backend  # this Keras's model
+    model = tfsynapse.prune_once(dense_model, 0.9,
                                  granularity="connection", criterion="kernel_norm",
                                  scope="global", max_pruning_ratio=0.98)
-    x = np.random.default_rng(0).normal(size=(4, 16, 16, 1)).astype(np.float32)
+    x = normal(4, 16, 16, 1)
     for mode in (None, "float16"):
         dense, sparse = convert(model, mode), convert(model, mode, sparse_weights=True)
         assert len(sparse) < 0.5 * len(dense), mode
@@ -373,7 +375,7 @@ def test_int8_with_constant_activations_loads_in_xnnpack_and_says_so():
     was far above the 256 XNNPACK accepts: "failed to create XNNPACK runtime" (the SE int8
     failure of earlier reports)."""
     model = _dead_se_model()
-    x = np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype("float32")
+    x = normal(16, 8, 8, 3)
     with pytest.warns(UserWarning, match="constant over the calibration data"):
         data = convert(model, quantize="int8", representative_dataset=x)
     report = verify(data, model, x)  # loads with XNNPACK (the default delegate)

@@ -1,12 +1,12 @@
 """Composite layers and subclassed models are traced into their sublayers (both Keras); what
 cannot be traced stays opaque with its reason, and the counters say what they did not count."""
 
-import warnings
 
 import numpy as np
 import pytest
 
 import tfsynapse
+from conftest import normal
 from tfsynapse.graph import trace as trace_lib
 
 # 16x16x4 input: stem 3x3 conv 4->8, two residual blocks of two 3x3 convs 8->8, GAP, Dense 8->3
@@ -67,7 +67,7 @@ def subclassed_model(K):
 
 
 def _data(n=4):
-    return np.random.default_rng(1).normal(size=(n, 16, 16, 4)).astype(np.float32)
+    return normal(n, 16, 16, 4, seed=1)
 
 
 def _randomize(model):

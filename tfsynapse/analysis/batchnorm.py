@@ -98,7 +98,8 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
     stay exactly zero (their gamma and beta are zero).
 
     Args:
-      model: a tf_keras model: wrapped by ``prune_synaptic``, stripped, shrunk or plain.
+      model: a Keras model (tf_keras or Keras 3): wrapped by ``prune_synaptic``, stripped,
+        shrunk or plain.
       data: input images: a numpy array or tensor (batched by ``batch_size``; for a
         multi-input model a list of arrays), an ``(x, y)`` tuple of those, a
         ``tf.data.Dataset`` or any iterable of batches (``x`` or ``(x, y, ...)``; a *list*
