@@ -20,6 +20,22 @@ def _seed():
     yield
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "keras_independent: in a module that runs on both Keras, a test whose code "
+        "does not depend on the Keras: it runs once, on the tf_keras pass")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselects the Keras 3 pass of tests marked ``keras_independent`` (run once, not twice)."""
+    once = [item for item in items if item.get_closest_marker("keras_independent")
+            and getattr(item, "callspec", None) is not None
+            and item.callspec.params.get("backend") == "keras3"]
+    if once:
+        config.hook.pytest_deselected(items=once)
+        items[:] = [item for item in items if item not in once]
+
+
 def keras_of(backend):
     """The Keras module of a backend name ('tf_keras' or 'keras3')."""
     from tfsynapse import backends  # noqa: PLC0415

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+import tflite_export
 from cli_support import (FORMATS, assert_one_line_error, load, models,  # noqa: F401 (fixtures)
                          run, tflite_float, tiny_model, zero_filters)
 from conftest import normal, run_python
@@ -42,6 +43,9 @@ def test_export_int8_with_calibration(models, tmp_path, capsys, suffix):
     assert out_path.is_file()
     assert "CONV_2D" in out and "bytes" in out
     assert re.search(r"^input .*: int8 ", out, re.M), out
+    keras_out = load(models["keras"]).predict(samples, verbose=0)
+    report = tflite_export.verify(str(out_path), load(models["keras"]), samples)
+    assert report["max_abs_error"] <= 0.05 * np.abs(keras_out).max(), report  # int8 steps
     code, out, _ = run(capsys, "bench", out_path, "--runs", "2")
     assert code == 0 and "median" in out
 

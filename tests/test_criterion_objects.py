@@ -75,11 +75,13 @@ def test_a_criterion_that_needs_batchnorm_freezes_groups_without_one():
                for reasons in plan.frozen.values())
 
 
+@pytest.mark.keras_independent
 def test_built_in_names_cannot_be_taken():
     with pytest.raises(ValueError, match="'dscore' is a built-in criterion"):
         tfsynapse.register_criterion("dscore", lambda f: tf.reduce_sum(f, axis=1))
 
 
+@pytest.mark.keras_independent
 def test_the_cli_lists_every_criterion_from_the_registry(capsys):
     assert main(["criteria"]) == 0
     listed = capsys.readouterr().out

@@ -90,6 +90,7 @@ def test_what_cannot_be_kept_float_is_refused(model):
                     float_layers=[edge])
 
 
+@pytest.mark.keras_independent
 def test_only_markers_name_the_chosen_layers():
     assert marked_indices("m/tfsynapse_float0x_1/Relu;m/tfsynapse_float0x/Conv2D") == {0}
     assert marked_indices("functional_1/tfsynapse_float12x_1_2/convolution1") == {12}
@@ -97,6 +98,7 @@ def test_only_markers_name_the_chosen_layers():
     assert marked_indices("m/tfsynapse_float1xy/add") == set()
 
 
+@pytest.mark.keras_independent
 def test_messages_and_files_name_the_layers_never_the_markers(monkeypatch):
     from tflite_export import float_layers  # noqa: PLC0415
     from tflite_export.float_layers import check_kept_float, unmarked  # noqa: PLC0415

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+import tflite_export
 import tfsynapse
 from conftest import run_script_until, tensorboard_scalars
 from keras3_support import compile_keras3, keras3_data, save_npy, small_keras3, weights_of
@@ -105,8 +106,12 @@ def test_keras3_files_through_the_cli(tmp_path, capsys):
     assert cli.main(["shrink", pruned, "-o", small]) == 0
     model = keras.saving.load_model(small)
     assert backends.backend_name(model) == "keras3" and model.get_layer("a").filters == 8
+    calibration = keras3_data(16)[0]
     assert cli.main(["export", small, "--quantize", "int8", "--calibration",
-                     save_npy(tmp_path, keras3_data(16)[0]), "-o", str(tmp_path / "m.tflite")]) == 0
+                     save_npy(tmp_path, calibration), "-o", str(tmp_path / "m.tflite")]) == 0
+    report = tflite_export.verify(str(tmp_path / "m.tflite"), model, calibration)
+    scale = float(np.abs(np.asarray(model(calibration))).max())
+    assert report["max_abs_error"] <= 0.05 * scale, (report, scale)  # int8 steps, not a wrong model
     assert cli.main(["shrink", pruned, "-o", str(tmp_path / "saved_model_dir")]) == 1
     assert "Keras 3 models are saved as .keras files" in capsys.readouterr().err
 

@@ -218,6 +218,7 @@ def test_json_and_csv_round_trip(analysed, tmp_path):
     assert leftovers == []
 
 
+@pytest.mark.keras_independent
 def test_from_json_rejects_other_files(tmp_path):
     path = tmp_path / "x.json"
     path.write_text('{"rows": []}')
@@ -238,6 +239,7 @@ def test_plot_writes_a_png(analysed, tmp_path):
 
 
 # ------------------------------------------------------------------- parallel pruning
+@pytest.mark.keras_independent
 def test_ratios_pick_the_largest_safe_ratio():
     table = hand_table({
         "a": (10, [(0.1, 0.79), (0.2, 0.75), (0.3, 0.73), (0.4, 0.71)]),  # floor 0.72
@@ -334,6 +336,7 @@ def test_bad_model_and_options():
         sensitivity_analysis(small_cnn(), lambda m: 1.0, criterion="nope")
 
 
+@pytest.mark.keras_independent
 @pytest.mark.parametrize("threshold", [0, -0.5, 1.01, True])
 def test_bad_keep_fraction(threshold):
     with pytest.raises(ValueError, match="keep_fraction"):
@@ -342,6 +345,7 @@ def test_bad_keep_fraction(threshold):
 
 @pytest.mark.parametrize("floors", [{}, {"keep_fraction": 0.9, "min_metric": 0.8},
                                     {"min_metric": 0.8, "max_drop": 0.02}])
+@pytest.mark.keras_independent
 def test_exactly_one_floor(floors):
     with pytest.raises(ValueError, match="exactly one floor"):
         ratios_from_sensitivity(hand_table({"a": (4, [(0.5, 1.0)])}), **floors)
@@ -360,6 +364,7 @@ def test_absolute_floor_and_drop_are_not_relative():
         ratios_from_sensitivity(table, max_drop=-0.01)
 
 
+@pytest.mark.keras_independent
 def test_capped_trials_give_the_ratio_really_pruned():
     # 0.95 of 8 channels rounds to 8, but every group keeps one: the trial pruned 7.
     table = hand_table({"a": (8, [(0.5, 0.9), (0.95, 0.9)])}, baseline=0.9)
@@ -367,6 +372,7 @@ def test_capped_trials_give_the_ratio_really_pruned():
     assert ratios_from_sensitivity(table, min_metric=0.85) == {"a": 7 / 8}
 
 
+@pytest.mark.keras_independent
 def test_ratios_need_a_positive_baseline_and_a_table():
     with pytest.raises(ValueError, match="positive, higher-is-better"):
         ratios_from_sensitivity(hand_table({"a": (4, [(0.5, -1.0)])}, baseline=-0.5), 0.9)

@@ -79,6 +79,7 @@ def test_inputs():
     return _calibration_data(64, seed=2)
 
 
+@pytest.mark.keras_independent
 def test_modes_constant():
     assert QUANTIZATION_MODES == (None, "dynamic", "float16", "int8")
     assert set(tflite_export.__all__) == {"convert", "verify", "predict", "benchmark", "inspect",

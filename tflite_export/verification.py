@@ -22,7 +22,7 @@ def verify(tflite, keras_model, inputs):
 
     Args:
       tflite: the flatbuffer bytes from ``convert`` or a path to a ``.tflite`` file.
-      keras_model: the tf_keras model that was converted.
+      keras_model: the Keras model (tf_keras or Keras 3) that was converted.
       inputs: a numpy batch ``(N, ...)``, or a list of batches for a multi-input model.
 
     Returns:
