@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import tfsynapse
-from conftest import both_backends, rand_inputs, randomize_bn, small_cnn
+from conftest import (both_backends, dead_filters, rand_inputs, randomize_bn, small_cnn,
+                      zero_units)
 from tfsynapse.backends.tf_keras import keras
 
 backend = both_backends(globals())  # every test runs on tf_keras and on Keras 3
@@ -267,8 +268,7 @@ def test_ratios_feed_prune_once():
 
     def dead(layer, axis=-1):
         kernel = pruned.get_layer(layer).get_weights()[0]
-        moved = np.moveaxis(kernel, axis, 0).reshape(kernel.shape[axis], -1)
-        return np.nonzero(~np.any(moved != 0, axis=1))[0].tolist()
+        return zero_units(kernel, axis % kernel.ndim)
 
     assert len(dead("c1")) == 4 and dead("c2") == dead("c1") == dead("c3", axis=2)
     assert dead("c3") == [] and dead("head") == []
@@ -290,8 +290,7 @@ def test_end_to_end_table_to_pruned_model(analysed):
     for group, ratio in ratios.items():
         rows = [r for r in table.rows if r["group"] == group and r["ratio"] == ratio]
         kernel = pruned.get_layer(group).get_weights()[0]
-        dead = ~np.any(kernel.reshape(-1, kernel.shape[-1]) != 0, axis=0)
-        assert int(dead.sum()) == (rows[0]["pruned_channels"] if rows else 0)
+        assert len(dead_filters(kernel)) == (rows[0]["pruned_channels"] if rows else 0)
 
 
 # ------------------------------------------------------------------------------ errors

@@ -24,11 +24,15 @@ class RawOp(NamedTuple):
         this backend does not know it.
       function: a callable that computes it on tensors with the call's arguments.
       axis: ``axis(args, kwargs)``: the axis a reduction reduces over (None: all axes).
+      resized: for an operation whose arguments name the channel count (a reshape's target
+        shape), ``resized(width) -> operation`` computing the same for ``width`` channels;
+        None when the backend cannot make one.
     """
 
     symbol: Any
     function: Callable
     axis: Callable
+    resized: Any = None
 
 
 @runtime_checkable
@@ -107,10 +111,13 @@ class Backend(Protocol):
     def sublayers(self, layer):
         """The layers ``layer`` holds directly (attributes, lists, dicts), not itself."""
 
-    def trace_call(self, layer, args, kwargs):
-        """``(graph_model, sources)``: ``layer.call`` run on fresh symbolic inputs standing, in
-        order, for the distinct symbolic tensors ``sources`` of one recorded call's
-        ``args``/``kwargs``; raises whatever the call raises."""
+    def trace_call(self, layer, args, kwargs, may_inline=None, renamed=None):
+        """``(graph_model, sources, positions)``: ``layer.call`` run on fresh symbolic inputs
+        standing, in order, for the distinct symbolic tensors ``sources`` of one recorded
+        call's ``args``/``kwargs``; the graph's outputs are the call's flat outputs at
+        ``positions`` (constant outputs left out). A sublayer Keras cannot record as a node
+        (a non-tensor output) is run in place when ``may_inline(sublayer)``; layers renamed to
+        keep names unique go into the dict ``renamed``. Raises whatever the call raises."""
 
     def trace_model(self, model):
         """A functional model of a subclassed model's ``call`` on inputs of the shape it was

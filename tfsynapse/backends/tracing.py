@@ -34,11 +34,14 @@ def trace_call(keras, is_symbolic, layer, args, kwargs):
       args, kwargs: the arguments of one recorded call (symbolic tensors inside).
 
     Returns:
-      ``(graph_model, sources)``: a functional model whose inputs stand, in order, for the
-      distinct symbolic tensors ``sources`` of ``args``/``kwargs``, and whose flat outputs are
-      the call's.
+      ``(graph_model, sources, positions)``: a functional model whose inputs stand, in order, for
+      the distinct symbolic tensors ``sources`` of ``args``/``kwargs``, and whose outputs are
+      the call's flat outputs at ``positions``. An output that is not computed from the inputs
+      (a constant, such as an empty tensor a keras-hub encoder returns in place of its
+      attention scores) is left out of the graph; ``positions`` says which ones it has.
 
     Raises:
+      ValueError: no output of the call is computed from its inputs.
       Exception: whatever the layer's ``call`` or the functional model raise.
     """
     sources = symbolic_sources(is_symbolic, args, kwargs)
@@ -48,6 +51,12 @@ def trace_call(keras, is_symbolic, layer, args, kwargs):
         return fresh.get(id(obj), obj) if is_symbolic(obj) else obj
 
     new_args, new_kwargs = tf.nest.map_structure(swap, (tuple(args), dict(kwargs)))
-    outputs = layer.call(*new_args, **new_kwargs)
+    flat = tf.nest.flatten(layer.call(*new_args, **new_kwargs))
+    positions = [i for i, out in enumerate(flat) if is_symbolic(out)]
+    if not positions:
+        raise ValueError("none of its outputs is computed from its inputs")
     inputs = [fresh[id(t)] for t in sources]
-    return keras.Model(inputs, outputs, name=f"{layer.name}_traced"), sources
+    outputs = [flat[i] for i in positions]
+    model = keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0],
+                        name=f"{layer.name}_traced")
+    return model, sources, positions

@@ -26,7 +26,11 @@ _UNARY = {
     "math.square", "nn.dropout", "nn.hard_sigmoid", "nn.hard_silu",
 }
 _REDUCE = {"math.reduce_mean", "math.reduce_max", "math.reduce_sum", "math.reduce_min"}
-_SPATIAL = {"pad"}  # moves values within each channel (checked numerically per call)
+# moves values within each channel (checked numerically per call): padding, and a reshape
+# that keeps the last axis (a row-major reshape keeps every element's last-axis index then)
+_SPATIAL = {"pad", "reshape"}
+_MATMUL = {"linalg.matmul", "__operators__.matmul"}
+_MIXING = {"transpose", "nn.softmax", "math.softmax"}  # reorder or mix channels: frozen
 
 
 def _raw_op(layer):
@@ -54,6 +58,8 @@ class TFOpRule(rules_lib.Rule):
     def propagate(self, ctx):
         symbol = _symbol(ctx.layer)
         tensors = ctx.inputs
+        if symbol in _MIXING:
+            return rules_lib.Freeze(f"TF op '{symbol}' reorders or mixes channels").propagate(ctx)
         if symbol in _REDUCE:
             return self._reduce(ctx)
         if symbol in _SPATIAL and len(tensors) == 1:
@@ -93,9 +99,14 @@ class TFOpRule(rules_lib.Rule):
 
     @staticmethod
     def _spatial(ctx, symbol):
-        """An op that should only move values inside each channel (padding): run it on a
-        batch whose channel ``c`` holds ``c + 1`` everywhere; channels pass only when every
-        output channel ``c`` holds nothing but ``c + 1`` and zeros (zero padding)."""
+        """An op that should only move values inside each channel (padding, a reshape that
+        keeps the last axis): run it on a batch whose channel ``c`` holds ``c + 1`` everywhere;
+        channels pass only when every output channel ``c`` holds nothing but ``c + 1`` and
+        zeros (zero padding). A reshape's target names the channel count: it passes only when
+        the backend can rebuild it for fewer (``RawOp.resized``)."""
+        if symbol == "reshape" and _raw_op(ctx.layer).resized is None:
+            return rules_lib.Freeze("a raw reshape's target shape names the channel count "
+                                    "(keras.layers.Reshape can be rebuilt narrower)").propagate(ctx)
         width = len(ctx.inputs[0])
         shape = [1] + [1 if d is None else int(d) for d in ctx.input_shapes[0][1:]]
         marker = np.broadcast_to(np.arange(1, width + 1, dtype=np.float32), shape)
@@ -105,7 +116,11 @@ class TFOpRule(rules_lib.Rule):
 
         args = tf.nest.map_structure(feed, ctx.call.args)
         kwargs = tf.nest.map_structure(feed, ctx.call.kwargs)
-        out = np.asarray(_raw_op(ctx.layer).function(*args, **kwargs))
+        try:
+            out = np.asarray(_raw_op(ctx.layer).function(*args, **kwargs))
+        except Exception as error:  # noqa: BLE001 - e.g. a shape that needs the real batch
+            return rules_lib.Freeze(f"TF op '{symbol}' could not be checked on one sample "
+                                    f"({type(error).__name__})").propagate(ctx)
         if out.ndim == 0 or out.shape[-1] != width:
             return rules_lib.Freeze(f"TF op '{symbol}' changes the channel axis").propagate(ctx)
         values = out.reshape(-1, width)
@@ -124,13 +139,34 @@ class TFOpRule(rules_lib.Rule):
         return [ctx.inputs[0]]
 
 
+class MatmulRule(rules_lib.Freeze):
+    """A matrix product of two tensors (attention's scores and weighted sum written with ops):
+    channels are frozen through it (it mixes them), its multiply-accumulates are counted."""
+
+    def __init__(self):
+        super().__init__("a matrix product mixes channels")
+
+    def call_macs(self, layer, input_shapes, output_shapes, shape_of):
+        """``prod(output's non-batch dims) * k`` for ``(..., n, k) @ (..., k, m)``, batch 1."""
+        if not input_shapes or not output_shapes or input_shapes[0].rank is None:
+            return 0
+        inner = input_shapes[0][-1]
+        dims = list(output_shapes[0])[1:]
+        if inner is None or any(d is None for d in dims):
+            return 0
+        return int(np.prod(dims, dtype=np.int64)) * int(inner)
+
+
 _RULE = TFOpRule()
+_MATMUL_RULE = MatmulRule()
 
 
 def rule_for_tf_op(layer):
     """The op rule if ``layer`` records an operation whose symbol is in the tables, else None."""
     symbol = _symbol(layer)
+    if symbol in _MATMUL:
+        return _MATMUL_RULE
     if symbol is not None and (symbol in _BINARY or symbol in _UNARY or symbol in _REDUCE
-                               or symbol in _SPATIAL):
+                               or symbol in _SPATIAL or symbol in _MIXING):
         return _RULE
     return None

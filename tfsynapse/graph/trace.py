@@ -66,9 +66,12 @@ def keep_opaque(*targets):
 @dataclasses.dataclass
 class Traced:
     """A layer's call as a graph: ``model``'s inputs stand for the call's distinct symbolic
-    tensors, in order of first appearance in its arguments."""
+    tensors, in order of first appearance in its arguments; its outputs are the call's flat
+    outputs at ``positions`` (the others are constants, not computed from the inputs)."""
 
     model: object
+    positions: list
+    renamed: dict = dataclasses.field(default_factory=dict)
 
 
 class Tracer:
@@ -119,8 +122,14 @@ class Tracer:
             self.opaque[layer.name] = f"{layer.name}: {result}"
             return None
         self.traced[layer.name] = type(layer).__name__
+        self.renamed.update(result.renamed)
         self._keep_names_unique(layer, result.model)
         return result
+
+    def decline(self, layer, reason):
+        """Keeps a traced ``layer`` opaque after all, for ``reason`` (reported)."""
+        self.traced.pop(layer.name, None)
+        self.opaque[layer.name] = f"{layer.name}: not traced: {reason}"
 
     def _keep_names_unique(self, layer, model):
         """Renames a traced sublayer whose name another layer of the model has (keras-hub
@@ -184,14 +193,20 @@ def _trace(backend, layer, args, kwargs):
         return (f"not traced: it holds {len(own)} weight(s) of its own ({names}) that its call "
                 "uses directly; only calls made of sublayers and ops are traced. Register a "
                 "rule for its class (tfsynapse.register_rule) to prune through it")
+    def may_inline(sublayer):  # a sublayer Keras cannot record: run its call in place
+        return (not _framework_class(sublayer) and rules_lib.rule_for(sublayer) is None
+                and type(sublayer) not in _OPAQUE_CLASSES and sublayer not in _OPAQUE_LAYERS
+                and not _own_weights(backend, sublayer))
+
+    renamed = {}
     try:
-        model, _ = backend.trace_call(layer, args, kwargs)
+        model, _, positions = backend.trace_call(layer, args, kwargs, may_inline, renamed)
     except Exception as error:  # noqa: BLE001 - any user code may fail on symbolic tensors
         return f"not traced: its call failed on symbolic inputs ({describe_error(error)})"
-    problem = _differs(backend, layer, model, args, kwargs)
+    problem = _differs(backend, layer, model, args, kwargs, positions)
     if problem:
         return f"not traced: {problem}"
-    return Traced(model)
+    return Traced(model, positions, renamed)
 
 
 def describe_error(error, limit=200):
@@ -210,9 +225,9 @@ def _example(tensor, rng):
     return tf.zeros(shape, dtype)
 
 
-def _differs(backend, layer, model, args, kwargs):
+def _differs(backend, layer, model, args, kwargs, positions=None):
     """Why the traced ``model`` does not compute what ``layer`` does (one random batch), or
-    None when it does."""
+    None when it does; ``model`` gives the layer's flat outputs at ``positions`` (all)."""
     rng = np.random.default_rng(0)
     sources = symbolic_sources(backend, args, kwargs)
     values = {id(t): _example(t, rng) for t in sources}
@@ -223,6 +238,8 @@ def _differs(backend, layer, model, args, kwargs):
     try:
         expected = tf.nest.flatten(layer(*concrete[0], **concrete[1]))
         got = tf.nest.flatten(model(feed[0] if len(feed) == 1 else feed))
+        if positions is not None:
+            expected = [expected[i] for i in positions if i < len(expected)]
     except Exception as error:  # noqa: BLE001 - any user code
         return f"it could not be run on a random batch to check the trace ({describe_error(error)})"
     if len(expected) != len(got):

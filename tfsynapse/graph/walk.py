@@ -115,17 +115,20 @@ def flatten_calls(model):
 
 
 def _walk(backend, model, key_of, counter, calls, tracer):
-    for layer, node in backend.call_nodes(model):
+    nodes = list(backend.call_nodes(model))
+    used = {id(t) for _, node in nodes for t in backend.node_tensors(node)[0]}
+    used.update(id(t) for t in backend.model_io(model)[1])
+    for layer, node in nodes:
         in_kts, out_kts = backend.node_tensors(node)
-        inner = _inner_graph(backend, layer, node, in_kts, tracer)
+        inner = _inner_graph(backend, layer, node, in_kts, out_kts, used, tracer)
         if inner is not None:
-            inner_model, sources = inner
+            inner_model, sources, positions = inner
             inner_inputs, inner_outputs = backend.model_io(inner_model)
             for inner_kt, outer in zip(inner_inputs, sources):
                 key_of[id(inner_kt)] = key_of[id(outer)]
             _walk(backend, inner_model, key_of, counter, calls, tracer)
-            for inner_kt, outer in zip(inner_outputs, out_kts):
-                key_of[id(outer)] = key_of[id(inner_kt)]
+            for inner_kt, position in zip(inner_outputs, positions):
+                key_of[id(out_kts[position])] = key_of[id(inner_kt)]
             continue
         for kt in out_kts:
             key_of[id(kt)] = next(counter)
@@ -145,9 +148,10 @@ def _walk(backend, model, key_of, counter, calls, tracer):
         )
 
 
-def _inner_graph(backend, layer, node, in_kts, tracer):
-    """``(graph model, outer tensors its inputs stand for)`` to inline for one call: a nested
-    graph model's own, or a composite layer's traced graph; None to keep the call whole."""
+def _inner_graph(backend, layer, node, in_kts, out_kts, used, tracer):
+    """``(graph model, outer tensors its inputs stand for, positions of the call's outputs it
+    gives)`` to inline for one call: a nested graph model's own, or a composite layer's traced
+    graph; None to keep the call whole. ``used``: ids of the tensors the model consumes."""
     if backend.is_graph_model(layer):
         inner_inputs = backend.model_io(layer)[0]
         if len(inner_inputs) != len(in_kts):
@@ -155,14 +159,20 @@ def _inner_graph(backend, layer, node, in_kts, tracer):
                 f"nested model '{layer.name}' was called with {len(in_kts)} tensors but has "
                 f"{len(inner_inputs)} inputs; call it with one tensor per input."
             )
-        return layer, in_kts
+        return layer, in_kts, range(len(out_kts))
     if not tracer.wants(layer):
         return None
     args, kwargs = backend.node_arguments(node)
     traced = tracer.trace(layer, args, kwargs)
     if traced is None:
         return None
-    return traced.model, symbolic_sources(backend, args, kwargs)
+    constants = [i for i in range(len(out_kts))
+                 if i not in traced.positions and id(out_kts[i]) in used]
+    if constants:  # a constant output would have no call to come from
+        tracer.decline(layer, f"its output {constants[0]} is a constant (not computed from its "
+                              "inputs) that the model uses")
+        return None
+    return traced.model, symbolic_sources(backend, args, kwargs), traced.positions
 
 
 def replay(model, make_layer, name=None, model_fn=None):

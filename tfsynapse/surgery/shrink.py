@@ -279,6 +279,10 @@ def _rebuild(model, backend, rules, out_width, graph, keep):
     def make_layer(layer):
         layer = unwrap(layer)
         if not backend.is_layer(layer):  # a raw operation: no weights, no channels of its own
+            op = backend.raw_operation(layer)
+            before, after = out_width[id(layer)]
+            if op is not None and op.resized is not None and after != before:
+                return op.resized(after)  # a reshape whose target names the channel count
             return layer
         before, after = out_width[id(layer)]
         index = {id(w): i for i, w in enumerate(layer.weights)}

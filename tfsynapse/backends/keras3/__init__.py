@@ -255,7 +255,8 @@ _OPS = {
     "Softplus": "nn.softplus", "Negative": "math.negative", "Absolute": "math.abs",
     "Square": "math.square", "HardSigmoid": "nn.hard_sigmoid", "HardSilu": "nn.hard_silu",
     "Mean": "math.reduce_mean", "Max": "math.reduce_max", "Sum": "math.reduce_sum",
-    "Min": "math.reduce_min", "Pad": "pad",
+    "Min": "math.reduce_min", "Pad": "pad", "Reshape": "reshape", "Matmul": "linalg.matmul",
+    "Transpose": "transpose", "Softmax": "nn.softmax",
 }
 
 
@@ -265,7 +266,16 @@ def raw_operation(layer):
     if not (type(layer).__module__ or "").startswith("keras.src.ops."):
         return None
     return RawOp(_OPS.get(type(layer).__name__), layer,
-                 lambda args, kwargs: getattr(layer, "axis", None))
+                 lambda args, kwargs: getattr(layer, "axis", None), _resized(layer))
+
+
+def _resized(operation):
+    """``width -> a Reshape to the same target with ``width`` as its last entry`` for a
+    ``keras.ops.reshape`` operation, else None."""
+    target = getattr(operation, "newshape", None)
+    if type(operation).__name__ != "Reshape" or not isinstance(target, (tuple, list)):
+        return None
+    return lambda width: type(operation)(tuple(target[:-1]) + (int(width),))
 
 
 def class_path(layer):

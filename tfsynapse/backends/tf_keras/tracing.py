@@ -17,8 +17,11 @@ def rename(layer, name):
     layer._name = name
 
 
-def trace_call(layer, args, kwargs):
-    """``layer.call`` run on fresh symbolic inputs (``backends.tracing.trace_call``)."""
+def trace_call(layer, args, kwargs, may_inline=None, renamed=None):
+    """``layer.call`` run on fresh symbolic inputs (``backends.tracing.trace_call``);
+    ``may_inline`` and ``renamed`` are not needed here (tf_keras records a layer call whatever
+    it returns)."""
+    del may_inline, renamed
     return shared.trace_call(keras, is_symbolic, layer, args, kwargs)
 
 
