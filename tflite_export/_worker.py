@@ -1,8 +1,9 @@
-"""The worker process behind ``isolation.run_isolated``: ``python -m tflite_export._worker MARK``.
+"""The worker process behind ``isolation.run_isolated``, run by its path with ``MARK`` as the
+last argument.
 
 Reads ``module:function<TAB>directory`` lines from standard input, calls each function on its
-directory, and prints ``MARK`` on a line of its own when the call returned. The package's
-``__init__`` does not import this module, so ``-m`` runs it without a second copy.
+directory, and prints ``MARK`` on a line of its own when the call returned. Run by path, it
+imports nothing of the package (nor TensorFlow) until a job does.
 """
 
 import importlib
@@ -24,4 +25,4 @@ def main(done_marker):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[-1])
