@@ -4,7 +4,8 @@ TensorFlow 2.21's TFLite converter leaks memory on every conversion (about 22 MB
 conversion, fixed upstream after 2.21). tfsynapse converts in a worker process
 (``tflite_export.isolation``) that is recycled after ``TFSYNAPSE_CONVERTER_JOBS`` jobs (default
 25) or past ``TFSYNAPSE_CONVERTER_MAX_MB`` (default 2048). ``conversions`` small CNNs (widths
-varied, so no conversion repeats another) are converted to int8 (8 calibration samples), as a
+varied, so no conversion repeats another; tf_keras and Keras 3 alternately, the latter through
+a SavedModel) are converted to int8 (8 calibration samples), as a
 measured size or latency budget search does, once with recycling switched off and
 once with the defaults; the worker's resident memory is read after each. Target: with
 recycling, the peak stays within 10% of the peak of the first worker's life (the memory is
@@ -28,11 +29,14 @@ def settings(quick):
 
 
 def _models(count):
+    """Small CNNs, alternately tf_keras (converted from its Keras model) and Keras 3 (converted
+    through a SavedModel, the path that leaks most)."""
     from tfsynapse.models import conv_bn_cnn
 
     for i in range(count):
         width = 8 + 4 * (i % 7)
-        yield conv_bn_cnn((16, 16, 1), 4, widths=(width, 2 * width, 2 * width, 4 * width))
+        yield conv_bn_cnn((16, 16, 1), 4, widths=(width, 2 * width, 2 * width, 4 * width),
+                          backend=("tf_keras", "keras3")[i % 2])
 
 
 def _series(cfg, jobs, max_mb, log):
@@ -103,7 +107,8 @@ def plot(result, path):
 def markdown(result):
     s = result["settings"]
     return "\n".join([
-        f"{s['conversions']} int8 conversions of small Conv-BN CNNs (widths varied) in the "
+        f"{s['conversions']} int8 conversions of small Conv-BN CNNs (widths varied; tf_keras and "
+        "Keras 3 alternately, the latter through a SavedModel) in the "
         "conversion worker; its resident memory read from /proc after each.", "",
         common.md_table(
             ["worker", "peak (MB)", "growth (MB a conversion)", "recycles"],

@@ -26,6 +26,9 @@ def test_export_float_and_bench(tflite_float, capsys):
     match = re.search(r"median (\d+\.\d+) ms, p90 (\d+\.\d+) ms", out)
     assert match, out
     assert 0 < float(match.group(1)) <= float(match.group(2))
+    code, out, _ = run(capsys, "bench", tflite_float, "--runs", "3", "--runtime", "compiled_model")
+    assert code == 0 and re.search(r"compiled_model: init [\d.]+ ms, first run [\d.]+ ms, "
+                                   r"p5 [\d.]+ ms, p95 [\d.]+ ms; fully accelerated", out), out
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".npz"])

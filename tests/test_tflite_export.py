@@ -305,14 +305,26 @@ def test_multi_input_fallback_int8(monkeypatch):
     assert verify(data, model, [xa, xb])["max_abs_error"] < 0.2
 
 
-def test_benchmark(converted):
-    result = benchmark(converted["int8"], num_threads=2, runs=10, warmup=2)
-    assert set(result) >= {"median_ms", "p90_ms", "mean_ms", "runs", "num_threads"}
-    assert result["runs"] == 10 and result["num_threads"] == 2
-    assert 0 < result["min_ms"] <= result["median_ms"] <= result["p90_ms"]
-    assert result["mean_ms"] > 0
+@pytest.mark.parametrize("runtime", ["interpreter", "compiled_model"])
+def test_benchmark(converted, runtime):
+    result = benchmark(converted["int8"], num_threads=2, runs=10, warmup=2, runtime=runtime)
+    assert result["runs"] == 10 and result["num_threads"] == 2 and result["runtime"] == runtime
+    assert 0 < result["min_ms"] <= result["p5_ms"] <= result["median_ms"] <= result["p90_ms"] \
+        <= result["p95_ms"]
+    assert result["mean_ms"] > 0 and result["init_ms"] > 0 and result["first_run_ms"] > 0
+    # the CompiledModel says whether every op ran on the accelerator (XNNPACK on CPU here:
+    # all of the float model; the int8 one's float I/O ops may stay on the CPU kernels); the
+    # interpreter does not say
+    float_run = benchmark(converted[None], runs=2, runtime=runtime)
+    if runtime == "compiled_model":
+        assert float_run["fully_accelerated"] is True
+        assert isinstance(result["fully_accelerated"], bool)
+    else:
+        assert float_run["fully_accelerated"] is None is result["fully_accelerated"]
     with pytest.raises(ValueError, match="runs"):
-        benchmark(converted[None], runs=0)
+        benchmark(converted[None], runs=0, runtime=runtime)
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        benchmark(converted[None], runtime="gpu")
 
 
 def test_bad_tflite_arguments(cnn, converted, tmp_path):

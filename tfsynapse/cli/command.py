@@ -221,10 +221,16 @@ def _cmd_bench(args):
     require_input(args.model)
     import tflite_export  # noqa: PLC0415
 
-    result = tflite_export.benchmark(args.model, num_threads=args.threads, runs=args.runs)
+    result = tflite_export.benchmark(args.model, num_threads=args.threads, runs=args.runs,
+                                     runtime=args.runtime)
     print(f"median {_ms(result['median_ms'])} ms, p90 {_ms(result['p90_ms'])} ms "
           f"(mean {_ms(result['mean_ms'])} ms, min {_ms(result['min_ms'])} ms; "
           f"{result['runs']} runs, {result['num_threads']} thread(s))")
+    accelerated = {True: "fully accelerated", False: "not fully accelerated",
+                   None: "acceleration not reported"}[result["fully_accelerated"]]
+    print(f"{result['runtime']}: init {_ms(result['init_ms'])} ms, first run "
+          f"{_ms(result['first_run_ms'])} ms, p5 {_ms(result['p5_ms'])} ms, p95 "
+          f"{_ms(result['p95_ms'])} ms; {accelerated}")
     return 0
 
 

@@ -136,7 +136,10 @@ def _add_export(sub, debug):
 def _add_bench(sub, debug):
     """``tfsynapse bench MODEL.tflite``."""
     p = sub.add_parser("bench", parents=[debug], help="time a .tflite model in LiteRT",
-                       description="Times invoke() on random inputs (tflite_export.benchmark).")
+                       description="Times one inference on random inputs "
+                                   "(tflite_export.benchmark).")
     p.add_argument("model", metavar="MODEL.tflite")
     p.add_argument("--threads", type=positive_int, default=1, metavar="N")
     p.add_argument("--runs", type=positive_int, default=50, metavar="N")
+    p.add_argument("--runtime", choices=("interpreter", "compiled_model"), default="interpreter",
+                   help="LiteRT's Interpreter (default) or its CompiledModel")
