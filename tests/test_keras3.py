@@ -178,6 +178,25 @@ def test_keras3_dict_outputs_export_in_keras_order():
     assert tflite_export.verify(data, model, xs)["max_abs_error"] < 1e-5
 
 
+class _ThreeOutputs(keras.layers.Layer):
+    """One layer, three outputs: Keras 3 names all three after the layer (keras-hub's HGNetV2
+    backbone returns its stages so)."""
+
+    def call(self, x):
+        return x * 2.0, x + 1.0, keras.ops.mean(x, axis=-1, keepdims=True)
+
+
+def test_several_outputs_of_one_layer_all_reach_the_tflite_file_in_order():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, list(_ThreeOutputs(name="three")(inputs)))
+    assert model.output_names == ["three"] * 3  # keyed by name, two would be lost
+    assert backends.backend_of(model).output_names(model) == ["three", "three_1", "three_2"]
+    x = rand_inputs(model, 5)
+    data = tflite_export.convert(model)
+    assert [o.shape for o in tflite_export.predict(data, x)] == [(5, 4), (5, 4), (5, 1)]
+    assert tflite_export.verify(data, model, x)["max_abs_error"] < 1e-5
+
+
 def test_a_tflite_that_reads_variables_is_refused(tmp_path, twins):
     """A SavedModel whose function captures untracked variables converts into a .tflite that
     reads variables LiteRT never initialises (NaN outputs); the job refuses it."""

@@ -173,6 +173,9 @@ def test_a_transformer_backbone_is_traced_pruned_shrunk_and_exported(name):
     embedding holds its class and distillation tokens itself: opaque, named, not counted."""
     import tflite_export  # noqa: PLC0415
 
+    import keras  # noqa: PLC0415
+
+    keras.utils.set_random_seed(0)  # Keras 3 seeds its initializers itself
     model = TRANSFORMERS[name]()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -205,7 +208,8 @@ def test_a_transformer_backbone_is_traced_pruned_shrunk_and_exported(name):
         return max(np.abs(np.asarray(got) - want).max() / np.abs(want).max() for want, got in
                    zip(_outputs(keras_model, x), tf.nest.flatten(lite)))
 
-    # a tiny random transformer quantises coarsely (LayerNorm, softmax): the pruned model's
-    # int8 export must be no worse than the dense model's, not near zero
+    # a tiny random transformer quantises coarsely (LayerNorm, softmax; DeiT's dense and pruned
+    # models alike 0.18-0.45 of the output scale over 5 seeds): the pruned model's int8 export
+    # must be no worse than the dense model's, not near zero
     dense_gap, pruned_gap = int8_gap(model), int8_gap(small)
     assert pruned_gap <= 1.5 * dense_gap + 0.05, (pruned_gap, dense_gap)

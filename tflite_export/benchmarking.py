@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from tflite_export import _runtime
+from tfsynapse.quiet import native_stderr_hidden
 
 RUNTIMES = ("interpreter", "compiled_model")
 
@@ -54,8 +55,6 @@ def benchmark(tflite, num_threads=1, runs=50, warmup=5, seed=0, runtime="interpr
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}.")
     rng = np.random.default_rng(seed)
     if runtime == "compiled_model":
-        from tfsynapse.quiet import native_stderr_hidden  # noqa: PLC0415
-
         with native_stderr_hidden():  # LiteRT's environment logs each accelerator it looks for
             return _timed(tflite, num_threads, runs, warmup, rng, runtime)
     return _timed(tflite, num_threads, runs, warmup, rng, runtime)

@@ -221,6 +221,7 @@ def convert(
             input_names=backend.input_names(model), output_names=backend.output_names(model),
             calibration=calibration, float_layers=kept_float)
         data = _first_strategy_that_converts(model, quantize, directory, isolate, kept_float)
+    _check_outputs(data, backend.output_names(model))
     if quantize == "int8" and calibration is None:
         _warn_float_parts(conversion_job.check_loads(data, quantize))
     if quantize == "dynamic":
@@ -228,6 +229,20 @@ def convert(
     if output is not None:
         atomic_write(output, lambda stream: stream.write(data))
     return data
+
+
+def _check_outputs(data, names):
+    """Every output of the Keras model is one of the file's (none lost by the signature).
+
+    Raises:
+      RuntimeError: the converted model has another number of outputs.
+    """
+    found = _runtime.load_interpreter(data).get_output_details()
+    if len(found) != len(names):
+        raise RuntimeError(
+            f"the converted model has {len(found)} output(s), the Keras model {len(names)} "
+            f"({', '.join(names)}): outputs were lost on the way to TFLite. Give the model's "
+            "outputs distinct names (a layer with several outputs), or report the model.")
 
 
 def _warn_if_nothing_quantised(data):

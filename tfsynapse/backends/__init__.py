@@ -58,6 +58,21 @@ def weight_path(weight):
     return path if isinstance(path, str) and path else weight.name.split(":")[0]
 
 
+def unique_names(names):
+    """``names`` with repeats made unique: a second ``'encoder'`` becomes ``'encoder_1'`` (a
+    layer with several outputs names them all after itself)."""
+    taken, out = set(names), []
+    seen = set()
+    for name in names:
+        new, n = name, 0
+        while new in seen or (new != name and new in taken):
+            n += 1
+            new = f"{name}_{n}"
+        seen.add(new)
+        out.append(new)
+    return out
+
+
 def is_framework_function(fn):
     """Whether ``fn`` comes from Keras or TensorFlow (rather than from user code)."""
     module = getattr(fn, "__module__", "") or ""

@@ -9,7 +9,7 @@ builds. tfmot does not wrap Keras 3 layers, so nothing here imports it.
 
 import keras
 
-from tfsynapse.backends import builtin_class_path, is_framework_function, tf
+from tfsynapse.backends import builtin_class_path, is_framework_function, tf, unique_names
 from tfsynapse.backends.base import RawOp, Unsupported
 
 NAME = "keras3"
@@ -194,11 +194,13 @@ def input_names(model):
 
 
 def output_names(model):
-    """The names of the model's outputs (their layers'), in ``model.outputs`` order."""
+    """The names of the model's outputs (their layers'), in ``model.outputs`` order, made
+    unique (Keras 3 names every output of a several-output layer after the layer: keyed by
+    name, all but one would be lost in an exported signature)."""
     names = getattr(graph_model(model), "output_names", None)
-    if names:
-        return list(names)
-    return [t._keras_history.operation.name for t in model_io(model)[1]]
+    if not names:
+        names = [t._keras_history.operation.name for t in model_io(model)[1]]
+    return unique_names(list(names))
 
 
 def tf_variables(model):

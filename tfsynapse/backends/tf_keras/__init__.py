@@ -12,7 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
-from tfsynapse.backends import builtin_class_path, is_framework_function  # noqa: E402, F401
+from tfsynapse.backends import (  # noqa: E402, F401
+    builtin_class_path, is_framework_function, unique_names)
 from tfsynapse.backends.base import RawOp  # noqa: E402
 import tf_keras as keras  # noqa: E402
 from tf_keras.src.engine import functional as keras_functional  # noqa: E402
@@ -315,8 +316,9 @@ def input_names(model):
 
 
 def output_names(model):
-    """The names of the model's outputs (their layers'), in ``model.outputs`` order."""
-    return list(model.output_names)
+    """The names of the model's outputs (their layers'), in ``model.outputs`` order, made
+    unique (``backends.unique_names``)."""
+    return unique_names(list(model.output_names))
 
 
 def tf_variables(model):
