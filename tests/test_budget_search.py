@@ -279,3 +279,37 @@ def test_the_command_line_prunes_to_a_file_size(model, tmp_path, capsys):
     assert f"budget {budget:,.0f} bytes" in capsys.readouterr().out
     small = tfsynapse.shrink(tfsynapse.backends.backend_of(model).load_model(out))
     assert len(tflite_export.convert(small)) <= budget
+
+
+class _StandInMeter:
+    """A meter whose timings come, in order, from ``values`` (files are their models)."""
+
+    def __init__(self, values):
+        self.values, self.timed = list(values), []
+
+    def convert(self, model):
+        return model
+
+    def time_file(self, flatbuffer):
+        self.timed.append(flatbuffer)
+        return self.values.pop(0)
+
+
+def test_the_margin_is_the_spread_of_fresh_dense_timings_capped():
+    from tfsynapse.budget import hold  # noqa: PLC0415
+
+    margin, medians = hold.spread_margin(_StandInMeter([10, 10.6, 9.8, 10, 10.5]), "dense")
+    assert margin == pytest.approx((10.6 - 9.8) / 10) and medians == [10, 10.6, 9.8, 10, 10.5]
+    wild, _ = hold.spread_margin(_StandInMeter([10, 30, 10, 10, 10]), "dense")
+    assert wild == hold.MAX_MARGIN  # a noisier machine is reported, not followed
+
+
+def test_the_result_is_timed_again_interleaved_and_an_overrun_is_said():
+    from tfsynapse.budget import hold  # noqa: PLC0415
+
+    meter = _StandInMeter([4.0, 10.0, 4.4, 11.0, 4.2, 10.5])
+    got, dense = hold.remeasure(meter, "pruned", "dense", budget=5.0)
+    assert (got, dense) == (4.2, 10.5) and meter.timed == ["pruned", "dense"] * 3
+    with pytest.warns(UserWarning, match=r"measures 5.4 ms, over the budget of 5 ms \(dense "
+                                         r"10 ms"):
+        hold.remeasure(_StandInMeter([5.4, 10, 5.4, 10, 5.4, 10]), "pruned", "dense", 5.0)

@@ -35,6 +35,10 @@ class BudgetReport:
       latency_model: a latency budget with ``sensitivity``: the fitted ``LatencyModel`` whose
         predicted ms the guided allocation spent (``points`` then count predicted ms, not
         MACs); None otherwise.
+      margin: a latency budget timed here: how far under the budget the search aimed (the
+        relative spread of the dense model's timings, ``budget/hold.py``); 0 otherwise.
+      remeasured: a latency budget timed here: the returned model's latency timed again in
+        rounds interleaved with the dense model (None otherwise, or when nothing was pruned).
     """
 
     kind: str
@@ -50,6 +54,8 @@ class BudgetReport:
     round_to: int = 1
     alignment: dict = dataclasses.field(default_factory=dict)
     latency_model: object = None
+    margin: float = 0.0
+    remeasured: float = None
 
     @property
     def layer_sparsity(self):
@@ -93,6 +99,11 @@ class BudgetReport:
                  f"{got / self.budget:.1%} of the budget, {got / (self.dense or 1):.1%} of dense)"]
         if self.latency_model is not None:
             lines.append(f"  latency model: {self.latency_model.describe()}")
+        if self.remeasured is not None:
+            lines.append(f"  aimed {self.margin:.1%} under the budget (the timing spread "
+                         f"measured here); timed again, interleaved with dense: "
+                         f"{self.remeasured:.4g} ms ({self.remeasured / self.budget:.1%} of the "
+                         "budget)")
         width = max([len(n) for n in self.ratios] + [5])
         lines += [f"  {name:<{width}}  {ratio:6.1%}" for name, ratio in self.ratios.items()]
         return "\n".join(lines)

@@ -40,6 +40,7 @@ from tfsynapse.pruning.api import prune_once
 from tfsynapse.surgery import shrink
 from tfsynapse.budget import alignment as budget_alignment
 from tfsynapse.budget import latency_model as budget_latency_model
+from tfsynapse.budget import hold as budget_hold
 from tfsynapse.budget import measured as budget_measured
 from tfsynapse.budget.report import BudgetReport
 from tfsynapse.budget.request import BudgetRequest
@@ -131,7 +132,8 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
                           allocation="uniform" if search.curves is None else "sensitivity",
                           ratios=named, frozen=dict(search.solver.plan.frozen), steps=steps,
                           points=points, round_to=search.round_to, alignment=search.alignment,
-                          latency_model=search.solver.latency_model)
+                          latency_model=search.solver.latency_model, margin=search.margin,
+                          remeasured=search.remeasured)
     say(report.table())
     return (pruned, report) if return_report else pruned
 
@@ -146,6 +148,7 @@ class _Search:
         self.options, self.solver = self.solver_for(request.round_to or 1)
         self.round_to, self.alignment, self.meter = request.round_to, {}, None
         self.curves = None
+        self.margin, self.remeasured = 0.0, None  # a local latency budget's (budget/hold.py)
 
     def solver_for(self, multiple):
         """``(options, BudgetSolver)`` for channel counts kept in multiples of ``multiple``."""
@@ -229,9 +232,32 @@ class _Search:
             axis = "params"
         else:
             measure, axis = self.meter, "macs" if solver.latency_model is None else "latency"
-        (named, pruned), measured, dense_cost, points, steps = budget_measured.fit_measured(
-            self.solve, self.pruned_with, solver, self.model, r.budget, measure, axis,
-            floor_ratios, "bytes" if r.kind == "size_bytes" else "ms", self.say)
+        target = r.budget
+        if r.kind == "latency_ms" and r.measure_latency is None:  # timed here: drifts
+            self.margin, medians = budget_hold.spread_margin(self.meter, self.model)
+            target = r.budget / (1.0 + self.margin)
+            self.say(f"prune_to_budget: dense timed {len(medians)} times, spread "
+                     f"{self.margin:.1%}: aiming at {target:.4g} ms")
+
+        def fit(limit):
+            return budget_measured.fit_measured(
+                self.solve, self.pruned_with, solver, self.model, limit, measure, axis,
+                floor_ratios, "bytes" if r.kind == "size_bytes" else "ms", self.say)
+
+        try:
+            (named, pruned), measured, dense_cost, points, steps = fit(target)
+        except ValueError:
+            if target == r.budget:
+                raise
+            warnings.warn(f"tfsynapse: the latency budget of {r.budget:.4g} ms cannot be met "
+                          f"with the {self.margin:.1%} margin this machine's timing spread "
+                          f"asks for ({target:.4g} ms); searching to the budget itself.",
+                          stacklevel=4)
+            self.margin = 0.0
+            (named, pruned), measured, dense_cost, points, steps = fit(r.budget)
+        if r.kind == "latency_ms" and r.measure_latency is None and any(named.values()):
+            self.remeasured = budget_hold.remeasure(self.meter, shrink(pruned), self.model,
+                                                    r.budget)[0]
         return named, pruned, measured, measured, dense_cost, points, steps
 
 
