@@ -12,4 +12,4 @@ the JSON/Markdown/plot writers.
 """
 
 SECTIONS = ("speed", "speed_keras3", "speed_hub", "int8_layers", "budget", "budget_latency", "budget_alloc",
-            "overhead", "accuracy", "accuracy_ft", "scale", "converter_memory")
+            "overhead", "accuracy", "accuracy_ft", "accuracy_l1", "scale", "converter_memory")

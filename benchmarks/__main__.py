@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick] [--only speed,speed_keras3,int8_layers,budget,budget_latency,budget_alloc,overhead,accuracy,accuracy_ft,scale,converter_memory] [--output DIR]
+"""python -m benchmarks [--quick] [--only speed,speed_keras3,int8_layers,budget,budget_latency,budget_alloc,overhead,accuracy,accuracy_ft,accuracy_l1,scale,converter_memory] [--output DIR]
 
 Runs the benchmark sections and writes ``results.json``, ``RESULTS.md`` and PNG plots into
 the output folder (default: this package's folder; with ``--quick``, a new temporary folder).
@@ -30,6 +30,7 @@ TITLES = {
     "overhead": "Overhead: training-step time while pruning",
     "accuracy": "Accuracy at compression: both papers' procedures against the equal-budget control",
     "accuracy_ft": "Accuracy II: fine-tuning length, pruned vs from scratch, D-Score vs random",
+    "accuracy_l1": "Accuracy II: what the L1 phase does to the strengths",
     "scale": "Scale: pipeline time vs model depth",
     "converter_memory": "Converter memory: the conversion worker over many conversions",
 }
