@@ -10,6 +10,10 @@ trains the same two phases without pruning.
 * ``gamma_kernel_norm`` (the paper's post-hoc score ``|gamma_i| * ||K_ij||``): phase 1 plain
   (it *is* the control's first phase), then the same pruning and fine-tuning.
 * ``kernel_norm`` (``||K_ij||``, no input scale): the same as the post-hoc arm.
+* ``synaptic_strength_held`` (issue #32, not in ``METHODS``: the ``accuracy_l1`` section runs
+  it): the paper's procedure with ``ProximalL1(hold_columns=True)``, which holds every strength
+  column that BatchNormalization makes free at RMS 1. ``synaptic_strength`` is the step as
+  written (``hold_columns=False``), as the accuracy section measured it.
 
 Pruning and fine-tuning: ``prune_synaptic(ConstantSparsity(target, begin_step=1,
 frequency=10**9))`` computes the masks once, at the first fine-tuning step (the wrapper counts
@@ -23,22 +27,28 @@ from benchmarks import acc_setup as S
 
 METHODS = ("synaptic_strength", "gamma_kernel_norm", "kernel_norm")
 CRITERION = {"synaptic_strength": "synaptic_strength", "gamma_kernel_norm": "synaptic_strength",
-             "kernel_norm": "kernel_norm"}
+             "kernel_norm": "kernel_norm", "synaptic_strength_held": "synaptic_strength"}
+TRAINED_FORM = ("synaptic_strength", "synaptic_strength_held")  # pruned in the synaptic form
 
 
-def synaptic_base(run, seed, lam):
-    """The synaptic model after its L1 phase (cached)."""
+def l1_key(run, seed, lam, hold=False):
+    """The cache key of the synaptic model after its L1 phase."""
+    return f"{run.arch}/seed{seed}/ss_{'hold_' if hold else ''}l1_{lam:g}"
+
+
+def synaptic_base(run, seed, lam, hold=False):
+    """The synaptic model after its L1 phase (cached); ``hold``: columns held at RMS 1."""
     import tfsynapse
 
     dense = run.dense(seed)
 
     def train(model):
         seconds = run.train(model, run.data, run.cfg["phase1_epochs"], S.PHASE_LR, seed + 100,
-                                callbacks=[tfsynapse.ProximalL1(lam)])
+                                callbacks=[tfsynapse.ProximalL1(lam, hold_columns=hold)])
         return {**S.evaluate(model, run.data), "strength_sparsity":
                 tfsynapse.strength_sparsity(model), "train_s": seconds}
 
-    return run.cache.model(f"{run.arch}/seed{seed}/ss_l1_{lam:g}",
+    return run.cache.model(l1_key(run, seed, lam, hold),
                            lambda: tfsynapse.to_synaptic(dense, l1=0.0), train)
 
 
@@ -57,7 +67,7 @@ def prune_and_finetune(run, base, method, sparsity, seed, distill_from=None):
                             callbacks=[tfsynapse.UpdatePruningStep()])
     stripped = tfsynapse.strip_pruning(pruned)
     sparsity_reached = tfsynapse.connection_sparsity(stripped)[0]
-    final = tfsynapse.from_synaptic(stripped) if method == "synaptic_strength" else stripped
+    final = tfsynapse.from_synaptic(stripped) if method in TRAINED_FORM else stripped
     small, report = tfsynapse.shrink(final, return_report=True)
     numbers = {**S.evaluate(small, run.data), "connection_sparsity": float(sparsity_reached),
                "mac_reduction": report.mac_reduction, "param_reduction": report.param_reduction,
@@ -70,15 +80,15 @@ def connection_arm(run, seed, method, sparsity, lam):
     from tfsynapse.backends.tf_keras import keras
 
     def compute():
-        if method == "synaptic_strength":
-            base, _ = synaptic_base(run, seed, lam)
+        if method in TRAINED_FORM:
+            base, _ = synaptic_base(run, seed, lam, hold=method == "synaptic_strength_held")
         else:
             base = run.control(seed, phase=1)
         keras.utils.set_random_seed(seed)
         numbers, _ = prune_and_finetune(run, base, method, sparsity, seed)
         return numbers
 
-    suffix = f"_l{lam:g}" if method == "synaptic_strength" else ""
+    suffix = f"_l{lam:g}" if method in TRAINED_FORM else ""
     return run.cache.result(f"{run.arch}/seed{seed}/conn/{method}{suffix}/{sparsity:g}", compute)
 
 
@@ -88,7 +98,7 @@ def choose_lambda(run):
     sweep = []
     for lam in run.cfg["lambdas"]:
         numbers = connection_arm(run, seed, "synaptic_strength", sparsity, lam)
-        l1 = run.cache.numbers(f"{run.arch}/seed{seed}/ss_l1_{lam:g}") or {}
+        l1 = run.cache.numbers(l1_key(run, seed, lam)) or {}
         sweep.append({"lambda": lam, "val": numbers["val"],
                       "strength_sparsity_after_l1": l1.get("strength_sparsity"),
                       "val_after_l1": l1.get("val")})

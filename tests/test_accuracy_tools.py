@@ -188,7 +188,7 @@ def test_proximal_step_is_exact_soft_thresholding(K):
     model = _synaptic_net(K)
     model.compile(K.optimizers.SGD(0.1, momentum=0.9),
                   K.losses.SparseCategoricalCrossentropy(from_logits=True))
-    callback = tfsynapse.ProximalL1(0.02)
+    callback = tfsynapse.ProximalL1(0.02, hold_columns=False)  # the step as written
     callback.set_model(model)
     callback.on_train_begin()
     strengths = tfsynapse.layers.synaptic_strengths(model)
@@ -218,7 +218,7 @@ def test_proximal_step_is_exact_soft_thresholding(K):
         return
     legacy = _synaptic_net(K)
     legacy.compile(K.optimizers.legacy.SGD(0.1, momentum=0.9), "mse")
-    other = tfsynapse.ProximalL1(0.02)
+    other = tfsynapse.ProximalL1(0.02, hold_columns=False)
     other.set_model(legacy)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -15,6 +15,11 @@ condition of ``L + lambda * sum |s|``; without it momentum would weaken the pena
 at momentum 0.9. Train the L1 phase with SGD (momentum or not); with an adaptive optimizer
 (Adam, RMSprop, ...) the step is heuristic and the callback warns.
 
+**(choice)** By default (``hold_columns=True``) the step also holds the scale of every
+strength column that a following BatchNormalization makes free (``column_scale``): without
+it, L1 shrinks whole output columns to zero at no cost to the loss instead of selecting
+connections.
+
 Works with either Keras: it is a tf_keras callback, and Keras 3's ``fit`` calls a callback's
 hooks by name, so the same object serves a Keras 3 model (also inside a pruned model's fit).
 """
@@ -24,6 +29,7 @@ import warnings
 from tfsynapse import backends
 from tfsynapse.backends import tf
 from tfsynapse.backends.tf_keras import keras
+from tfsynapse.layers.column_scale import free_columns, rescale_columns
 
 
 def _synaptic_layers(model):
@@ -78,6 +84,15 @@ class ProximalL1(keras.callbacks.Callback):
         values 1e-4 .. 1e-2; sweep them on validation data (see docs/methods.md).
       momentum_correction: divide the step by ``1 - momentum`` for SGD with momentum (see the
         module docstring); False applies ``lambda * lr`` as is.
+      hold_columns: keep every strength column whose scale a following BatchNormalization
+        makes free at norm ``sqrt(C_in)`` (RMS 1), before the phase and after every step,
+        compensating the BN's moving statistics exactly (``column_scale``); the penalty then
+        selects connections within columns instead of shrinking whole columns. False: the
+        paper's step as written (columns collapse under BN; see docs/methods.md).
+
+    Attributes (after the start of training):
+      held_layers: names of the layers whose columns are held.
+      kept_layers: ``{name: reason}`` of the synaptic layers whose columns keep their scale.
 
     Logs ``strength_sparsity`` (fraction of exact zeros) at the end of every epoch.
 
@@ -88,12 +103,15 @@ class ProximalL1(keras.callbacks.Callback):
 
     works_with_keras3 = True  # a Keras 3 pruned model's fit takes it too
 
-    def __init__(self, l1, momentum_correction=True):
+    def __init__(self, l1, momentum_correction=True, hold_columns=True):
         super().__init__()
         if isinstance(l1, bool) or not isinstance(l1, (int, float)) or not l1 > 0:
             raise ValueError(f"l1 must be a positive number, got {l1!r}.")
         self.l1 = float(l1)
         self.momentum_correction = bool(momentum_correction)
+        self.hold_columns = bool(hold_columns)
+        self.held_layers, self.kept_layers = [], {}
+        self._held = []
         self._strengths = []
         self._step = None
 
@@ -109,6 +127,7 @@ class ProximalL1(keras.callbacks.Callback):
                 f"the strengths of {doubled[:3]} also carry an L1 regularizer in the loss; the "
                 "proximal step is the L1 penalty. Convert with tfsynapse.to_synaptic(model) "
                 "without l1= (or l1=0) when training with ProximalL1.")
+        self._hold(self.model)
         optimizer = self.model.optimizer
         factor = 1.0
         if _is_sgd(optimizer):
@@ -124,8 +143,26 @@ class ProximalL1(keras.callbacks.Callback):
         self._step = self._make_step(optimizer, self.l1 * factor,
                                      backends.backend_of(self.model).learning_rate_of(optimizer))
 
+    def _hold(self, model):
+        """Finds the held columns and brings them to RMS 1 once, before the first step."""
+        self._held, self.held_layers, self.kept_layers = [], [], {}
+        if not self.hold_columns:
+            return
+        self._held, self.kept_layers = free_columns(model)
+        self.held_layers = [pair.conv.name for pair in self._held]
+        if self._held and self.kept_layers:
+            warnings.warn(
+                f"tfsynapse: ProximalL1 holds the strength columns of {len(self._held)} layers "
+                f"at RMS 1 (BatchNormalization makes their scale free) but not those of "
+                f"{len(self.kept_layers)} others ({dict(list(self.kept_layers.items())[:3])}): "
+                "their strengths keep their own scale, so one global threshold compares the "
+                "two kinds at different scales. Prune with scope='layer' or per-layer ratios, "
+                "or pass hold_columns=False.", stacklevel=3)
+        rescale_columns(self._held)
+
     def _make_step(self, optimizer, scale, rate):
         strengths = self._strengths
+        held = self._held
         # Updates taken since the last proximal step: more than one when the model is
         # compiled with steps_per_execution > 1 (Keras then calls on_train_batch_end once per
         # execution); soft-thresholding by the sum of their steps is what one proximal step
@@ -143,6 +180,7 @@ class ProximalL1(keras.callbacks.Callback):
             tau = tf.cast(lr, tf.float32) * scale * updates
             for s in strengths:
                 s.assign(tf.sign(s) * tf.nn.relu(tf.abs(s) - tf.cast(tau, s.dtype)))
+            rescale_columns(held)
 
         return step
 
