@@ -150,6 +150,21 @@ def cnn(backend):
     return randomize_bn(small_cnn(backend=backend))
 
 
+def synaptic_net(K, l1=0.0, filters=6):
+    """A small synaptic CNN (8x8x2 -> 3 classes): c1 -> BN -> ReLU -> c2 -> GAP -> Dense, so
+    c1's strength columns are free under its BN and c2's are not."""
+    import tfsynapse  # noqa: PLC0415
+
+    L = K.layers
+    inputs = K.Input((8, 8, 2))
+    x = L.Conv2D(filters, 3, padding="same", name="c1")(inputs)
+    x = L.BatchNormalization(name="bn1")(x)
+    x = L.ReLU()(x)
+    x = L.Conv2D(filters, 3, padding="same", name="c2")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    return tfsynapse.to_synaptic(K.Model(inputs, L.Dense(3)(x)), l1=l1)
+
+
 def normal(*shape, seed=0, scale=1.0):
     """Standard normal float32 data of ``shape`` (times ``scale``), reproducible by ``seed``."""
     return (scale * np.random.default_rng(seed).normal(size=shape)).astype(np.float32)

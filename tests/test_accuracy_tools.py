@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import tfsynapse
-from conftest import dead_filters, randomize_bn, small_cnn
+from conftest import dead_filters, randomize_bn, small_cnn, synaptic_net
 from tfsynapse.backends.tf_keras import keras
 from tfsynapse.datasets import load_digits
 
@@ -173,19 +173,8 @@ def test_explicit_per_layer_ratios_raise_the_default_cap():
 
 
 # --------------------------------------------------------------------------- proximal L1
-def _synaptic_net(K, l1=0.0):
-    L = K.layers
-    inputs = K.Input((8, 8, 2))
-    x = L.Conv2D(6, 3, padding="same", name="c1")(inputs)
-    x = L.BatchNormalization(name="bn1")(x)
-    x = L.ReLU()(x)
-    x = L.Conv2D(6, 3, padding="same", name="c2")(x)
-    x = L.GlobalAveragePooling2D()(x)
-    return tfsynapse.to_synaptic(K.Model(inputs, L.Dense(3)(x)), l1=l1)
-
-
 def test_proximal_step_is_exact_soft_thresholding(K):
-    model = _synaptic_net(K)
+    model = synaptic_net(K)
     model.compile(K.optimizers.SGD(0.1, momentum=0.9),
                   K.losses.SparseCategoricalCrossentropy(from_logits=True))
     callback = tfsynapse.ProximalL1(0.02, hold_columns=False)  # the step as written
@@ -216,7 +205,7 @@ def test_proximal_step_is_exact_soft_thresholding(K):
     # the legacy SGD (tf_keras) is SGD too: momentum-corrected, no adaptive-optimizer warning
     if K.__name__ != "tf_keras":
         return
-    legacy = _synaptic_net(K)
+    legacy = synaptic_net(K)
     legacy.compile(K.optimizers.legacy.SGD(0.1, momentum=0.9), "mse")
     other = tfsynapse.ProximalL1(0.02, hold_columns=False)
     other.set_model(legacy)
@@ -231,7 +220,7 @@ def test_proximal_training_gives_exact_zeros_growing_with_lambda(K):
     sparsities = []
     for l1 in (1e-3, 3e-2):
         K.utils.set_random_seed(0)
-        model = _synaptic_net(K)
+        model = synaptic_net(K)
         model.compile(K.optimizers.SGD(0.05, momentum=0.9),
                       K.losses.SparseCategoricalCrossentropy(from_logits=True))
         history = model.fit(x, y, epochs=5, batch_size=4, verbose=0,
@@ -248,12 +237,12 @@ def test_proximal_errors_and_adaptive_optimizer_warning(K):
     plain.compile("sgd", "mse")
     with pytest.raises(ValueError, match="to_synaptic"):
         plain.fit(np.zeros((4, 4)), np.zeros((4, 2)), verbose=0, callbacks=[tfsynapse.ProximalL1(1e-3)])
-    doubled = _synaptic_net(K, l1=1e-4)
+    doubled = synaptic_net(K, l1=1e-4)
     doubled.compile("sgd", K.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.raises(ValueError, match="also carry an L1 regularizer"):
         doubled.fit(np.zeros((4, 8, 8, 2)), np.zeros(4), verbose=0,
                     callbacks=[tfsynapse.ProximalL1(1e-3)])
-    adam = _synaptic_net(K)
+    adam = synaptic_net(K)
     adam.compile("adam", K.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.warns(UserWarning, match="adaptive optimizer"):
         adam.fit(np.zeros((4, 8, 8, 2)), np.zeros(4), verbose=0, callbacks=[tfsynapse.ProximalL1(1e-3)])
