@@ -84,7 +84,8 @@ def test_modes_constant():
     assert QUANTIZATION_MODES == (None, "dynamic", "float16", "int8")
     assert set(tflite_export.__all__) == {"convert", "verify", "predict", "benchmark", "inspect",
                                           "quantize_aware", "is_quantize_aware",
-                                          "QUANTIZATION_MODES"}
+                                          "QUANTIZATION_MODES", "quantization_report",
+                                          "QuantizationReport", "choose_float_layers"}
 
 
 @pytest.mark.parametrize("mode, max_error", [(None, 1e-5), ("dynamic", 5e-2), ("float16", 5e-3)])

@@ -13,6 +13,9 @@
   ``quantize_aware(model)`` first gives quantisation-aware training (QAT) whose learned
   ranges replace the calibration.
 
+``quantization_report`` gives the int8 error layer by layer, and ``convert(...,
+float_layers='auto')`` keeps float the fewest layers that bring int8 within a tolerance.
+
 ``verify`` compares a converted model with its Keras model, ``predict`` runs one, ``benchmark`` times it in
 ``ai_edge_litert``'s interpreter, and ``inspect`` lists its ops and I/O tensors.
 """
@@ -21,7 +24,10 @@ from tflite_export.benchmarking import benchmark
 from tflite_export.converter import QUANTIZATION_MODES, convert
 from tflite_export.inspect_model import inspect
 from tflite_export.qat import is_quantize_aware, quantize_aware
+from tflite_export.layer_errors import (
+    QuantizationReport, choose_float_layers, quantization_report)
 from tflite_export.verification import predict, verify
 
 __all__ = ["convert", "verify", "predict", "benchmark", "inspect", "quantize_aware",
-           "is_quantize_aware", "QUANTIZATION_MODES"]
+           "is_quantize_aware", "QUANTIZATION_MODES", "quantization_report", "QuantizationReport",
+           "choose_float_layers"]

@@ -148,6 +148,7 @@ def convert(
     sparse_weights=False,
     isolate=True,
     float_layers=None,
+    float_tolerance=0.02,
 ):
     """Converts a Keras model to a TFLite flatbuffer that uses builtin ops only.
 
@@ -186,7 +187,12 @@ def convert(
         DEQUANTIZE and a QUANTIZE: selective quantisation, e.g. the layers at the first
         resolution, which int8 runs several times slower than float on x86 without VNNI
         (benchmarks, int8_layers). Not input or output layers. Measure on the target device
-        (``tflite_export.benchmark``).
+        (``tflite_export.benchmark``). ``'auto'``: the fewest layers, chosen by their
+        quantisation error (``quantization_report``), that bring the int8 model's outputs
+        within ``float_tolerance`` of the float32 model's on the calibration data; the choice
+        and the errors are logged, and a warning says when no choice reaches the tolerance.
+      float_tolerance: with ``float_layers='auto'``, the relative output error allowed,
+        ``||int8 - float32|| / ||float32||`` over the calibration samples (0.02: 2%).
 
     Returns:
       The TFLite flatbuffer as ``bytes``.
@@ -214,21 +220,67 @@ def convert(
             f"quantize={quantize!r}.",
             stacklevel=2,
         )
+    if float_tolerance != 0.02 and not (isinstance(float_layers, str) and float_layers == "auto"):
+        warnings.warn(f"float_tolerance={float_tolerance!r} is only used by float_layers='auto'; "
+                      "ignored.", stacklevel=2)
+    if isinstance(float_layers, str) and float_layers == "auto":
+        return _convert_auto(model, calibration, int8_io, output, sparse_weights, isolate,
+                             float_tolerance)
     kept_float = float_layers_.requested(model, float_layers, quantize, calibration is not None)
+    data = convert_checked(model, quantize, calibration, int8_io=int8_io,
+                           sparse_weights=sparse_weights, isolate=isolate, kept_float=kept_float)
+    if output is not None:
+        atomic_write(output, lambda stream: stream.write(data))
+    return data
+
+
+def convert_checked(model, quantize, calibration, int8_io=False, sparse_weights=False,
+                    isolate=True, kept_float=(), marked=None):
+    """``convert`` after its argument checks (for this package's modules).
+
+    Args:
+      model: a checked Keras model.
+      quantize, int8_io, sparse_weights, isolate: as ``convert`` (checked).
+      calibration: a ``Calibration`` or None.
+      kept_float: layer names kept float (checked by ``float_layers.requested``).
+      marked: layer names whose ops keep their marker names in the result (``float_layers``
+        numbering), for matching the ops of two conversions; only without ``kept_float``.
+
+    Returns:
+      The flatbuffer bytes.
+    """
+    if marked and kept_float:
+        raise ValueError("marked and kept_float are exclusive")
+    backend = backend_of(model)
     with tempfile.TemporaryDirectory(prefix="tfsynapse-convert-") as directory:
         conversion_job.write_job(
             directory, quantize=quantize, int8_io=int8_io, sparse_weights=sparse_weights,
             input_names=backend.input_names(model), output_names=backend.output_names(model),
             calibration=calibration, float_layers=kept_float)
-        data = _first_strategy_that_converts(model, quantize, directory, isolate, kept_float)
+        data = _first_strategy_that_converts(model, quantize, directory, isolate,
+                                             marked or kept_float)
     _check_outputs(data, backend.output_names(model))
     if quantize == "int8" and calibration is None:
         _warn_float_parts(conversion_job.check_loads(data, quantize))
     if quantize == "dynamic":
         _warn_if_nothing_quantised(data)
-    if output is not None:
-        atomic_write(output, lambda stream: stream.write(data))
     return data
+
+
+def _convert_auto(model, calibration, int8_io, output, sparse_weights, isolate, tolerance):
+    """``float_layers='auto'``: the fewest layers kept float that bring the int8 model within
+    ``tolerance`` of the float32 one (``quantization_report.choose_float_layers``)."""
+    from tflite_export import layer_errors  # noqa: PLC0415 - it imports this module
+
+    if calibration is None:
+        raise ValueError("float_layers='auto' needs quantize='int8' and representative_dataset: "
+                         "the layers are chosen by their error on that data.")
+    choice = layer_errors.choose_float_layers(
+        model, calibration, tolerance=tolerance, int8_io=int8_io,
+        sparse_weights=sparse_weights, isolate=isolate)
+    if output is not None:
+        atomic_write(output, lambda stream: stream.write(choice.data))
+    return choice.data
 
 
 def _check_outputs(data, names):
