@@ -12,7 +12,7 @@ trains the same two phases without pruning.
 * ``kernel_norm`` (``||K_ij||``, no input scale): the same as the post-hoc arm.
 * ``synaptic_strength_held`` (issue #32, not in ``METHODS``: the ``accuracy_l1`` section runs
   it): the paper's procedure with ``ProximalL1(hold_columns=True)``, which holds every strength
-  column that BatchNormalization makes free at RMS 1. ``synaptic_strength`` is the step as
+  column that BatchNormalization makes free at unit norm. ``synaptic_strength`` is the step as
   written (``hold_columns=False``), as the accuracy section measured it.
 
 Pruning and fine-tuning: ``prune_synaptic(ConstantSparsity(target, begin_step=1,
@@ -37,7 +37,7 @@ def l1_key(run, seed, lam, hold=False):
 
 
 def synaptic_base(run, seed, lam, hold=False):
-    """The synaptic model after its L1 phase (cached); ``hold``: columns held at RMS 1."""
+    """The synaptic model after its L1 phase (cached); ``hold``: columns held at unit norm."""
     import tfsynapse
 
     dense = run.dense(seed)

@@ -12,7 +12,7 @@ rather than selecting connections. A diagnosis on one seed, not a claim; cached 
 stages (the L1-phase model is the accuracy section's own stage).
 
 **The fix** (``ProximalL1(hold_columns=True)``, ``tfsynapse/layers/column_scale.py``): every
-column whose scale BN makes free is held at RMS 1. The same diagnosis after the held phase, then
+column whose scale BN makes free is held at unit norm. The same diagnosis after the held phase, then
 the held arm's accuracy: lambda from ``held.lambdas`` chosen per sparsity on seed 0's
 **validation** accuracy (the grid goes past the accuracy section's 8e-3), every seed at the
 chosen lambda, each against the equal-budget control (dense + L1 phase + fine-tuning epochs),
@@ -191,10 +191,10 @@ def markdown(result):
     for seed, r in result["seeds"].items():
         lines += [f"Seed {seed} (validation after the phase {r['val']:.2%}, strength "
                   f"sparsity {r['strength_sparsity']:.1%}):", "", _diagnosis_table(r), ""]
-    lines += ["### The fix: columns held at RMS 1 (`ProximalL1(hold_columns=True)`)", "",
+    lines += ["### The fix: columns held at unit norm (`ProximalL1(hold_columns=True)`)", "",
               "The same statistics after the held L1 phase (seed "
               f"{s['held']['seeds'][0]}; medians before are of the unheld strengths, the held "
-              "ones start at RMS 1):", ""]
+              "ones start at unit norm):", ""]
     for lam, r in result.get("held_diagnosis", {}).items():
         lines += [f"lambda {lam} (validation after the phase {r['val']:.2%}, strength "
                   f"sparsity {r['strength_sparsity']:.1%}):", "", _diagnosis_table(r), ""]

@@ -58,7 +58,7 @@ def test_free_columns_are_those_feeding_one_batchnorm_and_others_say_why(K):
     assert [h.conv.name for h in free_columns(wrapped)[0]] == ["to_bn"]
 
 
-def test_rescaling_sets_rms_one_and_keeps_the_function(K):
+def test_rescaling_sets_unit_norm_and_keeps_the_function(K):
     # BN's epsilon is the one thing the rescaling changes (it resists small pre-BN variances):
     # 1e-7 makes the check tight; with the default 1e-3 the difference is epsilon's alone
     model = _net(K, widths=(6, 10), epsilon=1e-7)
@@ -78,8 +78,8 @@ def test_rescaling_sets_rms_one_and_keeps_the_function(K):
     rescale_columns(held)
     for pair in held:
         s = pair.conv.strength.numpy()
-        np.testing.assert_allclose(np.linalg.norm(s, axis=0), np.sqrt(s.shape[0]), rtol=1e-5)
-        ratio = np.sqrt(s.shape[0]) / norms[pair.conv.name]
+        np.testing.assert_allclose(np.linalg.norm(s, axis=0), 1.0, rtol=1e-5)
+        ratio = 1.0 / norms[pair.conv.name]
         np.testing.assert_allclose(pair.norm.moving_mean.numpy(), means[pair.conv.name] * ratio,
                                    rtol=1e-5)
     scale = np.abs(inference).max()
@@ -100,15 +100,14 @@ def test_the_plain_step_kills_columns_where_the_held_step_selects_connections(K)
         model = _net(K)
         model.compile(K.optimizers.SGD(0.05, momentum=0.9),
                       K.losses.SparseCategoricalCrossentropy(from_logits=True))
-        callback = tfsynapse.ProximalL1(0.2, hold_columns=hold)
+        callback = tfsynapse.ProximalL1(0.1, hold_columns=hold)
         model.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[callback])
         s = model.get_layer("c2").strength.numpy()
         dead[hold], zeros[hold] = (s == 0).all(axis=0).mean(), (s == 0).mean()
         if hold:
             assert callback.held_layers == ["c1", "c2"] and callback.kept_layers == {}
             alive = ~(s == 0).all(axis=0)
-            np.testing.assert_allclose(np.linalg.norm(s[:, alive], axis=0), np.sqrt(12),
-                                       rtol=1e-4)
+            np.testing.assert_allclose(np.linalg.norm(s[:, alive], axis=0), 1.0, rtol=1e-4)
         else:
             assert callback.held_layers == []
     assert dead[False] >= 0.9, dead  # the plain step: whole columns zero

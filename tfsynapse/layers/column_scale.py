@@ -7,15 +7,21 @@ epsilon), while the L1 penalty falls with it. Proximal L1 then shrinks whole col
 for free instead of choosing among a column's connections (measured in the benchmark section
 ``accuracy_l1``: 53-76% of the middle layers' columns died).
 
-**(choice)** ``hold_columns`` keeps each such column at a fixed norm, ``||s[:, j]|| =
-sqrt(C_in)`` (root mean square 1): once before the L1 phase, and again after every proximal
-step. The rescaling is exact: the BN's moving mean (and the convolution's bias) is multiplied
-by ``r`` and its moving variance by ``r**2``, so inference gives the same outputs up to BN's
-epsilon, and training-mode BN is invariant to the rescaling. The penalty then acts on the
-shape of a column (which connections carry it), not on its size. A common scale (RMS 1 in
-every held layer) also makes one global threshold compare layers of different fan-in on the
-same footing, where raw strengths fall with fan-in. A column whose every strength was
-thresholded to zero stays zero (its channel is dead).
+**(choice)** ``hold_columns`` keeps each such column at unit norm, ``||s[:, j]|| = 1``: once
+before the L1 phase, and again after every proximal step. The rescaling is exact: the BN's
+moving mean (and the convolution's bias) is multiplied by the ratio ``r`` and its moving
+variance by ``r**2``, so inference gives the same outputs up to BN's epsilon, and
+training-mode BN is invariant to the rescaling. The penalty then acts on the shape of a
+column (which connections carry it), not on its size. Why unit norm: with inputs normalised
+by their own BNs, ``s_ij**2`` is then connection ``i``'s share of output ``j``'s pre-BN
+signal, a quantity one global threshold can compare across layers; a narrow layer's
+connections each carry a large share (a single-input column's connection carries all of it,
+``|s| = 1``, the most a strength can be), a wide layer's a small one. An earlier choice,
+root mean square 1 (``||s[:, j]|| = sqrt(C_in)``), put every layer on one scale regardless of
+shares: the single-input first convolution of a grayscale VGG then had every strength
+exactly 1, below the 90% global threshold, and was removed whole (chance accuracy; benchmark
+section ``accuracy_l1``, lambda 2e-3, seed 0). A column whose every strength was thresholded
+to zero stays zero (its channel is dead).
 
 Columns of convolutions not followed directly by a BatchNormalization keep their scale: there
 the loss sees it, and the paper's penalty acts as written.
@@ -97,16 +103,15 @@ def free_columns(model):
 
 
 def rescale_columns(held):
-    """Brings every held column back to norm ``sqrt(C_in)``, compensating its BN (graph-safe).
+    """Brings every held column back to unit norm, compensating its BN (graph-safe).
 
     Args:
       held: a list of ``HeldColumns``.
     """
     for pair in held:
         s = pair.conv.strength
-        target = tf.sqrt(tf.cast(tf.shape(s)[0], s.dtype))
         norm = tf.sqrt(tf.reduce_sum(tf.square(tf.convert_to_tensor(s)), axis=0))
-        ratio = tf.where(norm > 0, target / tf.maximum(norm, 1e-30), tf.ones_like(norm))
+        ratio = tf.where(norm > 0, 1.0 / tf.maximum(norm, 1e-30), tf.ones_like(norm))
         s.assign(s * ratio)
         bn = pair.norm
         bn.moving_mean.assign(bn.moving_mean * tf.cast(ratio, bn.moving_mean.dtype))

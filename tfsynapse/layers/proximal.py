@@ -85,7 +85,7 @@ class ProximalL1(keras.callbacks.Callback):
       momentum_correction: divide the step by ``1 - momentum`` for SGD with momentum (see the
         module docstring); False applies ``lambda * lr`` as is.
       hold_columns: keep every strength column whose scale a following BatchNormalization
-        makes free at norm ``sqrt(C_in)`` (RMS 1), before the phase and after every step,
+        makes free at unit norm, before the phase and after every step,
         compensating the BN's moving statistics exactly (``column_scale``); the penalty then
         selects connections within columns instead of shrinking whole columns. False: the
         paper's step as written (columns collapse under BN; see docs/methods.md).
@@ -144,7 +144,7 @@ class ProximalL1(keras.callbacks.Callback):
                                      backends.backend_of(self.model).learning_rate_of(optimizer))
 
     def _hold(self, model):
-        """Finds the held columns and brings them to RMS 1 once, before the first step."""
+        """Finds the held columns and brings them to unit norm once, before the first step."""
         self._held, self.held_layers, self.kept_layers = [], [], {}
         if not self.hold_columns:
             return
@@ -153,7 +153,7 @@ class ProximalL1(keras.callbacks.Callback):
         if self._held and self.kept_layers:
             warnings.warn(
                 f"tfsynapse: ProximalL1 holds the strength columns of {len(self._held)} layers "
-                f"at RMS 1 (BatchNormalization makes their scale free) but not those of "
+                f"at unit norm (BatchNormalization makes their scale free) but not those of "
                 f"{len(self.kept_layers)} others ({dict(list(self.kept_layers.items())[:3])}): "
                 "their strengths keep their own scale, so one global threshold compares the "
                 "two kinds at different scales. Prune with scope='layer' or per-layer ratios, "
