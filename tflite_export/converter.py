@@ -19,7 +19,8 @@ import numpy as np
 
 from tfsynapse.fileio import atomic_write
 from tfsynapse.backends import backend_of, tf
-from tflite_export import _runtime, conversion_job, float_layers as float_layers_, isolation
+from tflite_export import (
+    _runtime, conversion_job, float_layers as float_layers_, isolation, litert_route)
 from tflite_export.calibration import Calibration
 from tflite_export.qat import is_quantize_aware
 
@@ -149,6 +150,9 @@ def convert(
     isolate=True,
     float_layers=None,
     float_tolerance=0.02,
+    quantizer="tensorflow",
+    weights="int8",
+    activations="int8",
 ):
     """Converts a Keras model to a TFLite flatbuffer that uses builtin ops only.
 
@@ -193,6 +197,17 @@ def convert(
         and the errors are logged, and a warning says when no choice reaches the tolerance.
       float_tolerance: with ``float_layers='auto'``, the relative output error allowed,
         ``||int8 - float32|| / ||float32||`` over the calibration samples (0.02: 2%).
+      quantizer: ``'tensorflow'`` (TensorFlow's converter quantises) or ``'litert'``
+        (litert-quantizer quantises the float32 conversion: the extra
+        ``tfsynapse[quantizer]``; see ``litert_route``). With ``'litert'``, ``quantize`` is
+        ``'int8'`` (static, calibrated), ``'dynamic'`` or ``'weight_only'``; ``float_layers``
+        works with ``'int8'`` without TensorFlow's private hook. When that hook is missing,
+        ``float_layers`` on the default quantizer moves to ``'litert'`` with a warning, or
+        fails naming the extra.
+      weights: with ``quantizer='litert'``: ``'int8'`` or ``'int4'`` weights (int4 with
+        ``'dynamic'`` or ``'weight_only'``).
+      activations: with ``quantizer='litert'`` and ``quantize='int8'``: ``'int8'`` or
+        ``'int16'`` (a16w8; XNNPACK does not run int16 activations on CPU).
 
     Returns:
       The TFLite flatbuffer as ``bytes``.
@@ -209,7 +224,11 @@ def convert(
     """
     backend = backend_of(model)
     backend.check_model(model)
-    _check_mode(quantize, int8_io, sparse_weights)
+    _check_quantizer(quantizer, weights, activations)
+    if quantizer == "litert":
+        litert_route.check(quantize, weights, activations, int8_io, sparse_weights)
+    else:
+        _check_mode(quantize, int8_io, sparse_weights)
     isolate = _check_isolate(isolate)
     calibration = None
     if quantize == "int8" and not (representative_dataset is None and is_quantize_aware(model)):
@@ -224,13 +243,55 @@ def convert(
         warnings.warn(f"float_tolerance={float_tolerance!r} is only used by float_layers='auto'; "
                       "ignored.", stacklevel=2)
     if isinstance(float_layers, str) and float_layers == "auto":
+        if quantizer != "tensorflow":
+            raise ValueError("float_layers='auto' chooses with TensorFlow's quantizer; use "
+                             "quantizer='tensorflow' (or name the layers for 'litert').")
         return _convert_auto(model, calibration, int8_io, output, sparse_weights, isolate,
                              float_tolerance)
     kept_float = float_layers_.requested(model, float_layers, quantize, calibration is not None)
-    data = convert_checked(model, quantize, calibration, int8_io=int8_io,
-                           sparse_weights=sparse_weights, isolate=isolate, kept_float=kept_float)
+    if quantizer == "litert":
+        data = _convert_litert(model, quantize, weights, activations, calibration, int8_io,
+                               isolate, kept_float)
+    else:
+        try:
+            data = convert_checked(model, quantize, calibration, int8_io=int8_io,
+                                   sparse_weights=sparse_weights, isolate=isolate,
+                                   kept_float=kept_float)
+        except float_layers_.MissingHookError as err:
+            if not litert_route.available():
+                raise float_layers_.FloatLayersError(
+                    f"{err} Install litert-quantizer to keep layers float without it: "
+                    "pip install 'tfsynapse[quantizer]'.") from err
+            warnings.warn(f"{err} float_layers moves to quantizer='litert' "
+                          "(litert-quantizer) for this conversion.", stacklevel=2)
+            data = _convert_litert(model, quantize, "int8", "int8", calibration, int8_io,
+                                   isolate, kept_float)
     if output is not None:
         atomic_write(output, lambda stream: stream.write(data))
+    return data
+
+
+def _check_quantizer(quantizer, weights, activations):
+    if quantizer not in ("tensorflow", "litert"):
+        raise ValueError(f"quantizer must be 'tensorflow' or 'litert', got {quantizer!r}.")
+    if quantizer == "tensorflow" and (weights, activations) != ("int8", "int8"):
+        raise ValueError(f"weights={weights!r} / activations={activations!r} need "
+                         "quantizer='litert' (TensorFlow's converter has int8 only).")
+
+
+def _convert_litert(model, quantize, weights, activations, calibration, int8_io, isolate,
+                    kept_float):
+    """The float32 conversion, quantised by litert-quantizer (``litert_route``)."""
+    from tflite_export.keras_io import add_keras_io, keras_io  # noqa: PLC0415
+
+    backend = backend_of(model)
+    float_data = convert_checked(model, None, None, isolate=isolate, marked=kept_float)
+    data = litert_route.quantize(float_data, quantize, weights, activations, calibration,
+                                 kept_float, int8_io)
+    if keras_io(data) == (None, None):
+        data = add_keras_io(data, backend.input_names(model), backend.output_names(model))
+    conversion_job.check_loads(data, quantize)
+    _check_outputs(data, backend.output_names(model))
     return data
 
 

@@ -35,6 +35,10 @@ class FloatLayersError(ValueError):
     quantised anyway, or a converter without the hook this module needs."""
 
 
+class MissingHookError(FloatLayersError):
+    """TensorFlow's converter has no ``_mlir_quantize`` to wrap (``tf.lite`` moved on)."""
+
+
 def requested(model, float_layers, quantize, calibrated):
     """Checks ``convert``'s ``float_layers`` argument.
 
@@ -197,7 +201,7 @@ def keep_float(layer_names):
 
         original = lite._mlir_quantize
     except (ImportError, AttributeError) as err:
-        raise FloatLayersError(
+        raise MissingHookError(
             "float_layers needs TensorFlow's converter internals (tensorflow.lite.python.lite."
             f"_mlir_quantize, present in TensorFlow 2.21); this TensorFlow has none: {err}"
         ) from err
