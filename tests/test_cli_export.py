@@ -72,6 +72,37 @@ def test_export_int8_keeps_the_named_layers_float(models, tmp_path, capsys):
     assert_one_line_error(code, err, "no layer 'nope'")
 
 
+def test_export_with_litert_quantizer_and_automatic_float_layers(models, tmp_path, capsys):
+    samples = normal(16, 10, 10, 3)
+    calibration = tmp_path / "calib.npy"
+    np.save(calibration, samples)
+    keras_model = load(models["keras"])
+    scale = np.abs(keras_model.predict(samples, verbose=0)).max()
+    out_path = tmp_path / "litert.tflite"
+    code, out, err = run(capsys, "export", models["keras"], "--quantize", "int8", "--calibration",
+                         calibration, "--quantizer", "litert", "--activations", "int16",
+                         "-o", out_path)
+    assert code == 0, err
+    assert tflite_export.verify(str(out_path), keras_model, samples)["max_abs_error"] < 0.05 * scale
+    code, out, err = run(capsys, "export", models["keras"], "--quantize", "weight_only",
+                         "--quantizer", "litert", "--weights", "int4", "-o", out_path)
+    assert code == 0, err
+    assert tflite_export.verify(str(out_path), keras_model, samples)["max_abs_error"] < 0.2 * scale
+    code, _, err = run(capsys, "export", models["keras"], "--quantize", "int8", "--calibration",
+                       calibration, "--weights", "int4", "-o", out_path)
+    assert_one_line_error(code, err, "need quantizer='litert'")
+    code, out, err = run(capsys, "export", models["keras"], "--quantize", "int8", "--calibration",
+                         calibration, "--float-layers", "auto", "--float-tolerance", "0.5",
+                         "-o", out_path)
+    assert code == 0, err
+    assert re.search(r"^float layers \(none\): output error \d+\.\d+%$", out, re.M), out
+    assert re.search(r"^kept float: \(none\) \(output error [\d.]+%, tolerance 50\.00%\)$", out,
+                     re.M), out
+    code, _, err = run(capsys, "export", models["keras"], "--quantize", "int8", "--calibration",
+                       calibration, "--float-tolerance", "0.1", "-o", out_path)
+    assert_one_line_error(code, err, "--float-tolerance is only used by --float-layers auto")
+
+
 def test_missing_model(tmp_path, capsys):
     out_path = tmp_path / "out.keras"
     code, _, err = run(capsys, "prune", tmp_path / "nope.keras", "--sparsity", "0.5",

@@ -181,6 +181,9 @@ def _cmd_export(args):
         raise CliError("--int8-io needs --quantize int8")
     if args.float_layers and quantize != "int8":
         raise CliError("--float-layers needs --quantize int8")
+    auto = args.float_layers == ["auto"]
+    if args.float_tolerance != 0.02 and not auto:
+        raise CliError("--float-tolerance is only used by --float-layers auto")
     if args.sparse_weights and quantize == "dynamic":
         raise CliError("--sparse-weights works with --quantize none, float16 or int8, not dynamic")
     if not args.output.lower().endswith(".tflite"):
@@ -197,10 +200,14 @@ def _cmd_export(args):
     if calibration is not None:
         check_samples(calibration, model, "--calibration", args.calibration)
     with native_stderr_hidden(not getattr(args, "verbose", False)):  # the converter's chatter
-        tflite_export.convert(model, quantize=quantize, representative_dataset=calibration,
-                              int8_io=args.int8_io, output=output,
-                              sparse_weights=args.sparse_weights,
-                              float_layers=args.float_layers)
+        if auto:
+            _export_auto(tflite_export, model, calibration, args, output)
+        else:
+            tflite_export.convert(model, quantize=quantize, representative_dataset=calibration,
+                                  int8_io=args.int8_io, output=output,
+                                  sparse_weights=args.sparse_weights,
+                                  float_layers=args.float_layers, quantizer=args.quantizer,
+                                  weights=args.weights, activations=args.activations)
     info = tflite_export.inspect(output)
     print(f"saved {args.output}: {info['size_bytes']:,} bytes, quantize={args.quantize}")
     print(f"ops: {', '.join(info['ops'])}")
@@ -208,6 +215,22 @@ def _cmd_export(args):
         for t in info[kind]:
             print(f"{kind[:-1]} {t['name']}: {t['dtype']} {t['shape_signature']}")
     return 0
+
+
+def _export_auto(tflite_export, model, calibration, args, output):
+    """``--float-layers auto``: choose, say what was chosen and what it measured, write."""
+    from tfsynapse.fileio import atomic_write  # noqa: PLC0415
+
+    if args.quantizer != "tensorflow":
+        raise CliError("--float-layers auto chooses with --quantizer tensorflow")
+    choice = tflite_export.choose_float_layers(
+        model, calibration, tolerance=args.float_tolerance, int8_io=args.int8_io,
+        sparse_weights=args.sparse_weights)
+    for layers, error in choice.tried:
+        print(f"float layers {', '.join(layers) or '(none)'}: output error {error:.2%}")
+    print(f"kept float: {', '.join(choice.layers) or '(none)'} (output error "
+          f"{choice.error:.2%}, tolerance {args.float_tolerance:.2%})")
+    atomic_write(output, lambda stream: stream.write(choice.data))
 
 
 def _ms(value):

@@ -17,7 +17,7 @@ from tfsynapse.cli.args import (
     sparsity,
 )
 
-QUANTIZE_CHOICES = ("none", "dynamic", "float16", "int8")
+QUANTIZE_CHOICES = ("none", "dynamic", "float16", "int8", "weight_only")
 GRANULARITY_CHOICES = ("filter", "connection")
 SCOPE_CHOICES = ("layer", "global")
 
@@ -120,14 +120,25 @@ def _add_export(sub, debug):
                        description="Converts a model to a .tflite file (tflite_export.convert).")
     p.add_argument("model", help=_MODEL_HELP)
     p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
-                   help="none (float32, default), dynamic, float16 or int8 (needs --calibration)")
+                   help="none (float32, default), dynamic, float16, int8 (needs --calibration) "
+                        "or weight_only (--quantizer litert)")
+    p.add_argument("--quantizer", choices=("tensorflow", "litert"), default="tensorflow",
+                   help="who quantises: TensorFlow's converter (default) or litert-quantizer "
+                        "(pip install 'tfsynapse[quantizer]')")
+    p.add_argument("--weights", choices=("int8", "int4"), default="int8",
+                   help="weight width with --quantizer litert (int4: dynamic or weight_only)")
+    p.add_argument("--activations", choices=("int8", "int16"), default="int8",
+                   help="activation width with --quantizer litert and --quantize int8")
     p.add_argument("--calibration", metavar="FILE",
                    help="int8 calibration samples: a .npy array (N, ...) or a .npz with one array")
     p.add_argument("--int8-io", action="store_true",
                    help="int8 input and output tensors (int8 only)")
     p.add_argument("--float-layers", type=layer_names, metavar="L1,L2",
                    help="layers kept float32 inside the int8 model (comma-separated names), "
-                        "e.g. a 3-channel first convolution that int8 runs slower")
+                        "e.g. a 3-channel first convolution that int8 runs slower; 'auto': the "
+                        "fewest layers that bring int8 within --float-tolerance of float32")
+    p.add_argument("--float-tolerance", type=float, default=0.02, metavar="E",
+                   help="with --float-layers auto: relative output error allowed (0.02)")
     p.add_argument("--sparse-weights", action="store_true",
                    help="store sparse (connection-pruned) weights compressed; smaller file")
     p.add_argument("-o", "--output", required=True, metavar="OUT.tflite")
