@@ -260,10 +260,12 @@ def test_a_terminated_export_removes_its_temporary_folder(models, tmp_path):
     """SIGTERM while the converter runs: the command says so (exit 143) and leaves no
     ``tfsynapse-convert-*`` folder behind.
 
-    Once in a fresh-clone CI run (2026-12-04) the signal was lost: the export finished with
-    exit 0 and no message. That race is not understood yet; the scenario is tried up to three
-    times, every try must leave no folder, and a try that finished instead of stopping is
-    counted; one must be terminated as documented."""
+    Once in a fresh-clone CI run (2026-12-04) the export finished with exit 0 and no message.
+    The race is this test's own: ``Popen.send_signal`` polls first and sends nothing to a
+    process that has already exited, so when the test is descheduled between seeing the
+    folder and signalling (a loaded 2-core machine), the export may finish in between and no
+    signal is ever sent. The scenario is tried up to three times, every try must leave no
+    folder, and a try that finished first is counted; one must be terminated as documented."""
     import signal  # noqa: PLC0415
     import time  # noqa: PLC0415
 
