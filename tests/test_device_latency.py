@@ -40,10 +40,14 @@ def test_adb_latency_pushes_benchmarks_and_reads_the_average(tmp_path):
     adb, log = _fake_adb(tmp_path)
     measure = device_latency.adb_latency(adb=adb, runs=20)
     assert measure(b"tflite bytes", 2) == pytest.approx(8.2505)
-    push, shell = log.read_text().splitlines()
+    push, *shells = log.read_text().splitlines()
     assert push.startswith("push ") and push.endswith(device_latency.DEVICE_FILE)
-    assert shell.startswith("shell /data/local/tmp/benchmark_model")
-    assert "--num_threads=2" in shell and "--num_runs=20" in shell
+    assert len(shells) == 3  # the median of three rounds: benchmark_model prints no median
+    for shell in shells:
+        assert shell.startswith("shell /data/local/tmp/benchmark_model")
+        assert "--num_threads=2" in shell and "--num_runs=20" in shell
+    with pytest.raises(ValueError, match="rounds must be an int >= 1"):
+        device_latency.adb_latency(adb=adb, rounds=0)
     (tmp_path / "failing").mkdir()
     failing, _ = _fake_adb(tmp_path / "failing", fail="error: no devices/emulators found")
     with pytest.raises(RuntimeError, match="no devices/emulators found") as failed:

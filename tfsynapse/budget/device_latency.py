@@ -6,7 +6,9 @@ bytes, threads) -> ms``. Two ready functions:
 * ``adb_latency()``: pushes the file to a phone (``adb``; the device ``ANDROID_SERIAL`` names,
   or the only one attached) and runs LiteRT's ``benchmark_model`` there (the prebuilt Android
   binary from the LiteRT releases, pushed once to ``/data/local/tmp/benchmark_model`` and made
-  executable), returning its ``Inference (avg)`` in milliseconds;
+  executable) ``rounds`` times (3), returning the median of its ``Inference (avg)`` lines in
+  milliseconds: ``benchmark_model`` prints no per-run median, so the median is taken over
+  rounds, as the local measurement takes the median of three rounds' medians;
 * ``command_latency(template)``: runs a command line of yours with ``{tflite}`` and
   ``{threads}`` filled in and reads milliseconds from the last line it prints (the CLI's
   ``--measure-command``).
@@ -18,6 +20,7 @@ adb path is tested against a stand-in ``adb`` that prints what ``benchmark_model
 import os
 import re
 import shlex
+import statistics
 import subprocess
 import tempfile
 
@@ -25,7 +28,8 @@ DEVICE_FILE = "/data/local/tmp/tfsynapse_candidate.tflite"
 _AVERAGE = re.compile(r"Inference \(avg\):\s*([0-9.eE+-]+)")
 
 
-def adb_latency(binary="/data/local/tmp/benchmark_model", runs=50, adb="adb", timeout=600):
+def adb_latency(binary="/data/local/tmp/benchmark_model", runs=50, adb="adb", timeout=600,
+                rounds=3):
     """``measure_latency`` for an Android phone over adb (LiteRT's ``benchmark_model``).
 
     Args:
@@ -33,20 +37,21 @@ def adb_latency(binary="/data/local/tmp/benchmark_model", runs=50, adb="adb", ti
       runs: timed runs per candidate (``--num_runs``).
       adb: the adb executable.
       timeout: seconds one push or benchmark may take.
+      rounds: ``benchmark_model`` runs per candidate; the median of their averages is
+        returned (int >= 1).
 
     Returns:
-      ``fn(tflite_bytes, threads) -> ms``: the average inference time with XNNPACK.
+      ``fn(tflite_bytes, threads) -> ms``: the median over ``rounds`` of the average inference
+      time with XNNPACK.
 
     Raises:
       (when called) RuntimeError: adb is missing, a command fails, or the output has no
         ``Inference (avg)`` line; the message has the command and its output's tail.
     """
-    def measure(flatbuffer, threads):
-        with tempfile.TemporaryDirectory() as folder:
-            path = os.path.join(folder, "candidate.tflite")
-            with open(path, "wb") as handle:
-                handle.write(flatbuffer)
-            _run([adb, "push", path, DEVICE_FILE], timeout)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}.")
+
+    def one_round(threads):
         output = _run([adb, "shell", binary, f"--graph={DEVICE_FILE}",
                        f"--num_threads={int(threads)}", f"--num_runs={int(runs)}",
                        "--use_xnnpack=true"], timeout)
@@ -56,6 +61,14 @@ def adb_latency(binary="/data/local/tmp/benchmark_model", runs=50, adb="adb", ti
                                f"{_last_line(output)!r}); its output ends with:\n"
                                f"{output[-800:]}")
         return float(found[-1]) / 1000.0  # microseconds -> ms
+
+    def measure(flatbuffer, threads):
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "candidate.tflite")
+            with open(path, "wb") as handle:
+                handle.write(flatbuffer)
+            _run([adb, "push", path, DEVICE_FILE], timeout)
+        return statistics.median(one_round(threads) for _ in range(rounds))
 
     return measure
 
