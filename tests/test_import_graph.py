@@ -60,6 +60,8 @@ FUNCTION_LEVEL = {
         "the conversion worker process imports only what its conversion needs",
     ("tflite_export.float_layers", "tflite_export.keras_io"):
         "inside one package: keras_io imports float_layers' marker helpers",
+    ("tflite_export.converter", "tflite_export.layer_errors"):
+        "inside one package: layer_errors converts through converter (float_layers='auto')",
 }
 
 

@@ -22,6 +22,7 @@ from tfsynapse.backends import backend_of, tf
 from tflite_export import (
     _runtime, conversion_job, float_layers as float_layers_, isolation, litert_route)
 from tflite_export.calibration import Calibration
+from tflite_export.keras_io import add_keras_io, keras_io
 from tflite_export.qat import is_quantize_aware
 
 QUANTIZATION_MODES = (None, "dynamic", "float16", "int8")
@@ -282,8 +283,6 @@ def _check_quantizer(quantizer, weights, activations):
 def _convert_litert(model, quantize, weights, activations, calibration, int8_io, isolate,
                     kept_float):
     """The float32 conversion, quantised by litert-quantizer (``litert_route``)."""
-    from tflite_export.keras_io import add_keras_io, keras_io  # noqa: PLC0415
-
     backend = backend_of(model)
     float_data = convert_checked(model, None, None, isolate=isolate, marked=kept_float)
     data = litert_route.quantize(float_data, quantize, weights, activations, calibration,

@@ -26,6 +26,7 @@ import warnings
 
 import numpy as np
 
+from tfsynapse.backends import backend_of
 from tflite_export import _runtime, converter, float_layers as float_layers_
 from tflite_export.calibration import Calibration
 from tflite_export.keras_io import keras_io
@@ -322,8 +323,6 @@ def choose_float_layers(model, representative_dataset, tolerance=0.02, max_layer
 
 def _output_error(model, data, calibration, samples):
     """``||int8 - float32|| / ||float32||`` of the outputs, float32 from Keras itself."""
-    from tfsynapse.backends import backend_of  # noqa: PLC0415
-
     chosen = [s for s, _ in zip(calibration.samples(), range(samples))]
     batch = [np.concatenate(parts, axis=0) for parts in zip(*chosen)]
     feed = batch if len(batch) > 1 else batch[0]

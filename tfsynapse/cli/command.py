@@ -28,6 +28,7 @@ import signal
 import sys
 import warnings
 
+from tfsynapse.fileio import atomic_write
 from tfsynapse.cli import budget as cli_budget
 from tfsynapse.cli.args import EXIT_USAGE, PROG
 from tfsynapse.cli.files import (
@@ -219,8 +220,6 @@ def _cmd_export(args):
 
 def _export_auto(tflite_export, model, calibration, args, output):
     """``--float-layers auto``: choose, say what was chosen and what it measured, write."""
-    from tfsynapse.fileio import atomic_write  # noqa: PLC0415
-
     if args.quantizer != "tensorflow":
         raise CliError("--float-layers auto chooses with --quantizer tensorflow")
     choice = tflite_export.choose_float_layers(
