@@ -121,7 +121,9 @@ def test_a_model_with_free_and_bound_columns_warns_with_the_layers(K):
                   K.losses.SparseCategoricalCrossentropy(from_logits=True))
     x_, y_ = _data(8)
     with pytest.warns(UserWarning, match=r"of 1 layers .* not those of 1 others .*'c2'"):
-        model.fit(x_, y_, verbose=0, callbacks=[tfsynapse.ProximalL1(1e-3)])
+        model.fit(x_, y_, verbose=0, callbacks=[tfsynapse.ProximalL1(1e-3, hold_columns=True)])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model.fit(x_, y_, verbose=0, callbacks=[tfsynapse.ProximalL1(1e-3, hold_columns=False)])
+        default = tfsynapse.ProximalL1(1e-3)  # the paper's step: nothing held
+        model.fit(x_, y_, verbose=0, callbacks=[default])
+    assert default.hold_columns is False and default.held_layers == []
