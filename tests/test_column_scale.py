@@ -58,6 +58,26 @@ def test_free_columns_are_those_feeding_one_batchnorm_and_others_say_why(K):
     assert [h.conv.name for h in free_columns(wrapped)[0]] == ["to_bn"]
 
 
+def test_a_shared_convolution_or_batchnorm_is_held_only_when_every_call_agrees(K):
+    L = K.layers
+    a, b = K.Input((8, 8, 2)), K.Input((8, 8, 2))
+    twin, twin_bn = L.Conv2D(4, 3, padding="same", name="twin"), L.BatchNormalization(name="twin_bn")
+    siamese = L.Add()([twin_bn(twin(a)), twin_bn(twin(b))])  # same conv into the same BN
+    loose = L.Conv2D(4, 3, padding="same", name="loose")
+    loose_a = L.BatchNormalization(name="loose_bn")(loose(a))
+    loose_b = L.ReLU()(loose(b))  # the second call's scale reaches the loss
+    one_bn = L.BatchNormalization(name="one_bn")
+    x = one_bn(L.Conv2D(4, 3, padding="same", name="first")(siamese))
+    y = one_bn(L.Conv2D(4, 3, padding="same", name="second")(loose_a))  # a BN for two convs
+    out = L.GlobalAveragePooling2D()(L.Concatenate()([x, y, loose_b]))
+    model = tfsynapse.to_synaptic(K.Model([a, b], out), fold_batchnorm=False)
+    held, kept = free_columns(model)
+    assert [(h.conv.name, h.norm.name) for h in held] == [("twin", "twin_bn")]
+    assert "not to one BatchNormalization" in kept["loose"]
+    assert "also normalises another layer's output" in kept["first"]
+    assert "also normalises another layer's output" in kept["second"]
+
+
 def test_rescaling_sets_unit_norm_and_keeps_the_function(K):
     # BN's epsilon is the one thing the rescaling changes (it resists small pre-BN variances):
     # 1e-7 makes the check tight; with the default 1e-3 the difference is epsilon's alone

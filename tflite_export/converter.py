@@ -32,6 +32,10 @@ _FLEX_MARKERS = ("ERROR_NEEDS_FLEX_OPS", "neither a custom op nor a flex op", "T
 
 
 def _check_mode(quantize, int8_io, sparse_weights=False):
+    if quantize == "weight_only":
+        raise ValueError("quantize='weight_only' (weights stored in int8/int4, float compute) "
+                         "is litert-quantizer's: pass quantizer='litert' (pip install "
+                         "'tfsynapse[quantizer]').")
     if quantize not in QUANTIZATION_MODES:
         raise ValueError(
             f"Unknown quantize={quantize!r}. Valid modes: None (float32), 'dynamic' "
@@ -197,7 +201,8 @@ def convert(
         within ``float_tolerance`` of the float32 model's on the calibration data; the choice
         and the errors are logged, and a warning says when no choice reaches the tolerance.
       float_tolerance: with ``float_layers='auto'``, the relative output error allowed,
-        ``||int8 - float32|| / ||float32||`` over the calibration samples (0.02: 2%).
+        ``||int8 - keras|| / ||keras||`` over the calibration samples (0.02: 2%), the int8
+        file's outputs against the Keras model's.
       quantizer: ``'tensorflow'`` (TensorFlow's converter quantises) or ``'litert'``
         (litert-quantizer quantises the float32 conversion: the extra
         ``tfsynapse[quantizer]``; see ``litert_route``). With ``'litert'``, ``quantize`` is
@@ -259,6 +264,10 @@ def convert(
                                    sparse_weights=sparse_weights, isolate=isolate,
                                    kept_float=kept_float)
         except float_layers_.MissingHookError as err:
+            if sparse_weights:
+                raise float_layers_.FloatLayersError(
+                    f"{err} quantizer='litert', which keeps layers float without it, does not "
+                    "offer sparse_weights=True: drop one of the two.") from err
             if not litert_route.available():
                 raise float_layers_.FloatLayersError(
                     f"{err} Install litert-quantizer to keep layers float without it: "

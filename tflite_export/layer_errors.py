@@ -202,30 +202,41 @@ def _compare(dense, int8, calibration, names, samples):
     marked_q = _marked_outputs(ops_q, tensors_q)
     index_f = {t["name"]: i for i, t in tensors_f.items()}
     index_q = {t["name"]: i for i, t in tensors_q.items()}
-    shared = [n for n in marked_q if n in index_f]
+    # every op output both files share (marked or not), so that an op's inputs have an SNR
+    # even behind ops that are not layers (Keras 3's ops, a reshape)
+    compared = [tensors_q[i]["name"] for op in ops_q for i in op["outputs"]
+                if i in tensors_q and tensors_q[i]["name"] in index_f
+                and tuple(tensors_q[i]["shape"]) == tuple(tensors_f[index_f[tensors_q[i]["name"]]]
+                                                          ["shape"])]
     outputs_f = [d["index"] for d in _runtime.io_details(_interpreter_of(dense))[1]]
     outputs_q = [d["index"] for d in _runtime.io_details(_interpreter_of(int8))[1]]
-    signal = dict.fromkeys(shared, 0.0)
-    noise = dict.fromkeys(shared, 0.0)
+    signal = dict.fromkeys(compared, 0.0)
+    noise = dict.fromkeys(compared, 0.0)
     out_signal = out_noise = 0.0
     for f, q in zip(values_f, values_q):
-        for name in shared:
+        for name in compared:
             a, b = f[index_f[name]], q[index_q[name]]
-            if a.shape == b.shape:
-                signal[name] += float(np.sum(np.square(a, dtype=np.float64)))
-                noise[name] += float(np.sum(np.square(b - a, dtype=np.float64)))
+            signal[name] += float(np.sum(np.square(a, dtype=np.float64)))
+            noise[name] += float(np.sum(np.square(b - a, dtype=np.float64)))
         for i, j in zip(outputs_f, outputs_q):
             out_signal += float(np.sum(np.square(f[i], dtype=np.float64)))
             out_noise += float(np.sum(np.square(q[j] - f[i], dtype=np.float64)))
-    snr = {name: _snr(signal[name], noise[name]) for name in shared}
+    snr = {name: _snr(signal[name], noise[name]) for name in compared}
     rows = []
-    for name in shared:
-        op, marks, inputs = marked_q[name]
+    for name, (op, marks, inputs) in marked_q.items():
+        if name not in snr:
+            continue
         error = _relative(snr[name])
         before = max((_relative(snr[i]) for i in inputs if i in snr), default=0.0)
         added = math.sqrt(max(error ** 2 - before ** 2, 0.0))
         layers = [names[m] for m in sorted(marks)]
         rows.append(LayerError(layers, op, snr[name], error, added))
+    unmatched = [float_layers_.unmarked(n, names) for n in marked_q if n not in snr]
+    if unmatched:
+        warnings.warn(
+            f"quantization_report: {len(unmatched)} op output(s) of the int8 file have no "
+            f"counterpart of the same name and shape in the float32 file and are left out "
+            f"(e.g. {', '.join(unmatched[:3])}).", stacklevel=3)
     error = math.sqrt(out_noise / out_signal) if out_signal > 0 else math.inf
     return QuantizationReport(rows, error, _snr(out_signal, out_noise), len(chosen))
 
@@ -241,7 +252,9 @@ class FloatChoice:
     Attributes:
       layers: the layer names kept float (empty: int8 everywhere met the tolerance).
       data: the int8 flatbuffer with those layers float.
-      error: its output error against float32 (relative, as ``QuantizationReport``).
+      error: its outputs' relative error against the Keras model's on the calibration
+        samples (``||int8 - keras|| / ||keras||``; the report's ``output_error`` is against
+        the float32 file instead, which differs from Keras by operator fusion only).
       tried: ``[(layers, error)]`` for every conversion measured, in order.
       report: the ``QuantizationReport`` of the all-int8 model.
     """
@@ -296,13 +309,18 @@ def choose_float_layers(model, representative_dataset, tolerance=0.02, max_layer
     tried = [([], error)]
     best = ([], data, error)
     edges = {layer.name for layer in float_layers_._end_layers(model)}
-    candidates = [e.layers[0] for e in report.worst(len(report.layers))
-                  if e.added_error > 0 and e.layers[0] not in edges]
+    candidates = list(dict.fromkeys(e.layers[0] for e in report.worst(len(report.layers))
+                                    if e.added_error > 0 and e.layers[0] not in edges))
     for name in candidates[:2 * max_layers]:  # each try is one conversion
         if best[2] <= tolerance or len(best[0]) >= max_layers:
             break
         trial = best[0] + [name]
-        data, error = convert(trial)
+        try:
+            data, error = convert(trial)
+        except float_layers_.FloatLayersError as err:  # this layer cannot be kept float
+            _LOG.info("float_layers='auto': %s cannot be kept float (%s)", name, err)
+            tried.append((trial, math.inf))
+            continue
         tried.append((trial, error))
         _LOG.info("float_layers='auto': %s float -> output error %.2f%%", trial, error * 100)
         if error < best[2]:  # keep a layer float only when that helps

@@ -14,9 +14,9 @@ renamed to markers while traced, as in ``float_layers``), then quantises the fla
 
 **(choices)** Input and output stay float (QUANTIZE / DEQUANTIZE at the ends) unless
 ``int8_io=True``, as on TensorFlow's route (litert-quantizer's default is integer I/O).
-Calibration keeps each tensor's absolute min and max over the samples (one ``calibrate`` call
-per sample, merged), as TensorFlow's calibrator does: litert-quantizer's own merge is a moving
-average that narrows the ranges and clips (measured: max error 0.041 -> 0.017 of the output
+Calibration keeps each tensor's absolute min and max over the samples (litert-quantizer's
+``min_max_update``), as TensorFlow's calibrator does: ``Quantizer.calibrate`` merges samples by
+a moving average that narrows the ranges and clips (measured: max error 0.041 -> 0.017 of the output
 range on a small CNN). Ops litert-quantizer leaves float without a word (LEAKY_RELU; a
 depthwise convolution with int4 weights) are named in a warning; ``float_layers`` are checked
 to be float.
@@ -127,16 +127,17 @@ def _signature_samples(float_data, calibration):
     return key, samples
 
 
-def _calibrate(qt, key, samples):
-    """Absolute min/max per tensor over the samples (see the module docstring)."""
-    merged = {}
-    for sample in samples:
-        for name, qsv in qt.calibrate({key: [sample]}, num_threads=1).items():
-            if name in merged:
-                qsv = {**qsv, "min": np.minimum(merged[name]["min"], qsv["min"]),
-                       "max": np.maximum(merged[name]["max"], qsv["max"])}
-            merged[name] = qsv
-    return merged
+def _calibrate(qt, float_data, key, samples):
+    """Absolute min/max per tensor over the samples (see the module docstring): one
+    calibrator, litert-quantizer's ``min_max_update`` as its merge."""
+    from litert_quantizer import calibrator  # noqa: PLC0415
+    from litert_quantizer.utils import qsv_utils  # noqa: PLC0415
+
+    calib = calibrator.Calibrator(float_data, num_threads=1,
+                                  qsv_update_func=qsv_utils.min_max_update)
+    # the Quantizer's recipe (with our no_quantize entries) decides which tensors need ranges
+    calib.calibrate({key: samples}, qt._recipe_manager)  # noqa: SLF001 - no public accessor
+    return calib.get_model_qsvs()
 
 
 def quantize(float_data, quantize, weights, activations, calibration, kept_float, int8_io):
@@ -173,7 +174,7 @@ def quantize(float_data, quantize, weights, activations, calibration, kept_float
             if np.dtype(dtype) == np.float32:
                 found[kept_float[index]].append(tensor)
     with _quiet():
-        qsv = _calibrate(qt, *_signature_samples(float_data, calibration)) if (
+        qsv = _calibrate(qt, bytes(float_data), *_signature_samples(float_data, calibration)) if (
             quantize == "int8") else None
         result = qt.quantize(qsv, enable_progress_report=False)
     data = bytes(result.quantized_model)
@@ -181,7 +182,8 @@ def quantize(float_data, quantize, weights, activations, calibration, kept_float
         float_layers_.check_kept_float(data, found, kept_float)
         data = float_layers_.restore_names(data, kept_float)
     if quantize == "int8":
-        _warn_float_ops(data, kept_float)
+        _warn_float_ops(data, {float_layers_.unmarked(t, kept_float)
+                               for tensors in found.values() for t in tensors})
     else:
         _warn_float_weights(data, weights)
     return data
@@ -209,18 +211,16 @@ def _warn_float_weights(data, weights):
         warnings.warn(
             f"litert-quantizer left the weights of {', '.join(left)} in float32 with "
             f"weights={weights!r} (no {weights} kernel for them, e.g. int4 depthwise "
-            "convolutions): those ops are not smaller.", stacklevel=4)
+            "convolutions): those ops are not smaller.", stacklevel=5)
 
 
 def _marker_regex(index):
     return rf"(^|[/;])tfsynapse_float{index}x(_\d+)*(?=$|[/;])"
 
 
-def _warn_float_ops(data, kept_float):
-    """Names the ops a static model computes in float that nobody asked for."""
-    kept = set()
-    for name in kept_float:
-        kept |= {t for _, t, _ in float_layers_.op_outputs(data) if name in t}
+def _warn_float_ops(data, kept):
+    """Names the ops a static model computes in float that nobody asked for (``kept``: the
+    tensor names of the ops kept float on request)."""
     interpreter = _runtime.load_interpreter(data)
     edges = {d["name"] for d in interpreter.get_output_details()}
     floating = sorted({op for op, tensor, dtype in float_layers_.op_outputs(data)
@@ -231,4 +231,4 @@ def _warn_float_ops(data, kept_float):
             f"litert-quantizer left {', '.join(floating)} in float32 (it has no integer "
             "kernel for them), between a DEQUANTIZE and a QUANTIZE: the model is not "
             "full-integer (NNAPI / Edge TPU need full-integer). Replace those layers (e.g. "
-            "LeakyReLU by ReLU) or use quantizer='tensorflow'.", stacklevel=4)
+            "LeakyReLU by ReLU) or use quantizer='tensorflow'.", stacklevel=5)

@@ -220,8 +220,9 @@ def _cmd_export(args):
 
 def _export_auto(tflite_export, model, calibration, args, output):
     """``--float-layers auto``: choose, say what was chosen and what it measured, write."""
-    if args.quantizer != "tensorflow":
-        raise CliError("--float-layers auto chooses with --quantizer tensorflow")
+    if args.quantizer != "tensorflow" or (args.weights, args.activations) != ("int8", "int8"):
+        raise CliError("--float-layers auto chooses with --quantizer tensorflow (int8 weights "
+                       "and activations)")
     choice = tflite_export.choose_float_layers(
         model, calibration, tolerance=args.float_tolerance, int8_io=args.int8_io,
         sparse_weights=args.sparse_weights)
@@ -279,7 +280,7 @@ def _quiet_tensorflow():
 
 
 def _known_errors():
-    errors = (CliError, ValueError, TypeError, OSError, RuntimeError)
+    errors = (CliError, ValueError, TypeError, OSError, RuntimeError, ImportError)
     if "tfsynapse.graph" in sys.modules:
         errors += (sys.modules["tfsynapse.graph"].UnsupportedLayerError,)
     return errors

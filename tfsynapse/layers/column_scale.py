@@ -75,31 +75,52 @@ def free_columns(model):
     """
     graph = dependency_groups(model)
     outputs = set(graph.flat.outputs)
-    consumers = {}
+    consumers, producer, calls_of = {}, {}, {}
     for lc in graph.calls:
+        layer = unwrap(lc.call.layer)
+        calls_of.setdefault(id(layer), []).append(lc)
         for key in lc.call.inputs:
             consumers.setdefault(key, []).append(lc)
-    held, kept = [], {}
+        for key in lc.call.outputs:
+            producer[key] = layer
+    held, kept, seen = [], {}, set()
     for lc in graph.calls:
         conv = unwrap(lc.call.layer)
-        if not is_synaptic(conv) or conv in [h.conv for h in held] or conv.name in kept:
+        if not is_synaptic(conv) or id(conv) in seen:
             continue
-        users = [unwrap(c.call.layer) for key in lc.call.outputs for c in consumers.get(key, [])]
-        reason = None
-        if not _linear(conv):
-            reason = f"its own activation '{conv.activation.__name__}' comes before any BN"
-        elif any(key in outputs for key in lc.call.outputs):
-            reason = "its output is a model output"
-        elif len(users) != 1 or not _is_batchnorm(users[0]):
-            names = ", ".join(f"'{u.name}'" for u in users[:3]) or "nothing"
-            reason = f"its output goes to {names}, not to one BatchNormalization alone"
-        elif not _channel_axis(users[0]):
-            reason = f"'{users[0].name}' normalises axis {users[0].axis}, not the channels"
+        seen.add(id(conv))
+        reason, norms = None, set()
+        for call in calls_of[id(conv)]:  # a shared layer: every call must feed the same BN
+            users = [unwrap(c.call.layer) for key in call.call.outputs
+                     for c in consumers.get(key, [])]
+            reason = reason or _call_reason(conv, call, users, outputs)
+            norms.update(id(u) for u in users)
+        if reason is None and len(norms) != 1:
+            reason = "its calls feed different BatchNormalizations"
         if reason is None:
-            held.append(HeldColumns(conv, users[0]))
+            bn = users[0]
+            fed = {id(producer.get(key)) for call in calls_of[id(bn)] for key in call.call.inputs}
+            if fed != {id(conv)}:
+                reason = f"'{bn.name}' also normalises another layer's output"
+        if reason is None:
+            held.append(HeldColumns(conv, bn))
         else:
             kept[conv.name] = reason
     return held, kept
+
+
+def _call_reason(conv, call, users, outputs):
+    """Why one call of ``conv`` does not leave its column scale free, or None."""
+    if not _linear(conv):
+        return f"its own activation '{conv.activation.__name__}' comes before any BN"
+    if any(key in outputs for key in call.call.outputs):
+        return "its output is a model output"
+    if len(users) != 1 or not _is_batchnorm(users[0]):
+        names = ", ".join(f"'{u.name}'" for u in users[:3]) or "nothing"
+        return f"its output goes to {names}, not to one BatchNormalization alone"
+    if not _channel_axis(users[0]):
+        return f"'{users[0].name}' normalises axis {users[0].axis}, not the channels"
+    return None
 
 
 def rescale_columns(held):
