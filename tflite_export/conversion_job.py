@@ -28,7 +28,7 @@ class NotLoadableError(RuntimeError):
 
 
 def write_job(directory, *, quantize, int8_io, sparse_weights, input_names, output_names,
-              calibration=None, float_layers=()):
+              calibration=None, float_layers=(), marked=()):
     """Writes a conversion job (its SavedModel must be written by the caller).
 
     Args:
@@ -39,6 +39,8 @@ def write_job(directory, *, quantize, int8_io, sparse_weights, input_names, outp
         as one ``input_<i>.npy`` array per input.
       float_layers: names of layers kept float32 in an int8 model (checked by the caller,
         who saves the SavedModel with them renamed by ``float_layers.marked``).
+      marked: names of layers traced under markers without being kept float (their ops keep
+        the marker names in the file; messages name the layers).
     """
     count = 0
     if calibration is not None:
@@ -57,7 +59,8 @@ def write_job(directory, *, quantize, int8_io, sparse_weights, input_names, outp
     with open(os.path.join(directory, _JOB), "w") as stream:
         json.dump({"quantize": quantize, "int8_io": int8_io, "sparse_weights": sparse_weights,
                    "input_names": list(input_names), "output_names": list(output_names),
-                   "samples": count, "float_layers": list(float_layers)}, stream)
+                   "samples": count, "float_layers": list(float_layers),
+                   "marked": list(marked)}, stream)
 
 
 def run(directory):
@@ -125,7 +128,7 @@ def _convert(directory):
     import tensorflow as tf  # noqa: PLC0415 - the worker imports TensorFlow on its first job
 
     from tflite_export.float_layers import (  # noqa: PLC0415
-        check_kept_float, keep_float, restore_names)
+        check_kept_float, keep_float, restore_names, unmarked)
     from tflite_export.keras_io import add_keras_io  # noqa: PLC0415
 
     with open(os.path.join(directory, _JOB)) as stream:
@@ -139,11 +142,14 @@ def _convert(directory):
         # The calibrator itself builds a tf.lite.Interpreter for dict (multi-input) samples.
         warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
         with _usable_ranges() as widened, keep_float(
-                job.get("float_layers", [])) as kept, _named_layers(job.get("float_layers")):
+                job.get("float_layers", [])) as kept, _named_layers(
+                    job.get("float_layers") or job.get("marked")):
             data = converter.convert()
     if job.get("float_layers"):
         check_kept_float(data, kept, job["float_layers"])
         data = restore_names(data, job["float_layers"])
+    names = job.get("float_layers") or job.get("marked") or []
+    widened = [unmarked(name, names) for name in widened] if names else widened
     if widened:
         warnings.warn(
             f"{len(widened)} activation tensor(s) were constant over the calibration data (e.g. "

@@ -325,7 +325,7 @@ def convert_checked(model, quantize, calibration, int8_io=False, sparse_weights=
         conversion_job.write_job(
             directory, quantize=quantize, int8_io=int8_io, sparse_weights=sparse_weights,
             input_names=backend.input_names(model), output_names=backend.output_names(model),
-            calibration=calibration, float_layers=kept_float)
+            calibration=calibration, float_layers=kept_float, marked=marked or ())
         data = _first_strategy_that_converts(model, quantize, directory, isolate,
                                              marked or kept_float)
     _check_outputs(data, backend.output_names(model))
