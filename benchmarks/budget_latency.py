@@ -137,6 +137,10 @@ def _model_rows(ctx, cfg, name, size, fractions, thread_counts, missing):
                                      if v[0] is not None},
                        "fixed_share": fixed_share(report.points, dense_ms),
                        "candidates": len(report.points), "seconds": seconds,
+                       # the search's own hold (aim under by the dense timing spread, then an
+                       # interleaved re-measurement): absent in rows measured before it
+                       "margin": getattr(report, "margin", None),
+                       "search_remeasured_ms": getattr(report, "remeasured", None),
                        "points": report.points, "commit": _commit()}
                 rows.append(row)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -205,14 +209,23 @@ def markdown(result):
         "threads); measured = the search's value for the returned model, again = a fresh "
         f"re-measurement of the same file. Target: [{LOW:.2f}, {HIGH:.2f}] x budget.", ""]
     headers = ["model", "precision", "threads", "budget (% of dense)", "dense ms", "budget ms",
-               "measured ms", "measured / budget", "again / budget", "round_to", "candidates",
-               "seconds", "measured at"]
+               "measured ms", "measured / budget", "again / budget", "margin", "round_to",
+               "candidates", "seconds", "measured at"]
     table = [[f"{r['model']} {r['input']}px", r["precision"], r["threads"],
               f"{r['fraction']:.0%}", f"{r['dense_ms']:.3f}", f"{r['budget_ms']:.3f}",
               f"{r['measured_ms']:.3f}", f"{r['ratio']:.3f}", f"{r['remeasured_ratio']:.3f}",
+              "-" if r.get("margin") is None else f"{r['margin']:.1%}",
               r.get("round_to", 8), r["candidates"], f"{r['seconds']:.0f}",
               r.get("commit", "?")] for r in result["rows"]]
     lines.append(common.md_table(headers, table))
+    held = [r for r in result["rows"] if r.get("margin") is not None]
+    if held:
+        again = sum(LOW <= r["remeasured_ratio"] <= HIGH for r in held)
+        lines += ["", f"Rows measured with the search's hold (margin under the budget from the "
+                  f"dense model's timing spread, interleaved re-measurement; margin column): "
+                  f"{len(held)} of {len(result['rows'])}; re-measured within [{LOW:.2f}, "
+                  f"{HIGH:.2f}] in {again} of them. Rows without a margin were measured "
+                  "before the hold existed."]
     if result.get("missing"):
         lines += ["", "Not measured yet (the run rendered its stored rows only): "
                   + ", ".join(result["missing"]) + "."]
