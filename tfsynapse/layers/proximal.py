@@ -18,10 +18,10 @@ at momentum 0.9. Train the L1 phase with SGD (momentum or not); with an adaptive
 ``hold_columns=True`` also holds the scale of every strength column that a following
 BatchNormalization makes free (``column_scale``): without it, L1 shrinks whole output columns
 to zero at no cost to the loss instead of selecting connections. **(choice)** It is off by
-default: measured (benchmark section ``accuracy_l1``, seed 0), the held phase keeps more
-accuracy before pruning but, pruned to 90-98% of connections and fine-tuned two epochs, it
-loses more than the step as written and removes far fewer MACs (the emptied columns are
-channels the step as written removes whole).
+default: measured (benchmark section ``accuracy_l1``, seeds 0-2), the held phase keeps more
+accuracy before pruning but, pruned to 94-98% of connections and fine-tuned two epochs, it
+ends 1.1-2.1 points below the step as written (95% CIs below 0; not resolved at 90%) and
+removes far fewer MACs (the emptied columns are channels the step as written removes whole).
 
 Works with either Keras: it is a tf_keras callback, and Keras 3's ``fit`` calls a callback's
 hooks by name, so the same object serves a Keras 3 model (also inside a pruned model's fit).
