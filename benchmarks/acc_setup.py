@@ -157,6 +157,15 @@ class NotCached(Exception):
     """A stage that has not run, asked for in cached-only mode."""
 
 
+def if_cached(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, or None when it needs a stage the cache does not hold
+    (``TFSYNAPSE_BENCH_CACHED_ONLY=1``)."""
+    try:
+        return fn(*args, **kwargs)
+    except NotCached:
+        return None
+
+
 class StageCache:
     """Weights and numbers of finished stages, in one folder.
 

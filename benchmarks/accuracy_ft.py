@@ -75,25 +75,18 @@ def scratch(run, seed, criterion, ratios, floor, ft_epochs):
     return run.cache.result(key, compute)
 
 
-def _try(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except S.NotCached:
-        return None
-
-
 def _finetune_rows(run, cfg):
     rows = []
     lengths = [run.cfg["ft_epochs"]] + [n for n in cfg["ft_lengths"] if n != run.cfg["ft_epochs"]]
     for ft in sorted(lengths, key=lambda n: (n == run.cfg["ft_epochs"], -n)):
         for seed in cfg["seeds"]:
-            control = _try(run.control_after, seed, ft)
+            control = S.if_cached(run.control_after, seed, ft)
             for criterion in cfg["criteria"]:
                 for floor in cfg["floors"]:
-                    ratios = _try(_ratios, run, seed, criterion, floor)
+                    ratios = S.if_cached(_ratios, run, seed, criterion, floor)
                     if ratios is None or control is None:
                         continue
-                    numbers = _try(acc_filters.pipeline, run, seed, criterion, ratios,
+                    numbers = S.if_cached(acc_filters.pipeline, run, seed, criterion, ratios,
                                    f"drop{floor:g}", ft_epochs=ft)
                     if numbers is not None:
                         rows.append({"part": "finetune", "seed": seed, "criterion": criterion,
@@ -109,8 +102,9 @@ def _scratch_rows(run, cfg):
         for ft in cfg["scratch"]["ft_lengths"]:
             for criterion in cfg["criteria"]:
                 for floor in cfg["scratch"]["floors"]:
-                    ratios = _try(_ratios, run, seed, criterion, floor)
-                    numbers = ratios and _try(scratch, run, seed, criterion, ratios, floor, ft)
+                    ratios = S.if_cached(_ratios, run, seed, criterion, floor)
+                    numbers = ratios and S.if_cached(scratch, run, seed, criterion, ratios,
+                                                     floor, ft)
                     if numbers:
                         rows.append({"part": "scratch", "seed": seed, "criterion": criterion,
                                      "floor": floor, "ft": ft, **numbers})
@@ -123,8 +117,8 @@ def _confirm_rows(run, cfg):
     for seed in list(cfg["confirm_seeds"]) + list(cfg["seeds"]):
         part = "confirm" if seed in cfg["confirm_seeds"] else "confirm_early"
         for criterion in cfg["confirm_criteria"]:
-            ratios = _try(_ratios, run, seed, criterion, cfg["confirm_floor"])
-            numbers = ratios and _try(acc_filters.pipeline, run, seed, criterion, ratios,
+            ratios = S.if_cached(_ratios, run, seed, criterion, cfg["confirm_floor"])
+            numbers = ratios and S.if_cached(acc_filters.pipeline, run, seed, criterion, ratios,
                                       f"drop{cfg['confirm_floor']:g}")
             if numbers:
                 rows.append({"part": part, "seed": seed, "criterion": criterion,

@@ -75,13 +75,6 @@ def diagnose(run, seed, lam, hold=False):
     return run.cache.result(f"{run.arch}/seed{seed}/{tag}_{lam:g}", compute)
 
 
-def _try(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except S.NotCached:
-        return None
-
-
 def held_rows(run, cfg):
     """The held arm: lambda per sparsity on seed 0's validation, then every seed; rows with
     their control and the unheld arm's numbers on the same seed and sparsity."""
@@ -89,7 +82,7 @@ def held_rows(run, cfg):
     sweep = []
     for lam in held["lambdas"]:
         for sparsity in held["sparsities"]:
-            numbers = _try(acc_connection.connection_arm, run, first, HELD, sparsity, lam)
+            numbers = S.if_cached(acc_connection.connection_arm, run, first, HELD, sparsity, lam)
             if numbers:
                 sweep.append({"lambda": lam, "sparsity": sparsity, **numbers})
         run.log(f"held arm, lambda {lam:g}, seed {first}: done")
@@ -100,10 +93,10 @@ def held_rows(run, cfg):
             chosen[sparsity] = max(cell, key=lambda r: r["val"])["lambda"]
     rows = []
     for seed in held["seeds"]:
-        control = _try(run.control_numbers, seed, "p2")
+        control = S.if_cached(run.control_numbers, seed, "p2")
         for sparsity, lam in chosen.items():
-            numbers = _try(acc_connection.connection_arm, run, seed, HELD, sparsity, lam)
-            plain = _try(acc_connection.connection_arm, run, seed, "synaptic_strength",
+            numbers = S.if_cached(acc_connection.connection_arm, run, seed, HELD, sparsity, lam)
+            plain = S.if_cached(acc_connection.connection_arm, run, seed, "synaptic_strength",
                          sparsity, cfg["lambda"])
             if numbers and control:
                 rows.append({"seed": seed, "sparsity": sparsity, "lambda": lam, **numbers,
@@ -149,7 +142,7 @@ def run(ctx):
     sweep, chosen, rows = held_rows(run_, cfg)  # trains the held L1 phases diagnosed here
     first = cfg["held"]["seeds"][0]
     held_diagnosis = {f"{lam:g}": d for lam in cfg["held"]["lambdas"]
-                      if (d := _try(diagnose, run_, first, lam, hold=True))}
+                      if (d := S.if_cached(diagnose, run_, first, lam, hold=True))}
     cells = summarize_held(rows)
     best = highest_within(cells)
     for seed, result in seeds.items():

@@ -118,8 +118,9 @@ def _run_all(data, samples):
     """Runs ``samples`` (lists of arrays, batch 1) through the flatbuffer keeping every tensor.
 
     Returns:
-      ``(ops, tensors, values)``: the op details, ``{index: tensor detail}``, and a generator
-      of ``{tensor index: float array}`` per sample (quantised tensors dequantised).
+      ``(ops, tensors, outputs, values)``: the op details, ``{index: tensor detail}``, the
+      model's output tensor indices (Keras order), and a generator of ``{tensor index: float
+      array}`` per sample (quantised tensors dequantised).
     """
     from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
 
@@ -130,7 +131,7 @@ def _run_all(data, samples):
     interpreter.keras_io_names = keras_io(data)
     ops = [op for op in interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    inputs, _ = _runtime.io_details(interpreter)
+    inputs, outputs = _runtime.io_details(interpreter)
     wanted = {i for op in ops for i in op["outputs"]}
 
     def values():
@@ -141,7 +142,7 @@ def _run_all(data, samples):
             yield {i: _runtime.from_tensor_dtype(interpreter.get_tensor(i), tensors[i])
                    for i in wanted if i in tensors}
 
-    return ops, tensors, values()
+    return ops, tensors, [d["index"] for d in outputs], values()
 
 
 def _marked_outputs(ops, tensors):
@@ -197,8 +198,8 @@ def quantization_report(model, representative_dataset, samples=32, calibration_s
 
 def _compare(dense, int8, calibration, names, samples):
     chosen = [s for s, _ in zip(calibration.samples(), range(samples))]
-    ops_f, tensors_f, values_f = _run_all(dense, chosen)
-    ops_q, tensors_q, values_q = _run_all(int8, chosen)
+    ops_f, tensors_f, outputs_f, values_f = _run_all(dense, chosen)
+    ops_q, tensors_q, outputs_q, values_q = _run_all(int8, chosen)
     marked_q = _marked_outputs(ops_q, tensors_q)
     index_f = {t["name"]: i for i, t in tensors_f.items()}
     index_q = {t["name"]: i for i, t in tensors_q.items()}
@@ -208,8 +209,6 @@ def _compare(dense, int8, calibration, names, samples):
                 if i in tensors_q and tensors_q[i]["name"] in index_f
                 and tuple(tensors_q[i]["shape"]) == tuple(tensors_f[index_f[tensors_q[i]["name"]]]
                                                           ["shape"])]
-    outputs_f = [d["index"] for d in _runtime.io_details(_interpreter_of(dense))[1]]
-    outputs_q = [d["index"] for d in _runtime.io_details(_interpreter_of(int8))[1]]
     signal = dict.fromkeys(compared, 0.0)
     noise = dict.fromkeys(compared, 0.0)
     out_signal = out_noise = 0.0
@@ -239,10 +238,6 @@ def _compare(dense, int8, calibration, names, samples):
             f"(e.g. {', '.join(unmatched[:3])}).", stacklevel=3)
     error = math.sqrt(out_noise / out_signal) if out_signal > 0 else math.inf
     return QuantizationReport(rows, error, _snr(out_signal, out_noise), len(chosen))
-
-
-def _interpreter_of(data):
-    return _runtime.load_interpreter(data)
 
 
 @dataclasses.dataclass
