@@ -101,6 +101,37 @@ def test_a_latency_budget_timed_by_litert_here_is_met_by_its_own_measurement(tmp
     assert len(json.loads((tmp_path / "cache" / "latency.json").read_text())) >= 3
 
 
+def test_a_result_timed_again_over_the_budget_is_searched_again_lower(tmp_path, monkeypatch,
+                                                                     backend):
+    """The machine is made to look 1.5x slower when the first result is timed again: the
+    search runs again at the target scaled down by that drift and returns a smaller model
+    measured under it; the report says so. LiteRT times every candidate for real."""
+    from tfsynapse.budget import hold  # noqa: PLC0415
+    from tfsynapse.budget import measured as budget_measured  # noqa: PLC0415
+
+    monkeypatch.setenv("TFSYNAPSE_CACHE", str(tmp_path / "cache"))
+    model = _compute_bound(keras_of(backend))
+    budget = 0.6 * budget_measured.latency(None, None, 1)(model)
+    real_remeasure, real_target = hold.remeasure, hold.next_target
+    remeasured, targets = [], []
+
+    def slower_the_first_time(meter, candidate, dense, pairs=3):
+        got, dense_ms = real_remeasure(meter, candidate, dense, pairs)
+        remeasured.append((tfsynapse.count_macs(candidate), got))
+        return (max(got, budget) * 1.5 if len(remeasured) == 1 else got), dense_ms
+
+    monkeypatch.setattr(hold, "remeasure", slower_the_first_time)
+    monkeypatch.setattr(hold, "next_target", lambda *a: targets.append(real_target(*a)) or
+                        targets[-1])
+    _, report = tfsynapse.prune_to_budget(model, latency_ms=budget, threads=1, round_to=1,
+                                          return_report=True)
+    assert report.researches == 1 and len(targets) == 1 and len(remeasured) == 2
+    assert report.measured <= targets[0] * (1 + 1e-9)  # searched again at the lower target
+    assert remeasured[1][0] < remeasured[0][0]  # a smaller model than the first result
+    assert report.remeasured == remeasured[1][1]
+    assert "searched again 1 time(s)" in report.table()
+
+
 def test_round_to_none_never_picks_a_multiple_that_cannot_meet_the_budget(model, capsys, backend,
                                                                           fake_files):
     """A machine where larger models run faster per MAC makes round_to=16 (nothing of this

@@ -304,12 +304,28 @@ def test_the_margin_is_the_spread_of_fresh_dense_timings_capped():
     assert wild == hold.MAX_MARGIN  # a noisier machine is reported, not followed
 
 
-def test_the_result_is_timed_again_interleaved_and_an_overrun_is_said():
+def test_the_result_is_timed_again_interleaved_with_the_dense_model():
     from tfsynapse.budget import hold  # noqa: PLC0415
 
     meter = _StandInMeter([4.0, 10.0, 4.4, 11.0, 4.2, 10.5])
-    got, dense = hold.remeasure(meter, "pruned", "dense", budget=5.0)
+    got, dense = hold.remeasure(meter, "pruned", "dense")
     assert (got, dense) == (4.2, 10.5) and meter.timed == ["pruned", "dense"] * 3
+
+
+def test_a_search_run_again_aims_below_the_margin_by_the_drift_measured():
+    from tfsynapse.budget import hold  # noqa: PLC0415
+
+    # searched at 4.5 ms, timed again at 5.4: 1.2x slower now; aim 10% under 5 ms at that speed
+    target = hold.next_target(5.0, 0.1, 4.5, 5.4)
+    assert target == pytest.approx(5.0 / 1.1 / 1.2) and target < 4.5
+    assert 4.5 / target * target * 1.2 <= 5.4  # the same candidate cannot fit the new target
+
+
+def test_an_overrun_left_after_the_searches_is_said_with_the_numbers():
+    from tfsynapse.budget import hold  # noqa: PLC0415
+
     with pytest.warns(UserWarning, match=r"measures 5.4 ms, over the budget of 5 ms \(dense "
-                                         r"10 ms"):
-        hold.remeasure(_StandInMeter([5.4, 10, 5.4, 10, 5.4, 10]), "pruned", "dense", 5.0)
+                                         r"10 ms in the same rounds\) after 2 search"):
+        hold.warn_overrun(5.4, 10.0, 5.0, researches=2)
+    with pytest.warns(UserWarning, match="could not aim lower"):
+        hold.warn_overrun(5.4, 10.0, 5.0, researches=0)

@@ -39,6 +39,8 @@ class BudgetReport:
         relative spread of the dense model's timings, ``budget/hold.py``); 0 otherwise.
       remeasured: a latency budget timed here: the returned model's latency timed again in
         rounds interleaved with the dense model (None otherwise, or when nothing was pruned).
+      researches: a latency budget timed here: how many times the search ran again at a lower
+        target because the result, timed again, landed over the budget (at most 2).
     """
 
     kind: str
@@ -56,6 +58,7 @@ class BudgetReport:
     latency_model: object = None
     margin: float = 0.0
     remeasured: float = None
+    researches: int = 0
 
     @property
     def layer_sparsity(self):
@@ -103,7 +106,8 @@ class BudgetReport:
             lines.append(f"  aimed {self.margin:.1%} under the budget (the timing spread "
                          f"measured here); timed again, interleaved with dense: "
                          f"{self.remeasured:.4g} ms ({self.remeasured / self.budget:.1%} of the "
-                         "budget)")
+                         "budget)" + (f"; searched again {self.researches} time(s) after landing "
+                                      "over it" if self.researches else ""))
         width = max([len(n) for n in self.ratios] + [5])
         lines += [f"  {name:<{width}}  {ratio:6.1%}" for name, ratio in self.ratios.items()]
         return "\n".join(lines)

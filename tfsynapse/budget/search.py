@@ -133,7 +133,7 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
                           ratios=named, frozen=dict(search.solver.plan.frozen), steps=steps,
                           points=points, round_to=search.round_to, alignment=search.alignment,
                           latency_model=search.solver.latency_model, margin=search.margin,
-                          remeasured=search.remeasured)
+                          remeasured=search.remeasured, researches=search.researches)
     say(report.table())
     return (pruned, report) if return_report else pruned
 
@@ -148,7 +148,8 @@ class _Search:
         self.options, self.solver = self.solver_for(request.round_to or 1)
         self.round_to, self.alignment, self.meter = request.round_to, {}, None
         self.curves = None
-        self.margin, self.remeasured = 0.0, None  # a local latency budget's (budget/hold.py)
+        # a local latency budget's (budget/hold.py)
+        self.margin, self.remeasured, self.researches = 0.0, None, 0
 
     def solver_for(self, multiple):
         """``(options, BudgetSolver)`` for channel counts kept in multiples of ``multiple``."""
@@ -255,10 +256,42 @@ class _Search:
                           stacklevel=4)
             self.margin = 0.0
             (named, pruned), measured, dense_cost, points, steps = fit(r.budget)
-        if r.kind == "latency_ms" and r.measure_latency is None and any(named.values()):
-            self.remeasured = budget_hold.remeasure(self.meter, shrink(pruned), self.model,
-                                                    r.budget)[0]
+        if r.kind == "latency_ms" and r.measure_latency is None:
+            (named, pruned), measured, dense_cost, points, steps = self.hold(
+                fit, ((named, pruned), measured, dense_cost, points, steps))
         return named, pruned, measured, measured, dense_cost, points, steps
+
+    def hold(self, fit, found):
+        """A local latency budget's result timed again interleaved with the dense model, and
+        searched again at a lower target while it lands over the budget (``budget/hold.py``).
+
+        Args:
+          fit: ``fit(target)``, the measured search.
+          found: what ``fit`` returned for the margin's target.
+
+        Returns:
+          What ``fit`` returned for the last target searched.
+        """
+        budget = self.request.budget
+        for researches in range(budget_hold.RESEARCHES + 1):
+            (named, pruned), measured = found[0], found[1]
+            if not any(named.values()):  # the dense model fits: nothing to time again
+                return found
+            got, dense_ms = budget_hold.remeasure(self.meter, shrink(pruned), self.model)
+            self.remeasured, self.researches = got, researches
+            if got <= budget or researches == budget_hold.RESEARCHES:
+                break
+            target = budget_hold.next_target(budget, self.margin, measured, got)
+            self.say(f"prune_to_budget: timed again, {got:.4g} ms is over the budget of "
+                     f"{budget:.4g} ms (searched at {measured:.4g} ms): searching again at "
+                     f"{target:.4g} ms")
+            try:
+                found = fit(target)
+            except ValueError:  # nothing lower fits: keep the last result, and say so below
+                break
+        if got > budget:
+            budget_hold.warn_overrun(got, dense_ms, budget, self.researches)
+        return found
 
 
 def _recalibrated(pruned, named, data, kind, budget):
