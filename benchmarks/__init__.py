@@ -11,5 +11,6 @@ noise that absolute numbers do not. Each section is one module with ``run(ctx) -
 the JSON/Markdown/plot writers.
 """
 
-SECTIONS = ("speed", "speed_keras3", "speed_hub", "int8_layers", "budget", "budget_latency", "budget_alloc",
+SECTIONS = ("speed", "speed_keras3", "speed_hub", "int8_layers", "int8_speed",
+            "budget", "budget_latency", "budget_alloc",
             "overhead", "accuracy", "accuracy_ft", "accuracy_l1", "scale", "converter_memory")

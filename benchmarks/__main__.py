@@ -1,4 +1,4 @@
-"""python -m benchmarks [--quick] [--only speed,speed_keras3,int8_layers,budget,budget_latency,budget_alloc,overhead,accuracy,accuracy_ft,accuracy_l1,scale,converter_memory] [--output DIR]
+"""python -m benchmarks [--quick] [--only speed,speed_keras3,int8_layers,int8_speed,budget,budget_latency,budget_alloc,overhead,accuracy,accuracy_ft,accuracy_l1,scale,converter_memory] [--output DIR]
 
 Runs the benchmark sections and writes ``results.json``, ``RESULTS.md`` and PNG plots into
 the output folder (default: this package's folder; with ``--quick``, a new temporary folder).
@@ -24,6 +24,7 @@ TITLES = {
     "speed_keras3": "Speed on Keras 3: the same protocol on keras.applications models",
     "speed_hub": "Speed on keras-hub: a traced MobileNetV3 and a ViT with attention heads",
     "int8_layers": "int8 layers: where int8 LiteRT loses speedup per MAC",
+    "int8_speed": "int8 speed per MAC, interleaved: protocols, calibration and float first layers",
     "budget": "Budget: prune_to_budget meets MAC, parameter and file-size budgets",
     "budget_latency": "Budget (latency): prune_to_budget against measured LiteRT latency",
     "budget_alloc": "Budget (allocation): sensitivity-guided vs uniform ratios at equal latency",

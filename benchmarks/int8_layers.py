@@ -144,6 +144,15 @@ def _profile(ctx, name, size, cfg):
     return rows, whole
 
 
+def first_layers(model, keras):
+    """The layers int8 runs slower than float here, as ``float_layers`` lists: ``{'stem': the
+    first convolution, 'first_resolution': every convolution at its output resolution}``."""
+    convolutions = list(_convolutions(model, keras).values())
+    first = int(convolutions[0].output.shape[1])
+    return {"stem": [convolutions[0].name], "first_resolution": [
+        layer.name for layer in convolutions if int(layer.output.shape[1]) == first]}
+
+
 def _whole_models(dense, small, size, cfg):
     """The whole models in fp32, in int8, and in int8 with float32 kept (``float_layers``)
     for the first convolution ('stem') and for every convolution at its output resolution
@@ -154,10 +163,7 @@ def _whole_models(dense, small, size, cfg):
     calibration = common.calibration_batches((size, size, 3), cfg["calibration_batches"])
     files, kept_float = {}, {}
     for tag, model in (("dense", dense), ("shrunk", small)):
-        convolutions = list(_convolutions(model, keras).values())
-        first = int(convolutions[0].output.shape[1])
-        kept_float = {"int8": None, "stem": [convolutions[0].name], "first_resolution": [
-            layer.name for layer in convolutions if int(layer.output.shape[1]) == first]}
+        kept_float = {"int8": None, **first_layers(model, keras)}
         files[f"{tag} fp32"] = tflite_export.convert(model)
         for key, kept in kept_float.items():
             files[f"{tag} {key}"] = tflite_export.convert(

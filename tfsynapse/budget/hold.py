@@ -11,10 +11,10 @@ later, above its budget about half the time. Two things make a local latency bud
 * **The result measured again, interleaved, and searched again when it lands over.** The
   chosen candidate and the dense model are timed in alternating rounds; the candidate's median
   over them is reported (``remeasured``) next to the margin. When it lands over the budget, the
-  machine has drifted since the candidate was measured (by ``remeasured / measured``); the search
-  runs again at a target scaled down by that drift (``next_target``; the candidates already
-  timed keep their cached times, so the target stays in the units they were timed in), at most
-  ``RESEARCHES`` times. One still over is a warning with the numbers.
+  machine has drifted since the candidates were timed, and their cached times are stale: the
+  search runs again at the same target with every file timed afresh (the meter's ``fresh``),
+  at most ``RESEARCHES`` times. A drift that lasted leads it to a smaller model; a passing
+  spike to the same one, now timed under. One still over is a warning with the numbers.
 
 Timings from a device (``measure_latency``) are taken once per file and get neither.
 """
@@ -45,7 +45,7 @@ def remeasure(meter, candidate, dense, pairs=3):
 
     Args:
       meter: the search's ``LatencyMeter``.
-      candidate: the pruned model chosen (shrunk here for conversion by the caller).
+      candidate: the pruned model chosen, shrunk.
       dense: the dense model.
       pairs: alternating (candidate, dense) rounds.
 
@@ -60,30 +60,13 @@ def remeasure(meter, candidate, dense, pairs=3):
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def next_target(budget, margin, searched_ms, remeasured_ms):
-    """The target of a search run again after a re-measurement over the budget.
-
-    The candidate measured ``searched_ms`` during the search and ``remeasured_ms`` now: the
-    machine runs ``remeasured_ms / searched_ms`` slower. Aiming at the margin's target divided by
-    that drift brings the next candidate, timed at today's speed, ``margin`` under the budget.
-
-    Args:
-      budget: the budget in ms.
-      margin: the search's margin (``spread_margin``).
-      searched_ms: the candidate's latency as the search measured it.
-      remeasured_ms: the same candidate timed again (``remeasure``), over the budget.
-
-    Returns:
-      The target in ms, in the units the search measured in; below ``searched_ms``.
-    """
-    return budget / (1.0 + margin) * searched_ms / remeasured_ms
-
-
-def warn_overrun(remeasured_ms, dense_ms, budget, researches):
+def warn_overrun(remeasured_ms, dense_ms, budget, researches, stopped=False):
     """The warning for a result that, timed again after ``researches`` searches run again,
-    still measures over ``budget``."""
-    again = (f" after {researches} search(es) run again at lower targets" if researches else
-             " and a search run again could not aim lower")
+    still measures over ``budget`` (``stopped``: the last search run again found nothing under
+    the target)."""
+    again = f" after {researches} search(es) run again with every file timed afresh"
+    if stopped:
+        again += ", the last of which found nothing under the target"
     warnings.warn(
         f"tfsynapse: timed again, interleaved with the dense model, the pruned model "
         f"measures {remeasured_ms:.4g} ms, over the budget of {budget:.4g} ms (dense "

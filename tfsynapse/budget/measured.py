@@ -36,8 +36,12 @@ _ROUNDS = 8
 FAR_BELOW = 0.9  # a result measuring under this fraction of its budget is reported (a warning)
 
 
+class BudgetUnreachable(ValueError):
+    """Even the most-pruned candidate measures over the budget (``fit_measured``)."""
+
+
 def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor_ratios, what,
-                 say):
+                 say, stacklevel=4):
     """The least-pruned candidate whose measured value fits ``budget``.
 
     Args:
@@ -52,6 +56,8 @@ def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor
       floor_ratios: the ratios of the most-pruned candidate.
       what: how to name the measured value in messages (e.g. ``'bytes'``, ``'ms'``).
       say: a print function for progress.
+      stacklevel: the frames between the warning of a result far under the budget and the
+        user's call.
 
     Returns:
       ``((named ratios, pruned model), measured value, dense measured value, points, steps)``;
@@ -60,7 +66,8 @@ def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor
       most-pruned one's are their measurements).
 
     Raises:
-      ValueError: even the most-pruned candidate measures over ``budget``.
+      BudgetUnreachable: (a ValueError) even the most-pruned candidate measures over
+        ``budget``.
     """
     dense_value = measure(model)
     points = [(solver.dense[axis], dense_value, dense_value)]
@@ -74,7 +81,7 @@ def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor
     points.append((floor_cost, floor_value, floor_value))
     say(f"prune_to_budget: most pruned {_count(floor_cost, axis)} -> {floor_value:,.4g} {what}")
     if floor_value > budget:
-        raise ValueError(
+        raise BudgetUnreachable(
             f"the budget of {budget:,.4g} {what} cannot be met: the most-pruned model measures "
             f"{floor_value:,.4g} {what} (dense {dense_value:,.4g}; every prunable group pruned "
             f"as far as allowed, {len(solver.plan.frozen)} group(s) frozen); what remains is "
@@ -113,7 +120,7 @@ def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor
                 "and none lies between" if closed else f"and {_ROUNDS} rounds did not close in")
             + f" ({_count(fits[0], axis)} vs {_count(over[0], axis)}). Configurations are "
             "coarse here (round_to, or the steps of the sensitivity table); a finer round_to or "
-            "the uniform allocation may get closer to the budget.", stacklevel=4)
+            "the uniform allocation may get closer to the budget.", stacklevel=stacklevel)
     return fits[2], fits[1], dense_value, points, steps
 
 
@@ -179,6 +186,8 @@ class LatencyMeter:
     Attributes:
       cache: the ``LatencyCache`` of LiteRT timings here (None with ``measure_latency``).
       last_key: the cache key of the file ``meter(model)`` converted last.
+      fresh: when set, ``meter(model)`` times every file again instead of reading the cache
+        (a search run again after the machine drifted: every value in today's units).
     """
     def __init__(self, quantize, calibration, threads, measure_latency=None, cache=None,
                  runs=30, float_layers=None):
@@ -187,7 +196,7 @@ class LatencyMeter:
         self.measure_latency, self.runs = measure_latency, runs
         self.cache = None if measure_latency is not None else (
             cache if cache is not None else LatencyCache())
-        self.last_key = None
+        self.last_key, self.fresh = None, False
         self._timed = {}  # a device's timings, for this meter's life (the dense model twice)
 
     def convert(self, model):
@@ -219,14 +228,15 @@ class LatencyMeter:
 
     def __call__(self, model):
         """The model's latency in ms: converted, then timed (three rounds, their median; a
-        device's single timing), or read from the cache."""
+        device's single timing), or read from the cache (not while ``fresh`` is set: then
+        timed again and the cache entry replaced)."""
         flatbuffer = self.convert(model)
         self.last_key = LatencyCache.key(flatbuffer, self.threads)
         if self.cache is None:
             if self.last_key not in self._timed:
                 self._timed[self.last_key] = self.time_file(flatbuffer)
             return self._timed[self.last_key]
-        value = self.cache.get(self.last_key)
+        value = None if self.fresh else self.cache.get(self.last_key)
         if value is None:
             value = statistics.median(self.time_file(flatbuffer) for _ in range(3))
             self.cache.put(self.last_key, value)

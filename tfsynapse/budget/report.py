@@ -39,8 +39,9 @@ class BudgetReport:
         relative spread of the dense model's timings, ``budget/hold.py``); 0 otherwise.
       remeasured: a latency budget timed here: the returned model's latency timed again in
         rounds interleaved with the dense model (None otherwise, or when nothing was pruned).
-      researches: a latency budget timed here: how many times the search ran again at a lower
-        target because the result, timed again, landed over the budget (at most 2).
+      researches: a latency budget timed here: how many times the search ran again, every
+        file timed afresh, because the result timed again landed over the budget (at most
+        ``budget.hold.RESEARCHES``); ``points`` are then the last search's.
     """
 
     kind: str
@@ -106,8 +107,9 @@ class BudgetReport:
             lines.append(f"  aimed {self.margin:.1%} under the budget (the timing spread "
                          f"measured here); timed again, interleaved with dense: "
                          f"{self.remeasured:.4g} ms ({self.remeasured / self.budget:.1%} of the "
-                         "budget)" + (f"; searched again {self.researches} time(s) after landing "
-                                      "over it" if self.researches else ""))
+                         "budget)" + (f"; searched again {self.researches} time(s), every file timed "
+                                      "afresh, after landing over it" if self.researches
+                                      else ""))
         width = max([len(n) for n in self.ratios] + [5])
         lines += [f"  {name:<{width}}  {ratio:6.1%}" for name, ratio in self.ratios.items()]
         return "\n".join(lines)

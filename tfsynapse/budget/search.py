@@ -240,57 +240,64 @@ class _Search:
             self.say(f"prune_to_budget: dense timed {len(medians)} times, spread "
                      f"{self.margin:.1%}: aiming at {target:.4g} ms")
 
-        def fit(limit):
+        def fit(limit, depth=0):  # depth: frames added between run() and fit()
             return budget_measured.fit_measured(
                 self.solve, self.pruned_with, solver, self.model, limit, measure, axis,
-                floor_ratios, "bytes" if r.kind == "size_bytes" else "ms", self.say)
+                floor_ratios, "bytes" if r.kind == "size_bytes" else "ms", self.say,
+                stacklevel=5 + depth)
 
         try:
-            (named, pruned), measured, dense_cost, points, steps = fit(target)
-        except ValueError:
+            found = fit(target)
+        except budget_measured.BudgetUnreachable:
             if target == r.budget:
                 raise
             warnings.warn(f"tfsynapse: the latency budget of {r.budget:.4g} ms cannot be met "
                           f"with the {self.margin:.1%} margin this machine's timing spread "
                           f"asks for ({target:.4g} ms); searching to the budget itself.",
-                          stacklevel=4)
-            self.margin = 0.0
-            (named, pruned), measured, dense_cost, points, steps = fit(r.budget)
+                          stacklevel=3)
+            self.margin, target = 0.0, r.budget
+            found = fit(target)
         if r.kind == "latency_ms" and r.measure_latency is None:
-            (named, pruned), measured, dense_cost, points, steps = self.hold(
-                fit, ((named, pruned), measured, dense_cost, points, steps))
+            found = self.hold(fit, target, found)
+        (named, pruned), measured, dense_cost, points, steps = found
         return named, pruned, measured, measured, dense_cost, points, steps
 
-    def hold(self, fit, found):
+    def hold(self, fit, target, found):
         """A local latency budget's result timed again interleaved with the dense model, and
-        searched again at a lower target while it lands over the budget (``budget/hold.py``).
+        searched again with every file timed afresh while it lands over the budget
+        (``budget/hold.py``).
 
         Args:
-          fit: ``fit(target)``, the measured search.
-          found: what ``fit`` returned for the margin's target.
+          fit: ``fit(target, depth)``, the measured search.
+          target: the target it searched to (the budget less the margin).
+          found: what ``fit`` returned.
 
         Returns:
-          What ``fit`` returned for the last target searched.
+          What the last search returned (its points: that search's, in one day's units).
         """
-        budget = self.request.budget
+        budget, stopped = self.request.budget, False
         for researches in range(budget_hold.RESEARCHES + 1):
             (named, pruned), measured = found[0], found[1]
             if not any(named.values()):  # the dense model fits: nothing to time again
+                self.remeasured, self.researches = None, researches
                 return found
             got, dense_ms = budget_hold.remeasure(self.meter, shrink(pruned), self.model)
             self.remeasured, self.researches = got, researches
             if got <= budget or researches == budget_hold.RESEARCHES:
                 break
-            target = budget_hold.next_target(budget, self.margin, measured, got)
             self.say(f"prune_to_budget: timed again, {got:.4g} ms is over the budget of "
-                     f"{budget:.4g} ms (searched at {measured:.4g} ms): searching again at "
-                     f"{target:.4g} ms")
+                     f"{budget:.4g} ms (searched at {measured:.4g} ms): the machine drifted; "
+                     f"searching again to {target:.4g} ms with every file timed afresh")
+            self.meter.fresh = True
             try:
-                found = fit(target)
-            except ValueError:  # nothing lower fits: keep the last result, and say so below
+                found = fit(target, 1)
+            except budget_measured.BudgetUnreachable:  # keep the last result, and say so below
+                stopped = True
                 break
+            finally:
+                self.meter.fresh = False
         if got > budget:
-            budget_hold.warn_overrun(got, dense_ms, budget, self.researches)
+            budget_hold.warn_overrun(got, dense_ms, budget, self.researches, stopped)
         return found
 
 
