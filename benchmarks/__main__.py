@@ -111,6 +111,7 @@ def main(argv=None):
             print(section["error"], file=sys.stderr, flush=True)
         section["seconds"] = time.perf_counter() - started
         section["finished"] = common.now_iso()
+        section["cpu_features"] = common.cpu_features()
         section["mode"] = ctx.mode
         results["sections"][name] = section
         ctx.log(name, f"done in {section['seconds']:.0f}s ({section['status']})")
@@ -141,7 +142,9 @@ def write_markdown(results, path):
            if meta["mode"] == "quick" else "") + ".", "",
         "## Machine", "",
         common.md_table(["CPU", "cores (usable)", "RAM", "OS", "load average at start"], [[
-            machine["cpu"], f"{machine['cores']} ({machine['cores_usable']})",
+            machine["cpu"] + (f" ({', '.join(machine['cpu_features'])})"
+                              if machine.get("cpu_features") else ""),
+            f"{machine['cores']} ({machine['cores_usable']})",
             f"{machine['ram_gib']} GiB", machine["os"], machine["load_average_at_start"]]]),
         "",
         common.md_table(list(versions), [[v or "-" for v in versions.values()]]),
@@ -173,7 +176,9 @@ def write_markdown(results, path):
             continue
         out += ["", f"## {index}. {TITLES[name]}", "",
                 f"_{section.get('mode', meta['mode'])} mode, finished {section.get('finished')}, "
-                f"took {section.get('seconds', 0):.0f} s._", ""]
+                f"took {section.get('seconds', 0):.0f} s"
+                + (f" on a CPU with {', '.join(section['cpu_features'])}"
+                   if section.get("cpu_features") else "") + "._", ""]
         if section.get("status") == "error":
             out += ["**The section failed:**", "", "```", section["error"].strip(), "```"]
             continue

@@ -295,13 +295,15 @@ class _StandInMeter:
         return self.values.pop(0)
 
 
-def test_the_margin_is_the_spread_of_fresh_dense_timings_capped():
+def test_the_margin_is_the_spread_of_fresh_dense_timings_with_a_floor_and_a_cap():
     from tfsynapse.budget import hold  # noqa: PLC0415
 
     margin, medians = hold.spread_margin(_StandInMeter([10, 10.6, 9.8, 10, 10.5]), "dense")
     assert margin == pytest.approx((10.6 - 9.8) / 10) and medians == [10, 10.6, 9.8, 10, 10.5]
     wild, _ = hold.spread_margin(_StandInMeter([10, 30, 10, 10, 10]), "dense")
     assert wild == hold.MAX_MARGIN  # a noisier machine is reported, not followed
+    steady, _ = hold.spread_margin(_StandInMeter([10, 10.01, 10, 10, 10]), "dense")
+    assert steady == hold.MIN_MARGIN == 0.02  # a burst's calm says nothing of the next minutes
 
 
 def test_the_result_is_timed_again_interleaved_with_the_dense_model():

@@ -6,8 +6,10 @@ later, above its budget about half the time. Two things make a local latency bud
 
 * **A margin from the spread measured here.** Before the search, the dense model's file is
   timed in ``rounds`` fresh rounds; the relative spread of their medians (max minus min, over
-  the median; at most ``MAX_MARGIN``) is the margin, and the search aims at
-  ``budget / (1 + margin)``.
+  the median; at least ``MIN_MARGIN``, at most ``MAX_MARGIN``) is the margin, and the search
+  aims at ``budget / (1 + margin)``. The floor: five timings in a row see the noise of seconds,
+  not the drift of the minutes that follow (MobileNetV2 rows at one thread, re-measured a
+  minute later, moved by -5% to +1.4% while their bursts spread 0.4-4.6%).
 * **The result measured again, interleaved, and searched again when it lands over.** The
   chosen candidate and the dense model are timed in alternating rounds; the candidate's median
   over them is reported (``remeasured``) next to the margin. When it lands over the budget, the
@@ -22,12 +24,14 @@ Timings from a device (``measure_latency``) are taken once per file and get neit
 import statistics
 import warnings
 
+MIN_MARGIN = 0.02  # the smallest margin taken (a burst of timings misses minutes of drift)
 MAX_MARGIN = 0.15  # the largest margin taken (a noisier machine is reported, not followed)
 RESEARCHES = 2  # searches run again after a re-measurement over the budget
 
 
 def spread_margin(meter, model, rounds=5):
-    """The relative spread of fresh timings of ``model``'s file: ``(margin, medians)``.
+    """The relative spread of fresh timings of ``model``'s file, within ``[MIN_MARGIN,
+    MAX_MARGIN]``: ``(margin, medians)``.
 
     Args:
       meter: the search's ``LatencyMeter`` (local LiteRT timing).
@@ -37,7 +41,7 @@ def spread_margin(meter, model, rounds=5):
     flatbuffer = meter.convert(model)
     medians = [meter.time_file(flatbuffer) for _ in range(rounds)]
     middle = statistics.median(medians)
-    return min(MAX_MARGIN, (max(medians) - min(medians)) / middle), medians
+    return min(MAX_MARGIN, max(MIN_MARGIN, (max(medians) - min(medians)) / middle)), medians
 
 
 def remeasure(meter, candidate, dense, pairs=3):
