@@ -155,7 +155,8 @@ def _model_rows(ctx, cfg, name, size, fractions, thread_counts, missing):
                        "margin": getattr(report, "margin", None),
                        "search_remeasured_ms": getattr(report, "remeasured", None),
                        "researches": getattr(report, "researches", None),
-                       "points": report.points, "commit": _commit()}
+                       "points": report.points, "commit": _commit(),
+                       "cpu_features": common.cpu_features()}
                 rows.append(row)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "w", encoding="utf-8") as handle:
@@ -249,9 +250,14 @@ def markdown(result):
     researched = [r for r in held if r.get("researches") is not None]
     if researched:
         again = sum(LOW <= r["remeasured_ratio"] <= HIGH for r in researched)
+        steady = sum(LOW <= r["remeasured_ratio"] * r["dense_ms"] / r["remeasured_dense_ms"]
+                     <= HIGH for r in researched)
         lines += ["", f"Rows measured with the search run again when its re-measurement lands "
                   f"over (searched again column): {len(researched)}; re-measured within "
-                  f"[{LOW:.2f}, {HIGH:.2f}] in {again} of them."]
+                  f"[{LOW:.2f}, {HIGH:.2f}] in {again} of them. With the machine's drift taken "
+                  "out (again / budget divided by the dense drift: the pruned model against "
+                  "the dense one timed in the same rounds, in the units the budget was set "
+                  f"in): {steady} of them. The target counts the first figure."]
     if result.get("missing"):
         lines += ["", "Not measured yet (the run rendered its stored rows only): "
                   + ", ".join(result["missing"]) + "."]
