@@ -19,8 +19,11 @@ the same dense models and sensitivity tables), seeds paired, 95% CIs:
     above 0 over these five seeds, does not hold when it lies below, and is unresolved
     otherwise. Seeds 0-2 are reported beside it, never pooled into the verdict.
 
-Stages run in that order, seed by seed, and are cached: an interrupted run resumes, and
-``TFSYNAPSE_BENCH_CACHED_ONLY=1`` reports what the cache holds.
+Stages are cached: an interrupted run resumes, and ``TFSYNAPSE_BENCH_CACHED_ONLY=1`` reports
+what the cache holds. They run in the order of ``settings()["priority"]``: the stages of the
+D-Score target first (12-epoch fine-tuning and its controls), then the declared D-Score vs random
+seeds, L1 at 12 epochs, the from-scratch arms, and the 6-epoch lengths last, so that a run cut
+short across sessions leaves the claims that need the fewest stages complete.
 """
 
 import numpy as np
@@ -38,11 +41,16 @@ def settings(quick):
         return {"ft_lengths": (3,), "criteria": ("dscore",), "floors": (0.05,), "seeds": (0,),
                 "scratch": {"floors": (0.05,), "ft_lengths": (2,)},
                 "confirm_seeds": (), "confirm_floor": 0.05,
-                "confirm_criteria": ("dscore", "random")}
+                "confirm_criteria": ("dscore", "random"), "priority": ()}
     return {"ft_lengths": (12, 6), "criteria": ("dscore", "l1"), "floors": (0.02, 0.05, 0.1),
             "seeds": (0, 1, 2), "scratch": {"floors": (0.05, 0.1), "ft_lengths": (2, 12)},
             "confirm_seeds": (3, 4, 5, 6, 7), "confirm_floor": 0.02,
-            "confirm_criteria": ("dscore", "random")}
+            "confirm_criteria": ("dscore", "random"),
+            "priority": (("finetune", {"ft_lengths": (12,), "criteria": ("dscore",)}),
+                         ("confirm", {}),
+                         ("finetune", {"ft_lengths": (12,)}),
+                         ("scratch", {"criteria": ("dscore",)}),
+                         ("scratch", {}))}
 
 
 def _ratios(run, seed, criterion, floor):
@@ -127,11 +135,17 @@ def _confirm_rows(run, cfg):
     return rows
 
 
+_PARTS = {"finetune": _finetune_rows, "scratch": _scratch_rows, "confirm": _confirm_rows}
+
+
 def run(ctx):
     cfg = settings(ctx.quick)
     run_ = accuracy.Run(ctx, accuracy.settings(ctx.quick), accuracy.cache_folder(ctx))
+    for part, narrower in cfg["priority"]:  # the stages first needed, in their order
+        _PARTS[part](run_, {**cfg, **narrower})
     rows = _finetune_rows(run_, cfg) + _scratch_rows(run_, cfg) + _confirm_rows(run_, cfg)
-    result = {"settings": {**cfg, "ft_epochs": run_.cfg["ft_epochs"],
+    shown = {k: v for k, v in cfg.items() if k != "priority"}
+    result = {"settings": {**shown, "ft_epochs": run_.cfg["ft_epochs"],
                            "dense_epochs": run_.cfg["dense_epochs"]},
               "rows": rows, "missing_stages": list(run_.cache.missing)}
     result["summary"] = summarize(result)
