@@ -52,9 +52,9 @@ def synaptic_base(run, seed, lam, hold=False):
                            lambda: tfsynapse.to_synaptic(dense, l1=0.0), train)
 
 
-def prune_and_finetune(run, base, method, sparsity, seed, distill_from=None):
-    """Global connection pruning of ``base`` at ``sparsity``, fine-tuned; returns the numbers
-    and the shrunk model."""
+def prune_and_finetune(run, base, method, sparsity, seed, distill_from=None, ft_epochs=None):
+    """Global connection pruning of ``base`` at ``sparsity``, fine-tuned ``ft_epochs`` (default:
+    the run's ``ft_epochs``); returns the numbers and the shrunk model."""
     import tfsynapse
 
     schedule = tfsynapse.ConstantSparsity(sparsity, begin_step=1, frequency=10**9)
@@ -63,8 +63,9 @@ def prune_and_finetune(run, base, method, sparsity, seed, distill_from=None):
     student = pruned
     if distill_from is not None:
         student = run.distiller(pruned, distill_from)
-    seconds = run.train(student, run.data, run.cfg["ft_epochs"], S.PHASE_LR, seed + 200,
-                            callbacks=[tfsynapse.UpdatePruningStep()])
+    epochs = run.cfg["ft_epochs"] if ft_epochs is None else int(ft_epochs)
+    seconds = run.train(student, run.data, epochs, S.PHASE_LR, seed + 200,
+                        callbacks=[tfsynapse.UpdatePruningStep()])
     stripped = tfsynapse.strip_pruning(pruned)
     sparsity_reached = tfsynapse.connection_sparsity(stripped)[0]
     final = tfsynapse.from_synaptic(stripped) if method in TRAINED_FORM else stripped

@@ -123,16 +123,21 @@ class Run:
             self._continued(seed, "control_ft", self.dense(seed), self.cfg["ft_epochs"], 200)
         return self.cache.numbers(f"{self.arch}/seed{seed}/control_{which}")
 
-    def control_after(self, seed, epochs):
-        """Numbers of the dense model of ``seed`` trained ``epochs`` more epochs (the
-        equal-budget control of a pipeline fine-tuned ``epochs`` epochs; cached)."""
+    def control_after(self, seed, epochs, after_phase1=False):
+        """Numbers of the dense model of ``seed`` trained ``epochs`` more epochs: the
+        equal-budget control of a pipeline fine-tuned ``epochs`` epochs (cached).
+
+        ``after_phase1``: the phase-1 control trained ``epochs`` more, the control of a
+        connection arm fine-tuned ``epochs`` epochs after its ``phase1_epochs`` L1 phase.
+        """
         if epochs == self.cfg["ft_epochs"]:
-            return self.control_numbers(seed, "ft")
-        key = f"control_ft{int(epochs)}"
+            return self.control_numbers(seed, "p2" if after_phase1 else "ft")
+        key = f"control_{'p1_' if after_phase1 else ''}ft{int(epochs)}"
         cached = self.cache.numbers(f"{self.arch}/seed{seed}/{key}")
         if cached is not None:
             return cached
-        self._continued(seed, key, self.dense(seed), int(epochs), 200)
+        start = self.control(seed, phase=1) if after_phase1 else self.dense(seed)
+        self._continued(seed, key, start, int(epochs), 200)
         return self.cache.numbers(f"{self.arch}/seed{seed}/{key}")
 
     def distiller(self, student, teacher):

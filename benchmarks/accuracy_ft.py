@@ -11,6 +11,9 @@ the same dense models and sensitivity tables), seeds paired, 95% CIs:
 (2) **From scratch.** The shrunk architecture of each pipeline, re-initialised and trained
     from scratch with the dense recipe for the pipeline's total epochs (``dense_epochs`` +
     fine-tuning epochs): pruned minus scratch, paired by seed.
+(1b) **Synaptic Strength's fine-tuning length**: the accuracy section's connection arm (its L1
+    phase, lambda ``ss.lambda``, one global threshold at ``ss.sparsities``) fine-tuned
+    ``ss.ft_lengths`` epochs, each against the phase-1 control trained as many more epochs.
 (3) **D-Score against random at the tightest floor**, on ``confirm_seeds`` only. Declared
     before any of these seeds was looked at (2026-12-04), because the +0.28 [+0.14, +0.42]
     lead of seeds 0-2 was found after the fact: the claim holds when the 95% CI of
@@ -28,9 +31,8 @@ short across sessions leaves the claims that need the fewest stages complete.
 
 import numpy as np
 
-from benchmarks import acc_filters, acc_stats, common
+from benchmarks import acc_connection, acc_filters, acc_stats, accuracy, common
 from benchmarks import acc_setup as S
-from benchmarks import accuracy
 
 SECTION = "accuracy_ft"
 WITHIN = 0.5
@@ -41,16 +43,21 @@ def settings(quick):
         return {"ft_lengths": (3,), "criteria": ("dscore",), "floors": (0.05,), "seeds": (0,),
                 "scratch": {"floors": (0.05,), "ft_lengths": (2,)},
                 "confirm_seeds": (), "confirm_floor": 0.05,
-                "confirm_criteria": ("dscore", "random"), "priority": ()}
+                "confirm_criteria": ("dscore", "random"), "priority": (("ss", {}),),
+                "ss": {"sparsities": (0.9,), "ft_lengths": (3,), "lambda": 1e-2, "seeds": (0,)}}
     return {"ft_lengths": (12, 6), "criteria": ("dscore", "l1"), "floors": (0.02, 0.05, 0.1),
             "seeds": (0, 1, 2), "scratch": {"floors": (0.05, 0.1), "ft_lengths": (2, 12)},
             "confirm_seeds": (3, 4, 5, 6, 7), "confirm_floor": 0.02,
             "confirm_criteria": ("dscore", "random"),
+            "ss": {"sparsities": (0.9,), "ft_lengths": (12, 6), "lambda": 8e-3,
+                   "seeds": (0, 1, 2)},
             "priority": (("finetune", {"ft_lengths": (12,), "criteria": ("dscore",)}),
                          ("confirm", {}),
+                         ("ss", {"ft_lengths": (12,)}),
                          ("finetune", {"ft_lengths": (12,)}),
                          ("scratch", {"criteria": ("dscore",)}),
-                         ("scratch", {}))}
+                         ("scratch", {}),
+                         ("ss", {}))}
 
 
 def _ratios(run, seed, criterion, floor):
@@ -120,6 +127,41 @@ def _scratch_rows(run, cfg):
     return rows
 
 
+def ss_arm(run, seed, sparsity, lam, ft_epochs):
+    """The accuracy section's Synaptic Strength arm fine-tuned ``ft_epochs`` (cached numbers;
+    its ``ft_epochs`` run is the accuracy section's own stage)."""
+    from tfsynapse.backends.tf_keras import keras
+
+    method = "synaptic_strength"
+    if ft_epochs == run.cfg["ft_epochs"]:
+        return acc_connection.connection_arm(run, seed, method, sparsity, lam)
+
+    def compute():
+        base, _ = acc_connection.synaptic_base(run, seed, lam)
+        keras.utils.set_random_seed(seed)
+        return acc_connection.prune_and_finetune(run, base, method, sparsity, seed,
+                                                 ft_epochs=ft_epochs)[0]
+
+    key = f"{run.arch}/seed{seed}/conn/{method}_l{lam:g}/{sparsity:g}-ft{int(ft_epochs)}"
+    return run.cache.result(key, compute)
+
+
+def _ss_rows(run, cfg):
+    ss, rows = cfg["ss"], []
+    lengths = sorted({run.cfg["ft_epochs"], *ss["ft_lengths"]}, reverse=True)
+    for ft in lengths:
+        for seed in ss["seeds"]:
+            control = S.if_cached(run.control_after, seed, ft, after_phase1=True)
+            for sparsity in ss["sparsities"] if control else ():
+                numbers = S.if_cached(ss_arm, run, seed, sparsity, ss["lambda"], ft)
+                if numbers:
+                    rows.append({"part": "ss", "seed": seed, "criterion": "synaptic_strength",
+                                 "sparsity": sparsity, "ft": ft, "control_val": control["val"],
+                                 "control_test": control["test"], **numbers})
+            run.log(f"Synaptic Strength, fine-tuning {ft} epochs, seed {seed}: done")
+    return rows
+
+
 def _confirm_rows(run, cfg):
     rows = []
     for seed in list(cfg["confirm_seeds"]) + list(cfg["seeds"]):
@@ -135,15 +177,17 @@ def _confirm_rows(run, cfg):
     return rows
 
 
-_PARTS = {"finetune": _finetune_rows, "scratch": _scratch_rows, "confirm": _confirm_rows}
+_PARTS = {"finetune": _finetune_rows, "scratch": _scratch_rows, "confirm": _confirm_rows,
+          "ss": _ss_rows}
 
 
 def run(ctx):
     cfg = settings(ctx.quick)
     run_ = accuracy.Run(ctx, accuracy.settings(ctx.quick), accuracy.cache_folder(ctx))
     for part, narrower in cfg["priority"]:  # the stages first needed, in their order
-        _PARTS[part](run_, {**cfg, **narrower})
-    rows = _finetune_rows(run_, cfg) + _scratch_rows(run_, cfg) + _confirm_rows(run_, cfg)
+        own = {"ss": {**cfg["ss"], **narrower}} if part == "ss" else narrower
+        _PARTS[part](run_, {**cfg, **own})
+    rows = [row for part in _PARTS.values() for row in part(run_, cfg)]
     shown = {k: v for k, v in cfg.items() if k != "priority"}
     result = {"settings": {**shown, "ft_epochs": run_.cfg["ft_epochs"],
                            "dense_epochs": run_.cfg["dense_epochs"]},
@@ -202,32 +246,48 @@ def summarize(result):
     confirm["verdict"] = acc_stats.verdict(confirm["declared"])
     confirm["found_on"] = _paired(_cells(rows, "confirm_early", criterion=first), "test",
                                        _cells(rows, "confirm_early", criterion=second), "test")
-    return {"finetune": finetune, "scratch": scratch_cells, "confirm": confirm,
-            "best": {c: best_within(finetune, c) for c in cfg["criteria"]}}
+    ss = []
+    for ft in sorted({r["ft"] for r in _cells(rows, "ss")}):
+        for sparsity in cfg["ss"]["sparsities"]:
+            cell = _cells(rows, "ss", ft=ft, sparsity=sparsity)
+            if cell:
+                ss.append({
+                    "ft": ft, "criterion": "synaptic_strength", "sparsity": sparsity,
+                    "n": len(cell),
+                    "mac_reduction": float(np.mean([r["mac_reduction"] for r in cell])),
+                    "test": float(np.mean([r["test"] for r in cell])),
+                    "vs_control": _paired(cell, "test", cell, "control_test"),
+                    "vs_control_val": _paired(cell, "val", cell, "control_val")})
+    return {"finetune": finetune, "scratch": scratch_cells, "confirm": confirm, "ss": ss,
+            "best": {c: best_within(finetune, c) for c in cfg["criteria"]},
+            "ss_best": best_within(ss, "synaptic_strength", key="sparsity")}
 
 
-def best_within(finetune, criterion, points=WITHIN):
-    """The (ft, floor) cell with the most MACs removed whose paired mean **validation**
-    difference to its control is within ``points``; its test difference is reported beside."""
-    ok = [c for c in finetune if c["criterion"] == criterion and c["n"] >= 2
+def best_within(cells, criterion, points=WITHIN, key="mac_reduction"):
+    """The cell with the highest ``key`` (MACs removed; connection sparsity for Synaptic
+    Strength) whose paired mean **validation** difference to its control is within ``points``
+    on at least 2 seeds; its test difference is reported beside. None when there is none."""
+    ok = [c for c in cells if c["criterion"] == criterion and c["n"] >= 2
           and c["vs_control_val"]["mean"] >= -points]
-    return max(ok, key=lambda c: c["mac_reduction"], default=None)
+    return max(ok, key=lambda c: c[key], default=None)
 
 
 def targets(result):
     best = result["summary"]["best"].get("dscore")
-    value = best["mac_reduction"] if best else 0.0
+    ss = result["summary"].get("ss_best")
     return [common.target_entry(SECTION, "D-Score MACs removed within 0.5 pt (val), best ft <= 12",
-                                value, 0.60, ">=")]
+                                best["mac_reduction"] if best else 0.0, 0.60, ">="),
+            common.target_entry(SECTION, "Synaptic Strength connection sparsity within 0.5 pt "
+                                "(val), best ft <= 12", ss["sparsity"] if ss else 0.0, 0.90, ">=")]
 
 
 def plots(result, ctx):
-    cells = result["summary"]["finetune"]
+    cells = result["summary"]["finetune"] + result["summary"].get("ss", [])
     if not cells:
         return []
     plt = common.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    markers = {"dscore": "o", "l1": "s"}
+    markers = {"dscore": "o", "l1": "s", "synaptic_strength": "^"}
     for ft in sorted({c["ft"] for c in cells}):
         for criterion in dict.fromkeys(c["criterion"] for c in cells):
             line = sorted((c for c in cells if c["ft"] == ft and c["criterion"] == criterion),
@@ -266,6 +326,17 @@ def markdown(result):
             f"{k}: " + (f"{b['mac_reduction']:.1%} at {b['ft']} epochs, floor {b['floor'] * 100:g}"
                         f" (test {acc_stats.fmt(b['vs_control'])})" if b else "none")
             for k, b in summary["best"].items()) + ".", "",
+        "### Synaptic Strength's fine-tuning length", "",
+        (f"The accuracy section's connection arm (lambda {s['ss']['lambda']:g}, L1 phase after "
+         f"dense training, one global threshold), fine-tuned 2 / "
+         f"{' / '.join(str(n) for n in s['ss']['ft_lengths'])} epochs, each against the "
+         "phase-1 control trained as many more epochs."), "",
+        common.md_table(
+            ["ft epochs", "connections pruned", "seeds", "MACs off", "test acc",
+             "vs control (pt)", "vs control, val (pt)"],
+            [[c["ft"], f"{c['sparsity']:.0%}", c["n"], f"{c['mac_reduction']:.1%}",
+              f"{c['test'] * 100:.2f}", acc_stats.fmt(c["vs_control"]),
+              acc_stats.fmt(c["vs_control_val"])] for c in summary.get("ss", [])]), "",
         "### Pruned against the same architecture trained from scratch", "",
         f"Scratch: the shrunk architecture re-initialised and trained with the dense recipe "
         f"(cosine from {S.DENSE_LR}) for dense + fine-tuning epochs.", "",
