@@ -10,6 +10,11 @@ trains the same two phases without pruning.
 * ``gamma_kernel_norm`` (the paper's post-hoc score ``|gamma_i| * ||K_ij||``): phase 1 plain
   (it *is* the control's first phase), then the same pruning and fine-tuning.
 * ``kernel_norm`` (``||K_ij||``, no input scale): the same as the post-hoc arm.
+* ``synaptic_strength_scratch`` (issue #32, run by ``accuracy_l1``): the paper's procedure
+  from scratch, its L1 over the whole schedule: the VGG built afresh in its synaptic form,
+  trained ``dense_epochs + phase1_epochs`` epochs under ``ProximalL1(lambda)`` with the dense
+  recipe (one cosine from ``DENSE_LR``), then the same pruning and fine-tuning, so it trains
+  as many epochs as the control's three phases.
 * ``synaptic_strength_held`` (issue #32, not in ``METHODS``: the ``accuracy_l1`` section runs
   it): the paper's procedure with ``ProximalL1(hold_columns=True)``, which holds every strength
   column that BatchNormalization makes free at unit norm. ``synaptic_strength`` is the step as
@@ -27,8 +32,10 @@ from benchmarks import acc_setup as S
 
 METHODS = ("synaptic_strength", "gamma_kernel_norm", "kernel_norm")
 CRITERION = {"synaptic_strength": "synaptic_strength", "gamma_kernel_norm": "synaptic_strength",
-             "kernel_norm": "kernel_norm", "synaptic_strength_held": "synaptic_strength"}
-TRAINED_FORM = ("synaptic_strength", "synaptic_strength_held")  # pruned in the synaptic form
+             "kernel_norm": "kernel_norm", "synaptic_strength_held": "synaptic_strength",
+             "synaptic_strength_scratch": "synaptic_strength"}
+TRAINED_FORM = ("synaptic_strength", "synaptic_strength_held",  # pruned in the synaptic form
+                "synaptic_strength_scratch")
 
 
 def l1_key(run, seed, lam, hold=False):
@@ -50,6 +57,22 @@ def synaptic_base(run, seed, lam, hold=False):
 
     return run.cache.model(l1_key(run, seed, lam, hold),
                            lambda: tfsynapse.to_synaptic(dense, l1=0.0), train)
+
+
+def scratch_base(run, seed, lam):
+    """The synaptic VGG trained from scratch under ``ProximalL1(lam)`` for ``dense_epochs +
+    phase1_epochs`` epochs (cached; the weights stay local)."""
+    import tfsynapse
+
+    def train(model):
+        epochs = run.cfg["dense_epochs"] + run.cfg["phase1_epochs"]
+        seconds = run.train(model, run.data, epochs, S.DENSE_LR, seed,
+                            callbacks=[tfsynapse.ProximalL1(lam)])
+        return {**S.evaluate(model, run.data), "epochs": epochs, "strength_sparsity":
+                tfsynapse.strength_sparsity(model), "train_s": seconds}
+
+    return run.cache.model(f"{run.arch}/seed{seed}/ss_scratch_l1_{lam:g}",
+                           lambda: tfsynapse.to_synaptic(run.build(seed), l1=0.0), train)
 
 
 def prune_and_finetune(run, base, method, sparsity, seed, distill_from=None, ft_epochs=None):
@@ -81,7 +104,9 @@ def connection_arm(run, seed, method, sparsity, lam):
     from tfsynapse.backends.tf_keras import keras
 
     def compute():
-        if method in TRAINED_FORM:
+        if method == "synaptic_strength_scratch":
+            base, _ = scratch_base(run, seed, lam)
+        elif method in TRAINED_FORM:
             base, _ = synaptic_base(run, seed, lam, hold=method == "synaptic_strength_held")
         else:
             base = run.control(seed, phase=1)

@@ -18,6 +18,12 @@ the held arm's accuracy: lambda from ``held.lambdas`` chosen per sparsity on see
 chosen lambda, each against the equal-budget control (dense + L1 phase + fine-tuning epochs),
 and against the unheld arm (accuracy section, lambda 8e-3) on the same seeds. Target: the held
 arm within 0.5 pt of the control (validation) at >= 90% of connections.
+
+**From scratch** (``acc_connection.scratch_base``, the paper's procedure): the VGG built afresh
+in its synaptic form and trained ``dense_epochs + phase1_epochs`` epochs under
+``ProximalL1(lambda)`` (the step as the paper writes it, no hold), then pruned and fine-tuned
+like the other arms: as many epochs as the control. lambda from ``scratch.lambdas``, chosen per
+sparsity on seed 0's validation; the same comparisons as the held arm.
 """
 
 import numpy as np
@@ -27,16 +33,20 @@ from benchmarks import acc_setup as S
 
 SECTION = "accuracy_l1"
 HELD = "synaptic_strength_held"
+SCRATCH = "synaptic_strength_scratch"
 WITHIN = 0.5
 
 
 def settings(quick):
     if quick:
         return {"seeds": (0,), "lambda": 1e-2,
-                "held": {"lambdas": (1e-2,), "seeds": (0,), "sparsities": (0.9,)}}
+                "held": {"lambdas": (1e-2,), "seeds": (0,), "sparsities": (0.9,)},
+                "scratch": {"lambdas": (1e-3,), "seeds": (0,), "sparsities": (0.9,)}}
     return {"seeds": (0,), "lambda": 8e-3,
             "held": {"lambdas": (2e-3, 8e-3, 5e-4, 3.2e-2), "seeds": (0, 1, 2),
-                     "sparsities": (0.9, 0.94, 0.96, 0.98)}}
+                     "sparsities": (0.9, 0.94, 0.96, 0.98)},
+            "scratch": {"lambdas": (2e-3, 5e-4, 8e-3), "seeds": (0, 1, 2),
+                        "sparsities": (0.9, 0.94, 0.96, 0.98)}}
 
 
 def _layer_stats(model):
@@ -75,27 +85,30 @@ def diagnose(run, seed, lam, hold=False):
     return run.cache.result(f"{run.arch}/seed{seed}/{tag}_{lam:g}", compute)
 
 
-def held_rows(run, cfg):
-    """The held arm: lambda per sparsity on seed 0's validation, then every seed; rows with
-    their control and the unheld arm's numbers on the same seed and sparsity."""
-    held, first = cfg["held"], cfg["held"]["seeds"][0]
+def arm_rows(run, cfg, method, arm):
+    """One arm (``HELD`` or ``SCRATCH``, settings ``arm``): lambda per sparsity on the first
+    seed's validation, then every seed; rows with their control and the unheld arm's numbers
+    on the same seed and sparsity. Returns ``(sweep, chosen lambda per sparsity, rows)``."""
+    first = arm["seeds"][0]
     sweep = []
-    for lam in held["lambdas"]:
-        for sparsity in held["sparsities"]:
-            numbers = S.if_cached(acc_connection.connection_arm, run, first, HELD, sparsity, lam)
+    for lam in arm["lambdas"]:
+        for sparsity in arm["sparsities"]:
+            numbers = S.if_cached(acc_connection.connection_arm, run, first, method, sparsity,
+                                  lam)
             if numbers:
                 sweep.append({"lambda": lam, "sparsity": sparsity, **numbers})
-        run.log(f"held arm, lambda {lam:g}, seed {first}: done")
+        run.log(f"{method}, lambda {lam:g}, seed {first}: done")
     chosen = {}
-    for sparsity in held["sparsities"]:
+    for sparsity in arm["sparsities"]:
         cell = [r for r in sweep if r["sparsity"] == sparsity]
         if cell:
             chosen[sparsity] = max(cell, key=lambda r: r["val"])["lambda"]
     rows = []
-    for seed in held["seeds"]:
+    for seed in arm["seeds"]:
         control = S.if_cached(run.control_numbers, seed, "p2")
         for sparsity, lam in chosen.items():
-            numbers = S.if_cached(acc_connection.connection_arm, run, seed, HELD, sparsity, lam)
+            numbers = S.if_cached(acc_connection.connection_arm, run, seed, method, sparsity,
+                                  lam)
             plain = S.if_cached(acc_connection.connection_arm, run, seed, "synaptic_strength",
                          sparsity, cfg["lambda"])
             if numbers and control:
@@ -103,12 +116,12 @@ def held_rows(run, cfg):
                              "control_val": control["val"], "control_test": control["test"],
                              "plain_test": plain["test"] if plain else None,
                              "plain_mac_reduction": plain["mac_reduction"] if plain else None})
-        run.log(f"held arm, seed {seed}: done")
+        run.log(f"{method}, seed {seed}: done")
     return sweep, chosen, rows
 
 
-def summarize_held(rows):
-    """Per sparsity: the held arm against its control and against the unheld arm."""
+def summarize_arm(rows):
+    """Per sparsity: the arm against its control and against the unheld arm."""
     cells = []
     for sparsity in sorted({r["sparsity"] for r in rows}):
         cell = [r for r in rows if r["sparsity"] == sparsity]
@@ -129,7 +142,7 @@ def summarize_held(rows):
 
 
 def highest_within(cells, points=WITHIN):
-    """The held arm's highest sparsity whose paired mean validation difference to its control
+    """The arm's highest sparsity whose paired mean validation difference to its control
     is within ``points`` (on at least 2 seeds); None when there is none."""
     ok = [c for c in cells if c["n"] >= 2 and c["vs_control_val"]["mean"] >= -points]
     return max(ok, key=lambda c: c["sparsity"], default=None)
@@ -139,12 +152,15 @@ def run(ctx):
     cfg = settings(ctx.quick)
     run_ = accuracy.Run(ctx, accuracy.settings(ctx.quick), accuracy.cache_folder(ctx))
     seeds = {str(seed): diagnose(run_, seed, cfg["lambda"]) for seed in cfg["seeds"]}
-    sweep, chosen, rows = held_rows(run_, cfg)  # trains the held L1 phases diagnosed here
+    arms = {}
+    for name, method in (("held", HELD), ("scratch", SCRATCH)):
+        sweep, chosen, rows = arm_rows(run_, cfg, method, cfg[name])  # the held arm trains
+        cells = summarize_arm(rows)                          # the L1 phases diagnosed below
+        arms[name] = {"sweep": sweep, "lambda": {f"{k:g}": v for k, v in chosen.items()},
+                      "rows": rows, "cells": cells, "best": highest_within(cells)}
     first = cfg["held"]["seeds"][0]
     held_diagnosis = {f"{lam:g}": d for lam in cfg["held"]["lambdas"]
                       if (d := S.if_cached(diagnose, run_, first, lam, hold=True))}
-    cells = summarize_held(rows)
-    best = highest_within(cells)
     for seed, result in seeds.items():
         after = result["after"]
         dead = sum(r["dead_columns"] * r["outputs"] for r in after.values())
@@ -152,14 +168,17 @@ def run(ctx):
         ctx.log(SECTION, f"seed {seed}: {dead:.0f} of {total} output columns dead after L1; "
                          f"strength sparsity {result['strength_sparsity']:.1%}")
     settings_out = {**cfg, "seeds": list(cfg["seeds"]),
-                    "held": {k: list(v) for k, v in cfg["held"].items()}}
-    return {"settings": settings_out, "seeds": seeds, "held_diagnosis": held_diagnosis,
-            "held_sweep": sweep, "held_lambda": {f"{k:g}": v for k, v in chosen.items()},
-            "held_rows": rows, "held_cells": cells, "held_best": best,
-            "missing_stages": list(run_.cache.missing),
-            "targets": [common.target_entry(
-                SECTION, "Synaptic Strength (held): connection sparsity within 0.5 pt (val)",
-                best["sparsity"] if best else 0.0, 0.90, ">=")]}
+                    **{name: {k: list(v) for k, v in cfg[name].items()}
+                       for name in ("held", "scratch")}}
+    result = {"settings": settings_out, "seeds": seeds, "held_diagnosis": held_diagnosis,
+              "missing_stages": list(run_.cache.missing), "targets": []}
+    for name, arm in arms.items():
+        result.update({f"{name}_{key}": value for key, value in arm.items()})
+        best = arm["best"]
+        result["targets"].append(common.target_entry(
+            SECTION, f"Synaptic Strength ({name}): connection sparsity within 0.5 pt (val)",
+            best["sparsity"] if best else 0.0, 0.90, ">="))
+    return result
 
 
 def _diagnosis_table(r):
@@ -173,6 +192,37 @@ def _diagnosis_table(r):
     return common.md_table(
         ["layer", "fan-in", "outputs", "median before", "median non-zero after", "zeros",
          "dead columns", "if independent", "dead rows"], rows)
+
+
+def _arm_lines(result, name, title):
+    """The lambda sweep and the per-sparsity comparison of one arm (``held``, ``scratch``)."""
+    s, lines = result["settings"], []
+    sweep = result.get(f"{name}_sweep", [])
+    if sweep:
+        lines += [f"Lambda sweep on seed {s[name]['seeds'][0]} (validation accuracy after "
+                  "pruning and fine-tuning; chosen per sparsity):", "", common.md_table(
+                      ["lambda", "sparsity", "val", "MACs off"],
+                      [[f"{r['lambda']:g}", f"{r['sparsity']:.0%}", f"{r['val'] * 100:.2f}",
+                        f"{r['mac_reduction']:.1%}"] for r in sweep]), ""]
+    cells = result.get(f"{name}_cells", [])
+    if cells:
+        lines += [f"{title} against its equal-budget control and against the unheld arm "
+                  f"(lambda {s['lambda']:g}) on the same seeds (test, paired, points, 95% CI):",
+                  "", common.md_table(
+                      ["sparsity", "lambda", "test acc", "MACs off (unheld)", "vs control",
+                       "vs control, val", f"{name} minus unheld"],
+                      [[f"{c['sparsity']:.0%}", f"{c['lambda']:g}", f"{c['test'] * 100:.2f}",
+                        f"{c['mac_reduction']:.1%} ({c['plain_mac_reduction']:.1%})"
+                        if c["plain_mac_reduction"] is not None else f"{c['mac_reduction']:.1%}",
+                        acc_stats.fmt(c["vs_control"]), acc_stats.fmt(c["vs_control_val"]),
+                        acc_stats.fmt(c["vs_plain"])] for c in cells]), ""]
+        best = result.get(f"{name}_best")
+        lines.append("Highest sparsity within 0.5 pt of the control on validation: " + (
+            f"{best['sparsity']:.0%} (test {acc_stats.fmt(best['vs_control'])})" if best
+            else "none") + ".")
+    if not (sweep or cells):
+        lines.append("Not run yet.")
+    return lines
 
 
 def markdown(result):
@@ -191,29 +241,11 @@ def markdown(result):
     for lam, r in result.get("held_diagnosis", {}).items():
         lines += [f"lambda {lam} (validation after the phase {r['val']:.2%}, strength "
                   f"sparsity {r['strength_sparsity']:.1%}):", "", _diagnosis_table(r), ""]
-    sweep = result.get("held_sweep", [])
-    if sweep:
-        lines += [f"Lambda sweep on seed {s['held']['seeds'][0]} (validation accuracy after "
-                  "pruning and fine-tuning; chosen per sparsity):", "", common.md_table(
-                      ["lambda", "sparsity", "val", "MACs off"],
-                      [[f"{r['lambda']:g}", f"{r['sparsity']:.0%}", f"{r['val'] * 100:.2f}",
-                        f"{r['mac_reduction']:.1%}"] for r in sweep]), ""]
-    cells = result.get("held_cells", [])
-    if cells:
-        lines += ["Held arm against its equal-budget control and against the unheld arm "
-                  f"(lambda {s['lambda']:g}) on the same seeds (test, paired, points, 95% CI):",
-                  "", common.md_table(
-                      ["sparsity", "lambda", "test acc", "MACs off (unheld)", "vs control",
-                       "vs control, val", "held minus unheld"],
-                      [[f"{c['sparsity']:.0%}", f"{c['lambda']:g}", f"{c['test'] * 100:.2f}",
-                        f"{c['mac_reduction']:.1%} ({c['plain_mac_reduction']:.1%})"
-                        if c["plain_mac_reduction"] is not None else f"{c['mac_reduction']:.1%}",
-                        acc_stats.fmt(c["vs_control"]), acc_stats.fmt(c["vs_control_val"]),
-                        acc_stats.fmt(c["vs_plain"])] for c in cells]), ""]
-        best = result.get("held_best")
-        lines.append("Highest sparsity within 0.5 pt of the control on validation: " + (
-            f"{best['sparsity']:.0%} (test {acc_stats.fmt(best['vs_control'])})" if best
-            else "none") + ".")
+    lines += _arm_lines(result, "held", "Held arm")
+    lines += ["", "### The paper's procedure from scratch (L1 over the whole schedule)", "",
+              "The synaptic VGG trained from scratch under the L1 step as written for dense + "
+              "L1-phase epochs, then pruned and fine-tuned like the other arms.", ""]
+    lines += _arm_lines(result, "scratch", "From-scratch arm")
     if result.get("missing_stages"):
         lines += ["", f"Stages not yet run ({len(result['missing_stages'])}): "
                   + ", ".join(result["missing_stages"][:8])
