@@ -26,7 +26,6 @@ at 1 and 2 threads (measure them over several runs: each row is stored when it f
 
 import json
 import os
-import statistics
 import subprocess
 import time
 
@@ -54,15 +53,14 @@ def _remeasure(model, dense_file, quantize, calibration, threads):
     (the dense model's says how far the machine drifted since the budget was set)."""
     import tflite_export
     import tfsynapse
+    from tfsynapse.budget.alignment import interleaved
 
-    files = (tflite_export.convert(tfsynapse.shrink(model), quantize=quantize,
-                                   representative_dataset=calibration), dense_file)
-    times = ([], [])
-    for _ in range(3):
-        for i, flatbuffer in enumerate(files):
-            times[i].append(tflite_export.benchmark(flatbuffer, num_threads=threads,
-                                                    runs=30)["median_ms"])
-    return statistics.median(times[0]), statistics.median(times[1])
+    pruned = tflite_export.convert(tfsynapse.shrink(model), quantize=quantize,
+                                   representative_dataset=calibration)
+    medians = interleaved(lambda flatbuffer: tflite_export.benchmark(
+        flatbuffer, num_threads=threads, runs=30)["median_ms"], rounds=3)(
+        {"pruned": pruned, "dense": dense_file})
+    return medians["pruned"], medians["dense"]
 
 
 def run(ctx):

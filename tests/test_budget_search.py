@@ -151,7 +151,7 @@ def test_round_to_none_measures_the_fastest_multiple_per_mac(model, tmp_path):
                   reachable=not_16)[0] == 4
 
 
-def _stand_in_search(monkeypatch, configs, axis, budget, measure):
+def _stand_in_search(monkeypatch, configs, axis, budget, measure, **options):
     """``fit_measured`` over stand-in configurations: each is its own counted cost on
     ``axis`` (the largest is the dense model, the smallest the most pruned), ``measure(cost)``
     its measured value; no model is pruned, shrunk or converted."""
@@ -173,7 +173,7 @@ def _stand_in_search(monkeypatch, configs, axis, budget, measure):
                                    plan=types.SimpleNamespace(frozen={}))
     return budget_measured.fit_measured(
         solve, lambda ratios: ({"g": ratios[0]}, ratios[0]), solver, max(configs), budget,
-        measure, axis, [min(configs)], "ms", lambda *a: None)
+        measure, axis, [min(configs)], "ms", lambda *a: None, **options)
 
 
 def test_the_measured_search_bisects_when_the_line_lands_on_its_own_bracket(monkeypatch):
@@ -219,6 +219,24 @@ def test_a_measured_result_far_below_its_budget_is_reported(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # within 0.9 of the budget: nothing to report
         assert search(0.7)[1] == pytest.approx(0.64)
+
+
+def test_far_under_is_judged_against_the_users_budget_when_the_search_aims_under_it(
+        monkeypatch):
+    """A local latency search aims at the budget less its margin: 0.64 ms is 91% of a 0.7 ms
+    target but 80% of the user's 0.8 ms budget, so the warning names the budget, with the
+    target it searched to beside it; at 0.7 ms (91% of the budget) it stays quiet."""
+    def search(target, budget):
+        return _stand_in_search(monkeypatch, (40, 100), "macs", target,
+                                lambda cost: 10.0 * (cost / 100) ** 3, user_budget=budget)
+
+    with pytest.warns(UserWarning, match=r"0.64 ms, 80% of the budget of 0.8 \(searched to "
+                      r"0.7, the budget less the margin .*\): the closest configuration it "
+                      r"found over the target measured 10 ms \(1250%\)"):
+        search(0.7, 0.8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert search(0.66, 0.7)[1] == pytest.approx(0.64)
 
 
 def _machine(fixed, per_mac, per_element, noise=None):

@@ -24,6 +24,8 @@ Timings from a device (``measure_latency``) are taken once per file and get neit
 import statistics
 import warnings
 
+from tfsynapse.budget.alignment import interleaved
+
 MIN_MARGIN = 0.02  # the smallest margin taken (a burst of timings misses minutes of drift)
 MAX_MARGIN = 0.15  # the largest margin taken (a noisier machine is reported, not followed)
 RESEARCHES = 2  # searches run again after a re-measurement over the budget
@@ -56,12 +58,9 @@ def remeasure(meter, candidate, dense, pairs=3):
     Returns:
       ``(candidate ms, dense ms)``: the medians of their rounds.
     """
-    files = meter.convert(candidate), meter.convert(dense)
-    times = ([], [])
-    for _ in range(pairs):
-        for i, flatbuffer in enumerate(files):
-            times[i].append(meter.time_file(flatbuffer))
-    return statistics.median(times[0]), statistics.median(times[1])
+    medians = interleaved(meter.time_file, rounds=pairs)(
+        {"candidate": meter.convert(candidate), "dense": meter.convert(dense)})
+    return medians["candidate"], medians["dense"]
 
 
 def warn_overrun(remeasured_ms, dense_ms, budget, researches, stopped=False):

@@ -41,7 +41,7 @@ class BudgetUnreachable(ValueError):
 
 
 def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor_ratios, what,
-                 say, stacklevel=4):
+                 say, stacklevel=4, user_budget=None):
     """The least-pruned candidate whose measured value fits ``budget``.
 
     Args:
@@ -58,6 +58,9 @@ def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor
       say: a print function for progress.
       stacklevel: the frames between the warning of a result far under the budget and the
         user's call.
+      user_budget: the budget the user gave, when ``budget`` is a target under it (a local
+        latency budget less its timing margin): "far under" is judged against it, and the
+        warning names both. None: ``budget`` itself.
 
     Returns:
       ``((named ratios, pruned model), measured value, dense measured value, points, steps)``;
@@ -111,12 +114,17 @@ def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor
             fits = (cost, value, candidate)
         else:
             over = (cost, value)
-    if fits[1] < FAR_BELOW * budget:
+    stated = budget if user_budget is None else user_budget
+    if fits[1] < FAR_BELOW * stated:
+        aimed = "" if user_budget is None else (
+            f" (searched to {budget:,.4g}, the budget less the margin for this machine's "
+            "timing drift)")
         warnings.warn(
             f"tfsynapse: prune_to_budget returns a model measuring {fits[1]:,.4g} {what}, "
-            f"{fits[1] / budget:.0%} of the budget of {budget:,.4g}: the closest configuration "
-            f"it found over the budget measured {over[1]:,.4g} {what} "
-            f"({over[1] / budget:.0%}), " + (
+            f"{fits[1] / stated:.0%} of the budget of {stated:,.4g}{aimed}: the closest "
+            f"configuration it found over the {'budget' if user_budget is None else 'target'} "
+            f"measured {over[1]:,.4g} {what} "
+            f"({over[1] / stated:.0%}), " + (
                 "and none lies between" if closed else f"and {_ROUNDS} rounds did not close in")
             + f" ({_count(fits[0], axis)} vs {_count(over[0], axis)}). Configurations are "
             "coarse here (round_to, or the steps of the sensitivity table); a finer round_to or "

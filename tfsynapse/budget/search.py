@@ -244,7 +244,7 @@ class _Search:
             return budget_measured.fit_measured(
                 self.solve, self.pruned_with, solver, self.model, limit, measure, axis,
                 floor_ratios, "bytes" if r.kind == "size_bytes" else "ms", self.say,
-                stacklevel=5 + depth)
+                stacklevel=5 + depth, user_budget=r.budget)
 
         try:
             found = fit(target)
