@@ -52,13 +52,13 @@ def settings(quick):
 
 def _dense_cost(run, seed, dense, kind, threads):
     from tfsynapse.graph import count_macs
-    from tfsynapse.budget import measured as budget_measured
+    from tfsynapse.budget import meter as budget_meter
 
     if kind == "macs":
         return count_macs(dense)
 
     def compute():
-        return {"ms": budget_measured.latency(None, None, threads)(dense)}
+        return {"ms": budget_meter.latency(None, None, threads)(dense)}
 
     return run.cache.result(f"{run.arch}/seed{seed}/latency_dense_t{threads}", compute)["ms"]
 

@@ -94,7 +94,7 @@ def _model_rows(ctx, cfg, name, size, fractions, thread_counts, missing):
     import tflite_export
     import tfsynapse
     from tfsynapse.backends.tf_keras import keras
-    from tfsynapse.budget import measured as budget_measured
+    from tfsynapse.budget import meter as budget_meter
 
     rows, dense, dense_files = [], None, {}
     for precision in cfg["precisions"]:
@@ -124,7 +124,7 @@ def _model_rows(ctx, cfg, name, size, fractions, thread_counts, missing):
                                                              cfg["calibration_batches"])
                 data = calibration if quantize else None
                 if dense_ms is None:
-                    dense_ms = budget_measured.latency(quantize, data, threads)(dense)
+                    dense_ms = budget_meter.latency(quantize, data, threads)(dense)
                 budget = fraction * dense_ms
                 started = time.perf_counter()
                 pruned, report = tfsynapse.prune_to_budget(

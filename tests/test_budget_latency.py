@@ -35,7 +35,7 @@ def test_latency_budgets_search_measured_candidates(model, tmp_path, backend, fa
 
 def test_litert_latency_is_measured_here_and_cached_by_file_and_threads(model, tmp_path,
                                                                         monkeypatch, backend):
-    from tfsynapse.budget.measured import LatencyCache  # noqa: PLC0415
+    from tfsynapse.budget.meter import LatencyCache  # noqa: PLC0415
 
     monkeypatch.setenv("TFSYNAPSE_CACHE", str(tmp_path / "cache"))
     x = rand_inputs(model)
@@ -51,13 +51,13 @@ def test_litert_latency_is_measured_here_and_cached_by_file_and_threads(model, t
     assert value == report.dense > 0
     cache = LatencyCache()
     assert cache.get(key) == value and cache.hits == 1
-    from tfsynapse.budget import measured as budget_measured  # noqa: PLC0415
+    from tfsynapse.budget import meter as budget_meter  # noqa: PLC0415
 
     timed = []  # a device: nothing on disk, but one search times the same file once
-    device = budget_measured.latency(None, None, 2, lambda f, t: timed.append(t) or 1.5)
+    device = budget_meter.latency(None, None, 2, lambda f, t: timed.append(t) or 1.5)
     assert device(model) == device(model) == 1.5 and timed == [2] and device.cache is None
     # another machine (CPU, cores, LiteRT) sharing the cache folder does not reuse the timing
-    monkeypatch.setattr(budget_measured, "machine_tag", lambda: "another machine")
+    monkeypatch.setattr(budget_meter, "machine_tag", lambda: "another machine")
     assert LatencyCache.key(flatbuffer, 2) != key and cache.get(LatencyCache.key(flatbuffer, 2)) \
         is None
     (tmp_path / "cache" / "latency.json").write_text("{not json")
@@ -81,11 +81,11 @@ def test_a_latency_budget_timed_by_litert_here_is_met_by_its_own_measurement(tmp
     """No stand-in: every candidate is converted and timed by LiteRT on this machine (one
     thread, three rounds each); the budget, 60% of the dense time, lies far above the most
     pruned model's (about 5% of it), so the search meets it by its own measurement."""
-    from tfsynapse.budget import measured as budget_measured  # noqa: PLC0415
+    from tfsynapse.budget import meter as budget_meter  # noqa: PLC0415
 
     monkeypatch.setenv("TFSYNAPSE_CACHE", str(tmp_path / "cache"))  # nothing timed before
     model = _compute_bound(keras_of(backend))
-    dense = budget_measured.latency(None, None, 1)(model)
+    dense = budget_meter.latency(None, None, 1)(model)
     pruned, report = tfsynapse.prune_to_budget(model, latency_ms=0.6 * dense, threads=1,
                                                round_to=1, return_report=True)
     assert report.kind == "latency_ms" and report.budget == 0.6 * dense
@@ -109,12 +109,12 @@ def test_a_machine_that_slows_down_after_the_search_gets_a_search_timed_afresh(t
     machine), and returns a smaller model that fits the target at the new speed; the report
     says so. LiteRT times every candidate for real."""
     from tfsynapse.budget import hold  # noqa: PLC0415
-    from tfsynapse.budget import measured as budget_measured  # noqa: PLC0415
+    from tfsynapse.budget import meter as budget_meter  # noqa: PLC0415
 
     monkeypatch.setenv("TFSYNAPSE_CACHE", str(tmp_path / "cache"))
     model = _compute_bound(keras_of(backend))
-    budget = 0.6 * budget_measured.latency(None, None, 1)(model)
-    real_time, real_remeasure = budget_measured.LatencyMeter.time_file, hold.remeasure
+    budget = 0.6 * budget_meter.latency(None, None, 1)(model)
+    real_time, real_remeasure = budget_meter.LatencyMeter.time_file, hold.remeasure
     slow, remeasured, fresh_timings = [1.0], [], []
 
     def time_file(meter, flatbuffer):
@@ -128,7 +128,7 @@ def test_a_machine_that_slows_down_after_the_search_gets_a_search_timed_afresh(t
         remeasured.append((tfsynapse.count_macs(candidate), got))
         return got, dense_ms
 
-    monkeypatch.setattr(budget_measured.LatencyMeter, "time_file", time_file)
+    monkeypatch.setattr(budget_meter.LatencyMeter, "time_file", time_file)
     monkeypatch.setattr(hold, "remeasure", remeasure)
     _, report = tfsynapse.prune_to_budget(model, latency_ms=budget, threads=1, round_to=1,
                                           return_report=True)
@@ -146,11 +146,11 @@ def test_a_result_still_over_after_the_searches_run_again_is_a_warning_at_the_ca
     """Every re-measurement lands over the budget: the search runs again twice (the cap), then
     warns with the numbers; every tfsynapse warning points at the caller's line."""
     from tfsynapse.budget import hold  # noqa: PLC0415
-    from tfsynapse.budget import measured as budget_measured  # noqa: PLC0415
+    from tfsynapse.budget import meter as budget_meter  # noqa: PLC0415
 
     monkeypatch.setenv("TFSYNAPSE_CACHE", str(tmp_path / "cache"))
     model = _compute_bound(keras_of(backend))
-    budget = 0.6 * budget_measured.latency(None, None, 1)(model)
+    budget = 0.6 * budget_meter.latency(None, None, 1)(model)
     calls = []
 
     def always_over(meter, candidate, dense, pairs=3):

@@ -109,7 +109,7 @@ def test_round_to_none_measures_the_fastest_multiple_per_mac(model, tmp_path):
     """choose_round_to: the multiple with the lowest ms per MAC, a larger one only when it is
     `margin` better; the choice is cached and reused without timing again."""
     from tfsynapse.budget import alignment as budget_alignment  # noqa: PLC0415
-    from tfsynapse.budget.measured import LatencyCache  # noqa: PLC0415
+    from tfsynapse.budget.meter import LatencyCache  # noqa: PLC0415
 
     def widths(small):
         return [layer.filters for layer in small.layers if getattr(layer, "filters", None)]
@@ -239,6 +239,38 @@ def test_far_under_is_judged_against_the_users_budget_when_the_search_aims_under
         assert search(0.66, 0.7)[1] == pytest.approx(0.64)
 
 
+def test_a_closed_bracket_measures_its_over_end_again_before_it_stops(monkeypatch):
+    """Configurations 40/60/80/100 at cost/10 ms, budget 8.5 ms: 80 first measures 20 ms (a
+    spike) and closes the bracket at 60 (71% of the budget). Measured again, 80 fits (8 ms)
+    and is returned; a measure without ``again`` (a file's size) stops at 60 as before, and a
+    spike that lasts is measured again once, not in a loop."""
+    first = {80: 20.0}
+
+    def spiked(cost):
+        return first.pop(cost, cost / 10)
+
+    again = []
+
+    def measure_again(cost):
+        again.append(cost)
+        return cost / 10
+
+    (_, model), value, _, points, _ = _stand_in_search(
+        monkeypatch, (40, 60, 80, 100), "macs", 8.5, spiked, again=measure_again)
+    assert (model, value, again) == (80, 8.0, [80]) and (80, 8.0, 8.0) in points
+
+    first[80] = 20.0
+    with pytest.warns(UserWarning, match="71% of the budget"):
+        assert _stand_in_search(monkeypatch, (40, 60, 80, 100), "macs", 8.5, spiked)[1] == 6.0
+
+    again.clear()
+    with pytest.warns(UserWarning, match="80% of the budget"):
+        (_, model), _, _, _, _ = _stand_in_search(
+            monkeypatch, (40, 60, 80, 100), "macs", 7.5, lambda cost: cost / 10,
+            again=measure_again)
+    assert model == 60 and again == [80]  # measured again, still over: the bracket stands
+
+
 def _machine(fixed, per_mac, per_element, noise=None):
     """A stand-in machine whose latency is a known function of a model's counts."""
     calls = []
@@ -257,7 +289,7 @@ def _machine(fixed, per_mac, per_element, noise=None):
 
 def test_the_latency_model_recovers_the_machine_and_is_cached(model, tmp_path):
     from tfsynapse.budget import latency_model as budget_latency_model  # noqa: PLC0415
-    from tfsynapse.budget.measured import LatencyCache  # noqa: PLC0415
+    from tfsynapse.budget.meter import LatencyCache  # noqa: PLC0415
 
     solver = solver_of(model)
 

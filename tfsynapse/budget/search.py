@@ -23,7 +23,7 @@ them. Two allocations:
   per MAC, ms per activation element), not MACs: a layer at full resolution saves more time
   than its MACs say.
 
-File-size and latency budgets are met by measurement (``budget_measured.py``): candidates are
+File-size and latency budgets are met by measurement (``budget/measured.py``): candidates are
 shrunk, converted in the requested precision and measured (bytes; LiteRT latency here or on a
 device), searching along parameters or MACs until the least-pruned candidate that fits.
 """
@@ -42,6 +42,7 @@ from tfsynapse.budget import alignment as budget_alignment
 from tfsynapse.budget import latency_model as budget_latency_model
 from tfsynapse.budget import hold as budget_hold
 from tfsynapse.budget import measured as budget_measured
+from tfsynapse.budget import meter as budget_meter
 from tfsynapse.budget.report import BudgetReport
 from tfsynapse.budget.request import BudgetRequest
 from tfsynapse.budget.solver import BudgetSolver
@@ -176,7 +177,7 @@ class _Search:
         None) and the latency model a guided allocation spends; then the sensitivity curves."""
         r, estimate, dense_key = self.request, None, None
         if r.kind == "latency_ms":
-            self.meter = budget_measured.latency(r.quantize, r.calibration, r.threads,
+            self.meter = budget_meter.latency(r.quantize, r.calibration, r.threads,
                                                  r.measure_latency, float_layers=r.float_layers)
             # the budget's uniform ratio: where alignment and the latency model probe (only
             # needed for those: an explicit round_to without sensitivity goes straight on)
@@ -234,7 +235,9 @@ class _Search:
         else:
             measure, axis = self.meter, "macs" if solver.latency_model is None else "latency"
         target = r.budget
-        if r.kind == "latency_ms" and r.measure_latency is None:  # timed here: drifts
+        local = r.kind == "latency_ms" and r.measure_latency is None  # timed here: drifts
+        again = self.meter.again if local else None
+        if local:
             self.margin, medians = budget_hold.spread_margin(self.meter, self.model)
             target = r.budget / (1.0 + self.margin)
             self.say(f"prune_to_budget: dense timed {len(medians)} times, spread "
@@ -244,7 +247,7 @@ class _Search:
             return budget_measured.fit_measured(
                 self.solve, self.pruned_with, solver, self.model, limit, measure, axis,
                 floor_ratios, "bytes" if r.kind == "size_bytes" else "ms", self.say,
-                stacklevel=5 + depth, user_budget=r.budget)
+                stacklevel=5 + depth, user_budget=r.budget, again=again)
 
         try:
             found = fit(target)
@@ -257,7 +260,7 @@ class _Search:
                           stacklevel=3)
             self.margin, target = 0.0, r.budget
             found = fit(target)
-        if r.kind == "latency_ms" and r.measure_latency is None:
+        if local:
             found = self.hold(fit, target, found)
         (named, pruned), measured, dense_cost, points, steps = found
         return named, pruned, measured, measured, dense_cost, points, steps
