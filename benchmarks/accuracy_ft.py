@@ -298,7 +298,9 @@ def plots(result, ctx):
                             yerr=[0 if np.isnan(c["vs_control"]["half_width"]) else
                                   c["vs_control"]["half_width"] for c in line],
                             marker=markers.get(criterion, "^"), capsize=3,
-                            label=f"{criterion}, {ft} ep")
+                            label=f"{criterion}, {ft} ep"
+                            + ("" if min(c["n"] for c in line) >= 3
+                               else f" (n={min(c['n'] for c in line)}, partial)"))
     ax.axhline(0, color="black", lw=1)
     ax.axhspan(-WITHIN, 0, color="gray", alpha=0.2, label=f"within {WITHIN} pt")
     common.label_axes(ax, "MACs removed (%)", "test acc. minus equal-budget control (pt)",
