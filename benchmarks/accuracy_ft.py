@@ -243,7 +243,11 @@ def summarize(result):
     first, second = cfg["confirm_criteria"]
     confirm["declared"] = _paired(_cells(rows, "confirm", criterion=first), "test",
                                   _cells(rows, "confirm", criterion=second), "test")
-    confirm["verdict"] = acc_stats.verdict(confirm["declared"])
+    declared = len(cfg["confirm_seeds"])
+    confirm["verdict"] = (acc_stats.verdict(confirm["declared"])
+                          if confirm["declared"]["n"] >= declared else
+                          f"not complete ({confirm['declared']['n']} of {declared} declared "
+                          "seeds): no verdict")
     confirm["found_on"] = _paired(_cells(rows, "confirm_early", criterion=first), "test",
                                        _cells(rows, "confirm_early", criterion=second), "test")
     ss = []
