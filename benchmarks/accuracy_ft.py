@@ -211,6 +211,15 @@ def _paired(rows_a, key_a, rows_b, key_b):
     return acc_stats.paired([a[s] for s in seeds], [b[s] for s in seeds])
 
 
+def _against_control(cell, **names):
+    """One cell's rows (one per seed) against their equal-budget controls, paired by seed."""
+    return {**names, "n": len(cell),
+            "mac_reduction": float(np.mean([r["mac_reduction"] for r in cell])),
+            "test": float(np.mean([r["test"] for r in cell])),
+            "vs_control": _paired(cell, "test", cell, "control_test"),
+            "vs_control_val": _paired(cell, "val", cell, "control_val")}
+
+
 def summarize(result):
     rows, cfg = result["rows"], result["settings"]
     finetune = []
@@ -219,12 +228,8 @@ def summarize(result):
             for floor in cfg["floors"]:
                 cell = _cells(rows, "finetune", ft=ft, criterion=criterion, floor=floor)
                 if cell:
-                    finetune.append({
-                        "ft": ft, "criterion": criterion, "floor": floor, "n": len(cell),
-                        "mac_reduction": float(np.mean([r["mac_reduction"] for r in cell])),
-                        "test": float(np.mean([r["test"] for r in cell])),
-                        "vs_control": _paired(cell, "test", cell, "control_test"),
-                        "vs_control_val": _paired(cell, "val", cell, "control_val")})
+                    finetune.append(_against_control(cell, ft=ft, criterion=criterion,
+                                                     floor=floor))
     scratch_cells = []
     for r in _cells(rows, "scratch"):
         key = (r["ft"], r["criterion"], r["floor"])
@@ -255,13 +260,8 @@ def summarize(result):
         for sparsity in cfg["ss"]["sparsities"]:
             cell = _cells(rows, "ss", ft=ft, sparsity=sparsity)
             if cell:
-                ss.append({
-                    "ft": ft, "criterion": "synaptic_strength", "sparsity": sparsity,
-                    "n": len(cell),
-                    "mac_reduction": float(np.mean([r["mac_reduction"] for r in cell])),
-                    "test": float(np.mean([r["test"] for r in cell])),
-                    "vs_control": _paired(cell, "test", cell, "control_test"),
-                    "vs_control_val": _paired(cell, "val", cell, "control_val")})
+                ss.append(_against_control(cell, ft=ft, criterion="synaptic_strength",
+                                           sparsity=sparsity))
     return {"finetune": finetune, "scratch": scratch_cells, "confirm": confirm, "ss": ss,
             "best": {c: best_within(finetune, c) for c in cfg["criteria"]},
             "ss_best": best_within(ss, "synaptic_strength", key="sparsity")}

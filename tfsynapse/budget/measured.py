@@ -7,8 +7,8 @@ largest candidate known to fit and the smallest known not to: a straight line th
 the counted cost where it crosses the budget, solved, pruned, shrunk, converted and measured
 (when the crossing solves to a bracket end, the bracket's middle, then its top), until no new
 candidate lies between them (at most 8 rounds; a latency timed here measures the bracket's
-over end once more first, since one spiked timing would otherwise close it). The counted cost is parameters for
-a file size and MACs for latency (a sensitivity-guided latency search: the fitted latency
+over end once more first, since one spiked timing would otherwise close it). The counted cost
+is parameters for a file size and MACs for latency (a sensitivity-guided latency search: the fitted latency
 model's predicted ms, ``budget_latency_model``). The least-pruned candidate measured to fit is returned.
 
 Latency is measured by a ``budget.meter.LatencyMeter`` (LiteRT here, cached on disk, or a
