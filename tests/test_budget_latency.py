@@ -128,10 +128,20 @@ def test_a_machine_that_slows_down_after_the_search_gets_a_search_timed_afresh(t
         remeasured.append((tfsynapse.count_macs(candidate), got))
         return got, dense_ms
 
+    real_convert, converted = tflite_export.convert, []
+
+    def convert(keras_model, *args, **kwargs):
+        converted.append(keras_model.count_params())
+        return real_convert(keras_model, *args, **kwargs)
+
     monkeypatch.setattr(budget_meter.LatencyMeter, "time_file", time_file)
     monkeypatch.setattr(hold, "remeasure", remeasure)
+    monkeypatch.setattr(tflite_export, "convert", convert)
     _, report = tfsynapse.prune_to_budget(model, latency_ms=budget, threads=1, round_to=1,
                                           return_report=True)
+    # the dense file is converted once, then reused: timed for the search, the margin, each
+    # search run again and each interleaved re-measurement
+    assert converted.count(model.count_params()) == 1, converted
     assert remeasured[0][1] > budget and report.researches >= 1
     assert len(remeasured) == report.researches + 1
     assert len(fresh_timings) >= 9  # dense, most pruned and a candidate, three rounds each

@@ -23,7 +23,7 @@ from tfsynapse.fileio import atomic_write
 
 
 def latency(quantize, calibration, threads, measure_latency=None, cache=None, runs=30,
-            float_layers=None):
+            float_layers=None, dense=None):
     """``measure(model) -> ms``: converted in ``quantize`` precision, timed with ``threads``.
 
     Args:
@@ -36,12 +36,15 @@ def latency(quantize, calibration, threads, measure_latency=None, cache=None, ru
       runs: timed invocations per round (three rounds, the median of their medians).
       float_layers: layer names kept float32 in an int8 conversion (``tflite_export``);
         the cache keys are the files' hashes, so such files are timed and cached apart.
+      dense: the model a search starts from: converted once for the meter's life (a search
+        times it several times; an int8 ResNet50 conversion takes most of a minute). It must
+        not change while the meter is used.
 
     Returns:
       A ``LatencyMeter`` (call it with a model).
     """
     return LatencyMeter(quantize, calibration, threads, measure_latency, cache, runs,
-                        float_layers)
+                        float_layers, dense)
 
 
 class LatencyMeter:
@@ -52,11 +55,13 @@ class LatencyMeter:
       last_key: the cache key of the file ``meter(model)`` converted last.
       fresh: when set, ``meter(model)`` times every file again instead of reading the cache
         (a search run again after the machine drifted: every value in today's units).
+      conversions: the conversions this meter has run.
     """
     def __init__(self, quantize, calibration, threads, measure_latency=None, cache=None,
-                 runs=30, float_layers=None):
+                 runs=30, float_layers=None, dense=None):
         self.quantize, self.calibration, self.threads = quantize, calibration, threads
-        self.float_layers = float_layers
+        self.float_layers, self.conversions = float_layers, 0
+        self._dense, self._dense_file = dense, None
         self.measure_latency, self.runs = measure_latency, runs
         self.cache = None if measure_latency is not None else (
             cache if cache is not None else LatencyCache())
@@ -64,11 +69,17 @@ class LatencyMeter:
         self._timed = {}  # a device's timings, for this meter's life (the dense model twice)
 
     def convert(self, model):
-        """The model's ``.tflite`` bytes in the meter's precision."""
-
-        return tflite_export.convert(model, quantize=self.quantize,
-                                     representative_dataset=self.calibration,
-                                     float_layers=self.float_layers)
+        """The model's ``.tflite`` bytes in the meter's precision (the dense model's converted
+        once, then reused)."""
+        if model is self._dense and self._dense_file is not None:
+            return self._dense_file
+        self.conversions += 1
+        flatbuffer = tflite_export.convert(model, quantize=self.quantize,
+                                           representative_dataset=self.calibration,
+                                           float_layers=self.float_layers)
+        if model is self._dense:
+            self._dense_file = flatbuffer
+        return flatbuffer
 
     def time_file(self, flatbuffer):
         """One fresh measurement of a converted file, in ms (never cached).

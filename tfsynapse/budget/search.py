@@ -178,7 +178,8 @@ class _Search:
         r, estimate, dense_key = self.request, None, None
         if r.kind == "latency_ms":
             self.meter = budget_meter.latency(r.quantize, r.calibration, r.threads,
-                                                 r.measure_latency, float_layers=r.float_layers)
+                                              r.measure_latency, float_layers=r.float_layers,
+                                              dense=self.model)
             # the budget's uniform ratio: where alignment and the latency model probe (only
             # needed for those: an explicit round_to without sensitivity goes straight on)
             if r.round_to is None or r.sensitivity is not None:
