@@ -88,6 +88,38 @@ def test_unreachable_and_malformed_budgets_are_refused(model):
                                   representative_dataset=rand_inputs(model, 2))
     with pytest.raises(TypeError, match="SensitivityTable"):
         tfsynapse.prune_to_budget(model, macs=1e5, sensitivity=[0.1])
+    x = rand_inputs(model, 2)
+    for kwargs in (dict(macs=1e5), dict(size_bytes=1e4), dict(size_bytes=1e4, quantize="dynamic")):
+        with pytest.raises(ValueError, match="representative_dataset is only read by an int8"):
+            tfsynapse.prune_to_budget(model, representative_dataset=x, **kwargs)
+    with pytest.raises(ValueError, match="exhausted iterator"):
+        tfsynapse.prune_to_budget(model, size_bytes=1e4, quantize="int8",
+                                  representative_dataset=iter([]))
+    # refused before any sensitivity analysis runs (it would raise "evaluated" here)
+    def evaluate(_):
+        raise AssertionError("evaluated")
+    with pytest.raises(ValueError, match="got the string 'c1'"):
+        tfsynapse.prune_to_budget(model, macs=1e5, sensitivity=evaluate, ignored_layers="c1")
+    with pytest.raises(ValueError, match=r"ignored_layers names layers that are not in the "
+                                         r"model: \['nope'\]"):
+        tfsynapse.prune_to_budget(model, macs=1e5, sensitivity=evaluate,
+                                  ignored_layers=["nope"])
+
+
+def test_a_one_shot_generator_calibrates_every_candidate_on_the_same_batches(model):
+    """A generator is read once, up to the batches one conversion reads (the 100 of
+    convert's default), into a list every candidate's conversion replays."""
+    from tfsynapse.budget.request import CALIBRATION_STEPS, BudgetRequest  # noqa: PLC0415
+
+    batches = [rand_inputs(model, 2) for _ in range(CALIBRATION_STEPS + 5)]
+    request = BudgetRequest.checked(model, size_bytes=1e4, quantize="int8",
+                                    representative_dataset=(b for b in batches))
+    assert isinstance(request.calibration, list)
+    assert len(request.calibration) == CALIBRATION_STEPS
+    assert request.calibration[0] is batches[0]
+    listed = BudgetRequest.checked(model, size_bytes=1e4, quantize="int8",
+                                   representative_dataset=batches)
+    assert listed.calibration is batches  # replayable data is passed on as it is
 
 
 def test_a_budget_the_dense_model_meets_prunes_nothing(model):
@@ -184,6 +216,7 @@ def test_the_command_line_prunes_to_a_budget(model, tmp_path, capsys, monkeypatc
     text = capsys.readouterr().out
     assert "budget 1e+04 ms (uniform allocation, round_to=1)" in text, text
     assert f"wrote {plot}" in text, text
+    (tmp_path / "table.csv").write_text("ratio,c1\n0.1,0.9\n")  # the CSV, not the JSON
     for argv, message in (
             (["--target-macs", "1M", "--quantize", "int8"], "only changes a --target-size"),
             (["--sparsity", "0.5", "--sensitivity", table], "--sensitivity needs a budget"),
@@ -195,11 +228,17 @@ def test_the_command_line_prunes_to_a_budget(model, tmp_path, capsys, monkeypatc
             (["--target-macs", "1M", "--plot", "p.png"], "only changes a --target-size"),
             (["--target-macs", "1M", "--float-layers", "c1"], "only changes a --target-size"),
             (["--target-size", "2MB", "--float-layers", "c1"], "--float-layers needs --quantize"),
-            (["--sparsity", "0.5", "--float-layers", "c1"], "--float-layers needs a budget")):
+            (["--sparsity", "0.5", "--float-layers", "c1"], "--float-layers needs a budget"),
+            (["--sparsity", "0.5", "--lr", "1e-3"], "--lr is the fine-tuning learning rate"),
+            (["--target-macs", "1M", "--sensitivity", str(tmp_path / "table.csv")],
+             "cannot read the sensitivity table")):
         assert main(["prune", path, *argv, "-o", out]) == 1
         assert message in capsys.readouterr().err
     assert main(["prune", path, "--target-macs", "lots", "-o", out]) == 2  # a usage error
     assert "k, M or G" in capsys.readouterr().err
+    for rate in ("nan", "0", "-1e-3", "inf"):
+        assert main(["prune", path, "--sparsity", "0.5", f"--lr={rate}", "-o", out]) == 2
+        assert "a finite number > 0" in capsys.readouterr().err
     assert json.loads(open(table).read())["baseline"] == 0.9
 
 

@@ -109,6 +109,8 @@ def test_litert_arguments_are_checked(data, monkeypatch):
         (dict(quantize="int8", quantizer="litert", weights="int4"), "int4 weights are for"),
         (dict(quantize="dynamic", quantizer="litert", activations="int16"), "needs quantize='int8'"),
         (dict(quantize="int8", quantizer="litert", activations="int16", int8_io=True), "int16"),
+        (dict(quantize="dynamic", quantizer="litert", int8_io=True), "int8_io=True needs"),
+        (dict(quantize="weight_only", quantizer="litert", int8_io=True), "int8_io=True needs"),
         (dict(quantize="int8", quantizer="litert", float_layers="auto"), "float_layers='auto'"),
         (dict(quantize="int8", quantizer="litert", weights="int2"), "weights must be"),
         (dict(quantize="weight_only"), "is litert-quantizer's: pass quantizer='litert'"),

@@ -328,6 +328,17 @@ def test_benchmark(converted, runtime):
         benchmark(converted[None], runtime="gpu")
 
 
+@pytest.mark.parametrize("runtime", ["interpreter", "compiled_model"])
+def test_benchmark_reads_paths_and_refuses_what_is_not_a_model(converted, tmp_path, runtime):
+    path = tmp_path / "model.tflite"
+    path.write_bytes(converted[None])
+    assert benchmark(path, runs=2, runtime=runtime)["median_ms"] > 0  # a pathlib.Path
+    with pytest.raises(FileNotFoundError, match="No TFLite model at"):
+        benchmark(tmp_path / "missing.tflite", runs=2, runtime=runtime)
+    with pytest.raises(ValueError, match="TFL3"):
+        benchmark(b"not a model at all", runs=2, runtime=runtime)
+
+
 def test_bad_tflite_arguments(cnn, converted, tmp_path):
     with pytest.raises(ValueError, match="TFL3"):
         inspect(b"not a model at all")

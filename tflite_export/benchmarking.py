@@ -113,15 +113,16 @@ def _compiled_model_runner(tflite, num_threads, rng):
 
     from ai_edge_litert.environment import Environment
 
-    if not isinstance(tflite, (bytes, bytearray, str)):
-        raise TypeError(f"tflite must be bytes or a path, got {type(tflite).__name__}.")
+    data = _runtime.read_model(tflite)  # bytes or a path, checked as the Interpreter's are
     options = Options(cpu_options=CpuOptions(num_threads=num_threads))
     environment = Environment.create()  # its own, released in close (not at exit)
-    held = {}  # the model and its buffers: released in close
-    held["model"] = (
-        CompiledModel.from_file(tflite, options=options, environment=environment)
-        if isinstance(tflite, str) else
-        CompiledModel.from_buffer(bytes(tflite), options=options, environment=environment))
+    held = {"data": data}  # the model, its buffers and the bytes it reads: released in close
+    try:
+        held["model"] = CompiledModel.from_buffer(data, options=options,
+                                                  environment=environment)
+    except Exception:
+        environment.close()
+        raise
     model = held["model"]
     signature = next(iter(model.get_signature_list()))
     held["inputs"], held["outputs"] = model.create_input_buffers(0), model.create_output_buffers(0)

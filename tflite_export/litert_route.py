@@ -65,6 +65,9 @@ def check(quantize, weights, activations, int8_io, sparse_weights):
     if quantize != "int8" and activations != "int8":
         raise ValueError(f"activations={activations!r} needs quantize='int8' (static): "
                          f"quantize={quantize!r} keeps activations float.")
+    if int8_io and quantize != "int8":
+        raise ValueError(f"int8_io=True needs quantize='int8' (static); quantize={quantize!r} "
+                         "keeps float inputs and outputs.")
     if int8_io and activations == "int16":
         raise ValueError("int8_io=True with activations='int16': the I/O of an a16w8 model "
                          "would be int16; keep int8_io=False (float I/O).")

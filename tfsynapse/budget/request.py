@@ -6,11 +6,15 @@ returns a request whose fields the search can trust, or raises with what to chan
 """
 
 import dataclasses
+import itertools
 import math
 import numbers
 
 from tflite_export.float_layers import requested
+from tfsynapse.graph import functional_model
+from tfsynapse.pruning.api import known_layer_names
 
+CALIBRATION_STEPS = 100  # the batches one conversion reads (tflite_export.convert's default)
 PRECISIONS = (None, "float16", "dynamic", "int8")
 MEASURED = ("size_bytes", "latency_ms")
 
@@ -59,7 +63,9 @@ class BudgetRequest:
             unknown precision, or one with a counted budget; int8 without calibration data;
             ``float_layers`` without an int8 measured budget or naming no layer; ``threads``
             or ``measure_latency`` without a latency budget; ``threads`` or ``round_to`` not
-            an integer >= 1.
+            an integer >= 1; ``representative_dataset`` without an int8 measured budget, or
+            an exhausted iterator; ``ignored_layers`` a string or naming a layer the model
+            does not have.
           TypeError: ``measure_latency`` is not callable.
         """
         kind, budget = _the_budget(macs=macs, params=params, size_bytes=size_bytes,
@@ -74,6 +80,13 @@ class BudgetRequest:
         if measured and quantize == "int8" and representative_dataset is None:
             raise ValueError(f"an int8 {kind} budget converts the candidates to int8, which "
                              "needs representative_dataset (a few hundred training samples).")
+        if representative_dataset is not None and not (measured and quantize == "int8"):
+            raise ValueError(f"representative_dataset is only read by an int8 size_bytes or "
+                             f"latency_ms budget (it calibrates the candidates); this is a "
+                             f"{kind} budget with quantize={quantize!r}. Drop it, or pass "
+                             "quantize='int8' with a measured budget.")
+        if measured and quantize == "int8":
+            representative_dataset = _replayable(representative_dataset)
         if float_layers and not measured:
             raise ValueError(f"float_layers only changes a size_bytes or latency_ms budget (the "
                              f"converted file); {kind} do not depend on the precision.")
@@ -90,12 +103,32 @@ class BudgetRequest:
         if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)
                                      or round_to < 1):
             raise ValueError(f"round_to must be an integer >= 1 or None, got {round_to!r}.")
+        ignored_layers = known_layer_names(functional_model(model), ignored_layers)
         return cls(kind=kind, budget=budget, threads=threads, quantize=quantize,
                    calibration=representative_dataset, float_layers=kept_float,
                    measure_latency=measure_latency, criterion=criterion,
                    sensitivity=sensitivity, round_to=round_to,
                    max_pruning_ratio=max_pruning_ratio, ignored_layers=ignored_layers,
                    data=data)
+
+
+def _replayable(dataset):
+    """A one-shot iterator (a generator) read once into a list of its first
+    ``CALIBRATION_STEPS`` batches, the most one conversion reads: every candidate is then
+    calibrated on the same batches. Anything else (a list, an array, a ``tf.data.Dataset``, a
+    function returning batches) is returned as it is: each conversion reads it afresh."""
+    try:
+        one_shot = iter(dataset) is dataset
+    except TypeError:  # not iterable: a function, or a type tflite_export explains
+        return dataset
+    if not one_shot:
+        return dataset
+    batches = list(itertools.islice(dataset, CALIBRATION_STEPS))
+    if not batches:
+        raise ValueError("representative_dataset is an exhausted iterator (it yielded no "
+                         "batches); pass a list of batches, an array, a tf.data.Dataset or a "
+                         "function returning batches.")
+    return batches
 
 
 def _the_budget(**budgets):

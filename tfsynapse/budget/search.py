@@ -69,7 +69,9 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
       threads: LiteRT threads of a latency budget.
       quantize: the precision of a ``size_bytes`` or ``latency_ms`` budget: None (float32),
         'float16', 'dynamic' or 'int8' (int8 needs ``representative_dataset``).
-      representative_dataset: calibration data for int8.
+      representative_dataset: calibration data for an int8 ``size_bytes`` or ``latency_ms``
+        budget (as ``tflite_export.convert``'s; a generator is read once, its first 100
+        batches, so that every candidate is calibrated on the same data).
       float_layers: with an int8 ``size_bytes`` or ``latency_ms`` budget, layer names kept
         float32 in every converted candidate (``tflite_export.convert``'s ``float_layers``):
         measure what you will ship, and export the result with the same names.
@@ -103,7 +105,10 @@ def prune_to_budget(model, *, macs=None, params=None, size_bytes=None, latency_m
         with a MAC or parameter budget; ``float_layers`` without an int8 size or latency
         budget, or naming no layer of the model (or an input or output layer); ``threads``
         or ``measure_latency`` without a latency budget; ``threads`` or ``round_to`` not an
-        integer >= 1; ``measure_latency`` returning anything but a positive number.
+        integer >= 1; ``measure_latency`` returning anything but a positive number;
+        ``representative_dataset`` without an int8 measured budget, or an exhausted iterator;
+        ``ignored_layers`` a string or naming a layer the model does not have (all checked
+        before any measurement or sensitivity analysis).
       TypeError: ``sensitivity`` is neither a table nor a function; ``measure_latency`` is
         not callable.
       RuntimeError: a device measurement failed (``adb_latency``, ``command_latency``).

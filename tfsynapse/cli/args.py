@@ -43,6 +43,11 @@ def max_ratio(text):
     return _checked(text, float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
 
 
+def learning_rate(text):
+    """A finite learning rate > 0."""
+    return _checked(text, float, lambda v: 0.0 < v < float("inf"), "a finite number > 0")
+
+
 def positive_int(text):
     """An integer >= 1 (round-to, threads, runs)."""
     return _checked(text, int, lambda v: v >= 1, "an integer >= 1")

@@ -6,7 +6,7 @@ measured (here, a phone over adb, or a command of yours), an optional sensitivit
 progress and report printed, and a plot of the measured search.
 """
 
-from tfsynapse.cli.files import CliError, load_calibration, require_input
+from tfsynapse.cli.files import CliError, load_calibration, one_line, require_input
 
 TARGET_FLAGS = ("target_macs", "target_params", "target_size", "target_latency")
 
@@ -118,8 +118,13 @@ def prune(args, model, x):
                    if args.calibration else None)
     table = None
     if args.sensitivity:
-        table = tfsynapse.SensitivityTable.from_json(require_input(args.sensitivity,
-                                                                   "sensitivity table"))
+        path = require_input(args.sensitivity, "sensitivity table")
+        try:
+            table = tfsynapse.SensitivityTable.from_json(path)
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise CliError(f"cannot read the sensitivity table {path!r}: {one_line(err)}; "
+                           "write it with SensitivityTable.to_json (a .json file, not the "
+                           "CSV)") from err
     budget = {"macs": args.target_macs, "params": args.target_params,
               "size_bytes": args.target_size, "latency_ms": args.target_latency}
     budget = {k: v for k, v in budget.items() if v is not None}

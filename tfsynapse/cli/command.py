@@ -92,6 +92,8 @@ def _cmd_prune(args):
     x, y = load_data_pair(args.data) if args.data else (None, None)
     if args.finetune_epochs and y is None:
         raise CliError("--finetune-epochs needs labels: --data x.npy,y.npy")
+    if args.lr is not None and not args.finetune_epochs:
+        raise CliError("--lr is the fine-tuning learning rate: it needs --finetune-epochs N")
     model = strip_wrappers(load_model(args.model))
     if x is not None:
         check_samples(x, model, "--data", args.data.split(",")[0])
@@ -129,7 +131,8 @@ def _cmd_prune(args):
         if args.finetune_epochs:
             print(f"fine-tuning {args.finetune_epochs} epoch(s), pruned units kept at zero:",
                   flush=True)
-            cli_finetune.finetune_keeping_zeros(pruned, x, y, args.finetune_epochs, args.lr)
+            cli_finetune.finetune_keeping_zeros(pruned, x, y, args.finetune_epochs,
+                                                args.lr or 1e-4)
             print(f"accuracy after fine-tuning: {cli_finetune.accuracy(pruned, x, y):.2%} "
                   f"(on the samples it was fine-tuned on: pass held-out data to measure)")
         elif before - after > 0.01:

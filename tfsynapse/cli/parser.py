@@ -11,6 +11,7 @@ from tfsynapse.cli.args import (
     PROG,
     Parser,
     layer_names,
+    learning_rate,
     max_ratio,
     non_negative_int,
     positive_int,
@@ -98,8 +99,8 @@ def _add_prune(sub, debug):
     p.add_argument("--finetune-epochs", type=non_negative_int, default=0, metavar="N",
                    help="fine-tune N epochs on --data x.npy,y.npy with the pruned units kept "
                         "at zero (Adam; default 0)")
-    p.add_argument("--lr", type=float, default=1e-4,
-                   help="fine-tuning learning rate (default 1e-4)")
+    p.add_argument("--lr", type=learning_rate, default=None,
+                   help="fine-tuning learning rate, with --finetune-epochs (default 1e-4)")
     p.add_argument("-o", "--output", required=True, help=_OUT_HELP)
 
 

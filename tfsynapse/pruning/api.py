@@ -133,12 +133,31 @@ def _require_something(plan):
 
 
 def _check_names(model, options):
-    names = {unwrap(c.layer).name for c in flatten_calls(model).calls}
     for what, given in (("ignored_layers", options.ignored_layers),
                         ("layer_sparsity", list(options.layer_sparsity))):
-        unknown = [n for n in given if n not in names]
-        if unknown:
-            raise ValueError(f"{what} names layers that are not in the model: {unknown}.")
+        known_layer_names(model, given, what)
+
+
+def known_layer_names(model, names, what="ignored_layers"):
+    """``names`` as a tuple, checked to be a list of names of ``model``'s layers.
+
+    Args:
+      model: a functional model (a subclassed one: its ``functional_model``).
+      names: an iterable of layer names.
+      what: the argument's name, for the messages.
+
+    Returns:
+      The names, as a tuple.
+
+    Raises:
+      ValueError: ``names`` is a string, or names a layer the model does not have.
+    """
+    names = _layer_names(names) if what == "ignored_layers" else tuple(names)
+    present = {unwrap(c.layer).name for c in flatten_calls(model).calls}
+    unknown = [n for n in names if n not in present]
+    if unknown:
+        raise ValueError(f"{what} names layers that are not in the model: {unknown}.")
+    return names
 
 
 def check_reachable(plan, sparsity):
@@ -250,7 +269,7 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
       scope: 'layer' or 'global'.
       round_to: every pruned group keeps a multiple of this many units.
       max_pruning_ratio: the largest fraction of any group that may be pruned.
-      ignored_layers: layers (or names) whose groups are never pruned.
+      ignored_layers: names of layers whose groups are never pruned.
       residual: how groups with several producers are pruned ('group' or 'skip').
       seed: the seed of random choices (the 'random' criterion).
       strict: raise on a layer without a channel rule instead of freezing its channels.
