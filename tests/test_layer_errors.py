@@ -86,3 +86,5 @@ def test_auto_says_when_the_tolerance_is_out_of_reach_and_refuses_bad_arguments(
         tflite_export.quantization_report(model, data, samples=0)
     with pytest.warns(UserWarning, match="float_tolerance=0.1 is only used by float_layers='auto'"):
         tflite_export.convert(model, float_tolerance=0.1)
+    with pytest.warns(UserWarning, match="calibration_steps=8 is only used by an int8"):
+        tflite_export.convert(model, quantize="dynamic", calibration_steps=8)

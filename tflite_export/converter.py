@@ -190,7 +190,8 @@ def convert(
         process, so that a crash in TensorFlow's native converter (seen on an int8 GRU)
         becomes a ``RuntimeError`` instead of killing this process. The worker starts on the
         first conversion (TensorFlow's import, several seconds) and is reused. False converts
-        in this process.
+        in this process. With ``quantizer='litert'`` only the float32 conversion runs in the
+        worker; litert-quantizer's quantisation, calibration and the load check run here.
       float_layers: with ``'int8'`` and ``representative_dataset``, names of layers whose ops
         stay float32 (with the batch normalisation and activation fused into them), between a
         DEQUANTIZE and a QUANTIZE: selective quantisation, e.g. the layers at the first
@@ -201,8 +202,8 @@ def convert(
         within ``float_tolerance`` of the float32 model's on the calibration data; the choice
         and the errors are logged, and a warning says when no choice reaches the tolerance.
       float_tolerance: with ``float_layers='auto'``, the relative output error allowed,
-        ``||int8 - keras|| / ||keras||`` over the calibration samples (0.02: 2%), the int8
-        file's outputs against the Keras model's.
+        ``||int8 - keras|| / ||keras||`` over the first 32 calibration samples (0.02: 2%),
+        the int8 file's outputs against the Keras model's.
       quantizer: ``'tensorflow'`` (TensorFlow's converter quantises) or ``'litert'``
         (litert-quantizer quantises the float32 conversion: the extra
         ``tfsynapse[quantizer]``; see ``litert_route``). With ``'litert'``, ``quantize`` is
@@ -245,6 +246,9 @@ def convert(
             f"quantize={quantize!r}.",
             stacklevel=2,
         )
+    if calibration_steps != 100 and calibration is None:
+        warnings.warn(f"calibration_steps={calibration_steps!r} is only used by an int8 "
+                      "conversion with representative_dataset; ignored.", stacklevel=2)
     if float_tolerance != 0.02 and not (isinstance(float_layers, str) and float_layers == "auto"):
         warnings.warn(f"float_tolerance={float_tolerance!r} is only used by float_layers='auto'; "
                       "ignored.", stacklevel=2)
