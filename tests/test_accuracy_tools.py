@@ -80,6 +80,15 @@ def test_recalibration_averages_batches_and_keeps_masks_and_steps(trained):
     bn = next(l for l in tfsynapse.analysis.batchnorm_layers(wrapped) if l.name == "bn0")
     np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean(means, axis=0), rtol=1e-4, atol=1e-5)
     assert bn.momentum == 0.99 and bn.trainable and "call" not in bn.__dict__
+    # a short last batch weighs the samples it holds: 128 + 1 samples, not 1/2 + 1/2
+    clone = keras.models.clone_model(model)  # the fixture's layers stay as they are
+    clone.set_weights(model.get_weights())
+    tfsynapse.recalibrate_batchnorm(clone, x[:129], batch_size=128)
+    c0 = keras.Model(clone.inputs, clone.get_layer("c0").output)
+    first, last = (c0(x[part], training=False).numpy().mean(axis=(0, 1, 2))
+                   for part in (slice(0, 128), slice(128, 129)))
+    np.testing.assert_allclose(clone.get_layer("bn0").moving_mean.numpy(),
+                               (128 * first + last) / 129, rtol=1e-4, atol=1e-5)
 
 
 def test_recalibration_refuses_bad_data_and_warns_without_batchnorm(trained):
@@ -231,8 +240,10 @@ def test_proximal_training_gives_exact_zeros_growing_with_lambda(K):
 
 
 def test_proximal_errors_and_adaptive_optimizer_warning(K):
-    with pytest.raises(ValueError, match="positive"):
-        tfsynapse.ProximalL1(0)
+    for bad in (0, float("inf"), float("nan"), True):
+        with pytest.raises(ValueError, match="finite positive"):
+            tfsynapse.ProximalL1(bad)
+    assert tfsynapse.ProximalL1(np.float32(1e-3)).l1 == pytest.approx(1e-3)  # numpy scalars
     plain = K.Sequential([K.Input((4,)), K.layers.Dense(2)])
     plain.compile("sgd", "mse")
     with pytest.raises(ValueError, match="to_synaptic"):

@@ -6,7 +6,7 @@ import pytest
 
 import tflite_export
 import tfsynapse
-from conftest import both_backends, dead_filters, normal, randomize_bn, small_cnn
+from conftest import both_backends, dead_filters, keras_of, normal, randomize_bn, small_cnn
 from tfsynapse.backends.tf_keras import keras, tf
 
 backend = both_backends(globals())  # every test runs on tf_keras and on Keras 3
@@ -271,3 +271,57 @@ def test_predict_returns_outputs_in_keras_order(quantize):
     for got, want in zip(outputs, expected):
         np.testing.assert_allclose(got, want, atol=tolerance)
     assert [t["shape"][-1] for t in tflite_export.inspect(lite)["outputs"]] == [2, 3]
+
+
+# ------------------------------------------------ options that would prune nothing, or wrongly
+def _conv_then_dense(keras):
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(8, 3, name="c1")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dense(16, activation="relu", name="d1")(x)
+    return keras.Model(inputs, keras.layers.Dense(5, name="head")(x))
+
+
+def test_pruning_that_would_do_nothing_or_score_zeros_says_so(backend):
+    keras_ = keras_of(backend)
+    mlp = keras_.Sequential([keras_.Input((20,)), keras_.layers.Dense(16, name="m1"),
+                             keras_.layers.Dense(4, name="out")])
+    per_connection = "granularity='connection' prunes the kernels of convolutions"
+    with pytest.raises(ValueError, match=per_connection):  # the default granularity
+        tfsynapse.prune_synaptic(mlp, tfsynapse.ConstantSparsity(0.5, begin_step=0))
+    with pytest.raises(ValueError, match=per_connection):
+        tfsynapse.prune_once(mlp, 0.5, granularity="connection")
+    model = _conv_then_dense(keras_)
+    with pytest.warns(UserWarning, match="'d1' will not be pruned: granularity='connection'"):
+        tfsynapse.prune_once(model, {"c1": 0.5, "d1": 0.5}, granularity="connection")
+    # a filter's synaptic strength sums its incoming connections: a Dense group has none, so
+    # it is frozen with the reason, not scored zero and emptied first
+    pruned = tfsynapse.prune_once(model, 0.5, criterion="synaptic_strength", scope="global")
+    assert dead_filters(pruned.get_layer("d1").get_weights()[0]) == []
+    assert len(dead_filters(pruned.get_layer("c1").get_weights()[0])) == 4
+    plan = tfsynapse.plan.MaskPlan(tfsynapse.dependency_groups(model),
+                                   tfsynapse.plan.options.PruningOptions(
+                                       criterion="synaptic_strength"))
+    assert any("scores a filter by its incoming connections" in " ".join(reasons)
+               for reasons in plan.frozen.values())
+    # prune_once, like prune_synaptic, refuses a model it cannot prune at all
+    with pytest.raises(ValueError, match="nothing in this model can be pruned"):
+        tfsynapse.prune_once(model, 0.5, ignored_layers=["c1", "d1"])
+    tfsynapse.prune_once(model, 0.0, ignored_layers=["c1", "d1"])  # asks for nothing: fine
+    with pytest.warns(UserWarning, match="recalibration_steps=5 is only used with data="):
+        tfsynapse.prune_once(model, 0.5, recalibration_steps=5)
+
+
+def test_a_mac_count_with_unknown_spatial_dimensions_is_a_warning(backend):
+    keras_ = keras_of(backend)
+    inputs = keras_.Input((None, None, 3))
+    x = keras_.layers.Conv2D(8, 3, name="conv")(inputs)
+    model = keras_.Model(inputs, keras_.layers.GlobalAveragePooling2D()(x))
+    with pytest.warns(UserWarning, match=r"1 layer\(s\) whose output has an unknown dimension "
+                                         r"besides the batch as if it were 1 \(e.g. conv\)"):
+        tfsynapse.count_macs(model)
+    import warnings  # noqa: PLC0415
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fixed shape counts silently
+        tfsynapse.count_macs(_conv_then_dense(keras_))

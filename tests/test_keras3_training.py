@@ -203,3 +203,13 @@ def test_keras3_distillation_trains_a_pruned_student_and_leaves_the_teacher():
         np.testing.assert_array_equal(value, before[key], err_msg=key)
     small = tfsynapse.shrink(tfsynapse.strip_pruning(student))
     assert small.get_layer("a").filters == 8
+    # a schedule that the training stops short of is said at the end of the distiller's fit
+    # too, with tfsynapse's callback accepted as on a pruned model
+    short = tfsynapse.prune_synaptic(small_keras3(seed=4),
+                                     tfsynapse.PolynomialDecay(0.0, 0.5, 0, 1000, frequency=10))
+    distiller = tfsynapse.Distiller(short, teacher, temperature=2.0, alpha=0.7)
+    distiller.compile(keras.optimizers.Adam(1e-2),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.warns(UserWarning, match=r"applied .* sparsity, not its target 50.0%"):
+        distiller.fit(x, y, epochs=1, batch_size=32, verbose=0,
+                      callbacks=[tfsynapse.UpdatePruningStep()])

@@ -57,6 +57,21 @@ def test_to_and_from_synaptic_preserve_outputs_with_negative_gammas():
     np.testing.assert_allclose(plain(x), model(x), rtol=1e-4, atol=1e-5)
 
 
+def test_a_batchnorm_without_beta_folds_exactly():
+    inputs = keras.Input((10, 10, 3))
+    h = L.Conv2D(6, 3, padding="same", name="c1")(inputs)
+    h = L.BatchNormalization(center=False, name="bn1")(h)
+    h = L.ReLU(name="r1")(h)
+    h = L.Conv2D(4, 3, padding="same", name="c2")(h)
+    model = randomize_bn(keras.Model(inputs, L.GlobalAveragePooling2D()(h)))
+    synaptic, report = tfsynapse.to_synaptic(model, return_report=True)
+    assert sorted(report.folded) == ["bn1"] and report.flipped
+    bn = synaptic.get_layer("bn1")
+    assert not bn.scale and not bn.center
+    x = normal(3, 10, 10, 3, seed=2)
+    np.testing.assert_allclose(synaptic(x), model(x), rtol=1e-4, atol=1e-5)
+
+
 def test_non_homogeneous_activation_keeps_the_bn_scale():
     model = randomize_bn(relu_net(final_activation="swish"))
     synaptic, report = tfsynapse.to_synaptic(model, return_report=True)

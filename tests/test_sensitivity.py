@@ -361,6 +361,9 @@ def test_absolute_floor_and_drop_are_not_relative():
     assert ratios_from_sensitivity(table, 0.9) == {"a": 0.4, "b": 0.1}
     with pytest.raises(ValueError, match="max_drop must be >= 0"):
         ratios_from_sensitivity(table, max_drop=-0.01)
+    broken = hand_table({"a": (10, [(0.1, 0.925)])}, baseline=float("nan"))
+    with pytest.raises(ValueError, match="baseline is nan: max_drop counts from it"):
+        ratios_from_sensitivity(broken, max_drop=0.02)
 
 
 @pytest.mark.keras_independent

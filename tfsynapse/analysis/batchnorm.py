@@ -8,9 +8,10 @@ reason alone. ``recalibrate_batchnorm`` re-estimates them from data without touc
   updates its moving statistics); every other layer runs in inference mode, so dropout is off
   and pruning wrappers neither advance their step nor recompute masks (their masks are applied
   as always): the statistics are those the deployed model will see;
-* the moving statistics become the plain **average over the batches** (the momentum of batch
-  ``t`` is set to ``t / (t + 1)``), so the result does not depend on the old statistics or on
-  the layer's momentum;
+* the moving statistics become the **average over the batches, each weighted by its
+  samples** (a batch of ``n`` after ``seen`` samples gets momentum ``seen / (seen + n)``), so
+  the result depends neither on the old statistics, nor on the layer's momentum, nor on a
+  short last batch;
 * momentum, trainability and the layer's ``call`` are restored afterwards, also on error.
 
 It works on models wrapped by ``prune_synaptic``, stripped models and shrunk models alike.
@@ -108,7 +109,9 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
       steps: the most batches to use (default: all of ``data``; required to be finite for an
         endless dataset).
       batch_size: the batch size for array data; batches of 1 are refused (the variance of one
-        sample per channel is meaningless for convolutions with no spatial extent).
+        sample per channel is meaningless for convolutions with no spatial extent). Each
+        batch's statistics weigh as many samples as it holds (a short last batch counts
+        little).
       verbose: 1 prints one line when done.
 
     Returns:
@@ -116,7 +119,7 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
 
     Raises:
       TypeError / ValueError: as ``check_model``.
-      ValueError: no data, non-finite data, ``steps`` or ``batch_size`` below 1.
+      ValueError: no data, non-finite data, ``steps`` below 1 or ``batch_size`` below 2.
     """
     model = functional_model(model)  # a subclassed model: its traced graph (same layers)
     backend_of(model).check_model(model)
@@ -135,7 +138,7 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
     if steps is not None:
         batches = itertools.islice(batches, int(steps))
     saved = [(bn, bn.momentum, bn.trainable, bn.__dict__.get("call")) for bn in layers]
-    counter = {"t": 0}
+    counter = {"seen": 0, "n": 1}  # samples averaged so far, samples in this batch
     used = 0
     try:
         for bn in layers:
@@ -143,8 +146,9 @@ def recalibrate_batchnorm(model, data, steps=None, batch_size=DEFAULT_BATCH_SIZE
             _force_training(bn, counter)
         for used, batch in enumerate(batches, 1):
             _check_finite(batch, used)
-            counter["t"] = used - 1
+            counter["n"] = max(1, int(tf.nest.flatten(batch)[0].shape[0] or 1))
             model(batch, training=False)
+            counter["seen"] += counter["n"]
     finally:
         for bn, momentum, trainable, call in saved:
             bn.momentum = momentum
@@ -167,8 +171,8 @@ def _force_training(bn, counter):
     original = bn.call
 
     def call(inputs, training=None, **kwargs):  # noqa: ARG001 - training is forced
-        t = counter["t"]
-        bn.momentum = t / (t + 1.0)  # a running mean over the batches seen so far
+        # a running mean over the samples seen so far: a short last batch weighs what it holds
+        bn.momentum = counter["seen"] / (counter["seen"] + counter["n"])
         return original(inputs, training=True, **kwargs)
 
     object.__setattr__(bn, "call", call)

@@ -123,8 +123,8 @@ def sensitivity_analysis(model, evaluate, criterion="dscore", step=0.05, max_rat
       A ``SensitivityTable``.
 
     Raises:
-      TypeError: ``evaluate`` is not callable or does not return a number; a Keras 3 or
-        non-Keras model.
+      TypeError: ``evaluate`` is not callable or does not return a number; a non-Keras
+        model.
       ValueError: ``step`` or ``max_ratio`` not in (0, 1), ``step > max_ratio``, unknown or
         frozen group names, invalid options, a subclassed, unbuilt or wrapped model, or
         nothing to prune.
@@ -313,8 +313,8 @@ def ratios_from_sensitivity(table, keep_fraction=None, *, min_metric=None, max_d
 
     Raises:
       TypeError: ``table`` is not a ``SensitivityTable``.
-      ValueError: not exactly one floor given, a floor out of range, or (for
-        ``keep_fraction``) a baseline that is not a positive number.
+      ValueError: not exactly one floor given, a floor out of range, or a baseline that is
+        not finite (``max_drop``) or not a positive number (``keep_fraction``).
     """
     if not isinstance(table, SensitivityTable):
         raise TypeError(f"table must be a SensitivityTable (from sensitivity_analysis or "
@@ -339,6 +339,11 @@ def ratios_from_sensitivity(table, keep_fraction=None, *, min_metric=None, max_d
     elif max_drop is not None:
         if max_drop < 0:
             raise ValueError(f"max_drop must be >= 0, got {max_drop!r}.")
+        if not math.isfinite(baseline):
+            raise ValueError(f"the table's baseline is {baseline!r}: max_drop counts from it, so "
+                             "every group would be kept whole. Re-run sensitivity_analysis with "
+                             "an evaluate function that returns a finite number, or give "
+                             "min_metric.")
         floor = baseline - float(max_drop)
     else:
         floor = float(min_metric)

@@ -178,7 +178,7 @@ class _Random(Criterion):
 class _SynapticStrength(Criterion):
     name = "synaptic_strength"
     granularities = GRANULARITIES
-    needs = frozenset({"weights", "input_scale", "strength"})
+    needs = frozenset({"weights", "input_scale", "strength", "connections"})
     summary = ("|gamma_i| * ||K[..., i, j]||_2 per connection, or the trained strength; "
                "a filter sums its incoming strengths (Lin et al. 2018)")
 

@@ -85,7 +85,24 @@ def count_macs(model, keep=None, per_layer=False):
             table[layer.name] = table.get(layer.name, 0) + int(macs)
     total = int(sum(table.values()))
     _warn_uncounted(graph, total)
+    _warn_unknown_dims(graph, table)
     return (total, table) if per_layer else total
+
+
+def _warn_unknown_dims(graph, table):
+    """A layer whose output has an unknown dimension besides the batch (an image model built
+    on ``Input((None, None, 3))``, a sequence of any length) is counted as if that dimension
+    were 1: say so, with the layers, since the total is then far below a real forward pass."""
+    unknown = sorted({unwrap(lc.call.layer).name for lc in graph.calls
+                      if table.get(unwrap(lc.call.layer).name)
+                      and any(d is None for shape in lc.call.output_shapes
+                              for d in list(shape)[1:])})
+    if unknown:
+        warnings.warn(
+            f"tfsynapse: count_macs counted {len(unknown)} layer(s) whose output has an unknown "
+            f"dimension besides the batch as if it were 1 (e.g. {', '.join(unknown[:3])}): the "
+            "count is not that of a real input. Build the model on a fixed input shape, e.g. "
+            "keras.Input((224, 224, 3)), to count it.", stacklevel=3)
 
 
 def _warn_uncounted(graph, total):

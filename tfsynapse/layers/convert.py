@@ -192,6 +192,10 @@ def to_synaptic(model, l1=0.0, fold_batchnorm=True, return_report=False):
                 rest[0] = rest[0] * sign
             return [direction, strength, *rest]
         if old in fold_bn:
+            if not old.center:  # no beta: the folded layer stays without a shift
+                gamma, mean, var = weights
+                flip = np.where(gamma < 0, -1.0, 1.0).astype(gamma.dtype)
+                return [mean * flip, var]
             gamma, beta, mean, var = weights
             flip = np.where(gamma < 0, -1.0, 1.0).astype(gamma.dtype)
             return [beta / np.abs(gamma), mean * flip, var]

@@ -27,6 +27,8 @@ Works with either Keras: it is a tf_keras callback, and Keras 3's ``fit`` calls 
 hooks by name, so the same object serves a Keras 3 model (also inside a pruned model's fit).
 """
 
+import math
+import numbers
 import warnings
 
 from tfsynapse import backends
@@ -101,16 +103,17 @@ class ProximalL1(keras.callbacks.Callback):
     Logs ``strength_sparsity`` (fraction of exact zeros) at the end of every epoch.
 
     Raises:
-      ValueError: ``l1`` is not a positive number; at the start of training, the model has
-        no ``SynapticConv2D`` or its strengths also carry an L1 regularizer.
+      ValueError: ``l1`` is not a finite positive number; at the start of training, the model
+        has no ``SynapticConv2D`` or its strengths also carry an L1 regularizer.
     """
 
     works_with_keras3 = True  # a Keras 3 pruned model's fit takes it too
 
     def __init__(self, l1, momentum_correction=True, hold_columns=False):
         super().__init__()
-        if isinstance(l1, bool) or not isinstance(l1, (int, float)) or not l1 > 0:
-            raise ValueError(f"l1 must be a positive number, got {l1!r}.")
+        if isinstance(l1, bool) or not isinstance(l1, numbers.Real) or not l1 > 0 \
+                or not math.isfinite(l1):
+            raise ValueError(f"l1 must be a finite positive number, got {l1!r}.")
         self.l1 = float(l1)
         self.momentum_correction = bool(momentum_correction)
         self.hold_columns = bool(hold_columns)

@@ -103,6 +103,11 @@ class MaskPlan:
             elif opts.granularity == "filter" and "batchnorm" in self.criterion.needs and not any(
                     m.slot.weight is getattr(m.layer, "gamma", None) for m in g.by_role("param")):
                 why = f"criterion '{opts.criterion}' needs a BatchNormalization in the group"
+            elif opts.granularity == "filter" and "connections" in self.criterion.needs \
+                    and not self.scoring.has_connections(g):
+                why = (f"criterion '{opts.criterion}' scores a filter by its incoming "
+                       "connections, and no producer of this group is a convolution with "
+                       "per-connection kernels (use a weight criterion such as 'l1' for it)")
             elif g.size < 2:
                 why = "a single channel is never pruned"
             if why:

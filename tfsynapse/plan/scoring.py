@@ -63,6 +63,12 @@ class Scoring:
                 total += tf.scatter_nd(m.units[:, None], values, [group.size])
         return total
 
+    def has_connections(self, group):
+        """Whether any producer of ``group`` holds a per-connection kernel (what
+        ``_incoming`` sums; Dense, separable, transposed and grouped layers do not)."""
+        return any(self._rules[id(m.layer)].connection_kernel(m.layer) is m.slot.weight
+                   for m in group.by_role("out"))
+
     def _incoming(self, group, criterion):
         total = tf.zeros([group.size])
         for m in group.by_role("out"):

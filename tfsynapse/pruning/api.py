@@ -126,8 +126,17 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
 
 
 def _require_something(plan):
-    if plan.groups or plan.connection_layers:
+    """Raises when ``plan`` prunes nothing: every group frozen (the reasons named), or, per
+    connection, no layer with per-connection kernels."""
+    connection = plan.options.granularity == "connection"
+    if plan.connection_layers if connection else plan.groups:
         return
+    if connection and plan.groups:
+        raise ValueError(
+            "granularity='connection' prunes the kernels of convolutions (Conv1D/2D/3D, not "
+            "grouped, depthwise, separable or transposed) connection by connection, and this "
+            f"model has none to prune; its {len(plan.groups)} prunable group(s) (e.g. "
+            f"{plan.groups[0].group.name}) prune with granularity='filter'.")
     reasons = "; ".join(f"{name}: {why[0]}" for name, why in list(plan.frozen.items())[:5] if why)
     raise ValueError(f"nothing in this model can be pruned with these options ({reasons}).")
 
@@ -242,6 +251,12 @@ def _check_targets(plan):
     for name in plan.options.layer_sparsity:
         if connection and any(c.layer.name == name for c in plan.connection_layers):
             continue
+        if connection and float(plan.options.layer_sparsity[name]) > 0 and \
+                plan.graph.group_of_layer(name) is not None:
+            warnings.warn(f"tfsynapse: '{name}' will not be pruned: granularity='connection' "
+                          "prunes only convolutions with per-connection kernels; prune it with "
+                          "granularity='filter'.", stacklevel=3)
+            continue
         group = plan.graph.group_of_layer(name)
         if group is None:
             raise ValueError(
@@ -285,7 +300,8 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
     Raises:
       TypeError: not a Keras model.
       ValueError: a subclassed or unbuilt model, a sparsity that is not a float in [0, 1) or
-        such a dict, invalid options, or a target the caps make unreachable.
+        such a dict, invalid options, a target the caps make unreachable, or a sparsity above
+        0 with nothing in the model that can be pruned (the reasons named).
     """
     model = functional_model(model)  # a subclassed model: its traced graph
     backend = backend_of(model)
@@ -306,12 +322,19 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
     # layer by layer: composite layers need no config; a layer no rule covers is never masked
     clone = copy_model(model, may_share=lambda layer: rule_for(layer) is None)
     plan = MaskPlan(dependency_groups(clone, strict=strict), options)
+    if (any(float(r) > 0 for r in layer_sparsity.values()) if layer_sparsity is not None
+            else target > 0):
+        _require_something(plan)
     _check_targets(plan)
     check_finite_weights(plan)
     check_reachable(plan, target)
     apply_masks(plan, plan.compute(target))
     if data is not None:
         recalibrate_batchnorm(clone, data, steps=recalibration_steps)
+    elif recalibration_steps != 50:
+        warnings.warn(f"tfsynapse: recalibration_steps={recalibration_steps!r} is only used "
+                      "with data= (the BatchNormalization recalibration); ignored.",
+                      stacklevel=2)
     return clone
 
 

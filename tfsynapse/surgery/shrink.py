@@ -179,8 +179,9 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
     """Returns a new model with every removable pruned channel physically removed.
 
     Args:
-      model: a pruned tf_keras model: stripped, one-shot (``prune_once``), or still wrapped
-        (its masks are applied and the wrappers removed first). It is not modified otherwise.
+      model: a pruned tf_keras or Keras 3 model: stripped, one-shot (``prune_once``), or
+        still wrapped (its masks are applied and the wrappers removed first). It is not
+        modified otherwise.
       round_to: keep each group's channel count a multiple of this (some all-zero channels
         then stay) so SIMD kernels run full width.
       return_report: also return a ``ShrinkReport``.
@@ -196,7 +197,8 @@ def shrink(model, round_to=1, return_report=False, check=True, rtol=1e-4, verbos
         the zeros contract everywhere (every unit whose weights are zero is removed).
 
     Returns:
-      The new tf_keras functional model (nested models inlined), or ``(model, report)``.
+      A new functional model of the same Keras (nested models inlined), or
+      ``(model, report)``.
 
     Raises:
       TypeError / ValueError: as ``check_model``; ``round_to`` < 1; a layer that cannot be

@@ -12,7 +12,7 @@ import keras
 
 from tfsynapse.backends import tf
 from tfsynapse.backends.distillation import DistillerBase, require_labels, soft_targets_loss
-from tfsynapse.backends.keras3.pruning import KerasPrunedModel, _in_cross_replica
+from tfsynapse.backends.keras3.pruning import KerasPrunedModel, _in_cross_replica, adapted_fit
 
 
 class KerasDistiller(DistillerBase, keras.Model):
@@ -45,6 +45,12 @@ class KerasDistiller(DistillerBase, keras.Model):
             loss = loss + tf.add_n([tf.cast(v, loss.dtype) for v in self._student.losses])
         self._distillation_tracker.update_state(soft, sample_weight=tf.shape(outputs)[0])
         return loss, outputs
+
+    def fit(self, *args, **kwargs):
+        """``Model.fit``; tfsynapse's callbacks may be passed, as to a pruned model's ``fit``;
+        with a pruned student, warns at the end when its schedule never applied its target
+        (as the tf_keras ``Distiller`` does through ``UpdatePruningStep``)."""
+        return adapted_fit(self, super().fit, args, kwargs)
 
     def _pruned_student(self):
         return isinstance(self._student, KerasPrunedModel)

@@ -116,13 +116,7 @@ class KerasPrunedModel(provider.PrunedModelBase, Functional):
     def fit(self, *args, **kwargs):
         """``Model.fit``; tfsynapse's ``PruningProgress`` may be passed (adapted), tf_keras
         callbacks may not; warns at the end when the schedule never applied its target."""
-        args, kwargs = list(args), dict(kwargs)
-        if len(args) > 5:
-            kwargs["callbacks"] = args.pop(5)
-        kwargs["callbacks"] = [_adapt(c) for c in kwargs.get("callbacks") or []]
-        history = super().fit(*args, **kwargs)
-        provider.planner("warn")(self, "fit")
-        return history
+        return adapted_fit(self, super().fit, args, kwargs)
 
     def mask_values(self):
         """The current masks, as numpy arrays in ``mask_plan.masked_weights`` order."""
@@ -183,6 +177,20 @@ class _Adapted(keras.callbacks.Callback):
 for _hook in ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
               "on_train_batch_begin", "on_train_batch_end"):
     setattr(_Adapted, _hook, lambda self, *a, _hook=_hook, **k: getattr(self.inner, _hook)(*a, **k))
+
+
+def adapted_fit(model, fit, args, kwargs):
+    """``fit(*args, **kwargs)`` with tfsynapse's callbacks adapted to Keras 3 (tf_keras ones
+    refused), then, when ``model`` is or holds a ``KerasPrunedModel``, the end-of-fit check
+    that its schedule applied its target (a warning with the numbers otherwise)."""
+    args, kwargs = list(args), dict(kwargs)
+    if len(args) > 5:
+        kwargs["callbacks"] = args.pop(5)
+    kwargs["callbacks"] = [_adapt(c) for c in kwargs.get("callbacks") or []]
+    history = fit(*args, **kwargs)
+    if pruned_model_in(model) is not None:
+        provider.planner("warn")(model, "fit")
+    return history
 
 
 def _adapt(callback):
