@@ -216,7 +216,8 @@ def plot_training(history, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(history.epochs, history.sparsity, "o-", label="connection sparsity")
+    unit = "connections" if FLAGS.criterion == "synaptic_strength" else "channels"
+    ax.plot(history.epochs, history.sparsity, "o-", label=f"pruned fraction ({unit})")
     ax.plot(history.epochs, history.accuracy, "s-", label="validation accuracy")
     ax.set_xlabel("fine-tuning epoch")
     ax.set_ylim(0, 1.02)
@@ -248,8 +249,32 @@ def plot_channels(report, dense, path):
     plt.close(fig)
 
 
+def check_flags():
+    """Refuses flags this run would not read (the path chosen by --criterion, --sensitivity
+    and --distill), so that no option is ignored silently.
+
+    Raises:
+      app.UsageError: names the flags and why they are unused.
+    """
+    if FLAGS.criterion == "synaptic_strength":
+        unused = {"sensitivity": "filter criteria only", "max_drop": "filter criteria only",
+                  "ratio": "filter criteria only; use --sparsity"}
+    else:
+        unused = {"sparsity": "synaptic_strength only; use --ratio",
+                  "l1": "synaptic_strength only"}
+        unused.update({"ratio": "--sensitivity chooses per-group ratios"} if FLAGS.sensitivity
+                      else {"max_drop": "it needs --sensitivity"})
+    if not FLAGS.distill:
+        unused.update(alpha="--nodistill", temperature="--nodistill")
+    given = sorted(name for name in unused if FLAGS[name].present)
+    if given:
+        raise app.UsageError("not used by this run: " + "; ".join(
+            f"--{name} ({unused[name]})" for name in given) + ". Drop them.")
+
+
 def main(argv):
     del argv
+    check_flags()
     logging.set_verbosity(logging.WARNING)
     import numpy as np
 

@@ -54,3 +54,15 @@ def test_keras_applications_example_runs(tmp_path):
                         f"--output_dir={tmp_path}", timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "speedup" in result.stdout and len(list(tmp_path.glob("*.tflite"))) == 2
+
+
+@pytest.mark.keras_independent
+def test_quickstart_refuses_flags_its_path_would_ignore():
+    for flags, named in ((["--criterion=synaptic_strength", "--sensitivity"], "--sensitivity"),
+                         (["--sparsity=0.9"], "--sparsity (synaptic_strength only"),
+                         (["--max_drop=0.02"], "--max_drop (it needs --sensitivity)"),
+                         (["--sensitivity", "--ratio=0.3"], "--ratio (--sensitivity chooses"),
+                         (["--nodistill", "--alpha=0.5"], "--alpha (--nodistill)")):
+        result = run_python(os.path.join(ROOT, "examples", "quickstart.py"), *flags, timeout=120)
+        assert result.returncode != 0 and "not used by this run" in result.stderr, flags
+        assert named in result.stderr, (flags, result.stderr[-500:])

@@ -310,6 +310,8 @@ def test_pruning_that_would_do_nothing_or_score_zeros_says_so(backend):
     tfsynapse.prune_once(model, 0.0, ignored_layers=["c1", "d1"])  # asks for nothing: fine
     with pytest.warns(UserWarning, match="recalibration_steps=5 is only used with data="):
         tfsynapse.prune_once(model, 0.5, recalibration_steps=5)
+    with pytest.raises(ValueError, match="scope='global' ranks every unit against one target"):
+        tfsynapse.prune_once(model, {"c1": 0.5}, scope="global")  # it pruned per layer
 
 
 def test_a_mac_count_with_unknown_spatial_dimensions_is_a_warning(backend):

@@ -294,6 +294,16 @@ def test_multi_input_multi_output_order():
         model, "int8", representative_dataset=[{"zeta": xa[:8], "alpha": xb[:8]}, [xa[8:], xb[8:]]]
     )
     assert verify(quantized, model, [xa, xb])["max_abs_error"] < 0.2
+    with pytest.raises(ValueError, match=r"holds 3 arrays but the model has 2 input\(s\)"):
+        verify(convert(model), model, [xa, xb, xa[:, :1]])
+
+
+def test_top1_agreement_is_nan_where_an_argmax_says_nothing():
+    keras.utils.set_random_seed(2)
+    binary = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    x = np.random.default_rng(1).standard_normal((8, 4)).astype(np.float32)
+    report = verify(convert(binary), binary, x)
+    assert np.isnan(report["top1_agreement"]) and report["max_abs_error"] < 1e-5
 
 
 def test_multi_input_fallback_int8(monkeypatch):

@@ -175,6 +175,24 @@ def test_an_unbuilt_subclassed_model_is_refused_with_what_to_do(K):
         tfsynapse.dependency_groups(Net())
 
 
+def test_a_subclassed_model_with_a_weight_outside_its_layers_is_refused_by_name(K):
+    class Scaled(K.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = K.layers.Conv2D(8, 1)
+            self.pool = K.layers.GlobalAveragePooling2D()
+            self.scale = self.add_weight(name="gain", shape=(8,), initializer="ones")
+
+        def call(self, x):
+            return self.pool(self.conv(x) * self.scale)
+
+    net = Scaled()
+    net(_data(1))
+    with pytest.raises(ValueError, match=r"holds 1 weight\(s\) of its own \(gain\) outside "
+                                         "its layers"):
+        tfsynapse.count_params(net)
+
+
 def _branchy(K):
     class Branchy(K.layers.Layer):
         """Python control flow on a tensor's value: cannot be traced."""

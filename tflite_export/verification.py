@@ -7,8 +7,8 @@ from tflite_export import _runtime
 
 
 def _top1_agreement(reference, candidate):
-    if reference.ndim < 2 or reference.shape[-1] < 1:
-        return float("nan")  # no class axis to take an argmax over
+    if reference.ndim < 2 or reference.shape[-1] < 2:
+        return float("nan")  # no class axis to take an argmax over (one unit: always 0)
     agree = np.argmax(reference, axis=-1) == np.argmax(candidate, axis=-1)
     return float(np.mean(agree))
 
@@ -29,17 +29,24 @@ def verify(tflite, keras_model, inputs):
       A dict with ``max_abs_error`` and ``mean_abs_error`` (over all elements of all
       outputs), ``top1_agreement`` (fraction of samples, or of positions for outputs with more
       than two dims, where the argmax over the last axis of the first output agrees; NaN for
-      1-D outputs; only meaningful for classifiers) and ``num_samples``.
+      1-D outputs and for outputs of one unit, such as a sigmoid binary classifier, where
+      the argmax is always 0: compare ``max_abs_error`` there; only meaningful for
+      classifiers) and ``num_samples``.
 
     Raises:
-      TypeError: ``keras_model`` is not a tf_keras model, or ``tflite`` is not bytes/path.
-      ValueError: empty or mismatched inputs, or an unreadable TFLite model.
+      TypeError: ``keras_model`` is not a Keras model, or ``tflite`` is not bytes/path.
+      ValueError: empty or mismatched inputs (as many arrays as the model has inputs; no
+        labels), or an unreadable TFLite model.
     """
     backend = backend_of(keras_model, what="keras_model")
     backend.check_model(keras_model, what="keras_model")
     arrays = [np.asarray(a) for a in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
     if not arrays or arrays[0].ndim == 0 or arrays[0].shape[0] == 0:
         raise ValueError("inputs must be a non-empty batch with a leading batch dimension.")
+    if len(arrays) != len(keras_model.inputs):
+        raise ValueError(
+            f"inputs holds {len(arrays)} arrays but the model has {len(keras_model.inputs)} "
+            "input(s); pass the inputs only (an (x, y) pair: pass x).")
     dtypes = [np.dtype(tf.as_dtype(t.dtype).as_numpy_dtype) for t in keras_model.inputs]
     arrays = [a.astype(dtype) for a, dtype in zip(arrays, dtypes)]
     feed = arrays if len(arrays) > 1 else arrays[0]

@@ -137,7 +137,8 @@ def dependency_groups(model, strict=False):
     """Finds the groups of channels that must be pruned together in a model.
 
     Args:
-      model: a built Sequential or functional model, tf_keras or Keras 3 (nested models are followed;
+      model: a built Sequential or functional model, tf_keras or Keras 3 (a subclassed one is
+        traced: ``functional_model``; nested models are followed;
         tfsynapse/tfmot pruning wrappers are looked through).
       strict: if True, a layer with no registered rule raises instead of freezing the
         channels that reach it.
@@ -147,7 +148,8 @@ def dependency_groups(model, strict=False):
 
     Raises:
       TypeError: not a Keras model.
-      ValueError: a subclassed or unbuilt model; a channels-first layer.
+      ValueError: an unbuilt model, or a subclassed one that cannot be traced
+        (``functional_model``); a channels-first layer.
       UnsupportedLayerError: ``strict`` and a layer has no rule.
     """
     model = functional_model(model)

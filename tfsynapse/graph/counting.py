@@ -59,7 +59,8 @@ def count_macs(model, keep=None, per_layer=False):
     """Counts the multiply-accumulates of one forward pass (batch 1).
 
     Args:
-      model: a built tf_keras model, or a ``DependencyGraph`` of one.
+      model: a built model of either Keras (a subclassed one is traced), or a
+        ``DependencyGraph`` of one.
       keep: optional pruning plan, ``{group_id: bool array over units}`` (True = kept), to
         count the MACs the shrunk model will have.
       per_layer: also return a ``{layer name: MACs}`` dict.
@@ -129,7 +130,8 @@ def count_params(model, keep=None, per_layer=False):
     """Counts parameters (trainable and not, like ``Model.count_params``), before or after a plan.
 
     Args:
-      model: a built tf_keras model, or a ``DependencyGraph`` of one.
+      model: a built model of either Keras (a subclassed one is traced), or a
+        ``DependencyGraph`` of one.
       keep: optional pruning plan, ``{group_id: bool array over units}``.
       per_layer: also return a ``{layer name: params}`` dict.
 

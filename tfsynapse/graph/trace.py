@@ -268,8 +268,9 @@ def functional_model(model):
       ``model``, or a functional model of the same Keras computing the same outputs.
 
     Raises:
-      ValueError: a subclassed model whose input shape is unknown, whose call cannot be traced
-        on symbolic inputs, or whose traced graph computes something else.
+      ValueError: a subclassed model whose input shape is unknown, that holds weights outside
+        its layers, whose call cannot be traced on symbolic inputs, or whose traced graph
+        computes something else.
     """
     try:
         backend = backend_of(model)
@@ -281,6 +282,14 @@ def functional_model(model):
         return _MODELS[model]
     advice = ("Write its call with Keras layers and ops (keras.ops, or tf ops on tf_keras) and "
               "no Python branch on tensor values, or rebuild it with the functional API.")
+    own = _own_weights(backend, model)
+    if own:  # a graph of its layers would leave them out of counts, masks and training
+        names = ", ".join(w.name.split(":")[0].rsplit("/", 1)[-1] for w in own[:4])
+        raise ValueError(f"subclassed model '{model.name}' ({type(model).__name__}) holds "
+                         f"{len(own)} weight(s) of its own ({names}) outside its layers; a graph "
+                         "of its layers would leave them out of counts, masks and training. Hold "
+                         "them in a layer (a custom layer; tfsynapse.register_rule to prune "
+                         "through it), or rebuild the model with the functional API.")
     try:
         traced = backend.trace_model(model)
     except ValueError as error:

@@ -69,7 +69,8 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
     original layers too.
 
     Args:
-      model: a built functional or Sequential model, tf_keras or Keras 3.
+      model: a built functional or Sequential model, tf_keras or Keras 3 (a subclassed one is
+        traced: ``functional_model``).
       pruning_schedule: a tfmot schedule (``ConstantSparsity``, ``PolynomialDecay``) giving the
         target fraction of units pruned over training steps.
       criterion: importance criterion name ('synaptic_strength', 'kernel_norm', 'l1', 'l2',
@@ -98,10 +99,10 @@ def prune_synaptic(model, pruning_schedule, criterion="synaptic_strength", granu
 
     Raises:
       TypeError: not a Keras model.
-      ValueError: a subclassed or unbuilt model, a mixed-precision model, invalid options, an
-        invalid schedule, an already wrapped model, nothing that can be pruned, or a final
-        sparsity that
-        ``max_pruning_ratio`` (or the one channel every group keeps) makes unreachable.
+      ValueError: an unbuilt model or a subclassed one that cannot be traced
+        (``functional_model``), a mixed-precision model, invalid options, an invalid
+        schedule, an already wrapped model, nothing that can be pruned, or a final sparsity
+        that ``max_pruning_ratio`` (or the one channel every group keeps) makes unreachable.
     """
     model = functional_model(model)  # a subclassed model: its traced graph
     backend = backend_of(model)
@@ -275,7 +276,8 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
     """Prunes a model in one shot, without training (the D-Score paper's procedure).
 
     Args:
-      model: a built functional or Sequential model, tf_keras or Keras 3 (left untouched).
+      model: a built functional or Sequential model, tf_keras or Keras 3, left untouched (a
+        subclassed one is traced: ``functional_model``).
       sparsity: a float in [0, 1), the fraction of units pruned per group (scope='layer') or
         over the model (scope='global'); or ``{layer name: ratio}`` for the groups those layers
         produce (other groups stay whole), e.g. from ``ratios_from_sensitivity``.
@@ -299,15 +301,20 @@ def prune_once(model, sparsity, criterion="l1", granularity="filter", scope="lay
 
     Raises:
       TypeError: not a Keras model.
-      ValueError: a subclassed or unbuilt model, a sparsity that is not a float in [0, 1) or
-        such a dict, invalid options, a target the caps make unreachable, or a sparsity above
-        0 with nothing in the model that can be pruned (the reasons named).
+      ValueError: a subclassed model that cannot be traced (``functional_model``) or an
+        unbuilt one, a sparsity that is not a float in [0, 1) or such a dict (a dict with
+        ``scope='global'``), invalid options, a target the caps make unreachable, or a
+        sparsity above 0 with nothing in the model that can be pruned (the reasons named).
     """
     model = functional_model(model)  # a subclassed model: its traced graph
     backend = backend_of(model)
     backend.check_model(model)
     backend.refuse_pruning_wrappers(model)
     if isinstance(sparsity, dict):
+        if scope == "global":
+            raise ValueError("scope='global' ranks every unit against one target, but a "
+                             "{layer name: ratio} sparsity gives each listed group its own "
+                             "ratio (the others stay whole): pass scope='layer'.")
         layer_sparsity, target = dict(sparsity), 1.0
         for name, ratio in layer_sparsity.items():
             check_sparsity(ratio, f"sparsity['{name}']")
