@@ -230,6 +230,7 @@ def test_the_command_line_prunes_to_a_budget(model, tmp_path, capsys, monkeypatc
             (["--target-size", "2MB", "--float-layers", "c1"], "--float-layers needs --quantize"),
             (["--sparsity", "0.5", "--float-layers", "c1"], "--float-layers needs a budget"),
             (["--sparsity", "0.5", "--lr", "1e-3"], "--lr is the fine-tuning learning rate"),
+            (["--target-size", "2MB", "--plot", str(tmp_path)], "give a .png file path"),
             (["--target-macs", "1M", "--sensitivity", str(tmp_path / "table.csv")],
              "cannot read the sensitivity table")):
         assert main(["prune", path, *argv, "-o", out]) == 1

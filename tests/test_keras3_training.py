@@ -112,8 +112,12 @@ def test_keras3_files_through_the_cli(tmp_path, capsys):
     report = tflite_export.verify(str(tmp_path / "m.tflite"), model, calibration)
     scale = float(np.abs(np.asarray(model(calibration))).max())
     assert report["max_abs_error"] <= 0.05 * scale, (report, scale)  # int8 steps, not a wrong model
-    assert cli.main(["shrink", pruned, "-o", str(tmp_path / "saved_model_dir")]) == 1
-    assert "Keras 3 models are saved as .keras files" in capsys.readouterr().err
+    for command in (["shrink", pruned], ["prune", path, "--sparsity", "0.5"]):
+        # refused before any work: a Keras 3 model is saved as .keras only
+        assert cli.main([*command, "-o", str(tmp_path / "saved_model_dir")]) == 1
+        err = capsys.readouterr().err
+        assert "is a Keras 3 model, saved as a .keras file only" in err, err
+        assert "saved_model_dir.keras" in err
 
 
 MIRRORED = textwrap.dedent("""

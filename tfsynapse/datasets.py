@@ -17,6 +17,10 @@ FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 
 
 def _split(x, y, test_fraction, seed):
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
+            or not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be a number in (0, 1), e.g. 0.2; got "
+                         f"{test_fraction!r}.")
     rng = np.random.default_rng(seed)
     train, test = [], []
     for label in np.unique(y):  # stratified
@@ -104,13 +108,23 @@ def load_tfds(name, size=None):
       ``((x_train, y_train), (x_test, y_test))``.
 
     Raises:
-      RuntimeError: the data set cannot be downloaded (no internet), with what to do instead.
+      ValueError: the data set has no 'train' and 'test' splits.
+      RuntimeError: tensorflow_datasets misses a module (named, with the pip command), or the
+        data set cannot be downloaded (no internet), with what to do instead.
     """
     try:
         import tensorflow_datasets as tfds  # noqa: PLC0415
 
         train, test = tfds.load(name, split=["train", "test"], as_supervised=True, batch_size=-1)
         arrays = tfds.as_numpy(train), tfds.as_numpy(test)
+    except ModuleNotFoundError as err:  # a broken install, not the network
+        raise RuntimeError(f"tensorflow_datasets cannot import '{err.name}' to load '{name}': "
+                           f"pip install {err.name}") from err
+    except ValueError as err:
+        if "split" not in str(err).lower():
+            raise
+        raise ValueError(f"'{name}' has no 'train' and 'test' splits ({str(err)[:200]}); load "
+                         "it with tensorflow_datasets directly and split it yourself.") from err
     except Exception as err:  # noqa: BLE001 - tfds raises many kinds on network failure
         raise RuntimeError(
             f"could not load '{name}' with tensorflow_datasets ({type(err).__name__}: "

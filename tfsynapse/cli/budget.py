@@ -6,6 +6,9 @@ measured (here, a phone over adb, or a command of yours), an optional sensitivit
 progress and report printed, and a plot of the measured search.
 """
 
+import os
+import sys
+
 from tfsynapse.cli.files import CliError, load_calibration, one_line, require_input
 
 TARGET_FLAGS = ("target_macs", "target_params", "target_size", "target_latency")
@@ -92,6 +95,8 @@ def check(args):
             raise CliError("--calibration is only used with --quantize int8")
         if args.float_layers and quantize != "int8":
             raise CliError("--float-layers needs --quantize int8")
+        if args.plot:
+            _check_plot(args.plot)
         return
     for flag, value in (("--quantize", args.quantize != "none"),
                         ("--calibration", args.calibration is not None),
@@ -146,8 +151,22 @@ def prune(args, model, x):
         round_to=args.round_to, max_pruning_ratio=args.max_pruning_ratio, data=x,
         return_report=True, verbose=1)  # progress lines and the report
     if args.plot:
-        print(f"wrote {report.plot(args.plot)}")
+        try:
+            print(f"wrote {report.plot(args.plot)}")
+        except (ImportError, OSError) as err:  # the model is still saved
+            print(f"warning: the search plot was not written: {one_line(err)}", file=sys.stderr)
     return pruned, f"budget {_describe(budget)}"
+
+
+def _check_plot(path):
+    """Refuses a --plot that cannot be written, before the search runs."""
+    import importlib.util  # noqa: PLC0415
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise CliError("--plot needs matplotlib: pip install matplotlib (or drop --plot)")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder):
+        raise CliError(f"--plot {path!r}: give a .png file path in an existing folder")
 
 
 def _describe(budget):

@@ -82,13 +82,27 @@ def _cmd_criteria(args):
     return 0
 
 
+def _recalibrated(pruned, model):
+    """Whether a BatchNormalization of ``pruned`` has moving statistics other than the dense
+    ``model``'s (recalibration ran: not for a model without one, nor for a budget the dense
+    model already meets)."""
+    import numpy as np  # noqa: PLC0415
+
+    import tfsynapse  # noqa: PLC0415
+
+    dense = {bn.name: bn for bn in tfsynapse.analysis.batchnorm_layers(model)}
+    return any(bn.name in dense and not np.array_equal(np.asarray(bn.moving_mean),
+                                                        np.asarray(dense[bn.name].moving_mean))
+               for bn in tfsynapse.analysis.batchnorm_layers(pruned))
+
+
 def _cmd_prune(args):
     import tfsynapse  # noqa: PLC0415
     from tfsynapse.cli import finetune as cli_finetune  # noqa: PLC0415
 
     cli_budget.check(args)
     ratios = load_ratios(require_input(args.ratios, "ratios file")) if args.ratios else None
-    check_output(args.output, model_format(args.output))
+    check_output(args.output, model_format(args.output), args.model)
     x, y = load_data_pair(args.data) if args.data else (None, None)
     if args.finetune_epochs and y is None:
         raise CliError("--finetune-epochs needs labels: --data x.npy,y.npy")
@@ -115,7 +129,7 @@ def _cmd_prune(args):
                   f"sparsity {args.sparsity:g}")
     print(f"pruned in one shot with {args.criterion} ({args.granularity}, {args.scope}, "
           f"{target})")
-    if x is not None:
+    if x is not None and _recalibrated(pruned, model):
         print(f"BatchNormalization statistics recalibrated on {min(len(x), 50 * 64)} samples "
               f"of {args.data.split(',')[0]}")
     elif tfsynapse.analysis.batchnorm_layers(pruned):
@@ -163,7 +177,7 @@ def _print_estimate(pruned, round_to):
 def _cmd_shrink(args):
     import tfsynapse  # noqa: PLC0415
 
-    check_output(args.output, model_format(args.output))
+    check_output(args.output, model_format(args.output), args.model)
     model = load_model(args.model)
     small, report = tfsynapse.shrink(model, round_to=args.round_to, return_report=True)
     print(report.table())
