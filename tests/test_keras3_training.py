@@ -116,7 +116,7 @@ def test_keras3_files_through_the_cli(tmp_path, capsys):
         # refused before any work: a Keras 3 model is saved as .keras only
         assert cli.main([*command, "-o", str(tmp_path / "saved_model_dir")]) == 1
         err = capsys.readouterr().err
-        assert "is a Keras 3 model, saved as a .keras file only" in err, err
+        assert "is a keras3 model, saved as a keras or h5 file only (not a savedmodel)" in err, err
         assert "saved_model_dir.keras" in err
 
 

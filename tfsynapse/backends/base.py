@@ -43,6 +43,7 @@ class Backend(Protocol):
     keras: Any  # the Keras module itself (``keras.models.clone_model``, ``keras.layers``)
     SynapticConv2D: type  # the Synaptic Strength convolution of this Keras (docs/methods.md)
     Distiller: type  # (student, teacher, temperature, alpha, from_logits, **kwargs), checked
+    SAVE_FORMATS: tuple  # what save_model writes and load_model reads back ('keras', 'h5', ...)
 
     # ---- models: check, walk and rebuild ------------------------------------------------
     def check_model(self, model, what="model", require_built=True):

@@ -43,12 +43,14 @@ def model_format(path):
 
 def check_output(path, fmt, model_path=None):
     """Fails early (before any work) if ``path`` cannot be written as ``fmt`` (for the model
-    read from ``model_path``, when given: a Keras 3 model is saved as a .keras file only)."""
-    if fmt == "savedmodel" and model_path is not None:
-        from tfsynapse.backends import name_for_file  # noqa: PLC0415
+    read from ``model_path``, when given: a format its Keras saves, ``SAVE_FORMATS``)."""
+    if model_path is not None:
+        from tfsynapse import backends  # noqa: PLC0415
 
-        if name_for_file(model_path) == "keras3":
-            raise CliError(f"{model_path!r} is a Keras 3 model, saved as a .keras file only: give "
+        backend = backends.get(backends.name_for_file(model_path))
+        if fmt not in backend.SAVE_FORMATS:
+            raise CliError(f"{model_path!r} is a {backend.NAME} model, saved as a "
+                           f"{' or '.join(backend.SAVE_FORMATS)} file only (not a {fmt}): give "
                            f"-o {os.path.normpath(path)}.keras")
     clean = os.path.normpath(path)
     folder = os.path.dirname(os.path.abspath(clean))

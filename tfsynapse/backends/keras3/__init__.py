@@ -128,6 +128,9 @@ def load_model(path):
     return keras.saving.load_model(path, compile=False)
 
 
+SAVE_FORMATS = ("keras", "h5")  # what save_model writes and load_model reads back
+
+
 def save_model(model, path, fmt):
     """Saves to ``path`` as ``fmt`` ('keras' or 'h5'; a SavedModel directory is refused: Keras 3
     saves models as .keras files and exports SavedModels for serving only)."""

@@ -231,6 +231,9 @@ def strip(model):
         return prune.strip_pruning(model)  # clones into a plain functional Model
 
 
+SAVE_FORMATS = ("keras", "h5", "savedmodel")  # what save_model writes and load_model reads
+
+
 def save_model(model, path, fmt):
     """Saves to ``path`` as ``fmt`` ('keras', 'h5' or 'savedmodel')."""
     model.save(path, save_format="tf" if fmt == "savedmodel" else fmt)
