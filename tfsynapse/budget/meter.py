@@ -55,12 +55,11 @@ class LatencyMeter:
       last_key: the cache key of the file ``meter(model)`` converted last.
       fresh: when set, ``meter(model)`` times every file again instead of reading the cache
         (a search run again after the machine drifted: every value in today's units).
-      conversions: the conversions this meter has run.
     """
     def __init__(self, quantize, calibration, threads, measure_latency=None, cache=None,
                  runs=30, float_layers=None, dense=None):
         self.quantize, self.calibration, self.threads = quantize, calibration, threads
-        self.float_layers, self.conversions = float_layers, 0
+        self.float_layers = float_layers
         self._dense, self._dense_file = dense, None
         self.measure_latency, self.runs = measure_latency, runs
         self.cache = None if measure_latency is not None else (
@@ -73,7 +72,6 @@ class LatencyMeter:
         once, then reused)."""
         if model is self._dense and self._dense_file is not None:
             return self._dense_file
-        self.conversions += 1
         flatbuffer = tflite_export.convert(model, quantize=self.quantize,
                                            representative_dataset=self.calibration,
                                            float_layers=self.float_layers)
