@@ -81,7 +81,9 @@ def run(ctx):
     targets = [
         common.target_entry(SECTION, f"latency within [{LOW:.2f}, {HIGH:.2f}] x budget as "
                                      "measured by the search (fraction of rows)", within, 1.0, ">="),
-        common.target_entry(SECTION, "the same, re-measured (fraction of rows)", again, 1.0, ">=")]
+        common.target_entry(SECTION, "the same, re-measured (fraction of rows)", again, 1.0, ">="),
+        common.target_entry(SECTION, "the same, re-measured (fraction of rows; issue #33's "
+                                     "target)", again, 0.90, ">=")]
     result = {"settings": {k: ([[list(x) if isinstance(x, tuple) else x for x in m] for m in v]
                                if k == "models" else v)
                            for k, v in cfg.items()}, "rows": rows, "targets": targets,
@@ -94,6 +96,7 @@ def _model_rows(ctx, cfg, name, size, fractions, thread_counts, missing):
     import tflite_export
     import tfsynapse
     from tfsynapse.backends.tf_keras import keras
+    from tfsynapse.budget import hold as budget_hold
     from tfsynapse.budget import meter as budget_meter
 
     rows, dense, dense_files = [], None, {}
@@ -153,6 +156,9 @@ def _model_rows(ctx, cfg, name, size, fractions, thread_counts, missing):
                        "margin": getattr(report, "margin", None),
                        "search_remeasured_ms": getattr(report, "remeasured", None),
                        "researches": getattr(report, "researches", None),
+                       # the fraction under which the hold searches again (absent: it searched
+                       # again only over the budget)
+                       "hold_low": getattr(budget_hold, "LOW", None),
                        "points": report.points, "commit": _commit(),
                        "cpu_features": common.cpu_features()}
                 rows.append(row)
@@ -222,7 +228,9 @@ def markdown(result):
         "threads); measured = the search's value for the returned model, again = a fresh "
         "re-measurement of the same file (rows with a dense drift: interleaved with the dense "
         "file, whose time over the dense ms the budget was set from is the drift), searched "
-        "again = the times the search ran again after its own re-measurement landed over. "
+        "again = the times the search ran again after its own re-measurement landed over the "
+        "budget (or, in rows measured with the two-sided hold, under 0.90 of it: counted "
+        "below). "
         f"Target: [{LOW:.2f}, {HIGH:.2f}] x budget.", ""]
     headers = ["model", "precision", "threads", "budget (% of dense)", "dense ms", "budget ms",
                "measured ms", "measured / budget", "again / budget", "dense drift", "margin",
@@ -256,6 +264,13 @@ def markdown(result):
                   "out (again / budget divided by the dense drift: the pruned model against "
                   "the dense one timed in the same rounds, in the units the budget was set "
                   f"in): {steady} of them. The target counts the first figure."]
+    two_sided = [r for r in researched if r.get("hold_low") is not None]
+    if two_sided:
+        again = sum(LOW <= r["remeasured_ratio"] <= HIGH for r in two_sided)
+        lines += ["", f"Rows measured with the search run again when its re-measurement lands "
+                  f"over the budget or under {two_sided[0]['hold_low']:.2f} of it: "
+                  f"{len(two_sided)}; re-measured within [{LOW:.2f}, {HIGH:.2f}] in {again} "
+                  "of them."]
     if result.get("missing"):
         lines += ["", "Not measured yet (the run rendered its stored rows only): "
                   + ", ".join(result["missing"]) + "."]

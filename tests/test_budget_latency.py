@@ -151,6 +151,70 @@ def test_a_machine_that_slows_down_after_the_search_gets_a_search_timed_afresh(t
     assert f"searched again {report.researches} time(s)" in report.table()
 
 
+def _scripted_remeasure(monkeypatch, hold, budget, fractions):
+    """``hold.remeasure`` replaced: the n-th re-measurement returns ``fractions[n]`` x budget
+    (the last fraction from then on); returns the MACs of each candidate re-measured."""
+    candidates = []
+
+    def remeasure(meter, candidate, dense, pairs=3):
+        candidates.append(tfsynapse.count_macs(candidate))
+        return fractions[min(len(candidates), len(fractions)) - 1] * budget, 2.0 * budget
+
+    monkeypatch.setattr(hold, "remeasure", remeasure)
+    return candidates
+
+
+def test_a_result_timed_again_far_under_the_budget_is_searched_again_with_a_fresh_margin(
+        tmp_path, monkeypatch, backend):
+    """The result re-measures at 70% of the budget (the machine sped up, or the margin came
+    from a burst): the dense model's spread is measured again and the search runs again with
+    every file timed afresh; the second result, re-measured at 95%, is returned."""
+    from tfsynapse.budget import hold  # noqa: PLC0415
+    from tfsynapse.budget import meter as budget_meter  # noqa: PLC0415
+
+    monkeypatch.setenv("TFSYNAPSE_CACHE", str(tmp_path / "cache"))
+    model = _compute_bound(keras_of(backend))
+    budget = 0.6 * budget_meter.latency(None, None, 1)(model)
+    candidates = _scripted_remeasure(monkeypatch, hold, budget, [0.7, 0.95])
+    real_spread, spreads = hold.spread_margin, []
+
+    def spread_margin(meter, dense, rounds=5):
+        spreads.append(meter.fresh)
+        return real_spread(meter, dense, rounds)
+
+    monkeypatch.setattr(hold, "spread_margin", spread_margin)
+    _, report = tfsynapse.prune_to_budget(model, latency_ms=budget, threads=1, round_to=1,
+                                          return_report=True)
+    assert len(spreads) == 2 and report.researches == 1 and len(candidates) == 2
+    assert report.remeasured == 0.95 * budget
+    assert report.measured <= budget / (1.0 + report.margin) * (1 + 1e-9)
+    assert "searched again 1 time(s), every file timed afresh, after landing outside " \
+           "[90%, 100%]" in report.table()
+
+
+def test_a_result_within_the_budget_is_never_traded_for_one_over_it(tmp_path, monkeypatch,
+                                                                    backend):
+    """Re-measured at 70% (searched again), then over the budget twice: the first result,
+    the only one that fit, is returned, with a warning that it lies far under the budget."""
+    from tfsynapse.budget import hold  # noqa: PLC0415
+    from tfsynapse.budget import meter as budget_meter  # noqa: PLC0415
+
+    monkeypatch.setenv("TFSYNAPSE_CACHE", str(tmp_path / "cache"))
+    model = _compute_bound(keras_of(backend))
+    budget = 0.6 * budget_meter.latency(None, None, 1)(model)
+    candidates = _scripted_remeasure(monkeypatch, hold, budget, [0.7, 1.2])
+    with pytest.warns(UserWarning, match=r"measures .* 70% of the budget .* after 2 search\(es\) "
+                                         "run again") as record:
+        pruned, report = tfsynapse.prune_to_budget(model, latency_ms=budget, threads=1,
+                                                   round_to=1, return_report=True)
+    assert len(candidates) == 3 and report.researches == 2
+    assert report.remeasured == 0.7 * budget
+    assert tfsynapse.count_macs(tfsynapse.shrink(pruned)) == candidates[0]
+    assert not [w for w in record if "over the budget" in str(w.message)]
+    ours = [w for w in record if str(w.message).startswith("tfsynapse")]
+    assert all(w.filename == __file__ for w in ours), [(w.filename, w.lineno) for w in ours]
+
+
 def test_a_result_still_over_after_the_searches_run_again_is_a_warning_at_the_callers_line(
         tmp_path, monkeypatch, backend):
     """Every re-measurement lands over the budget: the search runs again twice (the cap), then

@@ -10,13 +10,21 @@ later, above its budget about half the time. Two things make a local latency bud
   aims at ``budget / (1 + margin)``. The floor: five timings in a row see the noise of seconds,
   not the drift of the minutes that follow (MobileNetV2 rows at one thread, re-measured a
   minute later, moved by -5% to +1.4% while their bursts spread 0.4-4.6%).
-* **The result measured again, interleaved, and searched again when it lands over.** The
-  chosen candidate and the dense model are timed in alternating rounds; the candidate's median
-  over them is reported (``remeasured``) next to the margin. When it lands over the budget, the
-  machine has drifted since the candidates were timed, and their cached times are stale: the
-  search runs again at the same target with every file timed afresh (the meter's ``fresh``),
-  at most ``RESEARCHES`` times. A drift that lasted leads it to a smaller model; a passing
-  spike to the same one, now timed under. One still over is a warning with the numbers.
+* **The result measured again, interleaved, and searched again when it lands outside
+  [LOW, 1] x budget.** The chosen candidate and the dense model are timed in alternating
+  rounds; the candidate's median over them is reported (``remeasured``) next to the margin.
+  - Over the budget: the machine has drifted slower since the candidates were timed, and their
+    cached times are stale: the search runs again at the same target with every file timed
+    afresh (the meter's ``fresh``). A drift that lasted leads it to a smaller model; a passing
+    spike to the same one, now timed under.
+  - Under ``LOW`` x budget: accuracy given away. Either the machine runs faster than when the
+    candidates were timed, or the margin came from a burst of noise (one slow round among five
+    makes a 9% margin). The margin is measured again and the search runs again, every file
+    timed afresh, to the budget less the new margin.
+  At most ``RESEARCHES`` searches run again. A result re-measured within the budget is never
+  traded for one that lands over it: when the last search's result lands over, the best
+  earlier result within the budget is returned. One still over, or still far under, is a
+  warning with the numbers.
 
 Timings from a device (``measure_latency``) are taken once per file and get neither.
 """
@@ -25,10 +33,13 @@ import statistics
 import warnings
 
 from tfsynapse.budget.alignment import interleaved
+from tfsynapse.budget.measured import BudgetUnreachable
+from tfsynapse.surgery import shrink
 
 MIN_MARGIN = 0.02  # the smallest margin taken (a burst of timings misses minutes of drift)
 MAX_MARGIN = 0.15  # the largest margin taken (a noisier machine is reported, not followed)
-RESEARCHES = 2  # searches run again after a re-measurement over the budget
+RESEARCHES = 2  # searches run again after a re-measurement outside [LOW, 1] x budget
+LOW = 0.9  # a re-measured result under this fraction of its budget is searched again
 
 
 def spread_margin(meter, model, rounds=5):
@@ -63,6 +74,72 @@ def remeasure(meter, candidate, dense, pairs=3):
     return medians["candidate"], medians["dense"]
 
 
+def hold(meter, dense, budget, margin, fit, found, say):
+    """A local latency budget's result timed again interleaved with the dense model, and
+    searched again with every file timed afresh while it lands outside ``[LOW, 1]`` x budget.
+
+    Args:
+      meter: the search's ``LatencyMeter``.
+      dense: the dense model.
+      budget: the user's budget, ms.
+      margin: the margin the search aimed under the budget by (``spread_margin``).
+      fit: ``fit(target, depth)``: the measured search (``fit_measured``'s return value).
+      found: what the first search returned.
+      say: a print function for progress.
+
+    Returns:
+      ``(found, remeasured ms, researches, margin)``: what the search that found the returned
+      model returned (its points are that search's), its re-measured latency (None when
+      nothing was pruned), how many searches ran again, and the margin that search aimed by.
+    """
+    kept, stopped = None, False  # kept: the best result re-measured within the budget
+    for researches in range(RESEARCHES + 1):
+        (named, pruned), measured = found[0], found[1]
+        if not any(named.values()):  # the dense model fits: nothing to time again
+            return found, None, researches, margin
+        got, dense_ms = remeasure(meter, shrink(pruned), dense)
+        if got <= budget and (kept is None or got > kept[1]):
+            kept = (found, got, margin, dense_ms)
+        if LOW * budget <= got <= budget or researches == RESEARCHES:
+            break
+        if got > budget:
+            say(f"prune_to_budget: timed again, {got:.4g} ms is over the budget of "
+                f"{budget:.4g} ms (searched at {measured:.4g} ms): the machine drifted; "
+                f"searching again to {budget / (1 + margin):.4g} ms with every file timed "
+                "afresh")
+        else:
+            before = margin
+            margin, medians = spread_margin(meter, dense)
+            say(f"prune_to_budget: timed again, {got:.4g} ms is {got / budget:.1%} of the budget "
+                f"of {budget:.4g} ms (searched at {measured:.4g} ms, aimed {before:.1%} under "
+                f"it): dense timed {len(medians)} times again, spread {margin:.1%}; searching "
+                f"again to {budget / (1 + margin):.4g} ms with every file timed afresh")
+        meter.fresh = True
+        try:
+            found = fit(budget / (1 + margin), 2)
+        except BudgetUnreachable:  # keep the last result, and say so below
+            stopped = True
+            break
+        finally:
+            meter.fresh = False
+    if got > budget and kept is not None:
+        say(f"prune_to_budget: the last result timed {got:.4g} ms, over the budget of "
+            f"{budget:.4g} ms; returning the earlier one timed {kept[1]:.4g} ms")
+        found, got, margin, dense_ms = kept
+    if got > budget:
+        warn_overrun(got, dense_ms, budget, researches, stopped)
+    elif got < LOW * budget:
+        warnings.warn(
+            f"tfsynapse: timed again, interleaved with the dense model, the pruned model "
+            f"measures {got:.4g} ms, {got / budget:.0%} of the budget of {budget:.4g} ms (dense "
+            f"{dense_ms:.4g} ms in the same rounds), after {researches} search(es) run again "
+            f"with every file timed afresh (aimed {margin:.1%} under the budget): a larger model "
+            "would likely fit. This machine's timing moves more than the search can follow "
+            "(or the configurations are coarse: a finer round_to may get closer); measure on "
+            "the target device for a tighter fit.", stacklevel=5)
+    return found, got, researches, margin
+
+
 def warn_overrun(remeasured_ms, dense_ms, budget, researches, stopped=False):
     """The warning for a result that, timed again after ``researches`` searches run again,
     still measures over ``budget`` (``stopped``: the last search run again found nothing under
@@ -75,4 +152,4 @@ def warn_overrun(remeasured_ms, dense_ms, budget, researches, stopped=False):
         f"measures {remeasured_ms:.4g} ms, over the budget of {budget:.4g} ms (dense "
         f"{dense_ms:.4g} ms in the same rounds){again}: this machine's timing drifts more than "
         "the margin measured before the search. Measure on the target device, or give a lower "
-        "budget.", stacklevel=5)
+        "budget.", stacklevel=6)

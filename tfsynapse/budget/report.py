@@ -2,6 +2,7 @@
 
 import dataclasses
 
+from tfsynapse.budget import hold as budget_hold
 from tfsynapse.budget import measured as budget_measured
 
 
@@ -40,8 +41,9 @@ class BudgetReport:
       remeasured: a latency budget timed here: the returned model's latency timed again in
         rounds interleaved with the dense model (None otherwise, or when nothing was pruned).
       researches: a latency budget timed here: how many times the search ran again, every
-        file timed afresh, because the result timed again landed over the budget (at most
-        ``budget.hold.RESEARCHES``); ``points`` are then the last search's.
+        file timed afresh, because the result timed again landed over the budget or under
+        ``budget.hold.LOW`` of it (at most ``budget.hold.RESEARCHES``); ``points`` are then
+        those of the search that found the returned model, and ``margin`` the one it aimed by.
     """
 
     kind: str
@@ -104,12 +106,13 @@ class BudgetReport:
         if self.latency_model is not None:
             lines.append(f"  latency model: {self.latency_model.describe()}")
         if self.remeasured is not None:
+            again = (f"; searched again {self.researches} time(s), every file timed afresh, "
+                     f"after landing outside [{budget_hold.LOW:.0%}, 100%] of it"
+                     if self.researches else "")
             lines.append(f"  aimed {self.margin:.1%} under the budget (the timing spread "
                          f"measured here); timed again, interleaved with dense: "
                          f"{self.remeasured:.4g} ms ({self.remeasured / self.budget:.1%} of the "
-                         "budget)" + (f"; searched again {self.researches} time(s), every file timed "
-                                      "afresh, after landing over it" if self.researches
-                                      else ""))
+                         f"budget){again}")
         width = max([len(n) for n in self.ratios] + [5])
         lines += [f"  {name:<{width}}  {ratio:6.1%}" for name, ratio in self.ratios.items()]
         return "\n".join(lines)

@@ -267,46 +267,19 @@ class _Search:
             self.margin, target = 0.0, r.budget
             found = fit(target)
         if local:
-            found = self.hold(fit, target, found)
+            found = self.hold(fit, found)
         (named, pruned), measured, dense_cost, points, steps = found
         return named, pruned, measured, measured, dense_cost, points, steps
 
-    def hold(self, fit, target, found):
-        """A local latency budget's result timed again interleaved with the dense model, and
-        searched again with every file timed afresh while it lands over the budget
-        (``budget/hold.py``).
-
-        Args:
-          fit: ``fit(target, depth)``, the measured search.
-          target: the target it searched to (the budget less the margin).
-          found: what ``fit`` returned.
+    def hold(self, fit, found):
+        """A local latency budget's result timed again and searched again while it lands
+        outside [LOW, 1] x budget (``budget.hold.hold``); the report's fields set.
 
         Returns:
-          What the last search returned (its points: that search's, in one day's units).
+          What the search that found the returned model returned.
         """
-        budget, stopped = self.request.budget, False
-        for researches in range(budget_hold.RESEARCHES + 1):
-            (named, pruned), measured = found[0], found[1]
-            if not any(named.values()):  # the dense model fits: nothing to time again
-                self.remeasured, self.researches = None, researches
-                return found
-            got, dense_ms = budget_hold.remeasure(self.meter, shrink(pruned), self.model)
-            self.remeasured, self.researches = got, researches
-            if got <= budget or researches == budget_hold.RESEARCHES:
-                break
-            self.say(f"prune_to_budget: timed again, {got:.4g} ms is over the budget of "
-                     f"{budget:.4g} ms (searched at {measured:.4g} ms): the machine drifted; "
-                     f"searching again to {target:.4g} ms with every file timed afresh")
-            self.meter.fresh = True
-            try:
-                found = fit(target, 1)
-            except budget_measured.BudgetUnreachable:  # keep the last result, and say so below
-                stopped = True
-                break
-            finally:
-                self.meter.fresh = False
-        if got > budget:
-            budget_hold.warn_overrun(got, dense_ms, budget, self.researches, stopped)
+        found, self.remeasured, self.researches, self.margin = budget_hold.hold(
+            self.meter, self.model, self.request.budget, self.margin, fit, found, self.say)
         return found
 
 
