@@ -56,11 +56,11 @@ def test_qat_model_exports_int8_without_calibration_and_agrees(shrunk):
 
 
 def test_float_parts_of_an_int8_export_are_named(shrunk):
-    from tflite_export.converter import _warn_float_parts
+    from tflite_export.result_checks import warn_float_parts
 
     small, _, _ = shrunk
     with pytest.warns(UserWarning, match=r"keeps \d+ float32 tensor\(s\).*representative_dataset"):
-        _warn_float_parts(load_interpreter(tflite_export.convert(small)))  # float throughout
+        warn_float_parts(load_interpreter(tflite_export.convert(small)))  # float throughout
 
 
 def test_refusals_say_what_to_do(shrunk):

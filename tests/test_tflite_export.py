@@ -379,14 +379,25 @@ def test_sparse_weight_encoding_shrinks_connection_pruned_models(backend):
     model = tfsynapse.prune_once(dense_model, 0.9,
                                  granularity="connection", criterion="kernel_norm",
                                  scope="global", max_pruning_ratio=0.98)
+    from tflite_export.result_checks import sparse_tensor_count  # noqa: PLC0415
+
     x = normal(4, 16, 16, 1)
     for mode in (None, "float16"):
-        dense, sparse = convert(model, mode), convert(model, mode, sparse_weights=True)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            dense, sparse = convert(model, mode), convert(model, mode, sparse_weights=True)
+        assert not [w for w in record if "stored no weight tensor sparse" in str(w.message)]
         assert len(sparse) < 0.5 * len(dense), mode
-        assert "DENSIFY" in inspect(sparse)["ops"]
+        assert "DENSIFY" in inspect(sparse)["ops"] and sparse_tensor_count(sparse) >= 1
+        assert sparse_tensor_count(dense) == 0
         assert verify(sparse, model, x)["max_abs_error"] < 1e-3
     with pytest.raises(ValueError, match="dynamic"):
         convert(model, "dynamic", sparse_weights=True)
+    # nothing to encode (the dense model; a shrunk one alike): a dense file, and a warning
+    with pytest.warns(UserWarning, match=r"stored no weight tensor sparse: .* is 0% zeros") \
+            as record:
+        convert(dense_model, None, sparse_weights=True)
+    assert [w.filename for w in record if "sparse" in str(w.message)] == [__file__]
 
 
 def _dead_se_model():

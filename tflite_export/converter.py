@@ -15,12 +15,11 @@ import shutil
 import tempfile
 import warnings
 
-import numpy as np
-
 from tfsynapse.fileio import atomic_write
 from tfsynapse.backends import backend_of, tf
 from tflite_export import (
-    _runtime, conversion_job, float_layers as float_layers_, isolation, litert_route)
+    _runtime, conversion_job, float_layers as float_layers_, isolation, litert_route,
+    result_checks)
 from tflite_export.calibration import Calibration
 from tflite_export.keras_io import add_keras_io, keras_io
 from tflite_export.qat import is_quantize_aware
@@ -334,9 +333,11 @@ def convert_checked(model, quantize, calibration, int8_io=False, sparse_weights=
                                              marked or kept_float)
     _check_outputs(data, backend.output_names(model))
     if quantize == "int8" and calibration is None:
-        _warn_float_parts(conversion_job.check_loads(data, quantize))
+        result_checks.warn_float_parts(conversion_job.check_loads(data, quantize))
     if quantize == "dynamic":
-        _warn_if_nothing_quantised(data)
+        result_checks.warn_if_nothing_quantised(data)
+    if sparse_weights:
+        result_checks.warn_if_nothing_sparse(data, model)
     return data
 
 
@@ -370,20 +371,6 @@ def _check_outputs(data, names):
             "outputs distinct names (a layer with several outputs), or report the model.")
 
 
-def _warn_if_nothing_quantised(data):
-    """Dynamic-range quantisation that quantised no weight is a float32 model: say so."""
-    details = _runtime.load_interpreter(data).get_tensor_details()
-    weights = [d for d in details if len(d["shape"]) >= 2]
-    if any(d["dtype"] == np.int8 for d in weights):
-        return
-    largest = max((int(np.prod(d["shape"])) for d in weights), default=0)
-    warnings.warn(
-        "quantize='dynamic' left every weight float32: the TFLite converter quantises only "
-        f"weight tensors of at least 1024 elements, and the largest here has {largest:,}. "
-        "The file is a float32 model; use quantize='float16' or 'int8' for this model.",
-        stacklevel=3)
-
-
 def _first_strategy_that_converts(model, quantize, directory, isolate, kept_float=()):
     errors = []
     saved_model = os.path.join(directory, conversion_job.SAVED_MODEL)
@@ -412,21 +399,3 @@ def _first_strategy_that_converts(model, quantize, directory, isolate, kept_floa
             )
         return data
     raise _conversion_error(quantize, errors) from errors[-1][1]
-
-
-def _warn_float_parts(interpreter):
-    """A QAT model converted from its learned ranges alone keeps every op without fake
-    quantisation in float; say so (a full-integer model has float tensors only at its I/O)."""
-    inputs, outputs = _runtime.io_details(interpreter)
-    edges = {d["index"] for d in inputs + outputs}
-    floating = [d["name"] for d in interpreter.get_tensor_details()
-                if d["dtype"] == np.float32 and d["index"] not in edges]
-    if floating:
-        warnings.warn(
-            f"the quantisation-aware model converted to int8 from its learned ranges keeps "
-            f"{len(floating)} float32 tensor(s) between its inputs and outputs (e.g. "
-            f"{', '.join(floating[:3])}): some ops had no fake quantisation and run in float, "
-            "so the .tflite is not full-integer (NNAPI / Edge TPU need full-integer). Pass "
-            "representative_dataset to force full-integer conversion (it fails with the "
-            "ops that cannot be int8).",
-            stacklevel=3)

@@ -102,21 +102,23 @@ def load_tfds(name, size=None):
 
     Args:
       name: the tfds name, e.g. 'cifar10'.
-      size: optional (height, width) to resize to.
+      size: optional (height, width) to resize to; required for a data set whose images
+        differ in size (each image is resized on its own, never padded).
 
     Returns:
       ``((x_train, y_train), (x_test, y_test))``.
 
     Raises:
-      ValueError: the data set has no 'train' and 'test' splits.
+      ValueError: the data set has no 'train' and 'test' splits, or its images differ in size
+        and ``size`` is not given.
       RuntimeError: tensorflow_datasets misses a module (named, with the pip command), or the
         data set cannot be downloaded (no internet), with what to do instead.
     """
     try:
         import tensorflow_datasets as tfds  # noqa: PLC0415
 
-        train, test = tfds.load(name, split=["train", "test"], as_supervised=True, batch_size=-1)
-        arrays = tfds.as_numpy(train), tfds.as_numpy(test)
+        splits, info = tfds.load(name, split=["train", "test"], as_supervised=True,
+                                 with_info=True)
     except ModuleNotFoundError as err:  # a broken install, not the network
         raise RuntimeError(f"tensorflow_datasets cannot import '{err.name}' to load '{name}': "
                            f"pip install {err.name}") from err
@@ -131,12 +133,26 @@ def load_tfds(name, size=None):
             f"{str(err)[:200]}). It needs the internet once; offline, use --dataset=digits or "
             "--dataset=fashion_mnist."
         ) from err
+    image_key = (info.supervised_keys or ("image",))[0]
+    shape = tuple(info.features[image_key].shape)
+    if None in shape[:2] and size is None:
+        raise ValueError(f"the images of '{name}' differ in size (shape {shape}): give "
+                         "size=(height, width) to resize each one.")
+    return tuple(_as_arrays(split, size) for split in splits)
+
+
+def _as_arrays(split, size):
+    """``(x, y)`` of one tfds split: images as float32 in [0, 1], each resized to ``size``
+    (when given) before they are stacked, labels as int64."""
     from tfsynapse.backends.tf_keras import tf  # noqa: PLC0415
 
-    out = []
-    for x, y in arrays:
-        x = x.astype("float32") / 255.0
-        if size:
-            x = tf.image.resize(x, size).numpy()
-        out.append((x, y.astype("int64")))
-    return tuple(out)
+    def scaled(x, y):
+        x = tf.cast(x, tf.float32) / 255.0
+        return (x if size is None else tf.image.resize(x, size)), y
+
+    batches = [(x.numpy(), y.numpy()) for x, y in
+               split.map(scaled, num_parallel_calls=tf.data.AUTOTUNE).batch(4096)]
+    if not batches:
+        raise ValueError("a split of the data set holds no example.")
+    return (np.concatenate([x for x, _ in batches]),
+            np.concatenate([y for _, y in batches]).astype("int64"))

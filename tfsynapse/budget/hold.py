@@ -22,9 +22,9 @@ later, above its budget about half the time. Two things make a local latency bud
     makes a 9% margin). The margin is measured again and the search runs again, every file
     timed afresh, to the budget less the new margin.
   At most ``RESEARCHES`` searches run again. A result re-measured within the budget is never
-  traded for one that lands over it: when the last search's result lands over, the best
-  earlier result within the budget is returned. One still over, or still far under, is a
-  warning with the numbers.
+  traded for one that lands over it or further under: when the last search's result does,
+  the earlier result re-measured closest under the budget is returned. One still over, or
+  still far under, is a warning with the numbers.
 
 Timings from a device (``measure_latency``) are taken once per file and get neither.
 """
@@ -92,52 +92,72 @@ def hold(meter, dense, budget, margin, fit, found, say):
       model returned (its points are that search's), its re-measured latency (None when
       nothing was pruned), how many searches ran again, and the margin that search aimed by.
     """
-    kept, stopped = None, False  # kept: the best result re-measured within the budget
-    for researches in range(RESEARCHES + 1):
+    kept = None  # (found, ms, margin, dense ms): the result re-measured closest under budget
+    last, researches, stopped = None, 0, False  # last: the same, of the last result timed
+    while True:
         (named, pruned), measured = found[0], found[1]
-        if not any(named.values()):  # the dense model fits: nothing to time again
-            return found, None, researches, margin
+        if not any(named.values()):  # nothing pruned: the dense model fit the search's target
+            if last is None or last[3] <= budget:
+                return found, None, researches, margin
+            # timed interleaved just before, the dense model measured over the budget
+            say(f"prune_to_budget: the search run again found the dense model under its "
+                f"target, but it timed {last[3]:.4g} ms interleaved, over the budget of "
+                f"{budget:.4g} ms; keeping the earlier result")
+            found, got, margin, dense_ms = kept or last
+            break
         got, dense_ms = remeasure(meter, shrink(pruned), dense)
+        last = (found, got, margin, dense_ms)
         if got <= budget and (kept is None or got > kept[1]):
-            kept = (found, got, margin, dense_ms)
+            kept = last
         if LOW * budget <= got <= budget or researches == RESEARCHES:
             break
+        aim = margin
         if got > budget:
             say(f"prune_to_budget: timed again, {got:.4g} ms is over the budget of "
                 f"{budget:.4g} ms (searched at {measured:.4g} ms): the machine drifted; "
-                f"searching again to {budget / (1 + margin):.4g} ms with every file timed "
-                "afresh")
-        else:
-            before = margin
-            margin, medians = spread_margin(meter, dense)
+                f"searching again to {budget / (1 + aim):.4g} ms with every file timed afresh")
+        else:  # a fresh margin, never a larger one: this result already lies too far under
+            aim = min(margin, spread_margin(meter, dense)[0])
             say(f"prune_to_budget: timed again, {got:.4g} ms is {got / budget:.1%} of the budget "
-                f"of {budget:.4g} ms (searched at {measured:.4g} ms, aimed {before:.1%} under "
-                f"it): dense timed {len(medians)} times again, spread {margin:.1%}; searching "
-                f"again to {budget / (1 + margin):.4g} ms with every file timed afresh")
+                f"of {budget:.4g} ms (searched at {measured:.4g} ms, aimed {margin:.1%} under "
+                f"it): the dense model's spread measured again; searching again to "
+                f"{budget / (1 + aim):.4g} ms ({aim:.1%} under) with every file timed afresh")
+        researches += 1
         meter.fresh = True
         try:
-            found = fit(budget / (1 + margin), 2)
+            found, margin = fit(budget / (1 + aim), 2), aim
         except BudgetUnreachable:  # keep the last result, and say so below
             stopped = True
             break
         finally:
             meter.fresh = False
-    if got > budget and kept is not None:
-        say(f"prune_to_budget: the last result timed {got:.4g} ms, over the budget of "
-            f"{budget:.4g} ms; returning the earlier one timed {kept[1]:.4g} ms")
+    if kept is not None and (got > budget or got < kept[1]):  # an earlier result fit better
+        say(f"prune_to_budget: the last result timed {got:.4g} ms against the budget of "
+            f"{budget:.4g} ms; returning an earlier one, timed {kept[1]:.4g} ms")
         found, got, margin, dense_ms = kept
     if got > budget:
         warn_overrun(got, dense_ms, budget, researches, stopped)
     elif got < LOW * budget:
-        warnings.warn(
-            f"tfsynapse: timed again, interleaved with the dense model, the pruned model "
-            f"measures {got:.4g} ms, {got / budget:.0%} of the budget of {budget:.4g} ms (dense "
-            f"{dense_ms:.4g} ms in the same rounds), after {researches} search(es) run again "
-            f"with every file timed afresh (aimed {margin:.1%} under the budget): a larger model "
-            "would likely fit. This machine's timing moves more than the search can follow "
-            "(or the configurations are coarse: a finer round_to may get closer); measure on "
-            "the target device for a tighter fit.", stacklevel=5)
+        _warn_far_under(found, got, dense_ms, budget, researches, margin)
     return found, got, researches, margin
+
+
+def _warn_far_under(found, got, dense_ms, budget, researches, margin):
+    """The warning for a result that, timed again, still measures under ``LOW`` x budget; with
+    the closest configuration its search measured over its target, when there is one."""
+    target = budget / (1 + margin)
+    over = [(cost, ms) for cost, ms, *_ in found[3] if ms > target]
+    closest = "" if not over else (
+        f" The closest configuration its search measured over its target of {target:.4g} ms "
+        f"took {min(over)[1]:.4g} ms ({min(over)[1] / budget:.0%} of the budget): "
+        "configurations are coarse here, and a finer round_to may get closer.")
+    warnings.warn(
+        f"tfsynapse: timed again, interleaved with the dense model, the pruned model "
+        f"measures {got:.4g} ms, {got / budget:.0%} of the budget of {budget:.4g} ms (dense "
+        f"{dense_ms:.4g} ms in the same rounds), after {researches} search(es) run again "
+        f"with every file timed afresh (aimed {margin:.1%} under the budget): a larger model "
+        f"would likely fit.{closest} Measure on the target device for a tighter fit.",
+        stacklevel=6)
 
 
 def warn_overrun(remeasured_ms, dense_ms, budget, researches, stopped=False):

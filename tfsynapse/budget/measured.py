@@ -30,7 +30,7 @@ class BudgetUnreachable(ValueError):
 
 
 def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor_ratios, what,
-                 say, stacklevel=4, user_budget=None, again=None):
+                 say, stacklevel=4, again=None, warn_far_below=True):
     """The least-pruned candidate whose measured value fits ``budget``.
 
     Args:
@@ -47,14 +47,13 @@ def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor
       say: a print function for progress.
       stacklevel: the frames between the warning of a result far under the budget and the
         user's call.
-      user_budget: the budget the user gave, when ``budget`` is a target under it (a local
-        latency budget less its timing margin): "far under" is judged against it, and the
-        warning names both. None: ``budget`` itself.
       again: ``again(model) -> value``, the model measured afresh, for a measure that drifts
         and spikes (local LiteRT timing); None for one that does not (a file's size). When no
         configuration lies between the bracket's ends, its over end is measured once more
         before the search stops there: one spiked timing must not decide the result (a
         timing over the budget between two that fit is one).
+      warn_far_below: warn when the result measures under ``FAR_BELOW`` of the budget. False
+        for a local latency budget, whose result is timed again and judged by ``budget.hold``.
 
     Returns:
       ``((named ratios, pruned model), measured value, dense measured value, points, steps)``;
@@ -123,17 +122,12 @@ def fit_measured(solve, pruned_with, solver, model, budget, measure, axis, floor
             fits = (cost, value, candidate)
         else:
             over = (cost, value, candidate)
-    stated = budget if user_budget is None else user_budget
-    if fits[1] < FAR_BELOW * stated:
-        aimed = "" if user_budget is None else (
-            f" (searched to {budget:,.4g}, the budget less the margin for this machine's "
-            "timing drift)")
+    if warn_far_below and fits[1] < FAR_BELOW * budget:
         warnings.warn(
             f"tfsynapse: prune_to_budget returns a model measuring {fits[1]:,.4g} {what}, "
-            f"{fits[1] / stated:.0%} of the budget of {stated:,.4g}{aimed}: the closest "
-            f"configuration it found over the {'budget' if user_budget is None else 'target'} "
-            f"measured {over[1]:,.4g} {what} "
-            f"({over[1] / stated:.0%}), " + (
+            f"{fits[1] / budget:.0%} of the budget of {budget:,.4g}: the closest "
+            f"configuration it found over the budget measured {over[1]:,.4g} {what} "
+            f"({over[1] / budget:.0%}), " + (
                 "and none lies between" if closed else f"and {_ROUNDS} rounds did not close in")
             + f" ({_count(fits[0], axis)} vs {_count(over[0], axis)}). Configurations are "
             "coarse here (round_to, or the steps of the sensitivity table); a finer round_to or "

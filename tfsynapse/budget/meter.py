@@ -18,8 +18,12 @@ import platform
 import statistics
 import warnings
 
+import numpy as np
+
 import tflite_export
 from tfsynapse.fileio import atomic_write
+
+MEMO_BYTES = 256 * 2**20  # converted candidates a meter keeps in memory (the dense one apart)
 
 
 def latency(quantize, calibration, threads, measure_latency=None, cache=None, runs=30,
@@ -66,17 +70,27 @@ class LatencyMeter:
             cache if cache is not None else LatencyCache())
         self.last_key, self.fresh = None, False
         self._timed = {}  # a device's timings, for this meter's life (the dense model twice)
+        self._files = {}  # weights_digest -> converted file (convert)
 
     def convert(self, model):
-        """The model's ``.tflite`` bytes in the meter's precision (the dense model's converted
-        once, then reused)."""
+        """The model's ``.tflite`` bytes in the meter's precision, converted once per meter:
+        the dense model's kept for the meter's life, the others while the files kept add up
+        to at most ``MEMO_BYTES`` (the least recently used go first). A search run again, and
+        a result timed again, meet candidates converted before."""
         if model is self._dense and self._dense_file is not None:
             return self._dense_file
-        flatbuffer = tflite_export.convert(model, quantize=self.quantize,
-                                           representative_dataset=self.calibration,
-                                           float_layers=self.float_layers)
+        digest = weights_digest(model)
+        flatbuffer = self._files.pop(digest, None)
+        if flatbuffer is None:
+            flatbuffer = tflite_export.convert(model, quantize=self.quantize,
+                                               representative_dataset=self.calibration,
+                                               float_layers=self.float_layers)
         if model is self._dense:
             self._dense_file = flatbuffer
+            return flatbuffer
+        self._files[digest] = flatbuffer  # the most recently used last
+        while len(self._files) > 1 and sum(map(len, self._files.values())) > MEMO_BYTES:
+            del self._files[next(iter(self._files))]
         return flatbuffer
 
     def time_file(self, flatbuffer):
@@ -236,3 +250,24 @@ def machine_tag():
         litert = "none"
     text = f"{cpu}|{cores}|{platform.machine()}|{litert}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def weights_digest(model):
+    """SHA-256 over a model's class, layer count, input shapes and every weight's shape, dtype
+    and values, in order: within one search (candidates of one dense model, which differ in
+    the channels and the weights they keep) the same digest is the same model. Layer settings
+    that hold no weight (an activation) are not in it.
+
+    Args:
+      model: a Keras model (either Keras).
+
+    Returns:
+      The hex digest.
+    """
+    shapes = [tuple(tensor.shape) for tensor in getattr(model, "inputs", None) or []]
+    digest = hashlib.sha256(f"{type(model).__name__}:{len(model.layers)}:{shapes}".encode())
+    for weight in model.weights:
+        values = np.ascontiguousarray(np.asarray(weight))
+        digest.update(f"{values.shape}:{values.dtype}".encode())
+        digest.update(values.tobytes())
+    return digest.hexdigest()

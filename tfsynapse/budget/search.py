@@ -253,7 +253,8 @@ class _Search:
             return budget_measured.fit_measured(
                 self.solve, self.pruned_with, solver, self.model, limit, measure, axis,
                 floor_ratios, "bytes" if r.kind == "size_bytes" else "ms", self.say,
-                stacklevel=5 + depth, user_budget=r.budget, again=again)
+                stacklevel=5 + depth, again=again,
+                warn_far_below=not local)
 
         try:
             found = fit(target)
