@@ -32,6 +32,8 @@ import os
 
 from absl import app, flags, logging
 
+import quickstart_plots  # examples/, beside this script
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 FLAGS = flags.FLAGS
@@ -154,7 +156,7 @@ def synaptic_path(base, dense, train, val, steps_per_epoch, out):
               [history.callback], sgd=True)
     stripped = tfsynapse.strip_pruning(pruned)
     after = np.concatenate([s.numpy().ravel() for s in tfsynapse.layers.synaptic_strengths(stripped)])
-    plot_strengths(before, after, os.path.join(out, "strengths.png"))
+    quickstart_plots.plot_strengths(before, after, os.path.join(out, "strengths.png"))
     return tfsynapse.from_synaptic(stripped), history
 
 
@@ -187,66 +189,6 @@ def filter_path(base, dense, train, val, steps_per_epoch, out):
     fine_tune(pruned, dense, train, val, FLAGS.finetune_epochs, FLAGS.finetune_lr,
               [history.callback])
     return tfsynapse.strip_pruning(pruned), history
-
-
-def plot_strengths(before, after, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    bins = np.linspace(0, max(np.abs(before).max(), 1e-6), 60)
-    ax.hist(np.abs(before), bins=bins, alpha=0.6, label="before pruning")
-    ax.hist(np.abs(after[after != 0]), bins=bins, alpha=0.6, label="after (non-zero)")
-    ax.set_xlabel("|synaptic strength|")
-    ax.set_ylabel("connections")
-    ax.set_yscale("log")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_training(history, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    unit = "connections" if FLAGS.criterion == "synaptic_strength" else "channels"
-    ax.plot(history.epochs, history.sparsity, "o-", label=f"pruned fraction ({unit})")
-    ax.plot(history.epochs, history.accuracy, "s-", label="validation accuracy")
-    ax.set_xlabel("fine-tuning epoch")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_channels(report, dense, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [l.name for l in dense.layers if hasattr(l, "filters") or hasattr(l, "units")]
-    before = [getattr(dense.get_layer(n), "filters", None) or dense.get_layer(n).units for n in names]
-    after = [report.channels.get(n, (b, b))[1] for n, b in zip(names, before)]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    positions = range(len(names))
-    ax.bar([p - 0.2 for p in positions], before, width=0.4, label="dense")
-    ax.bar([p + 0.2 for p in positions], after, width=0.4, label="shrunk")
-    ax.set_xticks(list(positions), names, rotation=30)
-    ax.set_ylabel("output channels")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def check_flags():
@@ -356,8 +298,10 @@ def main(argv):
     rows["size_ratio_int8"] = rows["file_bytes_dense_int8"] / rows["file_bytes_shrunk_int8"]
     write_results(rows, out)
     if history is not None and history.epochs:
-        plot_training(history, os.path.join(out, "training.png"))
-    plot_channels(report, dense, os.path.join(out, "channels.png"))
+        quickstart_plots.plot_training(
+            history, os.path.join(out, "training.png"),
+            "connections" if FLAGS.criterion == "synaptic_strength" else "channels")
+    quickstart_plots.plot_channels(report, dense, os.path.join(out, "channels.png"))
     print(f"\nwrote {out}/shrunk_int8.tflite, results.json, results.md and plots")
 
 
