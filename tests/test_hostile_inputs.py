@@ -327,3 +327,45 @@ def test_a_mac_count_with_unknown_spatial_dimensions_is_a_warning(backend):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a fixed shape counts silently
         tfsynapse.count_macs(_conv_then_dense(keras_))
+    # activations (the latency model's term) alike: counted as if 1, said, not a NaN crash
+    from tfsynapse.graph.counting import count_activations  # noqa: PLC0415
+
+    with pytest.warns(UserWarning, match=r"count_activations counted 1 layer\(s\) whose output "
+                                         r"has an unknown dimension"):
+        assert count_activations(model) == 3 + 8
+
+
+def test_layers_of_nested_models_that_share_a_name_are_all_counted(backend):
+    """Two sub-models, each with a Dense named 'fc': both are counted (the second under
+    'fc#2'), and the total is Keras's own."""
+    keras_ = keras_of(backend)
+
+    def block(name):
+        inputs = keras_.Input((6,))
+        return keras_.Model(inputs, keras_.layers.Dense(6, name="fc")(inputs), name=name)
+
+    inputs = keras_.Input((6,))
+    model = keras_.Model(inputs, block("b2")(block("b1")(inputs)))
+    total, table = tfsynapse.count_params(model, per_layer=True)
+    assert total == model.count_params() == 84 and table == {"fc": 42, "fc#2": 42}
+    macs, table = tfsynapse.count_macs(model, per_layer=True)
+    assert macs == 72 and table == {"fc": 36, "fc#2": 36}
+
+
+def test_ignoring_a_layer_the_channels_pass_through_freezes_their_group(backend):
+    """ignored_layers names a depthwise layer: the group whose channels it carries (the first
+    convolution's filters) is frozen with that reason, not pruned around it."""
+    keras_ = keras_of(backend)
+    L = keras_.layers
+    inputs = keras_.Input((8, 8, 3))
+    x = L.Conv2D(8, 1, name="c1")(inputs)
+    x = L.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = L.Conv2D(8, 1, name="c2")(x)
+    model = keras_.Model(inputs, L.Dense(2, name="head")(L.GlobalAveragePooling2D()(x)))
+    pruned = tfsynapse.prune_once(model, 0.5, criterion="l1", scope="layer",
+                                  ignored_layers=["dw"])
+    assert dead_filters(pruned.get_layer("c1").get_weights()[0]) == []
+    assert len(dead_filters(pruned.get_layer("c2").get_weights()[0])) == 4
+    plan = tfsynapse.plan.MaskPlan(tfsynapse.dependency_groups(model),
+                                   tfsynapse.plan.options.PruningOptions(ignored_layers=("dw",)))
+    assert ["ignored by the user (dw)"] in plan.frozen.values()

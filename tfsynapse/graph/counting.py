@@ -24,6 +24,24 @@ def _graph(model_or_graph):
     return dependency_groups(model_or_graph)
 
 
+class _LayerKeys:
+    """The per-layer tables' keys: each layer's name, made unique (``name#2``, ...) when
+    layers of nested models share one, so that no layer's count replaces another's."""
+
+    def __init__(self):
+        self.keys, self.taken = {}, set()
+
+    def __call__(self, layer):
+        key = self.keys.get(id(layer))
+        if key is None:
+            key, n = layer.name, 2
+            while key in self.taken:
+                key, n = f"{layer.name}#{n}", n + 1
+            self.keys[id(layer)] = key
+            self.taken.add(key)
+        return key
+
+
 def kept_positions(slot, keep):
     """Bool array over ``slot``'s axis: which positions survive the plan ``keep``.
 
@@ -71,7 +89,7 @@ def count_macs(model, keep=None, per_layer=False):
     graph = _graph(model)
     shapes = effective_shapes(graph, keep)
 
-    table = {}
+    table, key = {}, _LayerKeys()
     for lc in graph.calls:
         layer = unwrap(lc.call.layer)
 
@@ -83,24 +101,25 @@ def count_macs(model, keep=None, per_layer=False):
 
         macs = lc.rule.call_macs(layer, lc.call.input_shapes, lc.call.output_shapes, shape_of)
         if macs:
-            table[layer.name] = table.get(layer.name, 0) + int(macs)
+            table[key(layer)] = table.get(key(layer), 0) + int(macs)
     total = int(sum(table.values()))
     _warn_uncounted(graph, total)
-    _warn_unknown_dims(graph, table)
+    _warn_unknown_dims(graph, table, key, "count_macs")
     return (total, table) if per_layer else total
 
 
-def _warn_unknown_dims(graph, table):
+def _warn_unknown_dims(graph, table, key, what):
     """A layer whose output has an unknown dimension besides the batch (an image model built
     on ``Input((None, None, 3))``, a sequence of any length) is counted as if that dimension
-    were 1: say so, with the layers, since the total is then far below a real forward pass."""
-    unknown = sorted({unwrap(lc.call.layer).name for lc in graph.calls
-                      if table.get(unwrap(lc.call.layer).name)
+    were 1: say so, with the layers, since the total is then far below a real forward pass.
+    ``table``: the per-layer counts, by ``key``'s keys; ``what``: the counting function."""
+    unknown = sorted({key(unwrap(lc.call.layer)) for lc in graph.calls
+                      if table.get(key(unwrap(lc.call.layer)))
                       and any(d is None for shape in lc.call.output_shapes
                               for d in list(shape)[1:])})
     if unknown:
         warnings.warn(
-            f"tfsynapse: count_macs counted {len(unknown)} layer(s) whose output has an unknown "
+            f"tfsynapse: {what} counted {len(unknown)} layer(s) whose output has an unknown "
             f"dimension besides the batch as if it were 1 (e.g. {', '.join(unknown[:3])}): the "
             "count is not that of a real input. Build the model on a fixed input shape, e.g. "
             "keras.Input((224, 224, 3)), to count it.", stacklevel=3)
@@ -140,7 +159,7 @@ def count_params(model, keep=None, per_layer=False):
     """
     graph = _graph(model)
     shapes = effective_shapes(graph, keep)
-    table = {}
+    table, key = {}, _LayerKeys()
     seen = set()
     for lc in graph.calls:
         layer = unwrap(lc.call.layer)
@@ -150,7 +169,7 @@ def count_params(model, keep=None, per_layer=False):
         n = 0
         for i, w in enumerate(getattr(layer, "weights", ())):
             n += int(np.prod(shapes.get((id(layer), i), list(w.shape)), dtype=np.int64))
-        table[layer.name] = n
+        table[key(layer)] = n
     total = int(sum(table.values()))
     return (total, table) if per_layer else total
 
@@ -187,15 +206,21 @@ def count_activations(model, keep=None, per_layer=False):
             out = kept
         fractions[id(slot.layer)] = (into, out)
     zero = lambda weight: list(weight.shape)  # noqa: E731 - only whether MACs are non-zero
-    table = {}
+    table, key = {}, _LayerKeys()
     for lc in graph.calls:
         layer = unwrap(lc.call.layer)
         in_shape, out_shape = lc.call.input_shapes[0], lc.call.output_shapes[0]
         if not lc.rule.call_macs(layer, lc.call.input_shapes, lc.call.output_shapes, zero):
             continue
         into, out = fractions.get(id(layer), (None, None))
-        elements = (np.prod(in_shape[1:], dtype=np.float64) * (1.0 if into is None else into)
-                    + np.prod(out_shape[1:], dtype=np.float64) * (1.0 if out is None else out))
-        table[layer.name] = table.get(layer.name, 0) + int(round(elements))
+        elements = (_elements(in_shape) * (1.0 if into is None else into)
+                    + _elements(out_shape) * (1.0 if out is None else out))
+        table[key(layer)] = table.get(key(layer), 0) + int(round(elements))
     total = int(sum(table.values()))
+    _warn_unknown_dims(graph, table, key, "count_activations")
     return (total, table) if per_layer else total
+
+
+def _elements(shape):
+    """Elements of one sample of ``shape`` (the batch left out; an unknown dimension as 1)."""
+    return float(np.prod([1 if d is None else d for d in list(shape)[1:]], dtype=np.float64))

@@ -96,8 +96,12 @@ class MaskPlan:
         for g in self.graph.prunable_groups:
             producers = g.producers
             why = None
-            if any(p in opts.ignored_layers for p in producers):
-                why = "ignored by the user"
+            # the layers whose own output channels are the group's: producers, and the
+            # layers the channels pass through (depthwise, BatchNormalization)
+            owners = producers + [m.layer.name for m in g.by_role("param")]
+            ignored = [name for name in owners if name in opts.ignored_layers]
+            if ignored:
+                why = f"ignored by the user ({', '.join(dict.fromkeys(ignored))})"
             elif opts.residual == "skip" and len(producers) > 1:
                 why = "residual group left unpruned (residual='skip')"
             elif opts.granularity == "filter" and "batchnorm" in self.criterion.needs and not any(
