@@ -270,7 +270,9 @@ def test_keras3_sensitivity_analysis_matches_tf_keras(twins):
         verbose=0) for model in (legacy, modern))
     assert r_modern.settings["recalibration_steps"] == 2
     for name, (ratios, metrics) in r_legacy.curves().items():
-        np.testing.assert_allclose(r_modern.curves()[name][1], metrics, atol=1e-4, err_msg=name)
+        # the BN statistics are re-estimated in float32 by each Keras: 1e-4 apart after some
+        # earlier tests (oneDNN's summation order), on losses of about 0.4
+        np.testing.assert_allclose(r_modern.curves()[name][1], metrics, atol=5e-4, err_msg=name)
         assert not np.allclose(metrics, t_legacy.curves()[name][1][1::2])  # recalibrated
     for key, value in weights_of(modern).items():
         np.testing.assert_array_equal(value, before[key], err_msg=key)

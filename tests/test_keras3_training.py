@@ -171,6 +171,20 @@ def test_keras3_progress_lines_and_the_short_schedule_warning(tmp_path, capsys):
         small_keras3(), tfsynapse.PolynomialDecay(0.0, 0.5, 0, 1000, frequency=10)))
     with pytest.warns(UserWarning, match=r"applied .* sparsity, not its target 50.0%"):
         too_long.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    # the first training step is step 1: an update due "at" step 0 never runs. Never trained,
+    # or trained fewer steps than the frequency (100) from begin_step=0: nothing was pruned
+    never = tfsynapse.prune_synaptic(small_keras3(), tfsynapse.ConstantSparsity(0.5, 0))
+    with pytest.warns(UserWarning, match=r"applied 0.0% sparsity, not its target 50.0%"):
+        tfsynapse.strip_pruning(never)
+    short = compile_keras3(tfsynapse.prune_synaptic(small_keras3(),
+                                                    tfsynapse.ConstantSparsity(0.5, 0)))
+    with pytest.warns(UserWarning, match=r"applied 0.0% sparsity, not its target 50.0%"):
+        short.fit(x[:64], y[:64], epochs=1, batch_size=32, verbose=0)
+    # Keras 3's fit takes a CallbackList as well as a list
+    progress = keras.callbacks.CallbackList([keras.callbacks.History()])
+    too_long.fit(x[:64], y[:64], epochs=1, batch_size=32, verbose=0, callbacks=progress)
+    with pytest.raises(ValueError, match="nothing to strip: it has no pruning masks"):
+        tfsynapse.strip_pruning(small_keras3())
 
 
 def test_keras3_synaptic_strength_pruning_of_the_synaptic_form():

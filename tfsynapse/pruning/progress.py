@@ -110,7 +110,8 @@ def schedule_shortfall(model):
     if step >= begin:
         stop = step if end == -1 else min(step, end)
         last = begin + (stop - begin) // frequency * frequency
-        applied = float(schedule(tf.constant(last, tf.int64))[1].numpy())
+        if last >= 1:  # the first training step is step 1: an update due "at" 0 never runs
+            applied = float(schedule(tf.constant(last, tf.int64))[1].numpy())
     if applied >= target - _TOLERANCE:
         return None
     return {"step": step, "applied": applied, "target": target, "begin_step": begin,

@@ -186,7 +186,10 @@ def adapted_fit(model, fit, args, kwargs):
     args, kwargs = list(args), dict(kwargs)
     if len(args) > 5:
         kwargs["callbacks"] = args.pop(5)
-    kwargs["callbacks"] = [_adapt(c) for c in kwargs.get("callbacks") or []]
+    given = kwargs.get("callbacks") or []
+    if isinstance(given, keras.callbacks.CallbackList):  # Keras 3's fit takes one too
+        given = given.callbacks
+    kwargs["callbacks"] = [_adapt(c) for c in given]
     history = fit(*args, **kwargs)
     if pruned_model_in(model) is not None:
         provider.planner("warn")(model, "fit")
@@ -212,7 +215,10 @@ def strip(model):
       ValueError: ``model`` is not a ``KerasPrunedModel``.
     """
     if not isinstance(model, KerasPrunedModel):
-        raise ValueError(f"model '{model.name}' is not a Keras 3 model from prune_synaptic.")
+        held = "; for a distiller, strip its student: strip_pruning(distiller.student)" \
+            if hasattr(model, "student") else ""
+        raise ValueError(f"model '{model.name}' is not a Keras 3 model from prune_synaptic "
+                         f"(nothing to strip: it has no pruning masks){held}.")
     model.apply_masks()
     return keras.Model(model._inputs_struct, model._outputs_struct, name=model.name)
 
