@@ -352,6 +352,21 @@ def test_layers_of_nested_models_that_share_a_name_are_all_counted(backend):
     assert macs == 72 and table == {"fc": 36, "fc#2": 36}
 
 
+def test_a_plan_is_counted_by_group_id_or_name_and_nothing_else(backend):
+    """count_macs(model, keep) takes the Keep value strip_pruning attaches (group names) as
+    well as ids; a key the model does not have, or a mask of the wrong length, is an error
+    instead of a dense count."""
+    graph = tfsynapse.dependency_groups(small_cnn())
+    group = graph.prunable_groups[0]
+    half = np.arange(group.size) < group.size // 2
+    by_id = tfsynapse.count_macs(graph, {group.id: half})
+    assert by_id == tfsynapse.count_macs(graph, {group.name: half}) < tfsynapse.count_macs(graph)
+    with pytest.raises(ValueError, match=r"names group 'nope', which this model does not have"):
+        tfsynapse.count_params(graph, {"nope": half})
+    with pytest.raises(ValueError, match=r"has shape \(3,\); the group has"):
+        tfsynapse.count_macs(graph, {group.id: np.ones(3, bool)})
+
+
 def test_ignoring_a_layer_the_channels_pass_through_freezes_their_group(backend):
     """ignored_layers names a depthwise layer: the group whose channels it carries (the first
     convolution's filters) is frozen with that reason, not pruned around it."""

@@ -42,6 +42,29 @@ class _LayerKeys:
         return key
 
 
+def _plan_by_id(graph, keep):
+    """``keep`` keyed by group id: ids pass, group names (the ``Keep`` value ``strip_pruning``
+    attaches) are looked up; any other key, or a mask of the wrong length, is an error (a plan
+    that matched nothing would count the dense model as if it were the pruned one)."""
+    if not keep:
+        return keep
+    names = {g.name: g.id for g in graph.groups}
+    by_id = {}
+    for key, mask in keep.items():
+        gid = names.get(key) if isinstance(key, str) else key
+        if not isinstance(gid, (int, np.integer)) or not 0 <= gid < len(graph.groups):
+            raise ValueError(
+                f"the plan names group {key!r}, which this model does not have: key it by group "
+                f"id (0-{len(graph.groups) - 1}) or group name (e.g. "
+                f"{', '.join(repr(g.name) for g in list(graph.groups)[:3])}).")
+        size = graph.groups[gid].size
+        if np.asarray(mask).shape != (size,):
+            raise ValueError(f"the plan's mask for group {key!r} has shape "
+                             f"{np.asarray(mask).shape}; the group has {size} channels.")
+        by_id[int(gid)] = mask
+    return by_id
+
+
 def kept_positions(slot, keep):
     """Bool array over ``slot``'s axis: which positions survive the plan ``keep``.
 
@@ -79,14 +102,19 @@ def count_macs(model, keep=None, per_layer=False):
     Args:
       model: a built model of either Keras (a subclassed one is traced), or a
         ``DependencyGraph`` of one.
-      keep: optional pruning plan, ``{group_id: bool array over units}`` (True = kept), to
-        count the MACs the shrunk model will have.
+      keep: optional pruning plan, ``{group id or name: bool array over units}`` (True =
+        kept), to count the MACs the shrunk model will have.
       per_layer: also return a ``{layer name: MACs}`` dict.
 
     Returns:
       The total MACs (int), or ``(total, per_layer_dict)`` when ``per_layer``.
+
+    Raises:
+      ValueError: ``keep`` names a group the model does not have, or a mask of the wrong
+        length.
     """
     graph = _graph(model)
+    keep = _plan_by_id(graph, keep)
     shapes = effective_shapes(graph, keep)
 
     table, key = {}, _LayerKeys()
@@ -151,13 +179,18 @@ def count_params(model, keep=None, per_layer=False):
     Args:
       model: a built model of either Keras (a subclassed one is traced), or a
         ``DependencyGraph`` of one.
-      keep: optional pruning plan, ``{group_id: bool array over units}``.
+      keep: optional pruning plan, ``{group id or name: bool array over units}``.
       per_layer: also return a ``{layer name: params}`` dict.
 
     Returns:
       The total parameter count (int), or ``(total, per_layer_dict)``.
+
+    Raises:
+      ValueError: ``keep`` names a group the model does not have, or a mask of the wrong
+        length.
     """
     graph = _graph(model)
+    keep = _plan_by_id(graph, keep)
     shapes = effective_shapes(graph, keep)
     table, key = {}, _LayerKeys()
     seen = set()
@@ -186,13 +219,18 @@ def count_activations(model, keep=None, per_layer=False):
 
     Args:
       model: a built model, or a ``DependencyGraph`` of one.
-      keep: optional pruning plan, ``{group_id: bool array over units}``.
+      keep: optional pruning plan, ``{group id or name: bool array over units}``.
       per_layer: also return a ``{layer name: elements}`` dict.
 
     Returns:
       The total elements (int), or ``(total, per_layer_dict)``.
+
+    Raises:
+      ValueError: ``keep`` names a group the model does not have, or a mask of the wrong
+        length.
     """
     graph = _graph(model)
+    keep = _plan_by_id(graph, keep)
     fractions = {}  # id(layer) -> (input channels kept, output channels kept), as fractions
     for slot in graph.slots:
         if slot.role not in ("in", "out", "param"):
