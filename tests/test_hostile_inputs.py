@@ -367,6 +367,18 @@ def test_a_plan_is_counted_by_group_id_or_name_and_nothing_else(backend):
         tfsynapse.count_macs(graph, {group.id: np.ones(3, bool)})
 
 
+def test_shrink_names_a_frozen_group_in_its_plan_as_frozen(backend):
+    """A Keep value naming a group the graph freezes (the model's output) is not "another
+    model's": the error says the group is frozen, and why."""
+    model = small_cnn()
+    graph = tfsynapse.dependency_groups(model)
+    frozen = next(g for g in graph.groups if not g.prunable and g.reasons
+                  and g.name in {layer.name for layer in model.layers})
+    with pytest.raises(ValueError, match=rf"prunes group\(s\) \['{frozen.name}'\] that this "
+                                         r"model's graph freezes"):
+        tfsynapse.shrink(model, keep={frozen.name: np.ones(frozen.size, bool)})
+
+
 def test_ignoring_a_layer_the_channels_pass_through_freezes_their_group(backend):
     """ignored_layers names a depthwise layer: the group whose channels it carries (the first
     convolution's filters) is frozen with that reason, not pruned around it."""

@@ -120,6 +120,14 @@ def _keep_plan(graph, removable, round_to, planned=None):
     """
     if planned is not None:
         unknown = sorted(set(planned) - {g.name for g in graph.prunable_groups})
+        frozen = {g.name: g.reasons for g in graph.groups if not g.prunable}
+        if any(name in frozen for name in unknown):
+            named = [n for n in unknown if n in frozen]
+            raise ValueError(
+                f"keep prunes group(s) {named[:3]} that this model's graph freezes "
+                f"({'; '.join(frozen[named[0]])[:200]}): shrink cannot remove their channels. "
+                "Keep them whole, or build the model so the group can be pruned (see "
+                "dependency_groups(model).summary()).")
         if unknown:
             raise ValueError(f"keep names {len(unknown)} group(s) this model does not have "
                              f"({unknown[:3]}): the Keep value belongs to another model.")
