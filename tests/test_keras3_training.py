@@ -74,6 +74,26 @@ def test_keras3_saved_mid_schedule_resumes_with_the_same_step_and_masks(tmp_path
     assert 0.0 < 1 - np.mean(np.concatenate([m.numpy().ravel() for m in loaded.masks]))
 
 
+class HalfWay(tfsynapse.ConstantSparsity):
+    """A user's schedule: ConstantSparsity under another name."""
+
+
+def test_keras3_a_users_schedule_loads_when_registered_and_says_how_when_not(tmp_path):
+    pruned = tfsynapse.prune_synaptic(small_keras3(), HalfWay(0.5, begin_step=1))
+    path = str(tmp_path / "custom.keras")
+    pruned.save(path)
+    with pytest.raises(ValueError, match=r"unknown pruning schedule 'HalfWay' .*"
+                                         r"custom_object_scope\(\{'HalfWay': HalfWay\}\)"):
+        keras.saving.load_model(path)
+    with keras.saving.custom_object_scope({"HalfWay": HalfWay}):
+        loaded = keras.saving.load_model(path)
+    assert type(loaded.pruning_schedule) is HalfWay
+    assert loaded.pruning_schedule.get_config() == pruned.pruning_schedule.get_config()
+    if "tfsynapse_test>HalfWay" not in keras.saving.get_custom_objects():
+        keras.saving.register_keras_serializable("tfsynapse_test")(HalfWay)
+    assert type(keras.saving.load_model(path).pruning_schedule) is HalfWay  # registered
+
+
 def test_keras3_fit_refuses_tf_keras_callbacks_but_takes_tfsynapse_ones(tmp_path):
     from tfsynapse.backends.tf_keras import keras as tf_keras, pruning_callbacks  # noqa: PLC0415
 

@@ -36,12 +36,24 @@ def schedule_config(schedule):
 
 
 def schedule_from_config(config):
-    """The tfmot schedule a ``schedule_config`` describes."""
+    """The tfmot schedule a ``schedule_config`` describes: tfmot's own, or a subclass of
+    ``PruningSchedule`` registered with Keras (``keras.saving.register_keras_serializable``,
+    or in a ``keras.saving.custom_object_scope``)."""
     schedules = _schedules()
-    cls = getattr(schedules, config["class_name"], None)
+    name = config["class_name"]
+    cls = getattr(schedules, name, None)
+    if cls is None:  # in a custom_object_scope by its name, or registered with a package
+        found = [keras.saving.get_registered_object(name)] + [
+            c for c in keras.saving.get_custom_objects().values()
+            if isinstance(c, type) and c.__name__ == name]
+        cls = next((c for c in found if isinstance(c, type)
+                    and issubclass(c, schedules.PruningSchedule)), None)
     if cls is None:
-        raise ValueError(f"unknown pruning schedule {config['class_name']!r} in a saved model; "
-                         "tfsynapse saves ConstantSparsity and PolynomialDecay.")
+        raise ValueError(
+            f"unknown pruning schedule {name!r} in a saved model: tfmot has ConstantSparsity and "
+            f"PolynomialDecay; register your class with @keras.saving."
+            f"register_keras_serializable() before loading, or load inside "
+            f"keras.saving.custom_object_scope({{{name!r}: {name}}}).")
     return cls.from_config(config["config"])
 
 
