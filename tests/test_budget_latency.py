@@ -149,7 +149,9 @@ def test_a_machine_that_slows_down_after_the_search_gets_a_search_timed_afresh(t
     assert len(fresh_timings) >= 9  # dense, most pruned and a candidate, three rounds each
     assert report.measured <= budget / (1.0 + report.margin) * (1 + 1e-9)  # at today's speed
     assert remeasured[-1][0] < remeasured[0][0]  # a smaller model than the first result
-    assert report.remeasured == remeasured[-1][1]
+    # the last result, or (when it landed outside the band) the one re-measured closest under
+    assert report.remeasured in [got for _, got in remeasured[1:]]
+    assert report.remeasured <= budget
     assert f"searched again {report.researches} time(s)" in report.table()
 
 
