@@ -158,7 +158,7 @@ def _model_rows(ctx, cfg, name, size, fractions, thread_counts, missing):
                        "researches": getattr(report, "researches", None),
                        # the fraction under which the hold searches again (absent: it searched
                        # again only over the budget)
-                       "hold_low": getattr(budget_hold, "LOW", None),
+                       "hold_low": budget_hold.LOW,
                        "points": report.points, "commit": _commit(),
                        "cpu_features": common.cpu_features()}
                 rows.append(row)

@@ -350,6 +350,11 @@ def test_layers_of_nested_models_that_share_a_name_are_all_counted(backend):
     assert total == model.count_params() == 84 and table == {"fc": 42, "fc#2": 42}
     macs, table = tfsynapse.count_macs(model, per_layer=True)
     assert macs == 72 and table == {"fc": 36, "fc#2": 36}
+    # one key per layer in every table: a layer without MACs takes the name first
+    norm = keras_.Model(inputs, keras_.layers.BatchNormalization(name="fc")(inputs), name="b0")
+    model = keras_.Model(inputs, block("b1")(norm(inputs)))
+    assert tfsynapse.count_params(model, per_layer=True)[1] == {"fc": 24, "fc#2": 42}
+    assert tfsynapse.count_macs(model, per_layer=True)[1] == {"fc#2": 36}
 
 
 def test_a_plan_is_counted_by_group_id_or_name_and_nothing_else(backend):

@@ -132,7 +132,7 @@ def _cmd_prune(args):
     if x is not None and _recalibrated(pruned, model):
         print(f"BatchNormalization statistics recalibrated on {min(len(x), 50 * 64)} samples "
               f"of {args.data.split(',')[0]}")
-    elif tfsynapse.analysis.batchnorm_layers(pruned):
+    elif x is None and tfsynapse.analysis.batchnorm_layers(pruned):
         print("warning: no --data given: one-shot pruning without recalibration or "
               "fine-tuning usually ruins accuracy (the BatchNormalization statistics still "
               "describe the unpruned model). Pass --data x_train.npy to recalibrate them, "

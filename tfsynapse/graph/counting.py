@@ -24,22 +24,21 @@ def _graph(model_or_graph):
     return dependency_groups(model_or_graph)
 
 
-class _LayerKeys:
-    """The per-layer tables' keys: each layer's name, made unique (``name#2``, ...) when
-    layers of nested models share one, so that no layer's count replaces another's."""
-
-    def __init__(self):
-        self.keys, self.taken = {}, set()
-
-    def __call__(self, layer):
-        key = self.keys.get(id(layer))
-        if key is None:
-            key, n = layer.name, 2
-            while key in self.taken:
-                key, n = f"{layer.name}#{n}", n + 1
-            self.keys[id(layer)] = key
-            self.taken.add(key)
-        return key
+def _layer_keys(graph):
+    """``{id(layer): key}`` for the per-layer tables: each layer's name, made unique
+    (``name#2``, ...) in call order when layers of nested models share one, so that no layer's
+    count replaces another's and every table names a layer alike."""
+    keys, taken = {}, set()
+    for lc in graph.calls:
+        layer = unwrap(lc.call.layer)
+        if id(layer) in keys:
+            continue
+        key, n = layer.name, 2
+        while key in taken:
+            key, n = f"{layer.name}#{n}", n + 1
+        keys[id(layer)] = key
+        taken.add(key)
+    return keys
 
 
 def _plan_by_id(graph, keep):
@@ -117,7 +116,7 @@ def count_macs(model, keep=None, per_layer=False):
     keep = _plan_by_id(graph, keep)
     shapes = effective_shapes(graph, keep)
 
-    table, key = {}, _LayerKeys()
+    table, keys = {}, _layer_keys(graph)
     for lc in graph.calls:
         layer = unwrap(lc.call.layer)
 
@@ -129,20 +128,20 @@ def count_macs(model, keep=None, per_layer=False):
 
         macs = lc.rule.call_macs(layer, lc.call.input_shapes, lc.call.output_shapes, shape_of)
         if macs:
-            table[key(layer)] = table.get(key(layer), 0) + int(macs)
+            table[keys[id(layer)]] = table.get(keys[id(layer)], 0) + int(macs)
     total = int(sum(table.values()))
     _warn_uncounted(graph, total)
-    _warn_unknown_dims(graph, table, key, "count_macs")
+    _warn_unknown_dims(graph, table, keys, "count_macs")
     return (total, table) if per_layer else total
 
 
-def _warn_unknown_dims(graph, table, key, what):
+def _warn_unknown_dims(graph, table, keys, what):
     """A layer whose output has an unknown dimension besides the batch (an image model built
     on ``Input((None, None, 3))``, a sequence of any length) is counted as if that dimension
     were 1: say so, with the layers, since the total is then far below a real forward pass.
-    ``table``: the per-layer counts, by ``key``'s keys; ``what``: the counting function."""
-    unknown = sorted({key(unwrap(lc.call.layer)) for lc in graph.calls
-                      if table.get(key(unwrap(lc.call.layer)))
+    ``table``: the per-layer counts, by ``keys``; ``what``: the counting function."""
+    unknown = sorted({keys[id(unwrap(lc.call.layer))] for lc in graph.calls
+                      if table.get(keys[id(unwrap(lc.call.layer))])
                       and any(d is None for shape in lc.call.output_shapes
                               for d in list(shape)[1:])})
     if unknown:
@@ -192,7 +191,7 @@ def count_params(model, keep=None, per_layer=False):
     graph = _graph(model)
     keep = _plan_by_id(graph, keep)
     shapes = effective_shapes(graph, keep)
-    table, key = {}, _LayerKeys()
+    table, keys = {}, _layer_keys(graph)
     seen = set()
     for lc in graph.calls:
         layer = unwrap(lc.call.layer)
@@ -202,7 +201,7 @@ def count_params(model, keep=None, per_layer=False):
         n = 0
         for i, w in enumerate(getattr(layer, "weights", ())):
             n += int(np.prod(shapes.get((id(layer), i), list(w.shape)), dtype=np.int64))
-        table[key(layer)] = n
+        table[keys[id(layer)]] = n
     total = int(sum(table.values()))
     return (total, table) if per_layer else total
 
@@ -244,7 +243,7 @@ def count_activations(model, keep=None, per_layer=False):
             out = kept
         fractions[id(slot.layer)] = (into, out)
     zero = lambda weight: list(weight.shape)  # noqa: E731 - only whether MACs are non-zero
-    table, key = {}, _LayerKeys()
+    table, keys = {}, _layer_keys(graph)
     for lc in graph.calls:
         layer = unwrap(lc.call.layer)
         in_shape, out_shape = lc.call.input_shapes[0], lc.call.output_shapes[0]
@@ -253,9 +252,9 @@ def count_activations(model, keep=None, per_layer=False):
         into, out = fractions.get(id(layer), (None, None))
         elements = (_elements(in_shape) * (1.0 if into is None else into)
                     + _elements(out_shape) * (1.0 if out is None else out))
-        table[key(layer)] = table.get(key(layer), 0) + int(round(elements))
+        table[keys[id(layer)]] = table.get(keys[id(layer)], 0) + int(round(elements))
     total = int(sum(table.values()))
-    _warn_unknown_dims(graph, table, key, "count_activations")
+    _warn_unknown_dims(graph, table, keys, "count_activations")
     return (total, table) if per_layer else total
 
 

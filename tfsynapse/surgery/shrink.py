@@ -121,8 +121,8 @@ def _keep_plan(graph, removable, round_to, planned=None):
     if planned is not None:
         unknown = sorted(set(planned) - {g.name for g in graph.prunable_groups})
         frozen = {g.name: g.reasons for g in graph.groups if not g.prunable}
-        if any(name in frozen for name in unknown):
-            named = [n for n in unknown if n in frozen]
+        named = [name for name in unknown if name in frozen]
+        if named:
             raise ValueError(
                 f"keep prunes group(s) {named[:3]} that this model's graph freezes "
                 f"({'; '.join(frozen[named[0]])[:200]}): shrink cannot remove their channels. "
